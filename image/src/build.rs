@@ -1,0 +1,460 @@
+//! `cairn build`: spec -> packages -> /usr tree -> erofs + dm-verity -> initramfs -> UKI -> ESP
+//! -> ROOT -> GPT disk -> qcow2, with build.json describing the result.
+
+use crate::apt::{Apt, Deb, sha256_file};
+use crate::disk::{self, MIB, PartitionSpec};
+use crate::esp::{EspFile, EspSource, LOADER_CONF};
+use crate::initramfs::{Initramfs, MODULES_LOAD};
+use crate::kmod::ModuleIndex;
+use crate::rootfs::{self, MergeStats};
+use crate::spec::{FirstEntry, Spec, validate_version};
+use crate::steps::{StepTime, Steps};
+use crate::{binaries, deb, esp, fsimage, tools, uki};
+use anyhow::{Context, Result, bail};
+use cairn_release::gpt::{self, Guid};
+use cairn_release::verity::{self, BLOCK_SIZE, VerityParams};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Bump when the staged /usr would differ for the same inputs (cache key of the /usr image).
+const USR_LAYOUT_VERSION: u32 = 1;
+
+pub struct BuildOptions {
+    pub spec_path: PathBuf,
+    pub version: Option<String>,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    pub source_date_epoch: u64,
+    pub binaries: binaries::Source,
+    pub interactive: bool,
+    pub quiet: bool,
+    pub qcow2: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Output {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UsrReport {
+    pub root_hash: String,
+    pub salt: String,
+    pub data_blocks: u64,
+    /// Byte offset (from the partition start) of the verity superblock; the tree follows it.
+    pub hash_offset: u64,
+    pub erofs_bytes: u64,
+    pub partition_uuid: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelReport {
+    pub package: String,
+    pub version: String,
+    pub release: String,
+    pub meta_package: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub os_id: String,
+    pub version: String,
+    pub source_date_epoch: u64,
+    pub kernel: KernelReport,
+    pub cmdline: String,
+    pub uki: String,
+    pub esp_entry: String,
+    pub usr: UsrReport,
+    pub disk_guid: String,
+    pub disk_size: u64,
+    pub partitions: Vec<PartitionSpec>,
+    pub packages: Vec<Deb>,
+    pub initramfs_modules: Vec<String>,
+    pub outputs: BTreeMap<String, Output>,
+    pub steps: Vec<StepTime>,
+    pub total_ms: u64,
+}
+
+impl BuildReport {
+    pub fn load(path: &Path) -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// A GUID derived from the build's identity, with RFC 4122 version 4 bits so tools show it as one.
+fn derived_guid(seed: &[u8], what: &str) -> Guid {
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update(what.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Guid(b)
+}
+
+pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    let started = std::time::Instant::now();
+    let mut spec = Spec::load(&opts.spec_path)?;
+    if let Some(v) = &opts.version {
+        validate_version(v).context("--version")?;
+        spec.os.version = v.clone();
+    }
+    let version = spec.os.version.clone();
+    let epoch = opts.source_date_epoch;
+    let mut steps = Steps::new(opts.interactive, opts.quiet);
+
+    tools::check(tools::BUILD_TOOLS, tools::BUILD_FILES)?;
+    if matches!(opts.binaries, binaries::Source::Cargo { .. }) {
+        tools::check(&[("cargo", "rustup (https://rustup.rs), or pass --binaries DIR")], &[])?;
+    }
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let work = opts.out.join(".work");
+    std::fs::create_dir_all(&work)?;
+    let apt = Apt::new(&opts.cache.join("apt"))?;
+
+    // Cargo compiles Cairn's binaries while apt resolves and downloads.
+    let (bins, (debs, kernel, kernel_meta)) = std::thread::scope(|s| -> Result<_> {
+        let cargo = s.spawn(|| binaries::obtain(&opts.binaries, &spec.cairn.binaries, opts.quiet));
+        let fetched = steps.run("resolve + fetch", || {
+            let debs = apt.resolve_closure(&spec.packages.install)?;
+            let (kernel, meta) = apt.resolve_kernel(&spec.kernel.package)?;
+            let mut all = debs.clone();
+            all.push(kernel.clone());
+            let downloaded = apt.fetch(&all)?;
+            Ok(((debs, kernel, meta), downloaded == 0))
+        });
+        let bins = steps.run("cairn binaries", || {
+            let r = cargo.join().map_err(|_| anyhow::anyhow!("building binaries panicked"))??;
+            Ok((r, false))
+        })?;
+        Ok((bins, fetched?))
+    })?;
+
+    let unpack_cache = opts.cache.join("unpacked");
+    let (kernel_dir, unpacked) = steps.run("unpack", || {
+        let mut cached = true;
+        let mut dirs = Vec::new();
+        for d in &debs {
+            cached &= unpack_cache.join(&d.sha256).is_dir();
+            dirs.push(deb::unpack_cached(d, &apt.path_of(d), &unpack_cache)?);
+        }
+        cached &= unpack_cache.join(&kernel.sha256).is_dir();
+        let k = deb::unpack_cached(&kernel, &apt.path_of(&kernel), &unpack_cache)?;
+        Ok(((k, dirs), cached))
+    })?;
+
+    let kernel_release = kernel_release(&kernel_dir)?;
+    let modules_dir = kernel_dir.join("lib/modules").join(&kernel_release);
+    let index = steps.run("kernel modules", || Ok((ModuleIndex::scan(&modules_dir)?, false)))?;
+    let initrd_modules = index.closure(&spec.initramfs.modules)?;
+
+    let os_release = rootfs::os_release(&spec.os.id, &spec.os.name, &version);
+    let salt: [u8; 32] = Sha256::digest(format!("cairn verity salt {} {version}", spec.os.id)).into();
+
+    // The /usr image is cached by everything that goes into it.
+    let usr_key = {
+        let mut h = Sha256::new();
+        h.update(format!("layout {USR_LAYOUT_VERSION} epoch {epoch}\n"));
+        for d in debs.iter().chain([&kernel]) {
+            h.update(format!("deb {} {}\n", d.filename, d.sha256));
+        }
+        for b in &bins {
+            h.update(format!("bin {} {}\n", b.name, b.sha256));
+        }
+        h.update(&os_release);
+        h.update(spec.os.id.as_bytes());
+        h.update(salt);
+        hex::encode(h.finalize())
+    };
+    let usr_cache = opts.cache.join("usr").join(&usr_key[..32]);
+    let (params, usr_img, stats) = steps.run("/usr erofs + verity", || {
+        if let Some(hit) = load_usr_cache(&usr_cache)? {
+            return Ok((hit, true));
+        }
+        let tree = work.join("tree");
+        if tree.exists() {
+            std::fs::remove_dir_all(&tree)?;
+        }
+        let mut stats = MergeStats::default();
+        for dir in &unpacked {
+            rootfs::merge_package(dir, &tree, &mut stats)?;
+        }
+        let usr = tree.join("usr");
+        let mods_dest = usr.join("lib/modules").join(&kernel_release);
+        rootfs::link_tree(&modules_dir, &mods_dest, &mut stats)?;
+        rootfs::write_file(&mods_dest.join("modules.dep"), index.modules_dep()?.as_bytes(), 0o644)?;
+        for b in &bins {
+            rootfs::write_file(&usr.join("sbin").join(&b.name), &std::fs::read(&b.path)?, 0o755)?;
+        }
+        let init_link = usr.join("sbin/init");
+        let _ = std::fs::remove_file(&init_link);
+        std::os::unix::fs::symlink("cairn-init", &init_link)?;
+        rootfs::write_file(&usr.join("lib/os-release"), os_release.as_bytes(), 0o644)?;
+        rootfs::write_factory_etc(&tree, &spec.os.id)?;
+
+        std::fs::create_dir_all(&usr_cache)?;
+        let erofs_img = usr_cache.join("usr.img.tmp");
+        fsimage::erofs(&usr, &erofs_img, derived_guid(usr_key.as_bytes(), "erofs"), epoch)?;
+        let params = append_verity(&erofs_img, salt)?;
+        let stats_json = serde_json::to_string(&(stats, &params.root_hash, params.data_blocks, params.hash_offset))?;
+        std::fs::write(usr_cache.join("verity.json"), stats_json)?;
+        std::fs::rename(&erofs_img, usr_cache.join("usr.img"))?;
+        std::fs::remove_dir_all(&tree)?;
+        Ok(((params, usr_cache.join("usr.img"), stats), false))
+    })?;
+    let usr_size = std::fs::metadata(&usr_img)?.len();
+    if usr_size > spec.partitions.usr_mib * MIB {
+        bail!("/usr with its hash tree is {} MiB, more than partitions.usr_mib = {}", usr_size / MIB + 1, spec.partitions.usr_mib);
+    }
+
+    let cmdline = format!(
+        "{} {}={} {}={}",
+        spec.kernel.cmdline.trim(),
+        cairn_release::cmdline::USR_HASH,
+        hex::encode(params.root_hash),
+        cairn_release::cmdline::USR_HASH_OFFSET,
+        params.hash_offset
+    )
+    .trim()
+    .to_string();
+
+    let initrd_path = work.join("initrd.cpio");
+    steps.run("initramfs", || {
+        let mut initrd = Initramfs::new(epoch);
+        let init = bins.iter().find(|b| b.name == "cairn-init").context("no cairn-init binary")?;
+        initrd.file("init", std::fs::read(&init.path)?, 0o755);
+        let mut load = String::new();
+        for m in &initrd_modules {
+            let rel = &index.modules[m].rel_path;
+            let dest = format!("lib/modules/{kernel_release}/{rel}");
+            initrd.file(&dest, std::fs::read(modules_dir.join(rel))?, 0o644);
+            load.push('/');
+            load.push_str(&dest);
+            load.push('\n');
+        }
+        initrd.file(MODULES_LOAD, load.into_bytes(), 0o644);
+        initrd.file("etc/initrd-release", os_release.clone().into_bytes(), 0o644);
+        initrd.symlink("etc/os-release", "initrd-release");
+        std::fs::write(&initrd_path, initrd.to_cpio()?)?;
+        Ok(((), false))
+    })?;
+
+    let uki_name = format!("{}-{version}.efi", spec.os.id);
+    let uki_path = opts.out.join(&uki_name);
+    steps.run("uki", || {
+        let vmlinuz = kernel_dir.join("boot").join(format!("vmlinuz-{kernel_release}"));
+        uki::build(
+            &uki::UkiInputs {
+                stub: Path::new(uki::STUB),
+                kernel: &vmlinuz,
+                initrd: &initrd_path,
+                cmdline: &cmdline,
+                os_release: &os_release,
+                uname: &kernel_release,
+            },
+            &work.join("uki"),
+            &uki_path,
+        )?;
+        Ok(((), false))
+    })?;
+
+    let seed = [spec.os.id.as_bytes(), version.as_bytes(), &params.root_hash].concat();
+    let esp_entry = match spec.boot.first_entry {
+        FirstEntry::Blessed => format!("EFI/Linux/{uki_name}"),
+        FirstEntry::Counted => format!("EFI/Linux/{}-{version}+3.efi", spec.os.id),
+    };
+    let esp_img = work.join("esp.img");
+    steps.run("esp", || {
+        let volume_id = u32::from_le_bytes(derived_guid(&seed, "esp-volume").0[..4].try_into()?);
+        let files = [
+            EspFile { path: "EFI/BOOT/BOOTX64.EFI", source: EspSource::File(Path::new(tools::BUILD_FILES[0].0)) },
+            EspFile { path: "loader/loader.conf", source: EspSource::Bytes(LOADER_CONF.as_bytes()) },
+            EspFile { path: &esp_entry, source: EspSource::File(&uki_path) },
+        ];
+        esp::build(&esp_img, spec.partitions.esp_mib * MIB, volume_id, epoch, &files)?;
+        Ok(((), false))
+    })?;
+
+    let root_img = work.join("root.img");
+    steps.run("root ext4", || {
+        let skel = work.join("root-skeleton");
+        if skel.exists() {
+            std::fs::remove_dir_all(&skel)?;
+        }
+        make_root_skeleton(&skel)?;
+        fsimage::set_tree_times(&skel, epoch)?;
+        fsimage::ext4(&skel, &root_img, spec.partitions.root_mib * MIB, gpt::LABEL_ROOT, derived_guid(&seed, "root-fs"), epoch)?;
+        Ok(((), false))
+    })?;
+
+    let usr_a_uuid = gpt::usr_partition_uuid(&params.root_hash);
+    let mut parts = vec![
+        part(1, gpt::LABEL_ESP, gpt::TYPE_ESP, derived_guid(&seed, "esp"), spec.partitions.esp_mib, Some(esp_img.clone())),
+        part(2, gpt::LABEL_USR_A, gpt::TYPE_USR_X86_64, usr_a_uuid, spec.partitions.usr_mib, Some(usr_img.clone())),
+        part(3, gpt::LABEL_USR_B, gpt::TYPE_USR_X86_64, derived_guid(&seed, "usr-b"), spec.partitions.usr_mib, None),
+        part(5, gpt::LABEL_ROOT, gpt::TYPE_LINUX_DATA, derived_guid(&seed, "root"), spec.partitions.root_mib, Some(root_img.clone())),
+    ];
+    let disk_size = disk::layout(&mut parts)?;
+    let disk_guid = derived_guid(&seed, "disk");
+    let raw = opts.out.join("disk.raw");
+    steps.run("disk.raw", || {
+        disk::write(&raw, disk_guid, disk_size, &parts)?;
+        Ok(((), false))
+    })?;
+    let qcow2 = opts.out.join("disk.qcow2");
+    if opts.qcow2 {
+        steps.run("disk.qcow2", || {
+            fsimage::qcow2(&raw, &qcow2, opts.interactive && !opts.quiet)?;
+            Ok(((), false))
+        })?;
+    }
+    let usr_out = opts.out.join("usr.img");
+    let _ = std::fs::remove_file(&usr_out);
+    if std::fs::hard_link(&usr_img, &usr_out).is_err() {
+        std::fs::copy(&usr_img, &usr_out)?;
+    }
+
+    let mut outputs = BTreeMap::new();
+    let mut record = |name: &str, path: &Path| -> Result<()> {
+        outputs.insert(
+            name.to_string(),
+            Output {
+                path: path.file_name().expect("file").to_string_lossy().into_owned(),
+                size: std::fs::metadata(path)?.len(),
+                sha256: sha256_file(path)?,
+            },
+        );
+        Ok(())
+    };
+    steps.run("checksums", || {
+        record("disk.raw", &raw)?;
+        if opts.qcow2 {
+            record("disk.qcow2", &qcow2)?;
+        }
+        record("uki", &uki_path)?;
+        record("usr", &usr_out)?;
+        record("initramfs", &initrd_path)?;
+        Ok(((), false))
+    })?;
+
+    let report = BuildReport {
+        os_id: spec.os.id.clone(),
+        version: version.clone(),
+        source_date_epoch: epoch,
+        kernel: KernelReport {
+            package: kernel.package.clone(),
+            version: kernel.version.clone(),
+            release: kernel_release.clone(),
+            meta_package: kernel_meta.map(|m| format!("{}={}", m.package, m.version)),
+        },
+        cmdline,
+        uki: uki_name,
+        esp_entry,
+        usr: UsrReport {
+            root_hash: hex::encode(params.root_hash),
+            salt: hex::encode(params.salt),
+            data_blocks: params.data_blocks,
+            hash_offset: params.hash_offset,
+            erofs_bytes: params.data_blocks * BLOCK_SIZE as u64,
+            partition_uuid: usr_a_uuid.to_string(),
+            files: stats.files,
+            bytes: stats.bytes,
+        },
+        disk_guid: disk_guid.to_string(),
+        disk_size,
+        partitions: parts,
+        packages: debs,
+        initramfs_modules: initrd_modules,
+        outputs,
+        steps: steps.times.clone(),
+        total_ms: started.elapsed().as_millis() as u64,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    crate::durable::write_atomic(&opts.out.join("build.json"), json.as_bytes())?;
+    Ok(report)
+}
+
+fn part(number: u32, label: &str, type_guid: Guid, uuid: Guid, mib: u64, content: Option<PathBuf>) -> PartitionSpec {
+    PartitionSpec { number, label: label.into(), type_guid, uuid, size_bytes: mib * MIB, offset_bytes: 0, content }
+}
+
+/// The one kernel release in the unpacked kernel package (`lib/modules/<release>`).
+fn kernel_release(kernel_dir: &Path) -> Result<String> {
+    let mods = kernel_dir.join("lib/modules");
+    let mut releases: Vec<String> = std::fs::read_dir(&mods)
+        .with_context(|| format!("the kernel package has no {}", mods.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match releases.len() {
+        1 => Ok(releases.remove(0)),
+        n => bail!("the kernel package holds {n} module trees, expected one"),
+    }
+}
+
+/// Appends the superblock and hash tree to the erofs image in place.
+fn append_verity(img: &Path, salt: [u8; 32]) -> Result<VerityParams> {
+    use std::io::Write;
+    let len = std::fs::metadata(img)?.len();
+    if len % BLOCK_SIZE as u64 != 0 {
+        bail!("{} is {len} bytes, not a whole number of 4 KiB blocks", img.display());
+    }
+    let data_blocks = len / BLOCK_SIZE as u64;
+    let f = std::fs::File::open(img)?;
+    let tree = verity::build(std::io::BufReader::with_capacity(1 << 20, f), data_blocks, salt)?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(img)?;
+    f.write_all(&tree.hash_area)?;
+    f.sync_all()?;
+    Ok(VerityParams { root_hash: tree.root_hash, salt, data_blocks, hash_offset: len })
+}
+
+fn load_usr_cache(dir: &Path) -> Result<Option<(VerityParams, PathBuf, MergeStats)>> {
+    let img = dir.join("usr.img");
+    let meta = dir.join("verity.json");
+    if !img.exists() || !meta.exists() {
+        return Ok(None);
+    }
+    let (stats, root_hex, data_blocks, hash_offset): (serde_json::Value, String, u64, u64) =
+        serde_json::from_str(&std::fs::read_to_string(&meta)?)?;
+    // Parameters come back from the superblock the image itself carries.
+    let mut sb = vec![0u8; BLOCK_SIZE];
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&img)?;
+        f.seek(SeekFrom::Start(hash_offset))?;
+        f.read_exact(&mut sb)?;
+    }
+    let sb = verity::Superblock::parse(&sb)?;
+    let mut root_hash = [0u8; 32];
+    hex::decode_to_slice(&root_hex, &mut root_hash)?;
+    if sb.data_blocks != data_blocks {
+        return Ok(None);
+    }
+    let stats = MergeStats {
+        files: stats["files"].as_u64().unwrap_or(0),
+        bytes: stats["bytes"].as_u64().unwrap_or(0),
+        skipped: stats["skipped"].as_u64().unwrap_or(0),
+    };
+    Ok(Some((VerityParams { root_hash, salt: sb.salt, data_blocks, hash_offset }, img, stats)))
+}
+
+/// ROOT's initial content: the directories of a Cairn root and the merged-/usr links.
+/// `cairn-init` creates the same on an empty ROOT, so this is a head start, not a requirement.
+pub fn make_root_skeleton(skel: &Path) -> Result<()> {
+    for (d, mode) in cairn_release::layout::ROOT_DIRS {
+        rootfs::ensure_dir(&skel.join(d), *mode)?;
+    }
+    for (link, target) in cairn_release::layout::ROOT_LINKS {
+        std::os::unix::fs::symlink(target, skel.join(link))?;
+    }
+    Ok(())
+}

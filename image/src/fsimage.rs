@@ -1,0 +1,82 @@
+//! File system images made by Debian's tools, rootless and reproducibly: erofs for `/usr`,
+//! ext4 for ROOT.
+
+use crate::tools::run;
+use anyhow::{Context, Result};
+use cairn_release::gpt::Guid;
+use std::path::Path;
+use std::process::Command;
+
+/// `mkfs.erofs` of `tree` (the future `/usr`): lz4hc, every file owned by root, every time
+/// set to `epoch`, a fixed UUID.
+pub fn erofs(tree: &Path, out: &Path, uuid: Guid, epoch: u64) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    run(Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg("-zlz4hc")
+        .arg(format!("-T{epoch}"))
+        .arg(format!("-U{uuid}"))
+        .arg("--all-root")
+        .arg("-x-1")
+        .arg(out)
+        .arg(tree))
+    .context("making the /usr erofs image")?;
+    Ok(())
+}
+
+/// `mkfs.ext4 -d skeleton` for ROOT. Times come from `epoch` (E2FSPROGS_FAKE_TIME for the file
+/// system, and the skeleton's own times, which the caller sets).
+pub fn ext4(skeleton: &Path, out: &Path, size_bytes: u64, label: &str, uuid: Guid, epoch: u64) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    run(Command::new("mkfs.ext4")
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .env("MKE2FS_DEVICE_SECTSIZE", "512")
+        .args(["-q", "-F", "-b", "4096", "-I", "256", "-L", label])
+        .arg("-U")
+        .arg(uuid.to_string())
+        .arg("-E")
+        .arg(format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=1"))
+        .arg("-d")
+        .arg(skeleton)
+        .arg(out)
+        .arg(format!("{}k", size_bytes / 1024)))
+    .context("making the ROOT ext4 image")?;
+    Ok(())
+}
+
+/// Sets the times of everything under `dir` (not following links) to `epoch`.
+pub fn set_tree_times(dir: &Path, epoch: u64) -> Result<()> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(epoch as i64, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            }
+            utimensat(None, &e.path(), &t, &t, UtimensatFlags::NoFollowSymlink)
+                .with_context(|| format!("setting times of {}", e.path().display()))?;
+        }
+        utimensat(None, &d, &t, &t, UtimensatFlags::NoFollowSymlink)?;
+    }
+    Ok(())
+}
+
+/// A compressed qcow2 copy of a raw disk.
+pub fn qcow2(raw: &Path, out: &Path, progress: bool) -> Result<()> {
+    let tmp = out.with_extension("qcow2.tmp");
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-f", "raw", "-O", "qcow2", "-c"]);
+    if progress {
+        cmd.arg("-p");
+        cmd.arg(raw).arg(&tmp);
+        crate::tools::run_visible(&mut cmd)?;
+    } else {
+        cmd.arg(raw).arg(&tmp);
+        run(&mut cmd)?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Kernel modules: dependencies read from each module's `.modinfo` (what modpost recorded, the
+//! same source depmod uses), closures in load order, and a `modules.dep` file.
+
+use anyhow::{Context, Result, bail};
+use object::{Object, ObjectSection};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Module names treat '-' and '_' as the same, as the kernel does.
+pub fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+#[derive(Debug, Clone)]
+pub struct Module {
+    /// Path relative to `lib/modules/<kver>/`, e.g. `kernel/drivers/md/dm-verity.ko`.
+    pub rel_path: String,
+    pub depends: Vec<String>,
+}
+
+/// Every module of a kernel's module tree, by normalized name.
+#[derive(Debug, Default)]
+pub struct ModuleIndex {
+    pub modules: BTreeMap<String, Module>,
+}
+
+impl ModuleIndex {
+    /// Scans `lib/modules/<kver>` (uncompressed `.ko`, as Debian ships them).
+    pub fn scan(root: &Path) -> Result<ModuleIndex> {
+        let mut index = ModuleIndex::default();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "ko") {
+                    let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+                    let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let (name, depends) = modinfo(&data).with_context(|| format!("modinfo of {rel}"))?;
+                    index.modules.insert(normalize(&name), Module { rel_path: rel, depends });
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    /// `wanted` and everything they depend on, dependencies before dependents.
+    pub fn closure(&self, wanted: &[String]) -> Result<Vec<String>> {
+        let mut order = Vec::new();
+        let mut done = BTreeSet::new();
+        for w in wanted {
+            self.visit(&normalize(w), &mut done, &mut Vec::new(), &mut order)?;
+        }
+        Ok(order)
+    }
+
+    fn visit(
+        &self,
+        name: &str,
+        done: &mut BTreeSet<String>,
+        path: &mut Vec<String>,
+        order: &mut Vec<String>,
+    ) -> Result<()> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if path.iter().any(|p| p == name) {
+            bail!("module dependency cycle: {} -> {name}", path.join(" -> "));
+        }
+        let Some(m) = self.modules.get(name) else {
+            match path.last() {
+                Some(parent) => bail!("module {parent} depends on {name}, which the kernel package lacks"),
+                None => bail!("no kernel module named {name} (is it built into the kernel? see modules.builtin)"),
+            }
+        };
+        path.push(name.to_string());
+        for d in &m.depends {
+            self.visit(&normalize(d), done, path, order)?;
+        }
+        path.pop();
+        done.insert(name.to_string());
+        order.push(name.to_string());
+        Ok(())
+    }
+
+    /// A `modules.dep` in depmod's format: each module, then its dependencies, the one to load
+    /// first last (modprobe loads the list from the end).
+    pub fn modules_dep(&self) -> Result<String> {
+        let mut out = String::new();
+        let mut by_path: Vec<(&String, &Module)> = self.modules.iter().collect();
+        by_path.sort_by(|a, b| a.1.rel_path.cmp(&b.1.rel_path));
+        for (name, m) in by_path {
+            let deps = self.closure(std::slice::from_ref(name))?;
+            out.push_str(&m.rel_path);
+            out.push(':');
+            for d in deps.iter().rev().skip(1) {
+                out.push(' ');
+                out.push_str(&self.modules[d].rel_path);
+            }
+            out.push('\n');
+        }
+        Ok(out)
+    }
+}
+
+/// `name=` and `depends=` of a module's `.modinfo` section.
+fn modinfo(elf: &[u8]) -> Result<(String, Vec<String>)> {
+    let file = object::File::parse(elf)?;
+    let section = file.section_by_name(".modinfo").context("no .modinfo section")?;
+    let data = section.data()?;
+    let mut name = None;
+    let mut depends = Vec::new();
+    for field in data.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let field = String::from_utf8_lossy(field);
+        if let Some(n) = field.strip_prefix("name=") {
+            name = Some(n.to_string());
+        } else if let Some(d) = field.strip_prefix("depends=") {
+            depends.extend(d.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+        }
+    }
+    Ok((name.context("no name= in .modinfo")?, depends))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(mods: &[(&str, &[&str])]) -> ModuleIndex {
+        let mut i = ModuleIndex::default();
+        for (n, deps) in mods {
+            i.modules.insert(
+                normalize(n),
+                Module { rel_path: format!("kernel/{n}.ko"), depends: deps.iter().map(|s| s.to_string()).collect() },
+            );
+        }
+        i
+    }
+
+    #[test]
+    fn closure_puts_dependencies_first() {
+        let i = index(&[("dm-verity", &["dm-bufio", "dm-mod"]), ("dm-bufio", &[]), ("dm-mod", &[]), ("erofs", &[])]);
+        let c = i.closure(&["dm-verity".into(), "erofs".into(), "dm_mod".into()]).unwrap();
+        assert_eq!(c, vec!["dm_bufio", "dm_mod", "dm_verity", "erofs"]);
+    }
+
+    #[test]
+    fn missing_module_is_named() {
+        let i = index(&[("a", &["b"])]);
+        let e = i.closure(&["a".into()]).unwrap_err().to_string();
+        assert!(e.contains("a depends on b"), "{e}");
+        let e = i.closure(&["zz".into()]).unwrap_err().to_string();
+        assert!(e.contains("no kernel module named zz"), "{e}");
+    }
+
+    #[test]
+    fn modules_dep_lists_first_to_load_last() {
+        let i = index(&[("c", &["b"]), ("b", &["a"]), ("a", &[])]);
+        let dep = i.modules_dep().unwrap();
+        assert!(dep.contains("kernel/c.ko: kernel/b.ko kernel/a.ko\n"), "{dep}");
+        assert!(dep.contains("kernel/a.ko:\n"), "{dep}");
+    }
+}

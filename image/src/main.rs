@@ -1,0 +1,168 @@
+//! `cairn`: build Cairn images and boot them in QEMU.
+
+use anyhow::{Context, Result, bail};
+use cairn_image::{binaries, build};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Build Cairn disk images and boot them in QEMU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a disk image from a spec.
+    Build {
+        #[arg(long, default_value = "images/default.toml")]
+        spec: PathBuf,
+        /// OS version of the image (overrides the spec's os.version).
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Cache of downloads and intermediate results [default: $CAIRN_CACHE or ~/.cache/cairn]
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Take prebuilt static binaries from DIR instead of building them with cargo.
+        #[arg(long, value_name = "DIR")]
+        binaries: Option<PathBuf>,
+        /// Skip writing disk.qcow2.
+        #[arg(long)]
+        no_qcow2: bool,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Boot an image in QEMU with its serial console on this terminal. Ctrl-C powers it off.
+    Run {
+        #[arg(long, default_value = "out/disk.qcow2")]
+        image: PathBuf,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mem: u32,
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Forward 127.0.0.1:N on this host to the guest's ssh port.
+        #[arg(long)]
+        ssh_port: Option<u16>,
+        /// Keep the image unchanged: the VM writes to a throwaway overlay.
+        #[arg(long)]
+        snapshot: bool,
+        /// Power off once the host reports ready (for scripts and the smoke test).
+        #[arg(long)]
+        exit_on_ready: bool,
+        /// Give up if the host is not ready within this many seconds (with --exit-on-ready).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("cairn: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number")),
+        // A fixed default keeps builds reproducible when nobody sets it.
+        Err(_) => Ok(1_700_000_000),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build { spec, version, out, cache, binaries, no_qcow2, quiet } => {
+            let opts = build::BuildOptions {
+                spec_path: spec,
+                version,
+                out: out.clone(),
+                cache: cache.unwrap_or_else(cairn_image::default_cache_dir),
+                source_date_epoch: source_date_epoch()?,
+                binaries: binaries.map(binaries::Source::Dir).unwrap_or_else(binaries::Source::default_cargo),
+                interactive: std::io::stderr().is_terminal(),
+                quiet,
+                qcow2: !no_qcow2,
+            };
+            let report = build::build(&opts)?;
+            println!(
+                "built {} {} in {:.1} s: {}/disk.raw, {}/disk.qcow2 (usr root hash {})",
+                report.os_id,
+                report.version,
+                report.total_ms as f64 / 1000.0,
+                out.display(),
+                out.display(),
+                &report.usr.root_hash[..16]
+            );
+            Ok(())
+        }
+        Command::Run { image, mem, cpus, ssh_port, snapshot, exit_on_ready, timeout } => {
+            run_vm(image, mem, cpus, ssh_port, snapshot, exit_on_ready, Duration::from_secs(timeout))
+        }
+    }
+}
+
+fn run_vm(
+    image: PathBuf,
+    mem: u32,
+    cpus: u32,
+    ssh_port: Option<u16>,
+    snapshot: bool,
+    exit_on_ready: bool,
+    timeout: Duration,
+) -> Result<()> {
+    if !image.exists() {
+        bail!("no image at {} (build one with `cairn build`)", image.display());
+    }
+    let mut cfg = cairn_qemu::VmConfig::uefi(&image);
+    cfg.persistent = !snapshot;
+    cfg.mem_mib = mem;
+    cfg.cpus = cpus;
+    cfg.ssh_port = ssh_port;
+    cfg.echo_console = true;
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook_flag(&interrupted)?;
+    let mut vm = cairn_qemu::Vm::start(&cfg)?;
+    eprintln!("cairn run: {} with {} acceleration; Ctrl-C powers it off", image.display(), vm.accel().qemu_name());
+    if exit_on_ready {
+        let line = vm.wait_for_line("cairn: ready", 0, timeout)?;
+        eprintln!("cairn run: host ready after {:.1} s: {line}", vm.uptime().as_secs_f64());
+        vm.shutdown(Duration::from_secs(30))?;
+        return Ok(());
+    }
+    loop {
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\ncairn run: powering off");
+            if !vm.shutdown(Duration::from_secs(30))? {
+                eprintln!("cairn run: the guest did not power off in 30 s; stopped QEMU");
+            }
+            return Ok(());
+        }
+        if vm.wait_exit(Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+    }
+}
+
+/// Sets `flag` on SIGINT and SIGTERM instead of dying, so the VM can be powered off cleanly.
+fn signal_hook_flag(flag: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    let flag = flag.clone();
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Staging the `/usr` tree: package contents merged into `/usr` (merged-/usr), package `/etc`
+//! files kept as factory defaults, Cairn's binaries, os-release and the factory `/etc`.
+
+use anyhow::{Context, Result};
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+/// Counts of what merging packages did, for the build report.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct MergeStats {
+    pub files: u64,
+    pub bytes: u64,
+    /// Paths outside /usr, /etc and the merged-/usr directories (e.g. /var), left out.
+    pub skipped: u64,
+}
+
+/// Where a path of a package lands in the staged tree (relative to the tree root, which holds
+/// `usr/`), or `None` when it is left out.
+pub fn destination(rel: &Path) -> Option<PathBuf> {
+    let mut comps = rel.components();
+    let first = comps.next()?.as_os_str().to_str()?.to_string();
+    let rest = comps.as_path();
+    match first.as_str() {
+        "usr" => Some(Path::new("usr").join(rest)),
+        "bin" | "sbin" | "lib" | "lib64" | "lib32" | "libx32" => Some(Path::new("usr").join(&first).join(rest)),
+        "etc" => Some(Path::new("usr/share/factory/etc").join(rest)),
+        _ => None,
+    }
+}
+
+/// Hard-links (or copies across file systems) an unpacked package into the staged tree.
+/// A later package's file replaces an earlier one's at the same path.
+pub fn merge_package(unpacked: &Path, tree: &Path, stats: &mut MergeStats) -> Result<()> {
+    merge_dir(unpacked, unpacked, tree, &destination, stats)
+}
+
+/// Hard-links (or copies) the tree `src` to `dest` as it is.
+pub fn link_tree(src: &Path, dest: &Path, stats: &mut MergeStats) -> Result<()> {
+    ensure_dir(dest, 0o755)?;
+    merge_dir(src, src, dest, &|rel: &Path| Some(rel.to_path_buf()), stats)
+}
+
+type Mapping<'a> = &'a dyn Fn(&Path) -> Option<PathBuf>;
+
+fn merge_dir(root: &Path, dir: &Path, tree: &Path, map: Mapping, stats: &mut MergeStats) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let src = entry.path();
+        let rel = src.strip_prefix(root).expect("under root");
+        let ft = entry.file_type()?;
+        let Some(dest_rel) = map(rel) else {
+            stats.skipped += 1;
+            continue;
+        };
+        let dest = tree.join(&dest_rel);
+        if ft.is_dir() {
+            ensure_dir(&dest, fs::metadata(&src)?.permissions().mode() & 0o7777)?;
+            merge_dir(root, &src, tree, map, stats)?;
+        } else if ft.is_symlink() {
+            replace(&dest)?;
+            symlink(fs::read_link(&src)?, &dest).with_context(|| format!("linking {}", dest.display()))?;
+        } else if ft.is_file() {
+            replace(&dest)?;
+            if fs::hard_link(&src, &dest).is_err() {
+                fs::copy(&src, &dest).with_context(|| format!("copying to {}", dest.display()))?;
+            }
+            stats.files += 1;
+            stats.bytes += entry.metadata()?.len();
+        }
+    }
+    Ok(())
+}
+
+fn replace(dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        if !parent.is_dir() {
+            ensure_dir(parent, 0o755)?;
+        }
+    }
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(dest)?,
+        Ok(_) => fs::remove_file(dest)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Creates a directory (and parents) with an explicit mode, independent of the umask.
+pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
+    if !path.is_dir() {
+        if let Some(parent) = path.parent() {
+            if !parent.is_dir() {
+                ensure_dir(parent, 0o755)?;
+            }
+        }
+        fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Writes a file with an explicit mode, creating parents.
+pub fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        ensure_dir(parent, 0o755)?;
+    }
+    replace(path)?;
+    fs::write(path, content).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+pub fn os_release(id: &str, name: &str, version: &str) -> String {
+    format!(
+        "NAME=\"{name}\"\nID={id}\nVERSION=\"{version}\"\nVERSION_ID={version}\nPRETTY_NAME=\"{name} {version}\"\n\
+         HOME_URL=\"https://github.com/cairn-os/cairn\"\nIMAGE_ID={id}\nIMAGE_VERSION={version}\n"
+    )
+}
+
+/// The factory `/etc` that stage 1 seeds ROOT's `/etc` from (on top of packages' `/etc` files).
+pub fn write_factory_etc(tree: &Path, os_id: &str) -> Result<()> {
+    let etc = tree.join("usr/share/factory/etc");
+    ensure_dir(&etc, 0o755)?;
+    write_file(&etc.join("hostname"), format!("{os_id}\n").as_bytes(), 0o644)?;
+    write_file(&etc.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", 0o644)?;
+    write_file(&etc.join("group"), b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+    // Locked: no password works; access is by key.
+    write_file(&etc.join("shadow"), b"root:*:1::::::\nnobody:*:1::::::\n", 0o600)?;
+    write_file(&etc.join("hosts"), b"127.0.0.1 localhost\n::1 localhost\n", 0o644)?;
+    let os_release = etc.join("os-release");
+    replace(&os_release)?;
+    symlink("../usr/lib/os-release", &os_release)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_usr_mapping() {
+        let d = |p: &str| destination(Path::new(p)).map(|p| p.to_string_lossy().into_owned());
+        assert_eq!(d("bin/busybox").as_deref(), Some("usr/bin/busybox"));
+        assert_eq!(d("lib64/ld-linux-x86-64.so.2").as_deref(), Some("usr/lib64/ld-linux-x86-64.so.2"));
+        assert_eq!(d("usr/bin/ctr").as_deref(), Some("usr/bin/ctr"));
+        assert_eq!(d("etc/containerd/config.toml").as_deref(), Some("usr/share/factory/etc/containerd/config.toml"));
+        assert_eq!(d("var/lib/x"), None);
+    }
+
+    #[test]
+    fn later_package_wins_and_var_is_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let (p1, p2, tree) = (t.path().join("p1"), t.path().join("p2"), t.path().join("tree"));
+        write_file(&p1.join("bin/tool"), b"one", 0o755).unwrap();
+        write_file(&p1.join("var/lib/state"), b"x", 0o644).unwrap();
+        write_file(&p2.join("usr/bin/tool"), b"two", 0o755).unwrap();
+        let mut s = MergeStats::default();
+        merge_package(&p1, &tree, &mut s).unwrap();
+        merge_package(&p2, &tree, &mut s).unwrap();
+        assert_eq!(fs::read(tree.join("usr/bin/tool")).unwrap(), b"two");
+        assert_eq!(s.skipped, 1);
+        assert!(!tree.join("var").exists());
+    }
+}

@@ -1,0 +1,185 @@
+//! The declarative image spec (`images/*.toml`). Unknown keys are errors that name the key.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub os: Os,
+    pub kernel: Kernel,
+    #[serde(default)]
+    pub packages: Packages,
+    pub initramfs: Initramfs,
+    #[serde(default)]
+    pub cairn: CairnBinaries,
+    pub partitions: Partitions,
+    #[serde(default)]
+    pub boot: Boot,
+    #[serde(default)]
+    pub release: Release,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Os {
+    /// `ID=` of os-release, also the UKI file name prefix.
+    pub id: String,
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// A Debian meta package (`linux-image-cloud-amd64`) or a versioned kernel package.
+    pub package: String,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    #[serde(default)]
+    pub install: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Initramfs {
+    pub modules: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CairnBinaries {
+    pub binaries: Vec<String>,
+}
+
+impl Default for CairnBinaries {
+    fn default() -> Self {
+        CairnBinaries { binaries: vec!["cairn-init".into()] }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partitions {
+    pub esp_mib: u64,
+    pub usr_mib: u64,
+    pub root_mib: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstEntry {
+    /// `NAME.efi`: no counter, the only entry is trusted.
+    #[default]
+    Blessed,
+    /// `NAME+3.efi`: systemd-boot counts tries; for testing boot assessment.
+    Counted,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    #[serde(default)]
+    pub first_entry: FirstEntry,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Paths of trusted release public keys (relative to the spec file).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+}
+
+impl Spec {
+    pub fn load(path: &Path) -> Result<Spec> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading spec {}", path.display()))?;
+        Spec::parse(&text).with_context(|| format!("invalid spec {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Spec> {
+        let spec: Spec = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok_id = |s: &str| {
+            !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        };
+        if !ok_id(&self.os.id) {
+            bail!("os.id {:?} must be lower-case letters, digits, '.', '_' or '-'", self.os.id);
+        }
+        validate_version(&self.os.version).context("os.version")?;
+        if self.partitions.esp_mib < 64 {
+            bail!("partitions.esp_mib must be at least 64 (FAT32 needs 65525 clusters)");
+        }
+        if self.partitions.usr_mib < 16 || self.partitions.root_mib < 16 {
+            bail!("partitions.usr_mib and partitions.root_mib must be at least 16");
+        }
+        if self.initramfs.modules.is_empty() {
+            bail!("initramfs.modules must name the modules stage 1 needs (at least the disk driver)");
+        }
+        if !self.cairn.binaries.iter().any(|b| b == "cairn-init") {
+            bail!("cairn.binaries must include cairn-init");
+        }
+        if self.kernel.cmdline.contains("usrhash=") {
+            bail!("kernel.cmdline must not set usrhash=: the builder adds it");
+        }
+        Ok(())
+    }
+}
+
+/// A version goes into file names and os-release: `1.2.3`, `2024.1.0-rc1`. No `+`, which
+/// separates the boot counter in UKI file names.
+pub fn validate_version(v: &str) -> Result<()> {
+    if v.is_empty() || v.len() > 64 {
+        bail!("version must be 1 to 64 characters");
+    }
+    if !v.starts_with(|c: char| c.is_ascii_digit()) {
+        bail!("version {v:?} must start with a digit");
+    }
+    if let Some(bad) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || ".-~_".contains(*c))) {
+        bail!("version {v:?} holds {bad:?}; use letters, digits, '.', '-', '~', '_'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = include_str!("../../images/default.toml");
+
+    #[test]
+    fn default_spec_parses() {
+        let s = Spec::parse(DEFAULT).unwrap();
+        assert_eq!(s.os.id, "cairn");
+        assert!(s.initramfs.modules.contains(&"dm-verity".to_string()));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = DEFAULT.replace("[partitions]", "[partitions]\nesp_size = 3");
+        let err = format!("{:#}", Spec::parse(&text).unwrap_err());
+        assert!(err.contains("esp_size"), "{err}");
+        let text = DEFAULT.replace("[os]", "[os]\ncodename = \"x\"");
+        let err = format!("{:#}", Spec::parse(&text).unwrap_err());
+        assert!(err.contains("codename"), "{err}");
+    }
+
+    #[test]
+    fn versions_with_plus_are_refused() {
+        assert!(validate_version("1.0.0").is_ok());
+        assert!(validate_version("1.0+3").is_err());
+        assert!(validate_version("v1").is_err());
+    }
+}

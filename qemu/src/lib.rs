@@ -1,0 +1,306 @@
+//! The QEMU harness shared by `cairn run`, the VM tests and the benchmarks: start a VM from an
+//! image (through a copy-on-write overlay, so the image is never modified), capture its serial
+//! console, wait for a console line with a deadline, power it off, kill it, and always clean up.
+
+pub mod accel;
+mod console;
+mod qmp;
+
+pub use accel::Accel;
+pub use console::Console;
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How the VM boots.
+#[derive(Clone, Debug)]
+pub enum Boot {
+    /// UEFI firmware (OVMF) from a disk image.
+    Uefi { image: PathBuf },
+    /// A kernel and initramfs loaded by QEMU itself (no firmware, no disk): the boot-time floor.
+    Kernel { kernel: PathBuf, initrd: PathBuf, append: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub boot: Boot,
+    /// Write to the image itself instead of an overlay (`cairn run` without `--snapshot`).
+    pub persistent: bool,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    /// Forward this host loopback port to the guest's port 22.
+    pub ssh_port: Option<u16>,
+    /// Copy the console to our stdout as it arrives.
+    pub echo_console: bool,
+    /// Let QEMU exit instead of resetting when the guest reboots.
+    pub no_reboot: bool,
+    pub accel: Option<Accel>,
+    pub extra_args: Vec<String>,
+}
+
+impl VmConfig {
+    pub fn uefi(image: impl Into<PathBuf>) -> VmConfig {
+        VmConfig {
+            boot: Boot::Uefi { image: image.into() },
+            persistent: false,
+            mem_mib: 1024,
+            cpus: 1,
+            ssh_port: None,
+            echo_console: false,
+            no_reboot: false,
+            accel: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running VM. Dropping it kills QEMU and removes its overlay, vars store and sockets.
+pub struct Vm {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    console: Arc<Console>,
+    started: Instant,
+    accel: Accel,
+    overlay: Option<PathBuf>,
+}
+
+/// Missing tools are named with the package that provides them.
+pub fn check_prerequisites(uefi: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    if which(QEMU).is_none() {
+        missing.push(("qemu-system-x86_64", "qemu-system-x86"));
+    }
+    if which("qemu-img").is_none() {
+        missing.push(("qemu-img", "qemu-utils"));
+    }
+    if uefi && (!Path::new(OVMF_CODE).exists() || !Path::new(OVMF_VARS).exists()) {
+        missing.push((OVMF_CODE, "ovmf"));
+    }
+    if !missing.is_empty() {
+        let names: Vec<_> = missing.iter().map(|m| m.0).collect();
+        let pkgs: Vec<_> = missing.iter().map(|m| m.1).collect();
+        bail!("missing {}; install with: sudo apt-get install -y {}", names.join(", "), pkgs.join(" "));
+    }
+    Ok(())
+}
+
+fn which(p: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(p)).find(|p| p.is_file())
+}
+
+fn image_format(path: &Path) -> Result<&'static str> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening image {}", path.display()))?;
+    let n = f.read(&mut magic)?;
+    Ok(if n == 4 && &magic == b"QFI\xfb" { "qcow2" } else { "raw" })
+}
+
+impl Vm {
+    pub fn start(cfg: &VmConfig) -> Result<Vm> {
+        check_prerequisites(matches!(cfg.boot, Boot::Uefi { .. }))?;
+        let dir = tempfile::Builder::new().prefix("cairn-vm-").tempdir()?;
+        let accel = cfg.accel.unwrap_or_else(accel::detect);
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-machine", "q35"]);
+        cmd.args(["-accel", accel.qemu_name(), "-cpu", accel.cpu_model()]);
+        cmd.arg("-m").arg(cfg.mem_mib.to_string());
+        cmd.arg("-smp").arg(cfg.cpus.to_string());
+        let console_sock = dir.path().join("console.sock");
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=con0,path={},server=on,wait=on", console_sock.display()));
+        cmd.args(["-serial", "chardev:con0"]);
+        let qmp_sock = dir.path().join("qmp.sock");
+        cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp_sock.display()));
+        cmd.args(["-device", "virtio-rng-pci"]);
+        let mut netdev = "user,id=net0".to_string();
+        if let Some(p) = cfg.ssh_port {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
+        }
+        cmd.arg("-netdev").arg(netdev).args(["-device", "virtio-net-pci,netdev=net0"]);
+        if cfg.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        let mut overlay = None;
+        match &cfg.boot {
+            Boot::Uefi { image } => {
+                let vars = dir.path().join("OVMF_VARS.fd");
+                std::fs::copy(OVMF_VARS, &vars).context("copying the OVMF vars store")?;
+                cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
+                cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                let image = std::fs::canonicalize(image).with_context(|| format!("image {}", image.display()))?;
+                let fmt = image_format(&image)?;
+                let disk = if cfg.persistent {
+                    (image.clone(), fmt)
+                } else {
+                    let o = dir.path().join("overlay.qcow2");
+                    let out = Command::new("qemu-img")
+                        .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
+                        .arg(&image)
+                        .arg(&o)
+                        .output()
+                        .context("running qemu-img create")?;
+                    if !out.status.success() {
+                        bail!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr));
+                    }
+                    overlay = Some(o.clone());
+                    (o, "qcow2")
+                };
+                cmd.arg("-drive").arg(format!("if=virtio,format={},file={}", disk.1, disk.0.display()));
+            }
+            Boot::Kernel { kernel, initrd, append } => {
+                cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);
+            }
+        }
+        cmd.args(&cfg.extra_args);
+        let log = std::fs::File::create(dir.path().join("qemu.log"))?;
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // Own process group: a Ctrl-C on the terminal reaches us, and we power the guest off.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let started = Instant::now();
+        let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+
+        let console_log = dir.path().join("console.log");
+        let console = match console::connect(&console_sock, &console_log, cfg.echo_console, &mut child) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.path().join("qemu.log")).unwrap_or_default();
+                return Err(e.context(format!("QEMU did not start: {}", log.trim())));
+            }
+        };
+        Ok(Vm { child: Some(child), dir, console, started, accel, overlay })
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// Time since QEMU was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn console(&self) -> &Console {
+        &self.console
+    }
+
+    /// The overlay holding this VM's writes (kept until the Vm is dropped).
+    pub fn overlay(&self) -> Option<&Path> {
+        self.overlay.as_deref()
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits for a console line containing `needle`, printed after byte `from` of the console.
+    /// Fails at the deadline, or at once when QEMU exits, with the console's tail.
+    pub fn wait_for_line(&mut self, needle: &str, from: usize, timeout: Duration) -> Result<String> {
+        self.wait_for_any(&[needle], from, timeout).map(|(_, line)| line)
+    }
+
+    /// Like [`Vm::wait_for_line`] for several needles; returns which one matched first.
+    pub fn wait_for_any(&mut self, needles: &[&str], from: usize, timeout: Duration) -> Result<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.console.find_line(needles, from) {
+                return Ok(found);
+            }
+            if let Some(status) = self.try_exit_status()? {
+                // The last bytes may still be in flight from the reader thread.
+                self.console.wait_closed(Duration::from_secs(2));
+                if let Some(found) = self.console.find_line(needles, from) {
+                    return Ok(found);
+                }
+                bail!("QEMU exited ({status}) before the console showed {needles:?}; console tail:\n{}", self.console.tail(40));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "no console line with {needles:?} within {:.0?} (accel {}); console tail:\n{}",
+                    timeout,
+                    self.accel.qemu_name(),
+                    self.console.tail(40)
+                );
+            }
+            self.console.wait_change(deadline.min(now + Duration::from_millis(200)) - now);
+        }
+    }
+
+    /// Writes bytes to the serial console.
+    pub fn send(&self, bytes: &[u8]) -> Result<()> {
+        self.console.send(bytes)
+    }
+
+    /// Asks the guest to power off (ACPI power button).
+    pub fn powerdown(&self) -> Result<()> {
+        qmp::execute(&self.dir.path().join("qmp.sock"), "system_powerdown")
+    }
+
+    /// Stops QEMU at once without the guest's involvement.
+    pub fn quit(&self) -> Result<()> {
+        qmp::execute(&self.dir.path().join("qmp.sock"), "quit")
+    }
+
+    fn try_exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        match &mut self.child {
+            Some(c) => Ok(c.try_wait()?),
+            None => bail!("VM already reaped"),
+        }
+    }
+
+    /// Waits for QEMU to exit on its own (the guest powered off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_exit_status()? {
+                self.console.wait_closed(Duration::from_secs(2));
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                bail!("QEMU still running {timeout:.0?} after; console tail:\n{}", self.console.tail(20));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Powers the guest off, waiting up to `timeout`; kills QEMU if it does not stop by then.
+    /// Returns whether the guest powered off by itself.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<bool> {
+        if self.try_exit_status()?.is_some() {
+            return Ok(true);
+        }
+        self.powerdown()?;
+        match self.wait_exit(timeout) {
+            Ok(_) => Ok(true),
+            Err(_) => {
+                self.kill();
+                Ok(false)
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,9 @@
+//! Shared conventions of Cairn, used by the image builder, `cairn-init` and the update agent.
+//!
+//! This crate sits at the bottom of the dependency graph and must stay small: `cairn-init` links
+//! it into the initramfs.
+
+pub mod cmdline;
+pub mod gpt;
+pub mod layout;
+pub mod verity;
