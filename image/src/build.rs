@@ -3,7 +3,7 @@
 
 use crate::apt::{Apt, Deb, sha256_file};
 use crate::disk::{self, MIB, PartitionSpec};
-use crate::esp::{EspFile, EspSource, LOADER_CONF};
+use crate::esp::{EspFile, LOADER_CONF};
 use crate::initramfs::{Initramfs, MODULES_LOAD};
 use crate::kmod::ModuleIndex;
 use crate::rootfs::{self, MergeStats};
@@ -205,8 +205,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         let erofs_img = usr_cache.join("usr.img.tmp");
         fsimage::erofs(&usr, &erofs_img, derived_guid(usr_key.as_bytes(), "erofs"), epoch)?;
         let params = append_verity(&erofs_img, salt)?;
-        let stats_json = serde_json::to_string(&(stats, &params.root_hash, params.data_blocks, params.hash_offset))?;
-        std::fs::write(usr_cache.join("verity.json"), stats_json)?;
+        let meta = UsrCacheMeta {
+            stats,
+            root_hash: hex::encode(params.root_hash),
+            data_blocks: params.data_blocks,
+            hash_offset: params.hash_offset,
+        };
+        std::fs::write(usr_cache.join("verity.json"), serde_json::to_string(&meta)?)?;
         std::fs::rename(&erofs_img, usr_cache.join("usr.img"))?;
         std::fs::remove_dir_all(&tree)?;
         Ok(((params, usr_cache.join("usr.img"), stats), false))
@@ -260,6 +265,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 cmdline: &cmdline,
                 os_release: &os_release,
                 uname: &kernel_release,
+                epoch,
             },
             &work.join("uki"),
             &uki_path,
@@ -275,10 +281,17 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let esp_img = work.join("esp.img");
     steps.run("esp", || {
         let volume_id = u32::from_le_bytes(derived_guid(&seed, "esp-volume").0[..4].try_into()?);
+        let loader_conf = work.join("loader.conf");
+        std::fs::write(&loader_conf, LOADER_CONF)?;
+        fsimage::set_times(&loader_conf, epoch)?;
+        fsimage::set_times(&uki_path, epoch)?;
+        let sd_boot = work.join("systemd-bootx64.efi");
+        std::fs::copy(tools::BUILD_FILES[0].0, &sd_boot)?;
+        fsimage::set_times(&sd_boot, epoch)?;
         let files = [
-            EspFile { path: "EFI/BOOT/BOOTX64.EFI", source: EspSource::File(Path::new(tools::BUILD_FILES[0].0)) },
-            EspFile { path: "loader/loader.conf", source: EspSource::Bytes(LOADER_CONF.as_bytes()) },
-            EspFile { path: &esp_entry, source: EspSource::File(&uki_path) },
+            EspFile { path: "EFI/BOOT/BOOTX64.EFI", source: &sd_boot },
+            EspFile { path: "loader/loader.conf", source: &loader_conf },
+            EspFile { path: &esp_entry, source: &uki_path },
         ];
         esp::build(&esp_img, spec.partitions.esp_mib * MIB, volume_id, epoch, &files)?;
         Ok(((), false))
@@ -286,13 +299,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     let root_img = work.join("root.img");
     steps.run("root ext4", || {
-        let skel = work.join("root-skeleton");
-        if skel.exists() {
-            std::fs::remove_dir_all(&skel)?;
-        }
-        make_root_skeleton(&skel)?;
-        fsimage::set_tree_times(&skel, epoch)?;
-        fsimage::ext4(&skel, &root_img, spec.partitions.root_mib * MIB, gpt::LABEL_ROOT, derived_guid(&seed, "root-fs"), epoch)?;
+        // Empty: stage 1 makes ROOT's directories on first boot (mkfs.ext4 -d would copy the
+        // build machine's ctimes, which no one can pin).
+        fsimage::ext4(&root_img, spec.partitions.root_mib * MIB, gpt::LABEL_ROOT, derived_guid(&seed, "root-fs"), epoch)?;
         Ok(((), false))
     })?;
 
@@ -417,14 +426,27 @@ fn append_verity(img: &Path, salt: [u8; 32]) -> Result<VerityParams> {
     Ok(VerityParams { root_hash: tree.root_hash, salt, data_blocks, hash_offset: len })
 }
 
+/// What the /usr cache keeps beside the image.
+#[derive(Serialize, serde::Deserialize)]
+struct UsrCacheMeta {
+    stats: MergeStats,
+    root_hash: String,
+    data_blocks: u64,
+    hash_offset: u64,
+}
+
 fn load_usr_cache(dir: &Path) -> Result<Option<(VerityParams, PathBuf, MergeStats)>> {
     let img = dir.join("usr.img");
     let meta = dir.join("verity.json");
     if !img.exists() || !meta.exists() {
         return Ok(None);
     }
-    let (stats, root_hex, data_blocks, hash_offset): (serde_json::Value, String, u64, u64) =
-        serde_json::from_str(&std::fs::read_to_string(&meta)?)?;
+    // An entry from an older builder, or a damaged one, is a miss: the image is built again.
+    let Ok(UsrCacheMeta { stats, root_hash: root_hex, data_blocks, hash_offset }) =
+        serde_json::from_str(&std::fs::read_to_string(&meta)?)
+    else {
+        return Ok(None);
+    };
     // Parameters come back from the superblock the image itself carries.
     let mut sb = vec![0u8; BLOCK_SIZE];
     {
@@ -439,22 +461,5 @@ fn load_usr_cache(dir: &Path) -> Result<Option<(VerityParams, PathBuf, MergeStat
     if sb.data_blocks != data_blocks {
         return Ok(None);
     }
-    let stats = MergeStats {
-        files: stats["files"].as_u64().unwrap_or(0),
-        bytes: stats["bytes"].as_u64().unwrap_or(0),
-        skipped: stats["skipped"].as_u64().unwrap_or(0),
-    };
     Ok(Some((VerityParams { root_hash, salt: sb.salt, data_blocks, hash_offset }, img, stats)))
-}
-
-/// ROOT's initial content: the directories of a Cairn root and the merged-/usr links.
-/// `cairn-init` creates the same on an empty ROOT, so this is a head start, not a requirement.
-pub fn make_root_skeleton(skel: &Path) -> Result<()> {
-    for (d, mode) in cairn_release::layout::ROOT_DIRS {
-        rootfs::ensure_dir(&skel.join(d), *mode)?;
-    }
-    for (link, target) in cairn_release::layout::ROOT_LINKS {
-        std::os::unix::fs::symlink(target, skel.join(link))?;
-    }
-    Ok(())
 }

@@ -24,9 +24,8 @@ pub fn erofs(tree: &Path, out: &Path, uuid: Guid, epoch: u64) -> Result<()> {
     Ok(())
 }
 
-/// `mkfs.ext4 -d skeleton` for ROOT. Times come from `epoch` (E2FSPROGS_FAKE_TIME for the file
-/// system, and the skeleton's own times, which the caller sets).
-pub fn ext4(skeleton: &Path, out: &Path, size_bytes: u64, label: &str, uuid: Guid, epoch: u64) -> Result<()> {
+/// An empty ext4 for ROOT, its times from `epoch` (E2FSPROGS_FAKE_TIME).
+pub fn ext4(out: &Path, size_bytes: u64, label: &str, uuid: Guid, epoch: u64) -> Result<()> {
     let _ = std::fs::remove_file(out);
     run(Command::new("mkfs.ext4")
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
@@ -36,32 +35,18 @@ pub fn ext4(skeleton: &Path, out: &Path, size_bytes: u64, label: &str, uuid: Gui
         .arg(uuid.to_string())
         .arg("-E")
         .arg(format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=1"))
-        .arg("-d")
-        .arg(skeleton)
         .arg(out)
         .arg(format!("{}k", size_bytes / 1024)))
     .context("making the ROOT ext4 image")?;
     Ok(())
 }
 
-/// Sets the times of everything under `dir` (not following links) to `epoch`.
-pub fn set_tree_times(dir: &Path, epoch: u64) -> Result<()> {
+/// Sets one file's times to `epoch`.
+pub fn set_times(path: &Path, epoch: u64) -> Result<()> {
     use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    let t = TimeSpec::new(epoch as i64, 0);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                stack.push(e.path());
-            }
-            utimensat(None, &e.path(), &t, &t, UtimensatFlags::NoFollowSymlink)
-                .with_context(|| format!("setting times of {}", e.path().display()))?;
-        }
-        utimensat(None, &d, &t, &t, UtimensatFlags::NoFollowSymlink)?;
-    }
-    Ok(())
+    let t = nix::sys::time::TimeSpec::new(epoch as i64, 0);
+    utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink)
+        .with_context(|| format!("setting times of {}", path.display()))
 }
 
 /// A compressed qcow2 copy of a raw disk.

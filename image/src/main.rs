@@ -134,7 +134,10 @@ fn run_vm(
     if exit_on_ready {
         let line = vm.wait_for_line("cairn: ready", 0, timeout)?;
         eprintln!("cairn run: host ready after {:.1} s: {line}", vm.uptime().as_secs_f64());
-        vm.shutdown(Duration::from_secs(30))?;
+        if !vm.shutdown(Duration::from_secs(30))? {
+            bail!("the guest did not power off within 30 s of the power button; QEMU was stopped");
+        }
+        eprintln!("cairn run: guest powered off after {:.1} s", vm.uptime().as_secs_f64());
         return Ok(());
     }
     loop {

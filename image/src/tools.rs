@@ -13,6 +13,10 @@ pub const BUILD_TOOLS: &[(&str, &str)] = &[
     ("mkfs.erofs", "erofs-utils"),
     ("mkfs.ext4", "e2fsprogs"),
     ("objcopy", "binutils"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("mmd", "mtools"),
+    ("mlabel", "mtools"),
     ("qemu-img", "qemu-utils"),
 ];
 

@@ -18,6 +18,8 @@ pub struct UkiInputs<'a> {
     pub cmdline: &'a str,
     pub os_release: &'a str,
     pub uname: &'a str,
+    /// SOURCE_DATE_EPOCH, for the PE timestamp.
+    pub epoch: u64,
 }
 
 /// Image base and the first free virtual address past the stub's sections.
@@ -62,5 +64,71 @@ pub fn build(inputs: &UkiInputs, work: &Path, out: &Path) -> Result<()> {
     }
     cmd.arg(inputs.stub).arg(out);
     run(&mut cmd).context("assembling the UKI with objcopy")?;
+    let mut pe = std::fs::read(out)?;
+    pin_timestamp(&mut pe, inputs.epoch)?;
+    crate::durable::write_atomic(out, &pe)?;
     Ok(())
+}
+
+/// objcopy stamps the PE header with the current time (it ignores SOURCE_DATE_EPOCH): set
+/// TimeDateStamp to `epoch` and recompute the PE checksum so the image stays consistent.
+pub fn pin_timestamp(pe: &mut [u8], epoch: u64) -> Result<()> {
+    if pe.len() < 0x40 || &pe[..2] != b"MZ" {
+        bail!("not a PE image");
+    }
+    let nt = u32::from_le_bytes(pe[0x3c..0x40].try_into()?) as usize;
+    let checksum_at = nt + 4 + 20 + 64;
+    if pe.len() < checksum_at + 4 || &pe[nt..nt + 4] != b"PE\0\0" {
+        bail!("PE header out of range");
+    }
+    pe[nt + 8..nt + 12].copy_from_slice(&(epoch.min(u32::MAX as u64) as u32).to_le_bytes());
+    pe[checksum_at..checksum_at + 4].fill(0);
+    let checksum = pe_checksum(pe, checksum_at);
+    pe[checksum_at..checksum_at + 4].copy_from_slice(&checksum.to_le_bytes());
+    Ok(())
+}
+
+/// The PE optional header checksum: 16-bit one's-complement-style sum plus the file length.
+fn pe_checksum(pe: &[u8], checksum_at: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, chunk) in pe.chunks(2).enumerate() {
+        let off = i * 2;
+        if off >= checksum_at && off < checksum_at + 4 {
+            continue;
+        }
+        let word = u16::from_le_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]) as u64;
+        sum += word;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32).wrapping_add(pe.len() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_sets_the_timestamp_and_a_valid_checksum() {
+        let mut stub = std::fs::read(STUB).expect("systemd-boot-efi's stub is installed");
+        let nt = u32::from_le_bytes(stub[0x3c..0x40].try_into().unwrap()) as usize;
+        pin_timestamp(&mut stub, 1_700_000_000).unwrap();
+        assert_eq!(u32::from_le_bytes(stub[nt + 8..nt + 12].try_into().unwrap()), 1_700_000_000);
+        let at = nt + 88;
+        let stored = u32::from_le_bytes(stub[at..at + 4].try_into().unwrap());
+        assert_eq!(stored, pe_checksum(&stub, at));
+        let again = {
+            let mut s = stub.clone();
+            pin_timestamp(&mut s, 1_700_000_000).unwrap();
+            s
+        };
+        assert_eq!(again, stub);
+    }
+
+    #[test]
+    fn checksum_of_known_bytes() {
+        // Words 0x0201 + 0x0403 (checksum field at 4..8 skipped) + length 8.
+        let pe = [1u8, 2, 3, 4, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(pe_checksum(&pe, 4), 0x0201 + 0x0403 + 8);
+    }
 }

@@ -13,6 +13,7 @@ const DISK_DEADLINE: Duration = Duration::from_secs(30);
 pub const BOOT_ENV: &str = "/run/cairn/boot.env";
 
 pub fn run() -> Result<std::convert::Infallible, String> {
+    let init_start_ms = crate::console::boot_ms();
     mounts::mount_api_filesystems()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("reading /proc/cmdline: {e}"))?;
     let root_hash = parse_root_hash(&cmdline)?;
@@ -22,8 +23,10 @@ pub fn run() -> Result<std::convert::Infallible, String> {
         .map_err(|_| "cairn.usr_hash_offset= is not a number")?;
 
     modules::load_list(Path::new("/").join(crate::MODULES_LOAD).as_path())?;
+    let modules_ms = crate::console::boot_ms();
 
     let found = wait_for_partitions(&root_hash)?;
+    let disk_ms = crate::console::boot_ms();
     say!("stage 1: /usr is {} (slot {}), ROOT is {}", found.usr.device.display(), found.slot.letter(), found.root.device.display());
 
     let params = read_verity_params(&found.usr.device, root_hash, hash_offset)?;
@@ -36,6 +39,7 @@ pub fn run() -> Result<std::convert::Infallible, String> {
     )
     .map_err(|e| format!("setting up dm-verity for {dev}: {e}"))?;
     let verity_dev = format!("/dev/dm-{minor}");
+    let verity_ms = crate::console::boot_ms();
 
     mounts::mount_root(&found.root.device, SYSROOT)?;
     mounts::prepare_root(SYSROOT)?;
@@ -46,7 +50,8 @@ pub fn run() -> Result<std::convert::Infallible, String> {
 
     std::fs::create_dir_all("/run/cairn").map_err(|e| format!("creating /run/cairn: {e}"))?;
     let env = format!(
-        "SLOT={}\nUSR_PARTITION={}\nUSR_DEVICE={verity_dev}\nROOT_PARTITION={}\nSTAGE1_MS={}\n",
+        "SLOT={}\nUSR_PARTITION={}\nUSR_DEVICE={verity_dev}\nROOT_PARTITION={}\n\
+         INIT_START_MS={init_start_ms}\nMODULES_MS={modules_ms}\nDISK_MS={disk_ms}\nVERITY_MS={verity_ms}\nSTAGE1_MS={}\n",
         found.slot.letter(),
         found.usr.device.display(),
         found.root.device.display(),

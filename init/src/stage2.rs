@@ -24,9 +24,22 @@ pub fn run() -> Result<std::convert::Infallible, String> {
     let boot = read_env(crate::stage1::BOOT_ENV);
     let version = os_release_value("/usr/lib/os-release", "VERSION_ID").unwrap_or_else(|| "unknown".into());
     let slot = boot.get("SLOT").cloned().unwrap_or_else(|| "?".into());
-    say!("ready version={version} slot={slot} boot_ms={}", crate::console::boot_ms());
-
+    // Listening to the power button is part of being ready: a press must not be lost.
     let mut buttons = power_buttons();
+    if buttons.is_empty() {
+        say!("no ACPI power button found; power off with SIGTERM to PID 1");
+    }
+    let ms = |k: &str| boot.get(k).map(String::as_str).unwrap_or("?").to_string();
+    say!(
+        "boot timing (ms since kernel start): init={} modules={} disk={} verity={} switch_root={} stage2={}",
+        ms("INIT_START_MS"),
+        ms("MODULES_MS"),
+        ms("DISK_MS"),
+        ms("VERITY_MS"),
+        ms("STAGE1_MS"),
+        crate::console::boot_ms()
+    );
+    say!("ready version={version} slot={slot} boot_ms={}", crate::console::boot_ms());
     loop {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         fds.extend(buttons.iter().map(|b| PollFd::new(b.as_fd(), PollFlags::POLLIN)));

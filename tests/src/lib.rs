@@ -1,1 +1,235 @@
+//! Shared pieces of Cairn's VM tests and benchmarks: images built once and shared, disk
+//! inspection (GPT, ESP), and tampering helpers.
 
+use anyhow::{Context, Result, bail};
+use cairn_image::build::{BuildOptions, build};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// Where the workspace lives (the tests crate's parent).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+/// A directory for test images, kept between runs so rebuilds are incremental.
+pub fn images_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    target.join("cairn-test-images")
+}
+
+/// A built image: its directory and what build.json says.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub dir: PathBuf,
+    pub version: String,
+    pub report: serde_json::Value,
+}
+
+impl Image {
+    pub fn raw(&self) -> PathBuf {
+        self.dir.join("disk.raw")
+    }
+    pub fn qcow2(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    /// (offset, size) in bytes of the partition labelled `label`.
+    pub fn partition(&self, label: &str) -> Result<(u64, u64)> {
+        let parts = self.report["partitions"].as_array().context("build.json has no partitions")?;
+        let p = parts.iter().find(|p| p["label"] == label).with_context(|| format!("no partition {label}"))?;
+        Ok((p["offset_bytes"].as_u64().context("offset")?, p["size_bytes"].as_u64().context("size")?))
+    }
+}
+
+/// Builds `spec` (relative to the workspace) as `version` into `images_dir()/name`, once per
+/// process; concurrent test processes serialize on a lock file.
+pub fn image(name: &str, spec: &str, version: &str) -> Result<Image> {
+    image_with_cache(name, spec, version, &cairn_image::default_cache_dir())
+}
+
+/// Like [`image`] with an explicit build cache.
+pub fn image_with_cache(name: &str, spec: &str, version: &str, cache: &Path) -> Result<Image> {
+    static BUILT: OnceLock<Mutex<HashMap<String, Image>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut map = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(img) = map.get(name) {
+        return Ok(img.clone());
+    }
+    let dir = images_dir().join(name);
+    std::fs::create_dir_all(&dir)?;
+    let lock_file = std::fs::File::create(images_dir().join(format!("{name}.lock")))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {name}: {e}"))?;
+    let report = build(&BuildOptions {
+        spec_path: workspace().join(spec),
+        version: Some(version.to_string()),
+        out: dir.clone(),
+        cache: cache.to_path_buf(),
+        source_date_epoch: 1_700_000_000,
+        binaries: cairn_image::binaries::Source::default_cargo(),
+        interactive: false,
+        quiet: true,
+        qcow2: false,
+    })
+    .with_context(|| format!("building test image {name} from {spec}"))?;
+    let img = Image { dir, version: version.to_string(), report: serde_json::to_value(&report)? };
+    map.insert(name.to_string(), img.clone());
+    Ok(img)
+}
+
+/// The default image, as the README's first command builds it.
+pub fn default_image() -> Result<Image> {
+    image("default", "images/default.toml", "1.0.0")
+}
+
+/// A new, empty build cache that shares only the downloaded packages of the default cache,
+/// so a build with it redoes every step but the download.
+pub fn fresh_cache_sharing_downloads(dir: &Path) -> Result<PathBuf> {
+    let archives = cairn_image::default_cache_dir().join("apt/archives");
+    let cache = dir.join("cache");
+    let dest = cache.join("apt/archives");
+    std::fs::create_dir_all(dest.join("partial"))?;
+    for e in std::fs::read_dir(&archives).with_context(|| format!("reading {}", archives.display()))? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::hard_link(e.path(), dest.join(e.file_name()))
+                .or_else(|_| std::fs::copy(e.path(), dest.join(e.file_name())).map(|_| ()))?;
+        }
+    }
+    Ok(cache)
+}
+
+/// A sparse copy of a disk image.
+pub fn copy_image(src: &Path, dest: &Path) -> Result<()> {
+    let status = std::process::Command::new("cp").arg("--sparse=always").arg(src).arg(dest).status()?;
+    if !status.success() {
+        bail!("copying {} failed", src.display());
+    }
+    Ok(())
+}
+
+/// Flips the bits of one byte at `offset`.
+pub fn flip_byte(path: &Path, offset: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(&mut b)?;
+    b[0] ^= 0xff;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(&b)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Physical byte offset, inside an erofs image, of the first extent of the file at `path`.
+pub fn erofs_file_offset(usr_img: &Path, path: &str) -> Result<u64> {
+    let out = std::process::Command::new("dump.erofs")
+        .args(["-e", &format!("--path={path}")])
+        .arg(usr_img)
+        .output()
+        .context("running dump.erofs (package erofs-utils)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "   0:        0..   13145 |   13145 :   96559104..  96563200 |    4096"
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("0:"))
+        .with_context(|| format!("no extents for {path} in dump.erofs output:\n{text}"))?;
+    let physical = line.split(':').nth(2).context("extent line")?;
+    let start = physical.split("..").next().context("extent start")?.trim();
+    start.parse().with_context(|| format!("extent start {start:?}"))
+}
+
+/// The names of the files in a directory of the ESP inside a (raw) disk image.
+pub fn esp_listing(raw: &Path, esp_offset: u64, esp_size: u64, dir: &str) -> Result<Vec<String>> {
+    let f = std::fs::File::open(raw)?;
+    let slice = Slice { f, start: esp_offset, len: esp_size, pos: 0 };
+    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).context("reading the ESP")?;
+    let d = fs.root_dir().open_dir(dir).with_context(|| format!("opening {dir} on the ESP"))?;
+    let mut names: Vec<String> = d
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A raw copy of a VM's overlay, to inspect what the guest wrote.
+pub fn overlay_to_raw(overlay: &Path, out: &Path) -> Result<()> {
+    let o = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(overlay)
+        .arg(out)
+        .output()?;
+    if !o.status.success() {
+        bail!("qemu-img convert: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
+}
+
+/// A window of a file, so fatfs can read a partition in place.
+struct Slice {
+    f: std::fs::File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl std::io::Read for Slice {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Seek, SeekFrom};
+        let left = self.len.saturating_sub(self.pos) as usize;
+        let n = buf.len().min(left);
+        self.f.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.f.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Slice {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("read-only"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for Slice {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.pos = match pos {
+            std::io::SeekFrom::Start(p) => p,
+            std::io::SeekFrom::End(o) => (self.len as i64 + o) as u64,
+            std::io::SeekFrom::Current(o) => (self.pos as i64 + o) as u64,
+        };
+        Ok(self.pos)
+    }
+}
+
+/// Parses `cairn: ready version=V slot=S boot_ms=N`.
+pub fn parse_ready(line: &str) -> Result<(String, String, u64)> {
+    let rest = line.split("cairn: ready ").nth(1).with_context(|| format!("not a ready line: {line}"))?;
+    let mut fields = HashMap::new();
+    for kv in rest.split_whitespace() {
+        if let Some((k, v)) = kv.split_once('=') {
+            fields.insert(k, v);
+        }
+    }
+    let get = |k: &str| fields.get(k).map(|s| s.to_string()).with_context(|| format!("ready line lacks {k}: {line}"));
+    Ok((get("version")?, get("slot")?, get("boot_ms")?.parse()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_parses() {
+        let (v, s, ms) = parse_ready("cairn: ready version=1.2.3 slot=b boot_ms=2345").unwrap();
+        assert_eq!((v.as_str(), s.as_str(), ms), ("1.2.3", "b", 2345));
+        assert!(parse_ready("cairn: ready version=1").is_err());
+    }
+}

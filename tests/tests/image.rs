@@ -1,0 +1,121 @@
+//! Checks of a built disk with the tools users would use: sgdisk, fsck.vfat, fsck.erofs,
+//! veritysetup. And reproducibility: the same inputs give the same bytes.
+
+use anyhow::{Context, Result, bail};
+use cairn_tests::*;
+use std::path::Path;
+use std::process::Command;
+
+fn tool(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {:?} (is it installed? see README)", cmd.get_program()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("{:?} failed ({}): {text}", cmd.get_program(), out.status);
+    }
+    Ok(text)
+}
+
+/// Extracts a partition to its own file.
+fn extract(img: &Image, label: &str, dest: &Path) -> Result<()> {
+    let (off, size) = img.partition(label)?;
+    tool(Command::new("dd")
+        .arg(format!("if={}", img.raw().display()))
+        .arg(format!("of={}", dest.display()))
+        .args(["bs=1M", "status=none", "conv=sparse"])
+        .arg(format!("skip={}", off >> 20))
+        .arg(format!("count={}", size >> 20)))?;
+    Ok(())
+}
+
+#[test]
+fn sgdisk_lists_the_architecture_layout() -> Result<()> {
+    let img = default_image()?;
+    let text = tool(Command::new("sgdisk").arg("-p").arg(img.raw()))?;
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() >= 7 && w[0].parse::<u32>().is_ok())
+        .collect();
+    let summary: Vec<(String, String, String)> =
+        rows.iter().map(|w| (w[0].to_string(), w[5].to_string(), w[6].to_string())).collect();
+    let expect = |n: &str, code: &str, name: &str| (n.to_string(), code.to_string(), name.to_string());
+    assert_eq!(
+        summary,
+        vec![
+            expect("1", "EF00", "EFI-SYSTEM"),
+            expect("2", "8314", "USR-A"),
+            expect("3", "8314", "USR-B"),
+            expect("5", "8300", "ROOT"),
+        ],
+        "{text}"
+    );
+    // 8314 is sgdisk's code for the Discoverable Partitions x86-64 /usr type; check the GUID too.
+    let info = tool(Command::new("sgdisk").arg("-i").arg("2").arg(img.raw()))?;
+    assert!(info.contains("8484680C-9521-48C6-9C11-B0720656F69E"), "{info}");
+    let uuid = img.report["usr"]["partition_uuid"].as_str().context("partition_uuid")?;
+    let root_hash = img.report["usr"]["root_hash"].as_str().context("root_hash")?;
+    assert_eq!(uuid.replace('-', ""), root_hash[..32], "USR-A's UUID is the first half of the root hash");
+    assert!(info.to_lowercase().contains(uuid), "{info}");
+    Ok(())
+}
+
+#[test]
+fn esp_passes_fsck_vfat() -> Result<()> {
+    let img = default_image()?;
+    let dir = tempfile::tempdir()?;
+    let esp = dir.path().join("esp.img");
+    extract(&img, "EFI-SYSTEM", &esp)?;
+    tool(Command::new("fsck.vfat").arg("-n").arg(&esp))?;
+    let (off, size) = img.partition("EFI-SYSTEM")?;
+    assert_eq!(esp_listing(&img.raw(), off, size, "EFI/BOOT")?, vec!["BOOTX64.EFI".to_string()]);
+    assert_eq!(esp_listing(&img.raw(), off, size, "loader")?, vec!["loader.conf".to_string()]);
+    Ok(())
+}
+
+#[test]
+fn usr_passes_fsck_erofs_and_veritysetup_verify() -> Result<()> {
+    let img = default_image()?;
+    let dir = tempfile::tempdir()?;
+    let usr = dir.path().join("usr.img");
+    extract(&img, "USR-A", &usr)?;
+    tool(Command::new("fsck.erofs").arg(&usr))?;
+    let root_hash = img.report["usr"]["root_hash"].as_str().context("root_hash")?;
+    let offset = img.report["usr"]["hash_offset"].as_u64().context("hash_offset")?;
+    tool(Command::new("veritysetup")
+        .arg("verify")
+        .arg(&usr)
+        .arg(&usr)
+        .arg(root_hash)
+        .arg(format!("--hash-offset={offset}")))?;
+
+    // And veritysetup refuses it once one byte of the file system changes.
+    flip_byte(&usr, offset / 2)?;
+    let refused = Command::new("veritysetup")
+        .arg("verify")
+        .arg(&usr)
+        .arg(&usr)
+        .arg(root_hash)
+        .arg(format!("--hash-offset={offset}"))
+        .output()?;
+    assert!(!refused.status.success(), "veritysetup accepted a tampered image");
+    Ok(())
+}
+
+#[test]
+fn same_inputs_give_the_same_disk() -> Result<()> {
+    let a = image("repro-a", "images/default.toml", "1.0.0")?;
+    // B starts from an empty cache (but the downloads): /usr, erofs and verity are made again.
+    let dir = tempfile::tempdir()?;
+    let cache = fresh_cache_sharing_downloads(dir.path())?;
+    let b = image_with_cache("repro-b", "images/default.toml", "1.0.0", &cache)?;
+    let cached = |i: &Image, step: &str| {
+        i.report["steps"].as_array().into_iter().flatten().any(|s| s["name"] == step && s["cached"] == true)
+    };
+    assert!(!cached(&b, "/usr erofs + verity"), "build B reused a cached /usr");
+    let sha = |i: &Image| i.report["outputs"]["disk.raw"]["sha256"].as_str().map(str::to_string);
+    assert!(sha(&a).is_some());
+    assert_eq!(sha(&a), sha(&b), "disk.raw differs between two builds of the same inputs");
+    // The recorded hash is the file's.
+    assert_eq!(sha(&a).unwrap(), cairn_image::apt::sha256_file(&a.raw())?);
+    Ok(())
+}
