@@ -168,11 +168,9 @@ fn parse_print_uris(text: &str) -> Result<Vec<Deb>> {
         let [_uri, filename, size, hash] = fields[..] else {
             bail!("unexpected apt output line: {line}");
         };
-        let sha256 = hash
-            .strip_prefix("SHA256:")
-            .with_context(|| format!("apt gave no SHA256 for {filename}"))?;
-        let (package, version) = package_version_from_filename(filename)
-            .with_context(|| format!("unexpected .deb file name {filename}"))?;
+        let sha256 = hash.strip_prefix("SHA256:").with_context(|| format!("apt gave no SHA256 for {filename}"))?;
+        let (package, version) =
+            package_version_from_filename(filename).with_context(|| format!("unexpected .deb file name {filename}"))?;
         debs.push(Deb {
             package,
             version,

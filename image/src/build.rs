@@ -57,6 +57,8 @@ pub struct UsrReport {
 pub struct KernelReport {
     pub package: String,
     pub version: String,
+    /// sha256 of the .deb; its unpacked copy is `<cache>/unpacked/<sha256>`.
+    pub sha256: String,
     pub release: String,
     pub meta_package: Option<String>,
 }
@@ -218,7 +220,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     })?;
     let usr_size = std::fs::metadata(&usr_img)?.len();
     if usr_size > spec.partitions.usr_mib * MIB {
-        bail!("/usr with its hash tree is {} MiB, more than partitions.usr_mib = {}", usr_size / MIB + 1, spec.partitions.usr_mib);
+        bail!(
+            "/usr with its hash tree is {} MiB, more than partitions.usr_mib = {}",
+            usr_size / MIB + 1,
+            spec.partitions.usr_mib
+        );
     }
 
     let cmdline = format!(
@@ -301,16 +307,36 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     steps.run("root ext4", || {
         // Empty: stage 1 makes ROOT's directories on first boot (mkfs.ext4 -d would copy the
         // build machine's ctimes, which no one can pin).
-        fsimage::ext4(&root_img, spec.partitions.root_mib * MIB, gpt::LABEL_ROOT, derived_guid(&seed, "root-fs"), epoch)?;
+        fsimage::ext4(
+            &root_img,
+            spec.partitions.root_mib * MIB,
+            gpt::LABEL_ROOT,
+            derived_guid(&seed, "root-fs"),
+            epoch,
+        )?;
         Ok(((), false))
     })?;
 
     let usr_a_uuid = gpt::usr_partition_uuid(&params.root_hash);
     let mut parts = vec![
-        part(1, gpt::LABEL_ESP, gpt::TYPE_ESP, derived_guid(&seed, "esp"), spec.partitions.esp_mib, Some(esp_img.clone())),
+        part(
+            1,
+            gpt::LABEL_ESP,
+            gpt::TYPE_ESP,
+            derived_guid(&seed, "esp"),
+            spec.partitions.esp_mib,
+            Some(esp_img.clone()),
+        ),
         part(2, gpt::LABEL_USR_A, gpt::TYPE_USR_X86_64, usr_a_uuid, spec.partitions.usr_mib, Some(usr_img.clone())),
         part(3, gpt::LABEL_USR_B, gpt::TYPE_USR_X86_64, derived_guid(&seed, "usr-b"), spec.partitions.usr_mib, None),
-        part(5, gpt::LABEL_ROOT, gpt::TYPE_LINUX_DATA, derived_guid(&seed, "root"), spec.partitions.root_mib, Some(root_img.clone())),
+        part(
+            5,
+            gpt::LABEL_ROOT,
+            gpt::TYPE_LINUX_DATA,
+            derived_guid(&seed, "root"),
+            spec.partitions.root_mib,
+            Some(root_img.clone()),
+        ),
     ];
     let disk_size = disk::layout(&mut parts)?;
     let disk_guid = derived_guid(&seed, "disk");
@@ -320,39 +346,26 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Ok(((), false))
     })?;
     let qcow2 = opts.out.join("disk.qcow2");
-    if opts.qcow2 {
-        steps.run("disk.qcow2", || {
-            fsimage::qcow2(&raw, &qcow2, opts.interactive && !opts.quiet)?;
-            Ok(((), false))
-        })?;
-    }
     let usr_out = opts.out.join("usr.img");
     let _ = std::fs::remove_file(&usr_out);
     if std::fs::hard_link(&usr_img, &usr_out).is_err() {
         std::fs::copy(&usr_img, &usr_out)?;
     }
-
-    let mut outputs = BTreeMap::new();
-    let mut record = |name: &str, path: &Path| -> Result<()> {
-        outputs.insert(
-            name.to_string(),
-            Output {
-                path: path.file_name().expect("file").to_string_lossy().into_owned(),
-                size: std::fs::metadata(path)?.len(),
-                sha256: sha256_file(path)?,
-            },
-        );
-        Ok(())
-    };
-    steps.run("checksums", || {
-        record("disk.raw", &raw)?;
-        if opts.qcow2 {
-            record("disk.qcow2", &qcow2)?;
-        }
-        record("uki", &uki_path)?;
-        record("usr", &usr_out)?;
-        record("initramfs", &initrd_path)?;
-        Ok(((), false))
+    // qemu-img compresses on one core while the outputs are hashed on the other.
+    let outputs = steps.run("disk.qcow2 + checksums", || {
+        std::thread::scope(|s| -> Result<_> {
+            let convert = opts.qcow2.then(|| s.spawn(|| fsimage::qcow2(&raw, &qcow2, false)));
+            let mut outputs = BTreeMap::new();
+            for (name, path) in [("disk.raw", &raw), ("uki", &uki_path), ("usr", &usr_out), ("initramfs", &initrd_path)]
+            {
+                outputs.insert(name.to_string(), output_of(path)?);
+            }
+            if let Some(c) = convert {
+                c.join().map_err(|_| anyhow::anyhow!("qcow2 conversion panicked"))??;
+                outputs.insert("disk.qcow2".to_string(), output_of(&qcow2)?);
+            }
+            Ok((outputs, false))
+        })
     })?;
 
     let report = BuildReport {
@@ -362,6 +375,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         kernel: KernelReport {
             package: kernel.package.clone(),
             version: kernel.version.clone(),
+            sha256: kernel.sha256.clone(),
             release: kernel_release.clone(),
             meta_package: kernel_meta.map(|m| format!("{}={}", m.package, m.version)),
         },
@@ -390,6 +404,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let json = serde_json::to_string_pretty(&report)?;
     crate::durable::write_atomic(&opts.out.join("build.json"), json.as_bytes())?;
     Ok(report)
+}
+
+fn output_of(path: &Path) -> Result<Output> {
+    Ok(Output {
+        path: path.file_name().expect("file").to_string_lossy().into_owned(),
+        size: std::fs::metadata(path)?.len(),
+        sha256: sha256_file(path)?,
+    })
 }
 
 fn part(number: u32, label: &str, type_guid: Guid, uuid: Guid, mib: u64, content: Option<PathBuf>) -> PartitionSpec {

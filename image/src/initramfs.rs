@@ -62,11 +62,7 @@ impl Initramfs {
     pub fn to_cpio(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for (ino, (path, entry)) in self.entries.iter().enumerate() {
-            let b = cpio::newc::Builder::new(path)
-                .ino(ino as u32 + 1)
-                .uid(0)
-                .gid(0)
-                .mtime(self.mtime);
+            let b = cpio::newc::Builder::new(path).ino(ino as u32 + 1).uid(0).gid(0).mtime(self.mtime);
             let (b, data): (_, &[u8]) = match entry {
                 Entry::Dir => (b.mode(0o040755).nlink(2), &[]),
                 Entry::File { data, mode } => (b.mode(0o100000 | mode).nlink(1), data),

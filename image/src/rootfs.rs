@@ -44,9 +44,8 @@ pub fn link_tree(src: &Path, dest: &Path, stats: &mut MergeStats) -> Result<()> 
 type Mapping<'a> = &'a dyn Fn(&Path) -> Option<PathBuf>;
 
 fn merge_dir(root: &Path, dir: &Path, tree: &Path, map: Mapping, stats: &mut MergeStats) -> Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .collect::<std::io::Result<_>>()?;
+    let mut entries: Vec<_> =
+        fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.collect::<std::io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let src = entry.path();
@@ -76,10 +75,10 @@ fn merge_dir(root: &Path, dir: &Path, tree: &Path, map: Mapping, stats: &mut Mer
 }
 
 fn replace(dest: &Path) -> Result<()> {
-    if let Some(parent) = dest.parent() {
-        if !parent.is_dir() {
-            ensure_dir(parent, 0o755)?;
-        }
+    if let Some(parent) = dest.parent()
+        && !parent.is_dir()
+    {
+        ensure_dir(parent, 0o755)?;
     }
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(dest)?,
@@ -92,10 +91,10 @@ fn replace(dest: &Path) -> Result<()> {
 /// Creates a directory (and parents) with an explicit mode, independent of the umask.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
     if !path.is_dir() {
-        if let Some(parent) = path.parent() {
-            if !parent.is_dir() {
-                ensure_dir(parent, 0o755)?;
-            }
+        if let Some(parent) = path.parent()
+            && !parent.is_dir()
+        {
+            ensure_dir(parent, 0o755)?;
         }
         fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
     }
@@ -126,7 +125,11 @@ pub fn write_factory_etc(tree: &Path, os_id: &str) -> Result<()> {
     let etc = tree.join("usr/share/factory/etc");
     ensure_dir(&etc, 0o755)?;
     write_file(&etc.join("hostname"), format!("{os_id}\n").as_bytes(), 0o644)?;
-    write_file(&etc.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", 0o644)?;
+    write_file(
+        &etc.join("passwd"),
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        0o644,
+    )?;
     write_file(&etc.join("group"), b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
     // Locked: no password works; access is by key.
     write_file(&etc.join("shadow"), b"root:*:1::::::\nnobody:*:1::::::\n", 0o600)?;

@@ -99,8 +99,7 @@ pub struct Release {
 
 impl Spec {
     pub fn load(path: &Path) -> Result<Spec> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading spec {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading spec {}", path.display()))?;
         Spec::parse(&text).with_context(|| format!("invalid spec {}", path.display()))
     }
 
@@ -112,8 +111,7 @@ impl Spec {
 
     fn validate(&self) -> Result<()> {
         let ok_id = |s: &str| {
-            !s.is_empty()
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
         };
         if !ok_id(&self.os.id) {
             bail!("os.id {:?} must be lower-case letters, digits, '.', '_' or '-'", self.os.id);

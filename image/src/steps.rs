@@ -40,7 +40,11 @@ impl Steps {
         let (value, cached) = result.map_err(|e| e.context(format!("step {name}")))?;
         let ms = start.elapsed().as_millis() as u64;
         if !self.quiet {
-            eprintln!("cairn build: {name:<22} {:>7.2} s{}", ms as f64 / 1000.0, if cached { "  (cached)" } else { "" });
+            eprintln!(
+                "cairn build: {name:<22} {:>7.2} s{}",
+                ms as f64 / 1000.0,
+                if cached { "  (cached)" } else { "" }
+            );
         }
         self.times.push(StepTime { name: name.to_string(), ms, cached });
         Ok(value)

@@ -58,11 +58,7 @@ pub fn check(tools: &[(&str, &str)], files: &[(&str, &str)]) -> Result<()> {
     if !missing.is_empty() {
         packages.sort();
         packages.dedup();
-        bail!(
-            "missing {}; install with: sudo apt-get install -y {}",
-            missing.join(", "),
-            packages.join(" ")
-        );
+        bail!("missing {}; install with: sudo apt-get install -y {}", missing.join(", "), packages.join(" "));
     }
     Ok(())
 }

@@ -32,11 +32,11 @@ fn partition_node(disk: &str, number: u32) -> Option<PathBuf> {
     let dir = Path::new("/sys/class/block").join(disk);
     for e in std::fs::read_dir(&dir).ok()?.filter_map(|e| e.ok()) {
         let p = e.path().join("partition");
-        if let Ok(n) = std::fs::read_to_string(&p) {
-            if n.trim().parse::<u32>().ok() == Some(number) {
-                let node = Path::new("/dev").join(e.file_name());
-                return node.exists().then_some(node);
-            }
+        if let Ok(n) = std::fs::read_to_string(&p)
+            && n.trim().parse::<u32>().ok() == Some(number)
+        {
+            let node = Path::new("/dev").join(e.file_name());
+            return node.exists().then_some(node);
         }
     }
     None
@@ -79,8 +79,9 @@ pub fn find_boot_partitions(root_hash: &[u8; 32]) -> Result<Option<Found>, Strin
         let Some(usr) = parts.iter().find(|p| p.uuid == want && p.type_guid == gpt::TYPE_USR_X86_64) else {
             continue;
         };
-        let slot = Slot::from_label(&usr.label)
-            .ok_or_else(|| format!("/usr partition {} is labelled {:?}, not USR-A or USR-B", usr.device.display(), usr.label))?;
+        let slot = Slot::from_label(&usr.label).ok_or_else(|| {
+            format!("/usr partition {} is labelled {:?}, not USR-A or USR-B", usr.device.display(), usr.label)
+        })?;
         let root = parts
             .iter()
             .find(|p| p.label == gpt::LABEL_ROOT)

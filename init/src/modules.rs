@@ -48,10 +48,7 @@ pub fn parse_modules_dep(text: &str) -> HashMap<String, (PathBuf, Vec<PathBuf>)>
     text.lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(m, deps)| {
-            let name = Path::new(m)
-                .file_stem()
-                .map(|s| s.to_string_lossy().replace('-', "_"))
-                .unwrap_or_default();
+            let name = Path::new(m).file_stem().map(|s| s.to_string_lossy().replace('-', "_")).unwrap_or_default();
             (name, (PathBuf::from(m), deps.split_whitespace().map(PathBuf::from).collect()))
         })
         .collect()

@@ -97,7 +97,8 @@ pub fn switch_root(new_root: &str, init: &str) -> Result<std::convert::Infallibl
     nix::unistd::chdir(new_root).map_err(|e| format!("chdir {new_root}: {e}"))?;
     // The initramfs lives in memory until its files are gone.
     free_initramfs(Path::new("/"), new_root);
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| format!("moving {new_root} to /: {e}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| format!("moving {new_root} to /: {e}"))?;
     nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
     let path = std::ffi::CString::new(init).expect("no NUL");

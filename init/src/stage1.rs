@@ -27,7 +27,12 @@ pub fn run() -> Result<std::convert::Infallible, String> {
 
     let found = wait_for_partitions(&root_hash)?;
     let disk_ms = crate::console::boot_ms();
-    say!("stage 1: /usr is {} (slot {}), ROOT is {}", found.usr.device.display(), found.slot.letter(), found.root.device.display());
+    say!(
+        "stage 1: /usr is {} (slot {}), ROOT is {}",
+        found.usr.device.display(),
+        found.slot.letter(),
+        found.root.device.display()
+    );
 
     let params = read_verity_params(&found.usr.device, root_hash, hash_offset)?;
     let dev = found.usr.device.to_string_lossy().into_owned();

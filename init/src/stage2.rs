@@ -116,10 +116,10 @@ fn power_buttons() -> Vec<std::fs::File> {
                     continue;
                 }
                 let dev_name = std::fs::read_to_string(e.path().join("device/name")).unwrap_or_default();
-                if dev_name.contains("Power Button") {
-                    if let Ok(f) = std::fs::File::open(Path::new("/dev/input").join(&name)) {
-                        found.push(f);
-                    }
+                if dev_name.contains("Power Button")
+                    && let Ok(f) = std::fs::File::open(Path::new("/dev/input").join(&name))
+                {
+                    found.push(f);
                 }
             }
         }

@@ -59,10 +59,7 @@ pub fn probe_kvm(timeout: Duration) -> bool {
 }
 
 fn cpu_has_virtualization(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
 #[allow(unsafe_code)] // fork and raw guest memory: the child only runs the probe and exits.

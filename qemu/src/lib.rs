@@ -115,8 +115,7 @@ impl Vm {
         cmd.arg("-m").arg(cfg.mem_mib.to_string());
         cmd.arg("-smp").arg(cfg.cpus.to_string());
         let console_sock = dir.path().join("console.sock");
-        cmd.arg("-chardev")
-            .arg(format!("socket,id=con0,path={},server=on,wait=on", console_sock.display()));
+        cmd.arg("-chardev").arg(format!("socket,id=con0,path={},server=on,wait=on", console_sock.display()));
         cmd.args(["-serial", "chardev:con0"]);
         let qmp_sock = dir.path().join("qmp.sock");
         cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp_sock.display()));
@@ -223,7 +222,10 @@ impl Vm {
                 if let Some(found) = self.console.find_line(needles, from) {
                     return Ok(found);
                 }
-                bail!("QEMU exited ({status}) before the console showed {needles:?}; console tail:\n{}", self.console.tail(40));
+                bail!(
+                    "QEMU exited ({status}) before the console showed {needles:?}; console tail:\n{}",
+                    self.console.tail(40)
+                );
             }
             let now = Instant::now();
             if now >= deadline {

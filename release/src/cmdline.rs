@@ -12,7 +12,7 @@ pub fn value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
         .filter_map(|w| w.split_once('='))
         .filter(|(k, _)| *k == key)
         .map(|(_, v)| v)
-        .last()
+        .next_back()
 }
 
 /// Whether a bare flag (or `flag=1`) is present.

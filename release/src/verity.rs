@@ -80,16 +80,11 @@ fn pad_to_block(v: &mut Vec<u8>) {
 
 /// Builds the tree over `data_blocks` blocks of `data`. The hash offset only goes into the result
 /// the caller keeps; the tree does not depend on it.
-pub fn build(
-    mut data: impl Read,
-    data_blocks: u64,
-    salt: [u8; SALT_SIZE],
-) -> Result<HashTree, VerityError> {
+pub fn build(mut data: impl Read, data_blocks: u64, salt: [u8; SALT_SIZE]) -> Result<HashTree, VerityError> {
     let mut leaves = Vec::with_capacity((data_blocks as usize).div_ceil(HASHES_PER_BLOCK) * BLOCK_SIZE);
     let mut block = vec![0u8; BLOCK_SIZE];
     for i in 0..data_blocks {
-        data.read_exact(&mut block)
-            .map_err(|source| VerityError::Read { block: i, source })?;
+        data.read_exact(&mut block).map_err(|source| VerityError::Read { block: i, source })?;
         leaves.extend_from_slice(&salted_hash(&salt, &block));
     }
     pad_to_block(&mut leaves);

@@ -146,23 +146,15 @@ pub fn esp_listing(raw: &Path, esp_offset: u64, esp_size: u64, dir: &str) -> Res
     let slice = Slice { f, start: esp_offset, len: esp_size, pos: 0 };
     let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).context("reading the ESP")?;
     let d = fs.root_dir().open_dir(dir).with_context(|| format!("opening {dir} on the ESP"))?;
-    let mut names: Vec<String> = d
-        .iter()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .filter(|n| n != "." && n != "..")
-        .collect();
+    let mut names: Vec<String> =
+        d.iter().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| n != "." && n != "..").collect();
     names.sort();
     Ok(names)
 }
 
 /// A raw copy of a VM's overlay, to inspect what the guest wrote.
 pub fn overlay_to_raw(overlay: &Path, out: &Path) -> Result<()> {
-    let o = std::process::Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(overlay)
-        .arg(out)
-        .output()?;
+    let o = std::process::Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(overlay).arg(out).output()?;
     if !o.status.success() {
         bail!("qemu-img convert: {}", String::from_utf8_lossy(&o.stderr));
     }

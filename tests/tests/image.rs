@@ -18,12 +18,14 @@ fn tool(cmd: &mut Command) -> Result<String> {
 /// Extracts a partition to its own file.
 fn extract(img: &Image, label: &str, dest: &Path) -> Result<()> {
     let (off, size) = img.partition(label)?;
-    tool(Command::new("dd")
-        .arg(format!("if={}", img.raw().display()))
-        .arg(format!("of={}", dest.display()))
-        .args(["bs=1M", "status=none", "conv=sparse"])
-        .arg(format!("skip={}", off >> 20))
-        .arg(format!("count={}", size >> 20)))?;
+    tool(
+        Command::new("dd")
+            .arg(format!("if={}", img.raw().display()))
+            .arg(format!("of={}", dest.display()))
+            .args(["bs=1M", "status=none", "conv=sparse"])
+            .arg(format!("skip={}", off >> 20))
+            .arg(format!("count={}", size >> 20)),
+    )?;
     Ok(())
 }
 
@@ -81,12 +83,14 @@ fn usr_passes_fsck_erofs_and_veritysetup_verify() -> Result<()> {
     tool(Command::new("fsck.erofs").arg(&usr))?;
     let root_hash = img.report["usr"]["root_hash"].as_str().context("root_hash")?;
     let offset = img.report["usr"]["hash_offset"].as_u64().context("hash_offset")?;
-    tool(Command::new("veritysetup")
-        .arg("verify")
-        .arg(&usr)
-        .arg(&usr)
-        .arg(root_hash)
-        .arg(format!("--hash-offset={offset}")))?;
+    tool(
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(&usr)
+            .arg(&usr)
+            .arg(root_hash)
+            .arg(format!("--hash-offset={offset}")),
+    )?;
 
     // And veritysetup refuses it once one byte of the file system changes.
     flip_byte(&usr, offset / 2)?;

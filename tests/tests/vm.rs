@@ -82,7 +82,10 @@ fn assert_tampered_boot_fails(offset_in_usr: u64, what: &str) -> Result<()> {
     let (which, line) = vm.wait_for_any(&["cairn: boot failed", "cairn: ready"], 0, READY_DEADLINE)?;
     let console = vm.console().text();
     assert_eq!(which, 0, "{what}: a tampered /usr reached ready: {line}\n{console}");
-    assert!(console.contains("verity") && console.contains("corrupted"), "{what}: no verity error on the console:\n{console}");
+    assert!(
+        console.contains("verity") && console.contains("corrupted"),
+        "{what}: no verity error on the console:\n{console}"
+    );
     // After the message the host reboots (a boot try is spent); -no-reboot turns that into an exit.
     vm.wait_exit(Duration::from_secs(60))?;
     Ok(())
