@@ -41,8 +41,8 @@ enum Command {
     Run {
         #[arg(long, default_value = "out/disk.qcow2")]
         image: PathBuf,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 1024)]
+        /// Guest memory: MiB, or with a unit (512M, 2G).
+        #[arg(long, default_value = "1G", value_parser = parse_mem_mib)]
         mem: u32,
         #[arg(long, default_value_t = 2)]
         cpus: u32,
@@ -61,11 +61,38 @@ enum Command {
     },
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(super::parse_mem_mib("2G"), Ok(2048));
+        assert_eq!(super::parse_mem_mib("512M"), Ok(512));
+        assert_eq!(super::parse_mem_mib("1024"), Ok(1024));
+        assert!(super::parse_mem_mib("64M").is_err());
+        assert!(super::parse_mem_mib("lots").is_err());
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("cairn: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `1024`, `1024M`, `2G` -> MiB.
+fn parse_mem_mib(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&s[..i], 1024),
+        Some((i, 'M' | 'm')) => (&s[..i], 1),
+        _ => (s, 1),
+    };
+    let n: u32 = num.parse().map_err(|_| format!("{s:?} is not a size like 1024, 512M or 2G"))?;
+    match n.checked_mul(mult) {
+        Some(mib) if mib >= 128 => Ok(mib),
+        _ => Err(format!("{s:?}: guest memory must be at least 128M")),
     }
 }
 
@@ -131,6 +158,7 @@ fn run_vm(
     signal_hook_flag(&interrupted)?;
     let mut vm = cairn_qemu::Vm::start(&cfg)?;
     eprintln!("cairn run: {} with {} acceleration; Ctrl-C powers it off", image.display(), vm.accel().qemu_name());
+    forward_stdin(vm.console_writer());
     if exit_on_ready {
         let line = vm.wait_for_line("cairn: ready", 0, timeout)?;
         eprintln!("cairn run: host ready after {:.1} s: {line}", vm.uptime().as_secs_f64());
@@ -152,6 +180,21 @@ fn run_vm(
             return Ok(());
         }
     }
+}
+
+/// Copies what is typed to the VM's serial console (line by line: the terminal stays cooked,
+/// so Ctrl-C still reaches us).
+fn forward_stdin(console: cairn_qemu::ConsoleWriter) {
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 1024];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || console.send(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Sets `flag` on SIGINT and SIGTERM instead of dying, so the VM can be powered off cleanly.

@@ -31,6 +31,10 @@ pub fn load_by_name(dir: &Path, names: &[&str]) -> Result<(), String> {
     let deps = parse_modules_dep(&text);
     for name in names {
         let key = name.replace('-', "_");
+        if is_loaded(&key) {
+            // Loading again would still make the kernel read and check the whole file.
+            continue;
+        }
         let Some((path, dependencies)) = deps.get(&key) else {
             return Err(format!("no module {name} in {}", dep_file.display()));
         };
@@ -41,6 +45,10 @@ pub fn load_by_name(dir: &Path, names: &[&str]) -> Result<(), String> {
         load_file(&dir.join(path))?;
     }
     Ok(())
+}
+
+fn is_loaded(name: &str) -> bool {
+    Path::new("/sys/module").join(name).join("initstate").exists()
 }
 
 /// name -> (path, dependency paths) from depmod's format.

@@ -12,7 +12,17 @@ use std::time::{Duration, Instant};
 pub struct Console {
     state: Mutex<State>,
     changed: Condvar,
-    writer: Mutex<UnixStream>,
+    writer: Arc<Mutex<UnixStream>>,
+}
+
+/// A handle that writes to a VM's serial console from another thread.
+#[derive(Clone)]
+pub struct ConsoleWriter(Arc<Mutex<UnixStream>>);
+
+impl ConsoleWriter {
+    pub fn send(&self, bytes: &[u8]) -> Result<()> {
+        self.0.lock().expect("console lock").write_all(bytes).context("writing to the VM console")
+    }
 }
 
 struct State {
@@ -39,7 +49,7 @@ pub(crate) fn connect(sock: &Path, log: &Path, echo: bool, child: &mut Child) ->
     let console = Arc::new(Console {
         state: Mutex::new(State { bytes: Vec::new(), closed: false }),
         changed: Condvar::new(),
-        writer: Mutex::new(stream.try_clone()?),
+        writer: Arc::new(Mutex::new(stream.try_clone()?)),
     });
     let mut log = std::fs::File::create(log)?;
     let reader = console.clone();
@@ -106,6 +116,10 @@ impl Console {
     }
 
     pub fn send(&self, bytes: &[u8]) -> Result<()> {
-        self.writer.lock().expect("console lock").write_all(bytes).context("writing to the VM console")
+        self.writer().send(bytes)
+    }
+
+    pub fn writer(&self) -> ConsoleWriter {
+        ConsoleWriter(self.writer.clone())
     }
 }

@@ -7,7 +7,7 @@ mod console;
 mod qmp;
 
 pub use accel::Accel;
-pub use console::Console;
+pub use console::{Console, ConsoleWriter};
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -165,6 +165,22 @@ impl Vm {
         // Own process group: a Ctrl-C on the terminal reaches us, and we power the guest off.
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
+        #[allow(unsafe_code)]
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, sigprocmask).
+        unsafe {
+            cmd.pre_exec(|| {
+                // QEMU dies with the thread that started it: a crashed test or a killed
+                // `cairn run` never leaves a VM behind.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Callers may block signals to handle them in a thread; QEMU starts clean.
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                Ok(())
+            });
+        }
         let started = Instant::now();
         let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
 
@@ -238,6 +254,11 @@ impl Vm {
             }
             self.console.wait_change(deadline.min(now + Duration::from_millis(200)) - now);
         }
+    }
+
+    /// A handle for writing to the console from another thread.
+    pub fn console_writer(&self) -> ConsoleWriter {
+        self.console.writer()
     }
 
     /// Writes bytes to the serial console.
