@@ -61,18 +61,6 @@ enum Command {
     },
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(super::parse_mem_mib("2G"), Ok(2048));
-        assert_eq!(super::parse_mem_mib("512M"), Ok(512));
-        assert_eq!(super::parse_mem_mib("1024"), Ok(1024));
-        assert!(super::parse_mem_mib("64M").is_err());
-        assert!(super::parse_mem_mib("lots").is_err());
-    }
-}
-
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -211,4 +199,16 @@ fn signal_hook_flag(flag: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> Res
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(super::parse_mem_mib("2G"), Ok(2048));
+        assert_eq!(super::parse_mem_mib("512M"), Ok(512));
+        assert_eq!(super::parse_mem_mib("1024"), Ok(1024));
+        assert!(super::parse_mem_mib("64M").is_err());
+        assert!(super::parse_mem_mib("lots").is_err());
+    }
 }
