@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Bump when the staged /usr would differ for the same inputs (cache key of the /usr image).
-const USR_LAYOUT_VERSION: u32 = 1;
+const USR_LAYOUT_VERSION: u32 = 2;
 
 pub struct BuildOptions {
     pub spec_path: PathBuf,
@@ -162,8 +162,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let os_release = rootfs::os_release(&spec.os.id, &spec.os.name, &version);
     let salt: [u8; 32] = Sha256::digest(format!("cairn verity salt {} {version}", spec.os.id)).into();
 
+    let overlays: Vec<PathBuf> = spec.overlay.iter().map(|o| spec.base_dir.join(o)).collect();
+    for dir in &overlays {
+        rootfs::check_overlay(dir)?;
+    }
+
     // The /usr image is cached by everything that goes into it.
-    let usr_key = {
+    let usr_key = (|| -> Result<String> {
         let mut h = Sha256::new();
         h.update(format!("layout {USR_LAYOUT_VERSION} epoch {epoch}\n"));
         for d in debs.iter().chain([&kernel]) {
@@ -174,9 +179,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         }
         h.update(&os_release);
         h.update(spec.os.id.as_bytes());
+        for dir in &overlays {
+            h.update(rootfs::tree_digest(dir)?);
+        }
         h.update(salt);
-        hex::encode(h.finalize())
-    };
+        Ok(hex::encode(h.finalize()))
+    })()?;
     let usr_cache = opts.cache.join("usr").join(&usr_key[..32]);
     let (params, usr_img, stats) = steps.run("/usr erofs + verity", || {
         if let Some(hit) = load_usr_cache(&usr_cache)? {
@@ -194,12 +202,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         let mods_dest = usr.join("lib/modules").join(&kernel_release);
         rootfs::link_tree(&modules_dir, &mods_dest, &mut stats)?;
         rootfs::write_file(&mods_dest.join("modules.dep"), index.modules_dep()?.as_bytes(), 0o644)?;
+        rootfs::busybox_links(&tree)?;
+        for dir in &overlays {
+            rootfs::link_tree(dir, &tree, &mut MergeStats::default())?;
+        }
         for b in &bins {
             rootfs::write_file(&usr.join("sbin").join(&b.name), &std::fs::read(&b.path)?, 0o755)?;
         }
-        let init_link = usr.join("sbin/init");
-        let _ = std::fs::remove_file(&init_link);
-        std::os::unix::fs::symlink("cairn-init", &init_link)?;
+        // One binary, several names: PID 1, its control client, and the power commands.
+        for name in ["init", "cairnctl", "reboot", "poweroff", "halt"] {
+            let link = usr.join("sbin").join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink("cairn-init", &link)?;
+        }
         rootfs::write_file(&usr.join("lib/os-release"), os_release.as_bytes(), 0o644)?;
         rootfs::write_factory_etc(&tree, &spec.os.id)?;
 
@@ -227,16 +242,22 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         );
     }
 
-    let cmdline = format!(
-        "{} {}={} {}={}",
+    let mut cmdline = format!(
+        "{} {}={} {}={} {}={}",
         spec.kernel.cmdline.trim(),
         cairn_release::cmdline::USR_HASH,
         hex::encode(params.root_hash),
         cairn_release::cmdline::USR_HASH_OFFSET,
-        params.hash_offset
+        params.hash_offset,
+        cairn_release::cmdline::BOOT_DEADLINE,
+        spec.boot.deadline_s
     )
     .trim()
     .to_string();
+    if spec.boot.autologin {
+        cmdline.push(' ');
+        cmdline.push_str(cairn_release::cmdline::AUTOLOGIN);
+    }
 
     let initrd_path = work.join("initrd.cpio");
     steps.run("initramfs", || {

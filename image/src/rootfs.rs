@@ -113,6 +113,71 @@ pub fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Overlay trees may only add to `/usr` (everything else of the image is made at boot).
+pub fn check_overlay(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir).with_context(|| format!("reading overlay {}", dir.display()))? {
+        let name = e?.file_name();
+        if name != "usr" {
+            anyhow::bail!("overlay {}: only usr/ may appear at its top, not {:?}", dir.display(), name);
+        }
+    }
+    Ok(())
+}
+
+/// A digest of a tree's paths, modes, link targets and contents, in path order.
+pub fn tree_digest(dir: &Path) -> Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let p = e?.path();
+            if fs::symlink_metadata(&p)?.is_dir() {
+                stack.push(p.clone());
+            }
+            files.push(p);
+        }
+    }
+    files.sort();
+    for p in files {
+        let m = fs::symlink_metadata(&p)?;
+        h.update(p.strip_prefix(dir).expect("under dir").to_string_lossy().as_bytes());
+        h.update(m.permissions().mode().to_le_bytes());
+        if m.is_symlink() {
+            h.update(fs::read_link(&p)?.to_string_lossy().as_bytes());
+        } else if m.is_file() {
+            h.update(fs::read(&p)?);
+        }
+    }
+    Ok(h.finalize().into())
+}
+
+/// Links every applet of the image's busybox that no package provides (`ls`, `ip`, `sh`...).
+/// The image's busybox is static, so the build machine can ask it for its list.
+pub fn busybox_links(tree: &Path) -> Result<usize> {
+    let busybox = tree.join("usr/bin/busybox");
+    if !busybox.is_file() {
+        return Ok(0);
+    }
+    let out = crate::tools::run(std::process::Command::new(&busybox).arg("--list-full"))
+        .context("listing busybox applets")?;
+    let mut n = 0;
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(dest) = destination(Path::new(applet)) else { continue };
+        let dest = tree.join(dest);
+        if applet.ends_with("/init") || applet == "linuxrc" || fs::symlink_metadata(&dest).is_ok() {
+            continue;
+        }
+        if let Some(parent) = dest.parent() {
+            ensure_dir(parent, 0o755)?;
+        }
+        symlink("/usr/bin/busybox", &dest).with_context(|| format!("linking {}", dest.display()))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 pub fn os_release(id: &str, name: &str, version: &str) -> String {
     format!(
         "NAME=\"{name}\"\nID={id}\nVERSION=\"{version}\"\nVERSION_ID={version}\nPRETTY_NAME=\"{name} {version}\"\n\

@@ -7,6 +7,9 @@ use std::path::Path;
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    /// Another spec (relative path) this one starts from; its keys are overridden here.
+    #[serde(default, skip_serializing)]
+    pub extends: Option<String>,
     pub os: Os,
     pub kernel: Kernel,
     #[serde(default)]
@@ -19,6 +22,12 @@ pub struct Spec {
     pub boot: Boot,
     #[serde(default)]
     pub release: Release,
+    /// Directory trees (relative to the spec) copied into the image; only `usr/` may appear.
+    #[serde(default)]
+    pub overlay: Vec<String>,
+    /// The directory the spec was read from, for its relative paths.
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -82,11 +91,27 @@ pub enum FirstEntry {
     Counted,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
     #[serde(default)]
     pub first_entry: FirstEntry,
+    /// A host not ready this many seconds after the kernel started reboots (costing a try).
+    #[serde(default = "default_deadline")]
+    pub deadline_s: u32,
+    /// A root shell on the serial console (`cairn.autologin`): development and test images only.
+    #[serde(default)]
+    pub autologin: bool,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Boot { first_entry: FirstEntry::default(), deadline_s: default_deadline(), autologin: false }
+    }
+}
+
+fn default_deadline() -> u32 {
+    120
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -99,12 +124,18 @@ pub struct Release {
 
 impl Spec {
     pub fn load(path: &Path) -> Result<Spec> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading spec {}", path.display()))?;
-        Spec::parse(&text).with_context(|| format!("invalid spec {}", path.display()))
+        let value = load_value(path, 0)?;
+        let mut spec: Spec = value.try_into().map_err(|e| anyhow::anyhow!("invalid spec {}: {e}", path.display()))?;
+        spec.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        spec.validate().with_context(|| format!("invalid spec {}", path.display()))?;
+        Ok(spec)
     }
 
     pub fn parse(text: &str) -> Result<Spec> {
         let spec: Spec = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if spec.extends.is_some() {
+            bail!("extends needs a spec file (use Spec::load)");
+        }
         spec.validate()?;
         Ok(spec)
     }
@@ -133,6 +164,41 @@ impl Spec {
             bail!("kernel.cmdline must not set usrhash=: the builder adds it");
         }
         Ok(())
+    }
+}
+
+/// A spec file as TOML, with what it `extends` merged underneath (tables merge, other values
+/// are replaced). Syntax errors keep their line and column.
+fn load_value(path: &Path, depth: usize) -> Result<toml::Value> {
+    if depth > 8 {
+        bail!("{}: extends nests more than 8 deep", path.display());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading spec {}", path.display()))?;
+    let mut value: toml::Value =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid spec {}: {e}", path.display()))?;
+    let parent = match value.as_table_mut().and_then(|t| t.remove("extends")) {
+        None => return Ok(value),
+        Some(toml::Value::String(p)) => path.parent().unwrap_or(Path::new(".")).join(p),
+        Some(_) => bail!("{}: extends must be a path", path.display()),
+    };
+    let mut base = load_value(&parent, depth + 1)?;
+    merge(&mut base, value);
+    Ok(base)
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
     }
 }
 
@@ -172,6 +238,22 @@ mod tests {
         let text = DEFAULT.replace("[os]", "[os]\ncodename = \"x\"");
         let err = format!("{:#}", Spec::parse(&text).unwrap_err());
         assert!(err.contains("codename"), "{err}");
+    }
+
+    #[test]
+    fn extends_merges_tables_and_names_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("cairn-spec-extends-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("base.toml"), DEFAULT).unwrap();
+        std::fs::write(dir.join("dev.toml"), "extends = \"base.toml\"\n[boot]\nautologin = true\n").unwrap();
+        std::fs::write(dir.join("bad.toml"), "extends = \"base.toml\"\n[boot]\nautologon = true\n").unwrap();
+        let s = Spec::load(&dir.join("dev.toml")).unwrap();
+        assert!(s.boot.autologin);
+        assert_eq!(s.boot.deadline_s, 120);
+        assert_eq!(s.os.id, "cairn", "inherited");
+        let e = format!("{:#}", Spec::load(&dir.join("bad.toml")).unwrap_err());
+        assert!(e.contains("autologon"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -16,6 +16,7 @@ const TARGET_SPEC_SIZE: usize = 40;
 const DM_READONLY_FLAG: u32 = 1 << 0;
 
 const DM_DEV_CREATE: u8 = 3;
+const DM_DEV_REMOVE: u8 = 4;
 const DM_DEV_SUSPEND: u8 = 6;
 const DM_TABLE_LOAD: u8 = 9;
 
@@ -107,6 +108,12 @@ pub fn create_readonly(name: &str, uuid: &str, target: &Target) -> io::Result<u3
     resume.ioctl(&control, DM_DEV_SUSPEND).map_err(|e| ctx(e, "resuming the device"))?;
     // The kernel's huge_encode_dev: minor in bits 0-7 and 20-31.
     Ok(((dev & 0xff) | ((dev >> 12) & !0xff)) as u32)
+}
+
+/// Removes device `name` (it must not be open or mounted).
+pub fn remove(name: &str) -> io::Result<()> {
+    let control = std::fs::OpenOptions::new().read(true).write(true).open("/dev/mapper/control")?;
+    Buffer::new(name, "", &[], 0, 0)?.ioctl(&control, DM_DEV_REMOVE).map_err(|e| ctx(e, "DM_DEV_REMOVE"))
 }
 
 fn ctx(e: io::Error, what: &str) -> io::Error {

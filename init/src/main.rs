@@ -1,14 +1,22 @@
-//! `cairn-init`: PID 1 of Cairn. In the initramfs (where `/etc/initrd-release` exists) it is
-//! stage 1 and switches root into the real system; there it is stage 2.
+//! `cairn-init`: PID 1 of Cairn, and its control client.
+//!
+//! As PID 1 in the initramfs (where `/etc/initrd-release` exists) it is stage 1 and switches
+//! root into the real system; there it is stage 2. Invoked as `cairnctl`, `reboot` or
+//! `poweroff` it talks to the running PID 1 over its control socket.
 
 mod console;
+mod control;
 mod disks;
 mod dm;
+mod durable;
+mod firstboot;
 mod modules;
 mod mounts;
 mod power;
+mod service;
 mod stage1;
 mod stage2;
+mod system;
 
 use std::time::Duration;
 
@@ -19,9 +27,18 @@ pub const STAGE2_PATH: &str = "/usr/sbin/cairn-init";
 const FAILURE_DELAY: Duration = Duration::from_secs(5);
 
 fn main() {
-    if std::process::id() != 1 {
-        eprintln!("cairn-init is the init process of Cairn hosts; it runs as PID 1 only");
-        std::process::exit(2);
+    let args: Vec<String> = std::env::args().collect();
+    let program = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pid1 = std::process::id() == 1;
+    match program.as_str() {
+        power::FINAL_NAME if pid1 => power::final_step(power::Action::from_arg(args.get(1).map_or("", |s| s))),
+        "cairnctl" | "reboot" | "poweroff" | "halt" => std::process::exit(control::cli(&program, &args[1..])),
+        _ if !pid1 => std::process::exit(control::cli("cairnctl", &args[1..])),
+        _ => {}
     }
     std::panic::set_hook(Box::new(|info| fail(&format!("panic: {info}"))));
     let in_initramfs = std::path::Path::new("/etc/initrd-release").exists();

@@ -1,7 +1,14 @@
-//! Stage 2, PID 1 of the booted host. In this slice: announce readiness, reap zombies, and
-//! power off or reboot cleanly on SIGTERM, Ctrl-Alt-Del or the ACPI power button.
+//! Stage 2, PID 1 of the booted host: set the system up, supervise services, serve the
+//! control socket, print the ready line when every required service is ready, enforce the boot
+//! deadline, and shut down cleanly on request, SIGTERM, Ctrl-Alt-Del or the power button.
 
-use crate::{power, say};
+use crate::control::{self, Request, Response};
+use crate::power::{self, Action};
+use crate::service::spawn::ProcessSpawner;
+use crate::service::spec::{self, Ready, Restart, ServiceSpec};
+use crate::service::supervisor::{ExitHow, Supervisor};
+use crate::{firstboot, say, system};
+use cairn_release::cmdline;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -9,7 +16,11 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+const DEFAULT_BOOT_DEADLINE: Duration = Duration::from_secs(120);
 
 pub fn run() -> Result<std::convert::Infallible, String> {
     let mut signals = SigSet::empty();
@@ -17,67 +28,272 @@ pub fn run() -> Result<std::convert::Infallible, String> {
         signals.add(s);
     }
     signals.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
-    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).map_err(|e| format!("signalfd: {e}"))?;
-    // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reset.
+    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| format!("signalfd: {e}"))?;
     let _ = nix::sys::reboot::set_cad_enabled(false);
 
     let boot = read_env(crate::stage1::BOOT_ENV);
+    let kernel_cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let ms_now = crate::console::boot_ms;
+    let stage2_start = ms_now();
+    // A clock in boot time: Instant is CLOCK_MONOTONIC, which does not count suspend; fine here.
+    let boot_start = Instant::now() - Duration::from_millis(stage2_start);
+    let deadline = cmdline::value(&kernel_cmdline, "cairn.boot_deadline")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_BOOT_DEADLINE);
+
+    system::mount_all()?;
+    system::clock_sanity();
+    let first_boot_start = ms_now();
+    if let Some(root) = boot.get("ROOT_PARTITION") {
+        match firstboot::grow_root(Path::new(root), Path::new("/")) {
+            Ok(Some(g)) => say!("grew ROOT from {} to {} MiB", g.old_bytes >> 20, g.new_bytes >> 20),
+            Ok(None) => {}
+            // Not fatal: the host works on the smaller ROOT, and the next boot tries again.
+            Err(e) => say!("growing ROOT: {e}"),
+        }
+    }
+    if let Err(e) = system::ensure_machine_id() {
+        say!("machine-id: {e}");
+    }
+    let first_boot_ms = ms_now() - first_boot_start;
+    system::set_hostname();
+    if let Err(e) = system::loopback_up() {
+        say!("loopback: {e}");
+    }
+    system::load_listed_modules();
+
+    let (mut specs, errors) = spec::load(&[Path::new(spec::IMAGE_DIR), Path::new(spec::USER_DIR)]);
+    for e in &errors {
+        say!("service {} disabled: {e}", e.name);
+    }
+    specs.extend(network_services());
+    if cmdline::flag(&kernel_cmdline, "cairn.autologin") {
+        specs.push(console_shell(&kernel_cmdline));
+    }
+    let mut sup = Supervisor::new(specs, errors, Path::new(crate::service::log::LOG_DIR));
+    let mut spawner = ProcessSpawner;
+
+    let _ = std::fs::remove_file(control::SOCKET);
+    let listener = UnixListener::bind(control::SOCKET).map_err(|e| format!("binding {}: {e}", control::SOCKET))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let _ = std::fs::set_permissions(control::SOCKET, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+
+    let mut buttons = power_buttons();
+    let services_start = ms_now();
+    let mut ready_printed = false;
+    let mut network_up_ms: Option<u64> = None;
     let version = os_release_value("/usr/lib/os-release", "VERSION_ID").unwrap_or_else(|| "unknown".into());
     let slot = boot.get("SLOT").cloned().unwrap_or_else(|| "?".into());
-    // Listening to the power button is part of being ready: a press must not be lost.
-    let mut buttons = power_buttons();
-    if buttons.is_empty() {
-        say!("no ACPI power button found; power off with SIGTERM to PID 1");
-    }
-    let ms = |k: &str| boot.get(k).map(String::as_str).unwrap_or("?").to_string();
-    say!(
-        "boot timing (ms since kernel start): init={} modules={} disk={} verity={} switch_root={} stage2={}",
-        ms("INIT_START_MS"),
-        ms("MODULES_MS"),
-        ms("DISK_MS"),
-        ms("VERITY_MS"),
-        ms("STAGE1_MS"),
-        crate::console::boot_ms()
-    );
-    say!("ready version={version} slot={slot} boot_ms={}", crate::console::boot_ms());
+
     loop {
-        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let now = Instant::now();
+        sup.tick(now, &mut spawner, &probe);
+        if network_up_ms.is_none() && default_route() {
+            network_up_ms = Some(ms_now());
+            say!("network up at {} ms", ms_now());
+        }
+        if !ready_printed && sup.required_ready() {
+            ready_printed = true;
+            let ms = |k: &str| boot.get(k).cloned().unwrap_or_else(|| "?".into());
+            say!(
+                "boot timing (ms): kernel->init={} stage1={} first_boot={first_boot_ms} services={} network={}",
+                ms("INIT_START_MS"),
+                boot.get("STAGE1_MS")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    .saturating_sub(boot.get("INIT_START_MS").and_then(|v| v.parse().ok()).unwrap_or(0)),
+                ms_now() - services_start,
+                network_up_ms.map(|n| n.to_string()).unwrap_or_else(|| "pending".into()),
+            );
+            say!("ready version={version} slot={slot} boot_ms={}", ms_now());
+        }
+        if !ready_printed && now.duration_since(boot_start) > deadline {
+            say!("boot failed: not ready within {} s; waiting for: {}", deadline.as_secs(), sup.not_ready().join(", "));
+            power::shutdown(&mut sup, Action::Reboot);
+        }
+
+        let mut timeout = sup.next_wakeup(now).unwrap_or(Duration::from_secs(60));
+        if !ready_printed {
+            timeout = timeout.min((boot_start + deadline).saturating_duration_since(now) + Duration::from_millis(1));
+        }
+        if network_up_ms.is_none() && now.duration_since(boot_start) < Duration::from_secs(120) {
+            timeout = timeout.min(Duration::from_millis(50));
+        }
+
+        let outputs: Vec<(usize, std::os::fd::BorrowedFd)> =
+            sup.output_fds().into_iter().map(|(i, fd)| (i, fd.as_fd())).collect();
+        let mut fds =
+            vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         fds.extend(buttons.iter().map(|b| PollFd::new(b.as_fd(), PollFlags::POLLIN)));
-        match poll(&mut fds, PollTimeout::NONE) {
+        let first_output = fds.len();
+        fds.extend(outputs.iter().map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)));
+        let ms = timeout.as_millis().min(60_000) as u16;
+        match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(format!("poll: {e}")),
         }
-        let pressed: Vec<bool> =
-            fds[1..].iter().map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN))).collect();
-        let signal_ready = fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+        let readable = |f: &PollFd| f.revents().is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
+        let signal_ready = readable(&fds[0]);
+        let control_ready = readable(&fds[1]);
+        let pressed: Vec<usize> = (0..buttons.len()).filter(|i| readable(&fds[2 + i])).collect();
+        let drained: Vec<usize> = outputs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| readable(&fds[first_output + k]))
+            .map(|(_, (i, _))| *i)
+            .collect();
         drop(fds);
-        for (i, ready) in pressed.iter().enumerate() {
-            if *ready && power_key_pressed(&mut buttons[i]) {
+        drop(outputs);
+
+        for i in drained {
+            sup.drain_output(i);
+        }
+        for i in pressed {
+            if power_key_pressed(&mut buttons[i]) {
                 say!("power button pressed: powering off");
-                power::shutdown(power::Action::PowerOff);
+                power::shutdown(&mut sup, Action::PowerOff);
             }
         }
         if signal_ready {
             while let Ok(Some(info)) = sfd.read_signal() {
                 match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => reap(),
+                    Ok(Signal::SIGCHLD) => reap(&mut sup),
                     Ok(Signal::SIGTERM) | Ok(Signal::SIGPWR) | Ok(Signal::SIGUSR2) => {
-                        power::shutdown(power::Action::PowerOff)
+                        power::shutdown(&mut sup, Action::PowerOff)
                     }
-                    Ok(Signal::SIGINT) => power::shutdown(power::Action::Reboot),
+                    Ok(Signal::SIGINT) => power::shutdown(&mut sup, Action::Reboot),
                     _ => {}
+                }
+            }
+        }
+        if control_ready {
+            while let Ok((stream, _)) = listener.accept() {
+                let _ = stream.set_nonblocking(false);
+                let (response, then) = match control::read_request(&stream) {
+                    Ok(req) => handle(&mut sup, &mut spawner, req),
+                    Err(e) => (Response::err(e), None),
+                };
+                control::write_response(&stream, &response);
+                drop(stream);
+                if let Some(action) = then {
+                    power::shutdown(&mut sup, action);
                 }
             }
         }
     }
 }
 
-fn reap() {
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if matches!(status, WaitStatus::StillAlive) {
-            break;
+fn handle(sup: &mut Supervisor, spawner: &mut ProcessSpawner, req: Request) -> (Response, Option<Action>) {
+    let now = Instant::now();
+    let done = |r: Result<(), String>| match r {
+        Ok(()) => Response::ok(),
+        Err(e) => Response::err(e),
+    };
+    match req {
+        Request::Status => {
+            let mut r = Response::ok();
+            r.services = serde_json::to_value(sup.status(now)).ok();
+            (r, None)
+        }
+        Request::Start { service } => (done(sup.request_start(&service, now, spawner)), None),
+        Request::Stop { service } => (done(sup.request_stop(&service)), None),
+        Request::Restart { service } => (done(sup.request_restart(&service, now, spawner)), None),
+        Request::Log { service, lines } => match sup.log_path(&service) {
+            Some(path) => {
+                let mut r = Response::ok();
+                r.log = Some(crate::service::log::tail(&path, lines.min(10_000)));
+                (r, None)
+            }
+            None => (Response::err(format!("no service {service}")), None),
+        },
+        Request::Reboot => (Response::ok(), Some(Action::Reboot)),
+        Request::Poweroff => (Response::ok(), Some(Action::PowerOff)),
+    }
+}
+
+fn reap(sup: &mut Supervisor) {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                sup.on_exit(pid, ExitHow::Code(code), Instant::now());
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                sup.on_exit(pid, ExitHow::Signal(sig as i32), Instant::now());
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => continue,
         }
     }
+}
+
+fn probe(ready: &Ready) -> bool {
+    match ready {
+        Ready::Process => true,
+        Ready::UnixSocket(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+        Ready::TcpPort(port) => std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+            Duration::from_millis(50),
+        )
+        .is_ok(),
+    }
+}
+
+/// Whether the kernel has an IPv4 default route (DHCP has configured something).
+fn default_route() -> bool {
+    std::fs::read_to_string("/proc/net/route")
+        .map(|t| t.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000")))
+        .unwrap_or(false)
+}
+
+/// One DHCP client per Ethernet interface (busybox udhcpc: leases, renewal, routes, resolv.conf).
+fn network_services() -> Vec<ServiceSpec> {
+    let script = "/etc/udhcpc/default.script";
+    if !Path::new(script).exists() {
+        return Vec::new();
+    }
+    let mut ifaces: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    ifaces.sort();
+    ifaces
+        .into_iter()
+        .filter(|i| {
+            let dir = Path::new("/sys/class/net").join(i);
+            std::fs::read_to_string(dir.join("type")).map(|t| t.trim() == "1").unwrap_or(false)
+                && dir.join("device").exists()
+        })
+        .map(|iface| {
+            let mut s = ServiceSpec::placeholder(&format!("dhcp-{iface}"), Path::new("(built in)"));
+            s.description = format!("DHCP on {iface}");
+            s.command = ["/usr/bin/busybox", "udhcpc", "-f", "-R", "-i", &iface, "-s", script]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            s.restart = Restart::Always;
+            s.enabled = true;
+            s
+        })
+        .collect()
+}
+
+/// A root shell on the serial console, for development images (`cairn.autologin`).
+fn console_shell(kernel_cmdline: &str) -> ServiceSpec {
+    let tty = cmdline::value(kernel_cmdline, "console")
+        .map(|c| c.split(',').next().unwrap_or("ttyS0").to_string())
+        .unwrap_or_else(|| "ttyS0".into());
+    let mut s = ServiceSpec::placeholder("console-shell", Path::new("(cairn.autologin)"));
+    s.description = format!("root shell on /dev/{tty}");
+    s.command = vec!["/usr/bin/busybox".into(), "sh".into(), "-l".into()];
+    s.tty = Some(Path::new("/dev").join(tty));
+    s.environment.insert("PS1".into(), "cairn# ".into());
+    s.restart = Restart::Always;
+    s.restart_delay = Duration::from_millis(200);
+    // An interactive shell ignores SIGTERM; it gets SIGHUP too, and little time.
+    s.stop_timeout = Duration::from_secs(1);
+    s.enabled = true;
+    s
 }
 
 fn read_env(path: &str) -> HashMap<String, String> {
@@ -96,8 +312,8 @@ pub fn os_release_value(path: &str, key: &str) -> Option<String> {
     })
 }
 
-/// Event devices of ACPI power buttons. The button driver is a module; loading it (and evdev)
-/// makes the devices appear.
+/// Event devices of ACPI power buttons (the button and evdev modules are loaded from
+/// modules-load.d before this).
 fn power_buttons() -> Vec<std::fs::File> {
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let dir = Path::new("/usr/lib/modules").join(&release);
@@ -106,27 +322,20 @@ fn power_buttons() -> Vec<std::fs::File> {
         return Vec::new();
     }
     let mut found = Vec::new();
-    // The input devices are registered while the modules load; a short wait catches stragglers.
-    for _ in 0..50 {
-        found.clear();
-        if let Ok(rd) = std::fs::read_dir("/sys/class/input") {
-            for e in rd.filter_map(|e| e.ok()) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !name.starts_with("event") {
-                    continue;
-                }
-                let dev_name = std::fs::read_to_string(e.path().join("device/name")).unwrap_or_default();
-                if dev_name.contains("Power Button")
-                    && let Ok(f) = std::fs::File::open(Path::new("/dev/input").join(&name))
-                {
-                    found.push(f);
-                }
+    if let Ok(rd) = std::fs::read_dir("/sys/class/input") {
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let dev_name = std::fs::read_to_string(e.path().join("device/name")).unwrap_or_default();
+            if name.starts_with("event")
+                && dev_name.contains("Power Button")
+                && let Ok(f) = std::fs::File::open(Path::new("/dev/input").join(&name))
+            {
+                found.push(f);
             }
         }
-        if !found.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if found.is_empty() {
+        say!("no ACPI power button found; power off with `poweroff` or SIGTERM to PID 1");
     }
     found
 }

@@ -84,6 +84,12 @@ impl Console {
         self.state.lock().expect("console lock").bytes.len()
     }
 
+    /// Everything received after byte `from`.
+    pub fn text_from(&self, from: usize) -> String {
+        let st = self.state.lock().expect("console lock");
+        String::from_utf8_lossy(&st.bytes[from.min(st.bytes.len())..]).into_owned()
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.state.lock().expect("console lock").bytes).into_owned()
     }

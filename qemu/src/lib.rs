@@ -42,6 +42,10 @@ pub struct VmConfig {
     /// Let QEMU exit instead of resetting when the guest reboots.
     pub no_reboot: bool,
     pub accel: Option<Accel>,
+    /// Size of the overlay disk the guest sees (larger than the image: the disk grew).
+    pub disk_size: Option<u64>,
+    /// More disks (raw, read-only), e.g. an archive handed to the guest as /dev/vdb.
+    pub extra_disks: Vec<PathBuf>,
     pub extra_args: Vec<String>,
 }
 
@@ -56,6 +60,8 @@ impl VmConfig {
             echo_console: false,
             no_reboot: false,
             accel: None,
+            disk_size: None,
+            extra_disks: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -69,6 +75,14 @@ pub struct Vm {
     started: Instant,
     accel: Accel,
     overlay: Option<PathBuf>,
+    commands: u32,
+}
+
+/// What a console command printed (stdout and stderr together) and its exit status.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    pub output: String,
+    pub status: i32,
 }
 
 /// Missing tools are named with the package that provides them.
@@ -141,12 +155,12 @@ impl Vm {
                     (image.clone(), fmt)
                 } else {
                     let o = dir.path().join("overlay.qcow2");
-                    let out = Command::new("qemu-img")
-                        .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
-                        .arg(&image)
-                        .arg(&o)
-                        .output()
-                        .context("running qemu-img create")?;
+                    let mut create = Command::new("qemu-img");
+                    create.args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"]).arg(&image).arg(&o);
+                    if let Some(size) = cfg.disk_size {
+                        create.arg(size.to_string());
+                    }
+                    let out = create.output().context("running qemu-img create")?;
                     if !out.status.success() {
                         bail!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr));
                     }
@@ -158,6 +172,9 @@ impl Vm {
             Boot::Kernel { kernel, initrd, append } => {
                 cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);
             }
+        }
+        for (i, d) in cfg.extra_disks.iter().enumerate() {
+            cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={},id=extra{i}", d.display()));
         }
         cmd.args(&cfg.extra_args);
         let log = std::fs::File::create(dir.path().join("qemu.log"))?;
@@ -194,7 +211,7 @@ impl Vm {
                 return Err(e.context(format!("QEMU did not start: {}", log.trim())));
             }
         };
-        Ok(Vm { child: Some(child), dir, console, started, accel, overlay })
+        Ok(Vm { child: Some(child), dir, console, started, accel, overlay, commands: 0 })
     }
 
     pub fn accel(&self) -> Accel {
@@ -264,6 +281,44 @@ impl Vm {
     /// Writes bytes to the serial console.
     pub fn send(&self, bytes: &[u8]) -> Result<()> {
         self.console.send(bytes)
+    }
+
+    /// Runs a shell command on the serial console (images with `cairn.autologin`) and returns
+    /// its combined output and exit status. Fails at the deadline with the console's tail.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<CommandOutput> {
+        self.commands += 1;
+        let n = self.commands;
+        // The markers are split with '' so the terminal's echo of the typed line never matches.
+        let (begin, end) = (format!("__CAIRN_{n}_BEGIN__"), format!("__CAIRN_{n}_END__"));
+        let line = format!("echo __CAIRN_{n}_BEG''IN__; ( {command} ) </dev/null 2>&1; echo __CAIRN_{n}_E''ND__ $?\n");
+        let from = self.console.mark();
+        self.send(line.as_bytes())?;
+        let end_line = self.wait_for_line(&end, from, timeout).with_context(|| format!("running `{command}`"))?;
+        let status: i32 = end_line
+            .split(&end)
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no exit status in {end_line:?}"))?;
+        let text = self.console.text_from(from);
+        let after_begin = text
+            .split('\n')
+            .skip_while(|l| !l.trim_end_matches('\r').ends_with(&begin))
+            .skip(1)
+            .take_while(|l| !l.contains(&end))
+            .map(|l| l.trim_end_matches('\r'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Ok(CommandOutput { output: after_begin, status })
+    }
+
+    /// [`Vm::run`], failing unless the command exits 0; returns its output.
+    pub fn run_ok(&mut self, command: &str, timeout: Duration) -> Result<String> {
+        let out = self.run(command, timeout)?;
+        if out.status != 0 {
+            bail!("`{command}` exited {}:\n{}", out.status, out.output);
+        }
+        Ok(out.output)
     }
 
     /// Asks the guest to power off (ACPI power button).

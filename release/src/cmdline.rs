@@ -4,6 +4,10 @@
 pub const USR_HASH: &str = "usrhash";
 /// Byte offset of the verity superblock inside the `/usr` partition.
 pub const USR_HASH_OFFSET: &str = "cairn.usr_hash_offset";
+/// Seconds after kernel start by which the host must be ready, or it reboots.
+pub const BOOT_DEADLINE: &str = "cairn.boot_deadline";
+/// A root shell on the serial console (development and test images).
+pub const AUTOLOGIN: &str = "cairn.autologin";
 
 /// Value of `key=value` in a kernel command line; the last occurrence wins, as in the kernel.
 pub fn value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {

@@ -82,6 +82,77 @@ pub fn default_image() -> Result<Image> {
     image("default", "images/default.toml", "1.0.0")
 }
 
+/// The development image: the default container host plus a root shell on the console
+/// (`cairn.autologin`), which tests drive with `Vm::run`.
+pub fn dev_image() -> Result<Image> {
+    image("dev", "images/dev.toml", "1.0.0")
+}
+
+/// An OCI image archive (as `ctr images import` takes) named `name`, whose one layer holds the
+/// build machine's static busybox at /bin/busybox.
+pub fn oci_archive(dir: &Path, name: &str) -> Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let sh = |cmd: &mut std::process::Command| -> Result<()> {
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!("{:?}: {}", cmd, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let layer_root = dir.join("layer");
+    std::fs::create_dir_all(layer_root.join("bin"))?;
+    std::fs::copy("/bin/busybox", layer_root.join("bin/busybox")).context("/bin/busybox (busybox-static)")?;
+    let oci = dir.join("oci");
+    let blobs = oci.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let layer_tar = dir.join("layer.tar");
+    sh(std::process::Command::new("tar")
+        .args(["--owner=0", "--group=0", "-C"])
+        .arg(&layer_root)
+        .arg("-cf")
+        .arg(&layer_tar)
+        .arg("bin"))?;
+    let put = |bytes: &[u8]| -> Result<(String, usize)> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        std::fs::write(blobs.join(&digest), bytes)?;
+        Ok((format!("sha256:{digest}"), bytes.len()))
+    };
+    let (layer_digest, layer_size) = put(&std::fs::read(&layer_tar)?)?;
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Cmd": ["/bin/busybox", "true"] },
+        "rootfs": { "type": "layers", "diff_ids": [layer_digest] }
+    });
+    let (config_digest, config_size) = put(config.to_string().as_bytes())?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size }]
+    });
+    let (manifest_digest, manifest_size) = put(manifest.to_string().as_bytes())?;
+    let tag = name.rsplit(':').next().unwrap_or("latest");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "platform": { "architecture": "amd64", "os": "linux" },
+            "annotations": { "io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag }
+        }]
+    });
+    std::fs::write(oci.join("index.json"), index.to_string())?;
+    std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let archive = dir.join("image.tar");
+    sh(std::process::Command::new("tar")
+        .args(["--owner=0", "--group=0", "-C"])
+        .arg(&oci)
+        .arg("-cf")
+        .arg(&archive)
+        .args(["oci-layout", "index.json", "blobs"]))?;
+    Ok(archive)
+}
+
 /// A new, empty build cache that shares only the downloaded packages of the default cache,
 /// so a build with it redoes every step but the download.
 pub fn fresh_cache_sharing_downloads(dir: &Path) -> Result<PathBuf> {

@@ -1,0 +1,287 @@
+//! Service files: `/usr/lib/cairn/services/*.toml` from the image, `/etc/cairn/services/*.toml`
+//! from the user (a file of the same name in `/etc` replaces the image's). A file with an
+//! unknown field or a bad value is an error that names the file and the field; it disables
+//! that service, not the boot.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const IMAGE_DIR: &str = "/usr/lib/cairn/services";
+pub const USER_DIR: &str = "/etc/cairn/services";
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// When a started service counts as ready.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Ready {
+    /// As soon as the process runs.
+    Process,
+    /// When a connection to this unix socket succeeds.
+    UnixSocket(PathBuf),
+    /// When a connection to 127.0.0.1:port succeeds.
+    TcpPort(u16),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    description: Option<String>,
+    command: Vec<String>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    working_directory: Option<PathBuf>,
+    user: Option<String>,
+    tty: Option<PathBuf>,
+    #[serde(default = "default_restart")]
+    restart: Restart,
+    restart_delay: Option<String>,
+    restart_delay_max: Option<String>,
+    #[serde(default)]
+    after: Vec<String>,
+    ready: Option<Ready>,
+    #[serde(default)]
+    required: bool,
+    stop_timeout: Option<String>,
+    log_max_bytes: Option<u64>,
+    #[serde(default = "default_true")]
+    enabled: bool,
+}
+
+fn default_restart() -> Restart {
+    Restart::OnFailure
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A validated service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub source: PathBuf,
+    pub description: String,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub working_directory: PathBuf,
+    pub user: String,
+    /// Run on this terminal (stdin/out/err, controlling tty) instead of logging to a file.
+    pub tty: Option<PathBuf>,
+    pub restart: Restart,
+    pub restart_delay: Duration,
+    pub restart_delay_max: Duration,
+    pub after: Vec<String>,
+    pub ready: Ready,
+    /// The ready line waits for this service.
+    pub required: bool,
+    pub stop_timeout: Duration,
+    pub log_max_bytes: u64,
+    pub enabled: bool,
+}
+
+/// A service file that could not be used, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError {
+    pub name: String,
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+/// `100ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 100ms, 5s, 2m"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+pub fn parse(name: &str, file: &Path, text: &str) -> Result<ServiceSpec, SpecError> {
+    let err = |message: String| SpecError { name: name.to_string(), file: file.to_path_buf(), message };
+    let raw: RawService = toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
+    let dur = |field: &str, v: &Option<String>, default: Duration| match v {
+        Some(s) => parse_duration(s).map_err(|e| err(format!("{field}: {e}"))),
+        None => Ok(default),
+    };
+    if raw.command.is_empty() || raw.command[0].is_empty() {
+        return Err(err("command: must name a program".into()));
+    }
+    if !raw.command[0].starts_with('/') {
+        return Err(err(format!("command: {:?} must be an absolute path", raw.command[0])));
+    }
+    if let Some(d) = &raw.working_directory
+        && !d.is_absolute()
+    {
+        return Err(err(format!("working_directory: {} must be absolute", d.display())));
+    }
+    if raw.after.iter().any(|a| a == name) {
+        return Err(err("after: a service cannot come after itself".into()));
+    }
+    let restart_delay = dur("restart_delay", &raw.restart_delay, Duration::from_millis(100))?;
+    let restart_delay_max = dur("restart_delay_max", &raw.restart_delay_max, Duration::from_secs(30))?;
+    if restart_delay_max < restart_delay {
+        return Err(err("restart_delay_max: must not be less than restart_delay".into()));
+    }
+    if let Some(Ready::TcpPort(0)) = raw.ready {
+        return Err(err("ready.tcp_port: must be 1-65535".into()));
+    }
+    Ok(ServiceSpec {
+        name: name.to_string(),
+        source: file.to_path_buf(),
+        description: raw.description.unwrap_or_default(),
+        command: raw.command,
+        environment: raw.environment,
+        working_directory: raw.working_directory.unwrap_or_else(|| PathBuf::from("/")),
+        user: raw.user.unwrap_or_else(|| "root".into()),
+        tty: raw.tty,
+        restart: raw.restart,
+        restart_delay,
+        restart_delay_max,
+        after: raw.after,
+        ready: raw.ready.unwrap_or(Ready::Process),
+        required: raw.required,
+        stop_timeout: dur("stop_timeout", &raw.stop_timeout, Duration::from_secs(10))?,
+        log_max_bytes: raw.log_max_bytes.unwrap_or(1 << 20).max(4096),
+        enabled: raw.enabled,
+    })
+}
+
+/// Every service of the given directories, later directories overriding earlier ones by name.
+pub fn load(dirs: &[&Path]) -> (Vec<ServiceSpec>, Vec<SpecError>) {
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml")
+                && let Some(stem) = p.file_stem()
+            {
+                files.insert(stem.to_string_lossy().into_owned(), p);
+            }
+        }
+    }
+    let mut specs = Vec::new();
+    let mut errors = Vec::new();
+    for (name, file) in files {
+        if !valid_name(&name) {
+            errors.push(SpecError { name, file, message: "file name must be [a-z0-9_.-]+.toml".into() });
+            continue;
+        }
+        match std::fs::read_to_string(&file) {
+            Ok(text) => match parse(&name, &file, &text) {
+                Ok(s) => specs.push(s),
+                Err(e) => errors.push(e),
+            },
+            Err(e) => errors.push(SpecError { name, file, message: e.to_string() }),
+        }
+    }
+    (specs, errors)
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-@".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<ServiceSpec, SpecError> {
+        parse("svc", Path::new("/etc/cairn/services/svc.toml"), text)
+    }
+
+    #[test]
+    fn full_service_parses() {
+        let s = p(r#"
+description = "containerd"
+command = ["/usr/bin/containerd", "--log-level", "info"]
+environment = { PATH = "/usr/bin" }
+working_directory = "/var/lib"
+restart = "always"
+restart_delay = "200ms"
+after = ["network"]
+ready = { unix_socket = "/run/containerd/containerd.sock" }
+required = true
+stop_timeout = "5s"
+"#)
+        .unwrap();
+        assert_eq!(s.restart, Restart::Always);
+        assert_eq!(s.restart_delay, Duration::from_millis(200));
+        assert_eq!(s.ready, Ready::UnixSocket("/run/containerd/containerd.sock".into()));
+        assert!(s.required);
+        assert_eq!(s.stop_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_field() {
+        let e = p("command = [\"/bin/true\"]\nrestrat = \"always\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("/etc/cairn/services/svc.toml"), "{text}");
+        assert!(text.contains("restrat"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = p("command = [\"/bin/true\"]\nrestart = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(e.contains("sometimes"), "{e}");
+        let e = p("command = [\"/bin/true\"]\nstop_timeout = \"5 parsecs\"\n").unwrap_err().to_string();
+        assert!(e.contains("stop_timeout"), "{e}");
+        let e = p("command = [\"true\"]\n").unwrap_err().to_string();
+        assert!(e.contains("absolute"), "{e}");
+        let e = p("command = [\"/bin/true\"]\nready = { tcp_port = 0 }\n").unwrap_err().to_string();
+        assert!(e.contains("tcp_port"), "{e}");
+    }
+
+    #[test]
+    fn tcp_and_process_readiness() {
+        assert_eq!(p("command = [\"/x\"]\nready = { tcp_port = 22 }\n").unwrap().ready, Ready::TcpPort(22));
+        assert_eq!(p("command = [\"/x\"]\nready = \"process\"\n").unwrap().ready, Ready::Process);
+    }
+
+    #[test]
+    fn etc_overrides_usr_by_name() {
+        let t = std::env::temp_dir().join(format!("cairn-spec-test-{}", std::process::id()));
+        let (usr, etc) = (t.join("usr"), t.join("etc"));
+        std::fs::create_dir_all(&usr).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(usr.join("a.toml"), "command = [\"/usr/a\"]\n").unwrap();
+        std::fs::write(usr.join("b.toml"), "command = [\"/usr/b\"]\n").unwrap();
+        std::fs::write(etc.join("a.toml"), "command = [\"/etc/a\"]\n").unwrap();
+        std::fs::write(etc.join("bad.toml"), "command = [\"/x\"]\nbogus = 1\n").unwrap();
+        let (specs, errors) = load(&[&usr, &etc]);
+        let _ = std::fs::remove_dir_all(&t);
+        let cmds: Vec<_> = specs.iter().map(|s| s.command[0].as_str()).collect();
+        assert_eq!(cmds, vec!["/etc/a", "/usr/b"]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].to_string().contains("bogus"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+    }
+}
