@@ -170,7 +170,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     // The /usr image is cached by everything that goes into it.
     let usr_key = (|| -> Result<String> {
         let mut h = Sha256::new();
-        h.update(format!("layout {USR_LAYOUT_VERSION} epoch {epoch}\n"));
+        h.update(format!("layout {USR_LAYOUT_VERSION} epoch {epoch} erofs {:?}\n", fsimage::EROFS_OPTIONS));
         for d in debs.iter().chain([&kernel]) {
             h.update(format!("deb {} {}\n", d.filename, d.sha256));
         }

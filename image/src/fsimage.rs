@@ -7,17 +7,18 @@ use cairn_release::gpt::Guid;
 use std::path::Path;
 use std::process::Command;
 
-/// `mkfs.erofs` of `tree` (the future `/usr`): lz4hc, every file owned by root, every time
-/// set to `epoch`, a fixed UUID.
+/// mkfs.erofs options besides times and UUID (part of the /usr cache key).
+pub const EROFS_OPTIONS: &[&str] = &["-zlz4hc", "--all-root", "-x-1"];
+
+/// `mkfs.erofs` of `tree` (the future `/usr`): every file owned by root, every time set to
+/// `epoch`, a fixed UUID.
 pub fn erofs(tree: &Path, out: &Path, uuid: Guid, epoch: u64) -> Result<()> {
     let _ = std::fs::remove_file(out);
     run(Command::new("mkfs.erofs")
         .arg("--quiet")
-        .arg("-zlz4hc")
+        .args(EROFS_OPTIONS)
         .arg(format!("-T{epoch}"))
         .arg(format!("-U{uuid}"))
-        .arg("--all-root")
-        .arg("-x-1")
         .arg(out)
         .arg(tree))
     .context("making the /usr erofs image")?;

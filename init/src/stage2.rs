@@ -84,12 +84,17 @@ pub fn run() -> Result<std::convert::Infallible, String> {
     let services_start = ms_now();
     let mut ready_printed = false;
     let mut network_up_ms: Option<u64> = None;
+    let mut ready_times: Vec<String> = Vec::new();
     let version = os_release_value("/usr/lib/os-release", "VERSION_ID").unwrap_or_else(|| "unknown".into());
     let slot = boot.get("SLOT").cloned().unwrap_or_else(|| "?".into());
 
     loop {
         let now = Instant::now();
-        sup.tick(now, &mut spawner, &probe);
+        for name in sup.tick(now, &mut spawner, &probe) {
+            if !ready_printed {
+                ready_times.push(format!("{name}={}", ms_now() - services_start));
+            }
+        }
         if network_up_ms.is_none() && default_route() {
             network_up_ms = Some(ms_now());
             say!("network up at {} ms", ms_now());
@@ -98,13 +103,14 @@ pub fn run() -> Result<std::convert::Infallible, String> {
             ready_printed = true;
             let ms = |k: &str| boot.get(k).cloned().unwrap_or_else(|| "?".into());
             say!(
-                "boot timing (ms): kernel->init={} stage1={} first_boot={first_boot_ms} services={} network={}",
+                "boot timing (ms): kernel->init={} stage1={} first_boot={first_boot_ms} services={} ({}) network={}",
                 ms("INIT_START_MS"),
                 boot.get("STAGE1_MS")
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0)
                     .saturating_sub(boot.get("INIT_START_MS").and_then(|v| v.parse().ok()).unwrap_or(0)),
                 ms_now() - services_start,
+                ready_times.join(" "),
                 network_up_ms.map(|n| n.to_string()).unwrap_or_else(|| "pending".into()),
             );
             say!("ready version={version} slot={slot} boot_ms={}", ms_now());
@@ -119,7 +125,7 @@ pub fn run() -> Result<std::convert::Infallible, String> {
             timeout = timeout.min((boot_start + deadline).saturating_duration_since(now) + Duration::from_millis(1));
         }
         if network_up_ms.is_none() && now.duration_since(boot_start) < Duration::from_secs(120) {
-            timeout = timeout.min(Duration::from_millis(50));
+            timeout = timeout.min(Duration::from_millis(100));
         }
 
         let outputs: Vec<(usize, std::os::fd::BorrowedFd)> =

@@ -45,7 +45,7 @@ impl LogFile {
 
     /// A line written by init itself (start, exit), marked so it stands out from the output.
     pub fn note(&mut self, msg: &str) {
-        self.write(format!("-- cairn-init: {msg}\n").as_bytes());
+        self.write(format!("-- cairn-init [{} ms]: {msg}\n", crate::console::boot_ms()).as_bytes());
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 /// A service runs this long without exiting before its backoff resets.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+const READY_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -205,8 +206,9 @@ impl Supervisor {
         for s in &self.services {
             let d = match s.state {
                 State::Backoff => s.next_start.map(|t| t.saturating_duration_since(now)),
-                // Readiness is polled until it holds.
-                State::Starting => Some(Duration::from_millis(10)),
+                // Readiness is polled until it holds; often enough to notice quickly, not so
+                // often that PID 1 competes with the services it waits for.
+                State::Starting => Some(READY_POLL),
                 _ => None,
             };
             if let Some(d) = d {

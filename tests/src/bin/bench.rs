@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const EPOCH: u64 = 1_700_000_000;
+/// vCPUs of every benchmark VM (the floor's too). CI machines have 2 cores.
+const CPUS: u32 = 2;
 
 fn main() {
     if let Err(e) = run() {
@@ -102,6 +104,7 @@ fn run() -> Result<()> {
         );
     }
     let (fk, fq, ck, cq) = (median(&floor_kernel), median(&floor_qemu), median(&cairn_kernel), median(&cairn_qemu));
+    println!("(default image, {} vCPU)", CPUS);
     println!("                       kernel start -> ready    QEMU start -> ready");
     println!("floor (busybox init)   {fk:>10} ms            {fq:>10} ms");
     println!("cairn                  {ck:>10} ms            {cq:>10} ms");
@@ -110,7 +113,87 @@ fn run() -> Result<()> {
         ck as f64 / fk as f64,
         cq as f64 / fq as f64
     );
+
+    host_boot(&floor_disk, boots, fk)?;
     Ok(())
+}
+
+/// The running host (dev image: the default one plus a console shell to ask questions): boot
+/// split on a first boot and on a normal boot, next to the floor, and PID 1's memory.
+fn host_boot(floor_disk: &Path, boots: usize, floor_ms: u64) -> Result<()> {
+    println!("\n== host (dev image, {CPUS} vCPU, {boots} runs; first boot grows ROOT on a 4 GiB disk)");
+    let img = cairn_tests::dev_image()?;
+    let mut first = Vec::new();
+    let mut normal = Vec::new();
+    let mut rss = Vec::new();
+    let mut floors = Vec::new();
+    for _ in 0..boots {
+        floors.push(boot_floor(floor_disk)?.0);
+        let mut cfg = VmConfig::uefi(img.raw());
+        cfg.cpus = CPUS;
+        cfg.disk_size = Some(4 << 30);
+        let mut vm = Vm::start(&cfg)?;
+        let ready = vm.wait_for_line("cairn: ready", 0, Duration::from_secs(300))?;
+        first.push(split(&vm.console().text(), &ready)?);
+        let mark = vm.console().mark();
+        vm.send(b"reboot\n")?;
+        let ready = vm.wait_for_line("cairn: ready", mark, Duration::from_secs(300))?;
+        normal.push(split(&vm.console().text_from(mark), &ready)?);
+        let status = vm.run_ok("grep -E '^VmRSS' /proc/1/status", Duration::from_secs(60))?;
+        let kb: u64 = status.split_whitespace().nth(1).context("VmRSS")?.parse()?;
+        rss.push(kb);
+        vm.shutdown(Duration::from_secs(60))?;
+    }
+    let floor = median(&floors);
+    println!("floor (busybox init, kernel start -> init): {floor} ms (earlier in this run: {floor_ms} ms)");
+    println!(
+        "{:<13} {:>8} {:>8} {:>10} {:>9} {:>9} {:>8} {:>7}",
+        "", "kernel", "stage1", "first-boot", "services", "ready", "network", "ratio"
+    );
+    for (name, runs) in [("first boot", &first), ("normal boot", &normal)] {
+        let m = |f: fn(&Split) -> u64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let ready = m(|s| s.ready);
+        println!(
+            "{name:<13} {:>8} {:>8} {:>10} {:>9} {:>9} {:>8} {:>6.2}x",
+            m(|s| s.kernel),
+            m(|s| s.stage1),
+            m(|s| s.first_boot),
+            m(|s| s.services),
+            ready,
+            m(|s| s.network),
+            ready as f64 / floor as f64
+        );
+    }
+    println!("(ms since kernel start; ratio = ready / floor, target < 2x on a normal boot)");
+    println!("PID 1 resident memory after boot: {} KB (target < 8192 KB)", median(&rss));
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Split {
+    kernel: u64,
+    stage1: u64,
+    first_boot: u64,
+    services: u64,
+    network: u64,
+    ready: u64,
+}
+
+/// From `cairn: boot timing (ms): kernel->init=.. stage1=.. first_boot=.. services=.. (..) network=..`
+fn split(console: &str, ready_line: &str) -> Result<Split> {
+    let line = console.lines().rfind(|l| l.contains("cairn: boot timing")).context("no boot timing line")?;
+    let field = |k: &str| -> u64 {
+        line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let (_, _, ready) = cairn_tests::parse_ready(ready_line)?;
+    Ok(Split {
+        kernel: field("kernel->init"),
+        stage1: field("stage1"),
+        first_boot: field("first_boot"),
+        services: field("services"),
+        network: field("network"),
+        ready,
+    })
 }
 
 fn print_steps(title: &str, r: &BuildReport) {
@@ -203,7 +286,9 @@ fn floor_image(work: &Path, cache: &Path, report: &BuildReport) -> Result<PathBu
 }
 
 fn boot_floor(raw: &Path) -> Result<(u64, u64)> {
-    let mut vm = Vm::start(&VmConfig::uefi(raw))?;
+    let mut cfg = VmConfig::uefi(raw);
+    cfg.cpus = CPUS;
+    let mut vm = Vm::start(&cfg)?;
     let line = vm.wait_for_line("floor: init uptime=", 0, Duration::from_secs(300))?;
     let qemu_ms = vm.uptime().as_millis() as u64;
     let secs: f64 = line.split("uptime=").nth(1).context("uptime")?.trim().parse()?;
@@ -212,7 +297,9 @@ fn boot_floor(raw: &Path) -> Result<(u64, u64)> {
 }
 
 fn boot_cairn(raw: &Path) -> Result<(u64, u64)> {
-    let mut vm = Vm::start(&VmConfig::uefi(raw))?;
+    let mut cfg = VmConfig::uefi(raw);
+    cfg.cpus = CPUS;
+    let mut vm = Vm::start(&cfg)?;
     let line = vm.wait_for_line("cairn: ready", 0, Duration::from_secs(300))?;
     let qemu_ms = vm.uptime().as_millis() as u64;
     let (_, _, boot_ms) = cairn_tests::parse_ready(&line)?;
