@@ -5,5 +5,8 @@
 
 pub mod cmdline;
 pub mod gpt;
+pub mod keys;
 pub mod layout;
+pub mod manifest;
 pub mod verity;
+pub mod version;
