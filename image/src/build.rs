@@ -31,6 +31,10 @@ pub struct BuildOptions {
     pub interactive: bool,
     pub quiet: bool,
     pub qcow2: bool,
+    /// Sign a release (written to `out/release/`) with this key.
+    pub signing_key: Option<PathBuf>,
+    /// More public keys the image trusts for updates.
+    pub trust: Vec<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +68,14 @@ pub struct KernelReport {
 }
 
 #[derive(Debug, Serialize)]
+pub struct ReleaseReport {
+    pub dir: String,
+    pub key_id: String,
+    pub created: u64,
+    pub expires: u64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct BuildReport {
     pub os_id: String,
     pub version: String,
@@ -79,6 +91,10 @@ pub struct BuildReport {
     pub packages: Vec<Deb>,
     pub initramfs_modules: Vec<String>,
     pub outputs: BTreeMap<String, Output>,
+    /// Ids of the release keys the image trusts.
+    pub trusted_keys: Vec<String>,
+    /// The signed release, when the build was signed.
+    pub release: Option<ReleaseReport>,
     pub steps: Vec<StepTime>,
     pub total_ms: u64,
 }
@@ -162,6 +178,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let os_release = rootfs::os_release(&spec.os.id, &spec.os.name, &version);
     let salt: [u8; 32] = Sha256::digest(format!("cairn verity salt {} {version}", spec.os.id)).into();
 
+    let signing_key = opts.signing_key.as_deref().map(crate::release::load_secret).transpose()?;
+    let mut trusted: Vec<cairn_release::keys::PublicKey> = Vec::new();
+    for p in spec.release.trusted_keys.iter().map(|k| spec.base_dir.join(k)).chain(opts.trust.iter().cloned()) {
+        trusted.push(crate::release::load_public(&p)?);
+    }
+    if let (Some(k), true) = (&signing_key, spec.release.trust_signing_key) {
+        trusted.push(k.public());
+    }
+    trusted.sort_by_key(|k| k.id());
+    trusted.dedup();
     let overlays: Vec<PathBuf> = spec.overlay.iter().map(|o| spec.base_dir.join(o)).collect();
     for dir in &overlays {
         rootfs::check_overlay(dir)?;
@@ -181,6 +207,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         h.update(spec.os.id.as_bytes());
         for dir in &overlays {
             h.update(rootfs::tree_digest(dir)?);
+        }
+        for k in &trusted {
+            h.update(k.to_text());
         }
         h.update(salt);
         Ok(hex::encode(h.finalize()))
@@ -216,6 +245,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             std::os::unix::fs::symlink("cairn-init", &link)?;
         }
         rootfs::write_file(&usr.join("lib/os-release"), os_release.as_bytes(), 0o644)?;
+        for k in &trusted {
+            let path = tree.join(crate::release::KEYS_DIR).join(format!("{}.pub", k.id()));
+            rootfs::write_file(&path, k.to_text().as_bytes(), 0o644)?;
+        }
         rootfs::write_factory_etc(&tree, &spec.os.id)?;
 
         std::fs::create_dir_all(&usr_cache)?;
@@ -299,6 +332,42 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         )?;
         Ok(((), false))
     })?;
+
+    let release = match &signing_key {
+        None => None,
+        Some(key) => Some(steps.run("signed release", || {
+            // The compressed /usr is derived from the cached image, so it is cached beside it.
+            let zst = usr_img.with_extension("img.zst");
+            let cached = zst.exists();
+            if !cached {
+                crate::release::zstd_file(&usr_img, &zst)?;
+            }
+            let created = crate::release::release_time()?;
+            let inputs = crate::release::ReleaseInputs {
+                os_id: &spec.os.id,
+                version: &version,
+                uki: &uki_path,
+                usr: &usr_img,
+                verity: cairn_release::manifest::VerityInfo {
+                    root_hash: hex::encode(params.root_hash),
+                    salt: hex::encode(params.salt),
+                    data_blocks: params.data_blocks,
+                    hash_offset: params.hash_offset,
+                },
+                created,
+                valid_for_days: spec.release.valid_days,
+            };
+            let dir = opts.out.join("release");
+            let r = crate::release::write_release_dir(&dir, &inputs, &zst, key)?;
+            let report = ReleaseReport {
+                dir: "release".into(),
+                key_id: key.public().id(),
+                created: r.created,
+                expires: r.expires,
+            };
+            Ok((report, cached))
+        })?),
+    };
 
     let seed = [spec.os.id.as_bytes(), version.as_bytes(), &params.root_hash].concat();
     let esp_entry = match spec.boot.first_entry {
@@ -419,6 +488,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         packages: debs,
         initramfs_modules: initrd_modules,
         outputs,
+        trusted_keys: trusted.iter().map(|k| k.id()).collect(),
+        release,
         steps: steps.times.clone(),
         total_ms: started.elapsed().as_millis() as u64,
     };

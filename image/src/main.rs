@@ -15,6 +15,34 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Add a release directory to a static feed (any HTTP server can serve it) and re-sign the
+    /// feed's index.
+    Publish {
+        #[arg(long, value_name = "FEED")]
+        feed: PathBuf,
+        #[arg(long, value_name = "KEY")]
+        signing_key: PathBuf,
+        /// Keys the release may be signed by, besides the signing key's own.
+        #[arg(long, value_name = "PUB")]
+        trust: Vec<PathBuf>,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// How long the index stays valid.
+        #[arg(long, default_value_t = 30)]
+        valid_days: u64,
+        /// The release directory (`cairn build --signing-key` writes OUT/release).
+        release: PathBuf,
+    },
+    /// Check a release directory: signature by a trusted key, expiry, every artifact's sha256.
+    Verify {
+        #[arg(long, value_name = "PUB", required = true)]
+        trust: Vec<PathBuf>,
+        release: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Build a disk image from a spec.
     Build {
@@ -34,9 +62,24 @@ enum Command {
         /// Skip writing disk.qcow2.
         #[arg(long)]
         no_qcow2: bool,
+        /// Sign the build as a release (written to OUT/release/) with this key; the image
+        /// trusts it unless the spec says otherwise.
+        #[arg(long, value_name = "KEY")]
+        signing_key: Option<PathBuf>,
+        /// Also trust this public key for updates (repeatable).
+        #[arg(long, value_name = "PUB")]
+        trust: Vec<PathBuf>,
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Make an ed25519 release signing key pair: DIR/release.key (0600) and DIR/release.pub.
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Signed releases and static feeds.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Boot an image in QEMU with its serial console on this terminal. Ctrl-C powers it off.
     Run {
         #[arg(long, default_value = "out/disk.qcow2")]
@@ -94,7 +137,40 @@ fn source_date_epoch() -> Result<u64> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build { spec, version, out, cache, binaries, no_qcow2, quiet } => {
+        Command::Keygen { out } => {
+            let pk = cairn_image::release::keygen(&out)?;
+            println!(
+                "key {} written to {}/release.key (keep it secret) and {}/release.pub",
+                pk.id(),
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Publish { feed, signing_key, trust, channel, valid_days, release }) => {
+            let key = cairn_image::release::load_secret(&signing_key)?;
+            let mut trusted = vec![key.public()];
+            for p in &trust {
+                trusted.push(cairn_image::release::load_public(p)?);
+            }
+            let entry = cairn_image::release::publish(&feed, &release, &key, &trusted, &channel, valid_days)?;
+            println!("published {} at {}/{}", entry.version, feed.display(), entry.path);
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Verify { trust, release }) => {
+            let trusted = trust.iter().map(|p| cairn_image::release::load_public(p)).collect::<Result<Vec<_>>>()?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let r = cairn_image::release::verify_release_dir(&release, &trusted, now)?;
+            println!(
+                "{} {}: signature and {} artifacts verified; expires at {}",
+                r.os_id,
+                r.version,
+                r.artifacts.len(),
+                r.expires
+            );
+            Ok(())
+        }
+        Command::Build { spec, version, out, cache, binaries, no_qcow2, signing_key, trust, quiet } => {
             let opts = build::BuildOptions {
                 spec_path: spec,
                 version,
@@ -105,14 +181,15 @@ fn run(cli: Cli) -> Result<()> {
                 interactive: std::io::stderr().is_terminal(),
                 quiet,
                 qcow2: !no_qcow2,
+                signing_key,
+                trust,
             };
             let report = build::build(&opts)?;
             println!(
-                "built {} {} in {:.1} s: {}/disk.raw, {}/disk.qcow2 (usr root hash {})",
+                "built {} {} in {:.1} s into {} (usr root hash {})",
                 report.os_id,
                 report.version,
                 report.total_ms as f64 / 1000.0,
-                out.display(),
                 out.display(),
                 &report.usr.root_hash[..16]
             );

@@ -70,6 +70,8 @@ pub fn image_with_cache(name: &str, spec: &str, version: &str, cache: &Path) -> 
         interactive: false,
         quiet: true,
         qcow2: false,
+        signing_key: None,
+        trust: Vec::new(),
     })
     .with_context(|| format!("building test image {name} from {spec}"))?;
     let img = Image { dir, version: version.to_string(), report: serde_json::to_value(&report)? };

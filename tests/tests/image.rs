@@ -123,3 +123,37 @@ fn same_inputs_give_the_same_disk() -> Result<()> {
     assert_eq!(sha(&a).unwrap(), cairn_image::apt::sha256_file(&a.raw())?);
     Ok(())
 }
+
+#[test]
+fn signed_build_writes_a_verifiable_release_and_trusts_its_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let public = cairn_image::release::keygen(&dir.path().join("keys"))?;
+    let out = images_dir().join("signed");
+    let report = cairn_image::build::build(&cairn_image::build::BuildOptions {
+        spec_path: workspace().join("images/default.toml"),
+        version: Some("1.0.0".into()),
+        out: out.clone(),
+        cache: cairn_image::default_cache_dir(),
+        source_date_epoch: 1_700_000_000,
+        binaries: cairn_image::binaries::Source::default_cargo(),
+        interactive: false,
+        quiet: true,
+        qcow2: false,
+        signing_key: Some(dir.path().join("keys/release.key")),
+        trust: vec![],
+    })?;
+    assert_eq!(report.trusted_keys, vec![public.id()]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let release = cairn_image::release::verify_release_dir(&out.join("release"), &[public.clone()], now)?;
+    assert_eq!(release.version, "1.0.0");
+    let usr = release.artifact(cairn_release::manifest::ArtifactKind::Usr);
+    assert_eq!(usr.verity.as_ref().map(|v| v.root_hash.as_str()), Some(report.usr.root_hash.as_str()));
+    // The key is in the image's /usr, where verity protects it.
+    let listing = tool(Command::new("dump.erofs").args(["--ls", "--path=/share/cairn/keys"]).arg(out.join("usr.img")))?;
+    assert!(listing.contains(&format!("{}.pub", public.id())), "{listing}");
+    // Another key does not verify it.
+    let other = cairn_image::release::keygen(&dir.path().join("other"))?;
+    let err = cairn_image::release::verify_release_dir(&out.join("release"), &[other], now).unwrap_err();
+    assert!(format!("{err:#}").contains("no trusted key"), "{err:#}");
+    Ok(())
+}

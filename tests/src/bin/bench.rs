@@ -46,6 +46,8 @@ fn run() -> Result<()> {
         interactive: false,
         quiet: true,
         qcow2: true,
+        signing_key: None,
+        trust: Vec::new(),
     };
 
     println!("== build (default image)");
