@@ -144,7 +144,7 @@ fn signed_build_writes_a_verifiable_release_and_trusts_its_key() -> Result<()> {
     })?;
     assert_eq!(report.trusted_keys, vec![public.id()]);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let release = cairn_image::release::verify_release_dir(&out.join("release"), &[public.clone()], now)?;
+    let release = cairn_image::release::verify_release_dir(&out.join("release"), std::slice::from_ref(&public), now)?;
     assert_eq!(release.version, "1.0.0");
     let usr = release.artifact(cairn_release::manifest::ArtifactKind::Usr);
     assert_eq!(usr.verity.as_ref().map(|v| v.root_hash.as_str()), Some(report.usr.root_hash.as_str()));
