@@ -1,0 +1,8 @@
+//! The Cairn update agent's building blocks: the streaming apply pipeline, boot entries on the
+//! ESP, and the update state machine. The daemon (`cairn-agent`) that drives them comes with the
+//! rest of the update issue.
+
+pub mod apply;
+pub mod entries;
+
+pub mod state;

@@ -1,0 +1,267 @@
+//! The update state machine. Each state carries its data; transitions check their allowed
+//! predecessors; time is passed in (Unix seconds), never read here. The state is persisted as
+//! JSON under /var/lib/cairn (temp file, fsync, rename) so a crash or a reboot resumes it.
+
+use crate::entries::Assessment;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Phase {
+    Idle,
+    Checking,
+    Downloading {
+        version: String,
+    },
+    Verifying {
+        version: String,
+    },
+    Staged {
+        version: String,
+    },
+    WaitingToReboot {
+        version: String,
+    },
+    /// Rebooting from `from` into `version`.
+    Rebooting {
+        version: String,
+        from: String,
+    },
+    /// Booted `version`; blessed once healthy long enough.
+    Assessing {
+        version: String,
+        since: u64,
+    },
+    Blessed {
+        version: String,
+    },
+    /// `version` failed to boot; the host is back on the previous release.
+    RolledBack {
+        version: String,
+    },
+    Error {
+        message: String,
+        attempts: u32,
+        retry_at: u64,
+    },
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Checking => "checking",
+            Phase::Downloading { .. } => "downloading",
+            Phase::Verifying { .. } => "verifying",
+            Phase::Staged { .. } => "staged",
+            Phase::WaitingToReboot { .. } => "waiting-to-reboot",
+            Phase::Rebooting { .. } => "rebooting",
+            Phase::Assessing { .. } => "assessing",
+            Phase::Blessed { .. } => "blessed",
+            Phase::RolledBack { .. } => "rolled-back",
+            Phase::Error { .. } => "error",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("cannot go from {from} to {to}")]
+    Transition { from: &'static str, to: &'static str },
+    #[error("{candidate} is not newer than the running {current}")]
+    NotNewer { candidate: String, current: String },
+    #[error("{0} was rolled back on this host and is not installed again")]
+    RolledBack(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentState {
+    pub format: u32,
+    pub phase: Phase,
+    /// Versions that failed to boot here; never retried (a newer one is fine).
+    pub rolled_back: Vec<String>,
+    pub last_check: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState { format: 1, phase: Phase::Idle, rolled_back: vec![], last_check: None, last_error: None }
+    }
+}
+
+/// Retry delay after `attempts` consecutive errors: 30 s doubling to 1 h.
+pub fn backoff_secs(attempts: u32) -> u64 {
+    (30u64 << attempts.min(7)).min(3600)
+}
+
+/// When to check next: `interval` plus up to 10% jitter, derived from `seed` (the machine-id)
+/// and `now`, so a fleet does not check in lock-step.
+pub fn next_check(now: u64, interval: u64, seed: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::new().chain_update(seed).chain_update(now.to_le_bytes()).finalize();
+    let r = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
+    let jitter = interval / 10;
+    now + interval + if jitter == 0 { 0 } else { r % (jitter + 1) }
+}
+
+impl AgentState {
+    pub fn load(path: &Path) -> Result<AgentState, String> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let err = |e: std::io::Error| format!("saving {}: {e}", path.display());
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("serializable")).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    }
+
+    /// Moves to `to` if the current state allows it.
+    pub fn transition(&mut self, to: Phase) -> Result<(), StateError> {
+        use Phase::*;
+        let ok = match (&self.phase, &to) {
+            (_, Error { .. }) => true,
+            (Idle | Error { .. } | Blessed { .. } | RolledBack { .. }, Checking) => true,
+            (Checking, Idle | Downloading { .. }) => true,
+            (Downloading { version: a }, Verifying { version: b }) => a == b,
+            (Verifying { version: a }, Staged { version: b }) => a == b,
+            (Staged { version: a }, WaitingToReboot { version: b } | Rebooting { version: b, .. }) => a == b,
+            (WaitingToReboot { version: a }, Rebooting { version: b, .. }) => a == b,
+            (Rebooting { version: a, .. }, Assessing { version: b, .. } | RolledBack { version: b }) => a == b,
+            (Assessing { version: a, .. }, Blessed { version: b } | RolledBack { version: b }) => a == b,
+            _ => false,
+        };
+        if !ok {
+            return Err(StateError::Transition { from: self.phase.name(), to: to.name() });
+        }
+        if let RolledBack { version } = &to
+            && !self.rolled_back.contains(version)
+        {
+            self.rolled_back.push(version.clone());
+        }
+        if !matches!(to, Error { .. }) {
+            self.last_error = None;
+        }
+        self.phase = to;
+        Ok(())
+    }
+
+    /// Records a failure; the next attempt waits longer each time.
+    pub fn fail(&mut self, message: String, now: u64) {
+        let attempts = match &self.phase {
+            Phase::Error { attempts, .. } => attempts + 1,
+            _ => 0,
+        };
+        self.last_error = Some(message.clone());
+        self.phase = Phase::Error { message, attempts, retry_at: now + backoff_secs(attempts) };
+    }
+
+    /// After a boot: which release came up decides where a pending reboot went.
+    /// `assessment` is the loader's verdict on the new entry.
+    pub fn after_boot(&mut self, booted: &str, assessment: Option<Assessment>, now: u64) -> Result<(), StateError> {
+        let Phase::Rebooting { version, .. } = &self.phase else { return Ok(()) };
+        let version = version.clone();
+        if booted == version {
+            self.transition(Phase::Assessing { version, since: now })
+        } else if matches!(assessment, Some(Assessment::Bad) | None) {
+            // Out of tries (or gone): the loader fell back to the old slot by itself.
+            self.transition(Phase::RolledBack { version })
+        } else {
+            // Tries left but the old slot booted (someone chose it): the new one is still pending.
+            Ok(())
+        }
+    }
+
+    /// Whether `candidate` may be installed on a host running `current`.
+    pub fn may_install(&self, candidate: &str, current: &str) -> Result<(), StateError> {
+        if self.rolled_back.iter().any(|v| v == candidate) {
+            return Err(StateError::RolledBack(candidate.into()));
+        }
+        if cairn_release::version::compare(candidate, current) != std::cmp::Ordering::Greater {
+            return Err(StateError::NotNewer { candidate: candidate.into(), current: current.into() });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn through_reboot(s: &mut AgentState, v: &str) {
+        s.transition(Phase::Checking).unwrap();
+        s.transition(Phase::Downloading { version: v.into() }).unwrap();
+        s.transition(Phase::Verifying { version: v.into() }).unwrap();
+        s.transition(Phase::Staged { version: v.into() }).unwrap();
+        s.transition(Phase::Rebooting { version: v.into(), from: "1.0.0".into() }).unwrap();
+    }
+
+    #[test]
+    fn healthy_update_path() {
+        let mut s = AgentState::default();
+        through_reboot(&mut s, "2.0.0");
+        s.after_boot("2.0.0", Some(Assessment::Pending(2)), 100).unwrap();
+        assert_eq!(s.phase, Phase::Assessing { version: "2.0.0".into(), since: 100 });
+        s.transition(Phase::Blessed { version: "2.0.0".into() }).unwrap();
+        assert!(s.may_install("2.1.0", "2.0.0").is_ok());
+    }
+
+    #[test]
+    fn rollback_is_recorded_and_never_retried() {
+        let mut s = AgentState::default();
+        through_reboot(&mut s, "3.0.0");
+        s.after_boot("2.0.0", Some(Assessment::Bad), 100).unwrap();
+        assert_eq!(s.phase, Phase::RolledBack { version: "3.0.0".into() });
+        assert_eq!(s.may_install("3.0.0", "2.0.0"), Err(StateError::RolledBack("3.0.0".into())));
+        assert!(s.may_install("3.0.1", "2.0.0").is_ok(), "a newer release is fine");
+    }
+
+    #[test]
+    fn downgrades_and_skipped_steps_are_refused() {
+        let mut s = AgentState::default();
+        assert!(matches!(s.may_install("1.0.0", "1.0.0"), Err(StateError::NotNewer { .. })));
+        assert!(matches!(s.may_install("1.0~rc1", "1.0"), Err(StateError::NotNewer { .. })));
+        assert!(s.transition(Phase::Staged { version: "2".into() }).is_err());
+        s.transition(Phase::Checking).unwrap();
+        s.transition(Phase::Downloading { version: "2".into() }).unwrap();
+        // Verifying a different version than the one downloaded is a bug, refused.
+        assert!(s.transition(Phase::Verifying { version: "3".into() }).is_err());
+    }
+
+    #[test]
+    fn errors_back_off_and_persisted_state_round_trips() {
+        let mut s = AgentState::default();
+        s.fail("server hung".into(), 1000);
+        s.fail("server hung".into(), 1030);
+        assert_eq!(s.phase, Phase::Error { message: "server hung".into(), attempts: 1, retry_at: 1030 + 60 });
+        assert_eq!(backoff_secs(20), 3600);
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("state.json");
+        s.save(&p).unwrap();
+        assert_eq!(AgentState::load(&p).unwrap(), s);
+        assert_eq!(AgentState::load(&t.path().join("none.json")).unwrap(), AgentState::default());
+        std::fs::write(&p, b"{\"format\":1,\"bogus\":true}").unwrap();
+        assert!(AgentState::load(&p).is_err());
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for now in 0..200 {
+            let t = next_check(now, 600, b"machine");
+            assert!((now + 600..=now + 660).contains(&t), "{t}");
+        }
+    }
+}
