@@ -187,3 +187,19 @@ fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
+
+#[test]
+fn a_boot_that_is_not_ready_by_the_deadline_reboots() -> Result<()> {
+    let img = image("deadline", "images/test-deadline.toml", "1.0.0")?;
+    let mut cfg = VmConfig::uefi(img.raw());
+    cfg.no_reboot = true;
+    let mut vm = Vm::start(&cfg)?;
+    let (which, line) = vm.wait_for_any(&["cairn: boot failed", "cairn: ready"], 0, READY)?;
+    assert_eq!(which, 0, "reached ready with a service that is never ready: {line}");
+    assert!(line.contains("not ready within 25 s") && line.contains("never-ready"), "{line}");
+    // Everything else did come up: only the culprit is named.
+    assert!(!line.contains("containerd"), "{line}");
+    vm.wait_for_line("cairn: rebooting", 0, Duration::from_secs(120))?;
+    vm.wait_exit(Duration::from_secs(60))?;
+    Ok(())
+}
