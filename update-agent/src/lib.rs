@@ -5,4 +5,5 @@
 pub mod apply;
 pub mod entries;
 
+pub mod slots;
 pub mod state;
