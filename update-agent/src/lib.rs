@@ -6,4 +6,6 @@ pub mod apply;
 pub mod entries;
 
 pub mod slots;
+pub mod source;
 pub mod state;
+pub mod update;

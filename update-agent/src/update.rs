@@ -1,0 +1,348 @@
+//! One update, from a verified candidate to a staged boot entry: the `/usr` image streamed into
+//! the inactive partition and verified, the partition bound to the release, the UKI verified and
+//! installed as a counted entry. State is saved at each step; a crash anywhere leaves the
+//! running slot and its entry untouched, and the next attempt starts over cleanly.
+
+use crate::apply::{self, ApplyError};
+use crate::entries;
+use crate::slots::{self, SlotError};
+use crate::source::{Candidate, SourceError, Transport};
+use crate::state::{AgentState, Phase, StateError};
+use cairn_release::gpt::Slot;
+use cairn_release::manifest::ArtifactKind;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("writing /usr: {0}")]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Where the update goes on this host.
+pub struct Target<'a> {
+    /// The whole disk (for the GPT).
+    pub disk: &'a Path,
+    /// The inactive `/usr` partition's device (or the disk itself, with `partition_offset`).
+    pub partition: &'a Path,
+    pub partition_offset: u64,
+    pub partition_size: u64,
+    pub slot: Slot,
+    pub running_slot: Slot,
+    pub running_version: &'a str,
+    /// The ESP's `EFI/Linux`.
+    pub entries_dir: &'a Path,
+}
+
+/// A window of a file: the partition as seen inside a disk image (tests) or a device.
+struct Window {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Window {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.len.saturating_sub(self.pos) as usize);
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.file.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Window {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.len.saturating_sub(self.pos) as usize);
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::other("write past the end of the partition"));
+        }
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.file.write(&buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl Seek for Window {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.pos = match pos {
+            SeekFrom::Start(p) => p,
+            SeekFrom::End(o) => (self.len as i64 + o) as u64,
+            SeekFrom::Current(o) => (self.pos as i64 + o) as u64,
+        };
+        Ok(self.pos)
+    }
+}
+
+/// Installs `candidate` into `target`, saving `state` to `state_path` at each step. Ends in
+/// `Staged`; rebooting is the caller's (strategy's) decision.
+pub fn install(
+    candidate: &Candidate,
+    transport: &dyn Transport,
+    target: &Target,
+    state: &mut AgentState,
+    state_path: &Path,
+) -> Result<(), UpdateError> {
+    let r = &candidate.release;
+    let version = r.version.clone();
+    let save = |s: &AgentState| s.save(state_path).map_err(UpdateError::Io);
+    state.transition(Phase::Downloading { version: version.clone() })?;
+    save(state)?;
+
+    // /usr into the inactive partition, checked as it streams and re-read afterwards.
+    let usr = r.artifact(ArtifactKind::Usr);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target.partition)
+        .map_err(|e| UpdateError::Io(format!("opening {}: {e}", target.partition.display())))?;
+    let mut window = Window { file, start: target.partition_offset, len: target.partition_size, pos: 0 };
+    let stream = transport.open(&format!("{}/{}", candidate.path, usr.name), 0)?;
+    state.transition(Phase::Verifying { version: version.clone() })?;
+    let written = apply::write_usr(stream, usr, &mut window, target.partition_size)?;
+
+    // Bind the partition to the release: now stage 1 can find it by the root hash.
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target.disk)
+        .map_err(|e| UpdateError::Io(format!("opening {}: {e}", target.disk.display())))?;
+    slots::bind(&mut disk, target.slot, target.running_slot, &written.root_hash)?;
+
+    // The UKI: small, fetched whole, verified before it touches the ESP.
+    let uki = r.artifact(ArtifactKind::Uki);
+    let bytes = transport.read_all(&format!("{}/{}", candidate.path, uki.name), uki.size)?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if bytes.len() as u64 != uki.size || sha != uki.sha256 {
+        return Err(UpdateError::Apply(ApplyError::Mismatch {
+            what: "UKI sha256",
+            expected: uki.sha256.clone(),
+            actual: sha,
+        }));
+    }
+    entries::install(target.entries_dir, &r.os_id, &version, &bytes, target.running_version)
+        .map_err(|e| UpdateError::Io(format!("writing the boot entry: {e}")))?;
+    state.transition(Phase::Staged { version })?;
+    save(state)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{DirTransport, check};
+    use cairn_release::keys::SecretKey;
+    use cairn_release::manifest::{self, Artifact, Compression, FeedEntry, FeedIndex, Release, VerityInfo};
+    use cairn_release::verity;
+
+    const MIB: u64 = 1 << 20;
+
+    struct World {
+        _dir: tempfile::TempDir,
+        feed: std::path::PathBuf,
+        disk: std::path::PathBuf,
+        esp: std::path::PathBuf,
+        state: std::path::PathBuf,
+        key: SecretKey,
+    }
+
+    /// A feed holding `version` (a small verity image, zstd), a disk with USR-A/USR-B, an ESP
+    /// directory holding the running 1.0.0 entry.
+    fn world(version: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32]);
+        let feed = dir.path().join("feed");
+        let rel = feed.join(format!("releases/{version}"));
+        std::fs::create_dir_all(&rel).unwrap();
+        let data: Vec<u8> = (0..64 * 4096).map(|i| (i * 31 % 251) as u8).collect();
+        let salt = [1u8; 32];
+        let tree = verity::build(&data[..], 64, salt).unwrap();
+        let mut img = data;
+        img.extend_from_slice(&tree.hash_area);
+        let zst = zstd::encode_all(&img[..], 3).unwrap();
+        std::fs::write(rel.join("usr.img.zst"), &zst).unwrap();
+        let uki = format!("uki of {version}").into_bytes();
+        std::fs::write(rel.join(format!("cairn-{version}.efi")), &uki).unwrap();
+        let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+        let release = Release {
+            format: 1,
+            os_id: "cairn".into(),
+            version: version.into(),
+            created: 100,
+            expires: 10_000,
+            artifacts: vec![
+                Artifact {
+                    name: format!("cairn-{version}.efi"),
+                    kind: ArtifactKind::Uki,
+                    size: uki.len() as u64,
+                    sha256: sha(&uki),
+                    compression: Compression::None,
+                    uncompressed_size: uki.len() as u64,
+                    uncompressed_sha256: sha(&uki),
+                    verity: None,
+                },
+                Artifact {
+                    name: "usr.img.zst".into(),
+                    kind: ArtifactKind::Usr,
+                    size: zst.len() as u64,
+                    sha256: sha(&zst),
+                    compression: Compression::Zstd,
+                    uncompressed_size: img.len() as u64,
+                    uncompressed_sha256: sha(&img),
+                    verity: Some(VerityInfo {
+                        root_hash: hex::encode(tree.root_hash),
+                        salt: hex::encode(salt),
+                        data_blocks: 64,
+                        hash_offset: 64 * 4096,
+                    }),
+                },
+            ],
+        };
+        let m = serde_json::to_vec(&release).unwrap();
+        std::fs::write(rel.join("release.json"), &m).unwrap();
+        std::fs::write(rel.join("release.json.sig"), manifest::sign(&m, &[&key])).unwrap();
+        let index = FeedIndex {
+            format: 1,
+            channel: "stable".into(),
+            created: 100,
+            expires: 10_000,
+            releases: vec![FeedEntry {
+                version: version.into(),
+                path: format!("releases/{version}"),
+                manifest_sha256: sha(&m),
+            }],
+        };
+        let i = serde_json::to_vec(&index).unwrap();
+        std::fs::write(feed.join("index.json"), &i).unwrap();
+        std::fs::write(feed.join("index.json.sig"), manifest::sign(&i, &[&key])).unwrap();
+
+        let disk = dir.path().join("disk.raw");
+        let f = File::create(&disk).unwrap();
+        f.set_len(16 * MIB).unwrap();
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+        let mut t = gptman::GPT::new_from(&mut f, 512, [1; 16]).unwrap();
+        for (n, label, start) in [(2u32, "USR-A", 2048u64), (3, "USR-B", 2048 + 12288)] {
+            t[n] = gptman::GPTPartitionEntry {
+                partition_type_guid: cairn_release::gpt::TYPE_USR_X86_64.to_gpt_bytes(),
+                unique_partition_guid: [n as u8; 16],
+                starting_lba: start,
+                ending_lba: start + 12287,
+                attribute_bits: 0,
+                partition_name: label.into(),
+            };
+        }
+        t.write_into(&mut f).unwrap();
+        let esp = dir.path().join("EFI/Linux");
+        std::fs::create_dir_all(&esp).unwrap();
+        std::fs::write(esp.join("cairn-1.0.0.efi"), b"running uki").unwrap();
+        let state = dir.path().join("state.json");
+        World { _dir: dir, feed, disk, esp, state, key }
+    }
+
+    fn target(w: &World) -> (slots::UsrPartition, Target<'_>) {
+        let mut f = File::open(&w.disk).unwrap();
+        let b = slots::find(&mut f, Slot::B).unwrap();
+        let t = Target {
+            disk: &w.disk,
+            partition: &w.disk,
+            partition_offset: b.offset,
+            partition_size: b.size,
+            slot: Slot::B,
+            running_slot: Slot::A,
+            running_version: "1.0.0",
+            entries_dir: &w.esp,
+        };
+        (b, t)
+    }
+
+    #[test]
+    fn a_verified_release_is_staged_into_the_other_slot() {
+        let w = world("2.0.0");
+        let transport = DirTransport(w.feed.clone());
+        let mut state = AgentState::default();
+        state.transition(Phase::Checking).unwrap();
+        let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
+        let (_, t) = target(&w);
+        install(&c, &transport, &t, &mut state, &w.state).unwrap();
+        assert_eq!(state.phase, Phase::Staged { version: "2.0.0".into() });
+        assert_eq!(AgentState::load(&w.state).unwrap().phase, state.phase, "persisted");
+        // USR-B now carries the release's identity; USR-A and the running entry are untouched.
+        let root = c.release.artifact(ArtifactKind::Usr).verity.as_ref().unwrap().root_hash.clone();
+        let mut f = File::open(&w.disk).unwrap();
+        assert_eq!(slots::find(&mut f, Slot::B).unwrap().uuid.to_string().replace('-', ""), root[..32]);
+        assert_eq!(slots::find(&mut f, Slot::A).unwrap().uuid, cairn_release::gpt::Guid::from_gpt_bytes([2; 16]));
+        let names: Vec<String> =
+            entries::list(&w.esp, "cairn").unwrap().iter().map(entries::Entry::file_name).collect();
+        assert_eq!(names, vec!["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
+    }
+
+    #[test]
+    fn nothing_newer_or_a_rolled_back_version_installs_nothing() {
+        let w = world("1.0.0");
+        let transport = DirTransport(w.feed.clone());
+        let state = AgentState::default();
+        let why = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap_err();
+        assert!(why.contains("not newer"), "{why}");
+        let w = world("3.0.0");
+        let transport = DirTransport(w.feed.clone());
+        let mut state = AgentState::default();
+        state.rolled_back.push("3.0.0".into());
+        let why = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap_err();
+        assert!(why.contains("rolled back"), "{why}");
+    }
+
+    #[test]
+    fn tampered_feeds_never_reach_the_esp() {
+        // A tampered /usr artifact: refused while writing; no entry, no new UUID.
+        let w = world("2.0.0");
+        let usr = w.feed.join("releases/2.0.0/usr.img.zst");
+        let mut bytes = std::fs::read(&usr).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&usr, bytes).unwrap();
+        let transport = DirTransport(w.feed.clone());
+        let mut state = AgentState::default();
+        state.transition(Phase::Checking).unwrap();
+        let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
+        let (before, t) = target(&w);
+        assert!(install(&c, &transport, &t, &mut state, &w.state).is_err());
+        let mut f = File::open(&w.disk).unwrap();
+        assert_eq!(slots::find(&mut f, Slot::B).unwrap().uuid, before.uuid, "USR-B not bound");
+        assert_eq!(entries::list(&w.esp, "cairn").unwrap().len(), 1, "ESP unchanged");
+
+        // A tampered UKI: refused before the ESP is written.
+        let w = world("2.0.0");
+        std::fs::write(w.feed.join("releases/2.0.0/cairn-2.0.0.efi"), b"evil uki!!").unwrap();
+        let transport = DirTransport(w.feed.clone());
+        let mut state = AgentState::default();
+        state.transition(Phase::Checking).unwrap();
+        let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
+        let (_, t) = target(&w);
+        let e = install(&c, &transport, &t, &mut state, &w.state).unwrap_err().to_string();
+        assert!(e.contains("UKI"), "{e}");
+        assert_eq!(entries::list(&w.esp, "cairn").unwrap().len(), 1, "ESP unchanged");
+
+        // An index signed by another key, and an expired one: refused at the first step.
+        let w = world("2.0.0");
+        let transport = DirTransport(w.feed.clone());
+        let other = SecretKey::from_seed([8; 32]);
+        assert!(check(&transport, &[other.public()], 500, "cairn", "1.0.0", &AgentState::default()).is_err());
+        let e = check(&transport, &[w.key.public()], 20_000, "cairn", "1.0.0", &AgentState::default()).unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+    }
+}
