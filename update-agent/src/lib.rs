@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod entries;
 
+pub mod http;
 pub mod slots;
 pub mod source;
 pub mod state;
