@@ -1,6 +1,8 @@
 //! Shared pieces of Cairn's VM tests and benchmarks: images built once and shared, disk
 //! inspection (GPT, ESP), and tampering helpers.
 
+pub mod http;
+
 use anyhow::{Context, Result, bail};
 use cairn_image::build::{BuildOptions, build};
 use std::collections::HashMap;

@@ -1,0 +1,116 @@
+//! `cairn-bench-apply`: the update agent's apply throughput, measured in one run next to its
+//! floor. Apply = download the signed release's /usr over HTTP from loopback, zstd-decompress,
+//! hash, write to a partition-sized file, then re-read it to recompute the verity root hash.
+//! The floor = `dd` of the same (uncompressed) bytes to the same kind of file, with fsync.
+//!
+//! Usage: cargo run --release -p cairn-tests --bin cairn-bench-apply [-- --runs N]
+
+use anyhow::{Context, Result, bail};
+use cairn_agent::apply::write_usr;
+use cairn_agent::http::{HttpTransport, ResumingReader};
+use cairn_agent::source::Transport;
+use cairn_release::manifest::{ArtifactKind, Release};
+use std::time::{Duration, Instant};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("cairn-bench-apply: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let runs: usize = match args.iter().position(|a| a == "--runs") {
+        Some(i) => args.get(i + 1).context("--runs N")?.parse()?,
+        None => 3,
+    };
+    let work = tempfile::Builder::new().prefix("cairn-bench-apply-").tempdir_in("/var/tmp")?;
+    let key_dir = work.path().join("keys");
+    cairn_image::release::keygen(&key_dir)?;
+    let out = cairn_tests::images_dir().join("bench-apply");
+    cairn_image::build::build(&cairn_image::build::BuildOptions {
+        spec_path: cairn_tests::workspace().join("images/default.toml"),
+        version: Some("2.0.0".into()),
+        out: out.clone(),
+        cache: cairn_image::default_cache_dir(),
+        source_date_epoch: 1_700_000_000,
+        binaries: cairn_image::binaries::Source::default_cargo(),
+        interactive: false,
+        quiet: true,
+        qcow2: false,
+        signing_key: Some(key_dir.join("release.key")),
+        trust: vec![],
+    })?;
+    let manifest = std::fs::read(out.join("release/release.json"))?;
+    let release: Release = serde_json::from_slice(&manifest)?;
+    let usr = release.artifact(ArtifactKind::Usr).clone();
+    let server = cairn_tests::http::FileServer::start(&out.join("release"))?;
+    let transport = HttpTransport::new(&server.url(), Duration::from_secs(30))?;
+    let partition_size = 512u64 << 20;
+    let target = work.path().join("partition.img");
+    let plain = out.join("usr.img");
+    let mb = usr.uncompressed_size as f64 / 1e6;
+    println!(
+        "/usr: {:.1} MB written ({:.1} MB downloaded, zstd), target: a {} MiB file in /var/tmp",
+        mb,
+        usr.size as f64 / 1e6,
+        partition_size >> 20
+    );
+
+    let (mut apply, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        // Floor: dd of the same bytes, with fsync.
+        fresh(&target, partition_size)?;
+        drop_caches_hint();
+        let t = Instant::now();
+        let st = std::process::Command::new("dd")
+            .arg(format!("if={}", plain.display()))
+            .arg(format!("of={}", target.display()))
+            .args(["bs=1M", "conv=fsync,notrunc", "status=none"])
+            .status()?;
+        if !st.success() {
+            bail!("dd failed");
+        }
+        floor.push(t.elapsed());
+
+        // Apply: HTTP download + zstd + hashes + write + verity re-read.
+        fresh(&target, partition_size)?;
+        let t = Instant::now();
+        let wait = |_: Duration| {};
+        let stream = ResumingReader::new(&transport as &dyn Transport, &usr.name, 3, &wait);
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(&target)?;
+        let written = write_usr(stream, &usr, &mut file, partition_size)?;
+        file.sync_all()?;
+        apply.push(t.elapsed());
+        assert_eq!(written.bytes, usr.uncompressed_size);
+    }
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (a, f) = (med(&mut apply), med(&mut floor));
+    println!(
+        "apply (loopback HTTP + zstd + sha256 x2 + write + verity re-read): {:>7.1} MB/s ({:.2} s)",
+        mb / a.as_secs_f64(),
+        a.as_secs_f64()
+    );
+    println!(
+        "floor (dd, fsync):                                              {:>7.1} MB/s ({:.2} s)",
+        mb / f.as_secs_f64(),
+        f.as_secs_f64()
+    );
+    println!("ratio: {:.2}x of the floor (target >= 0.8x)", f.as_secs_f64() / a.as_secs_f64());
+    Ok(())
+}
+
+fn fresh(path: &std::path::Path, size: u64) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    std::fs::File::create(path)?.set_len(size)?;
+    Ok(())
+}
+
+/// Best effort: without root this does nothing, and both sides read warm caches alike.
+fn drop_caches_hint() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+}

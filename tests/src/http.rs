@@ -1,0 +1,77 @@
+//! A static file server on 127.0.0.1 for tests and benchmarks: GET with byte ranges, one
+//! thread per connection, stopped when dropped. VMs reach it at 10.0.2.2:<port>.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct FileServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl FileServer {
+    pub fn start(root: &Path) -> std::io::Result<FileServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let root = root.to_path_buf();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = stream {
+                    let root = root.clone();
+                    std::thread::spawn(move || {
+                        let _ = serve(s, &root);
+                    });
+                }
+            }
+        });
+        Ok(FileServer { port, stop })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut from = 0u64;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            from = r.trim().trim_end_matches('-').parse().unwrap_or(0);
+        }
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let file: Option<PathBuf> = (!path.split('/').any(|c| c == "..")).then(|| root.join(path.trim_start_matches('/')));
+    let Some(mut f) = file.and_then(|p| std::fs::File::open(p).ok()) else {
+        return stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+    let len = f.metadata()?.len();
+    let from = from.min(len);
+    f.seek(SeekFrom::Start(from))?;
+    let status = if from > 0 { "206 Partial Content" } else { "200 OK" };
+    write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", len - from)?;
+    std::io::copy(&mut f.take(len - from), &mut stream)?;
+    stream.flush()
+}
