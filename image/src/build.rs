@@ -494,7 +494,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         total_ms: started.elapsed().as_millis() as u64,
     };
     let json = serde_json::to_string_pretty(&report)?;
-    crate::durable::write_atomic(&opts.out.join("build.json"), json.as_bytes())?;
+    cairn_release::durable::write_atomic(&opts.out.join("build.json"), json.as_bytes(), 0o644)
+        .context("writing build.json")?;
     Ok(report)
 }
 

@@ -5,7 +5,6 @@ pub mod binaries;
 pub mod build;
 pub mod deb;
 pub mod disk;
-pub mod durable;
 pub mod esp;
 pub mod fsimage;
 pub mod initramfs;

@@ -3,7 +3,6 @@
 //! and docs/releases.md.
 
 use crate::apt::sha256_file;
-use crate::durable::write_atomic;
 use anyhow::{Context, Result, bail};
 use cairn_release::keys::{PublicKey, SecretKey};
 use cairn_release::manifest::{
@@ -45,6 +44,11 @@ pub fn load_secret(path: &Path) -> Result<SecretKey> {
 pub fn load_public(path: &Path) -> Result<PublicKey> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     PublicKey::parse(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// Durable write of a public file, with the path in the error.
+fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
+    cairn_release::durable::write_atomic(path, content, 0o644).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Now, or SOURCE_DATE_EPOCH when it is set (reproducible release directories).

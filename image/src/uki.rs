@@ -4,6 +4,7 @@
 
 use crate::tools::run;
 use anyhow::{Context, Result, bail};
+use cairn_release::durable::write_atomic;
 use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, PeFile64};
 use std::path::Path;
 use std::process::Command;
@@ -66,7 +67,7 @@ pub fn build(inputs: &UkiInputs, work: &Path, out: &Path) -> Result<()> {
     run(&mut cmd).context("assembling the UKI with objcopy")?;
     let mut pe = std::fs::read(out)?;
     pin_timestamp(&mut pe, inputs.epoch)?;
-    crate::durable::write_atomic(out, &pe)?;
+    write_atomic(out, &pe, 0o644).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
 

@@ -8,7 +8,6 @@ mod console;
 mod control;
 mod disks;
 mod dm;
-mod durable;
 mod firstboot;
 mod modules;
 mod mounts;

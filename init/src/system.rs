@@ -61,7 +61,8 @@ pub fn ensure_machine_id() -> Result<String, String> {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let id = hex::encode(bytes);
-    crate::durable::write_atomic(path, format!("{id}\n").as_bytes(), 0o444)?;
+    cairn_release::durable::write_atomic(path, format!("{id}\n").as_bytes(), 0o444)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(id)
 }
 

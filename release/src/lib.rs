@@ -4,6 +4,7 @@
 //! it into the initramfs.
 
 pub mod cmdline;
+pub mod durable;
 pub mod gpt;
 pub mod keys;
 pub mod layout;

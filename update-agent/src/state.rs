@@ -4,7 +4,6 @@
 
 use crate::entries::Assessment;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,14 +118,9 @@ impl AgentState {
 
     pub fn save(&self, path: &Path) -> Result<(), String> {
         let err = |e: std::io::Error| format!("saving {}: {e}", path.display());
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("serializable")).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(err)?;
+        let json = serde_json::to_vec_pretty(self).expect("serializable");
+        cairn_release::durable::write_atomic(path, &json, 0o600).map_err(err)
     }
 
     /// Moves to `to` if the current state allows it.
