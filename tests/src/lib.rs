@@ -62,11 +62,21 @@ pub fn image_with_cache(name: &str, spec: &str, version: &str, cache: &Path) -> 
     let lock_file = std::fs::File::create(images_dir().join(format!("{name}.lock")))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow::anyhow!("locking {name}: {e}"))?;
-    let report = build(&BuildOptions {
+    let report = build(&BuildOptions { cache: cache.to_path_buf(), ..build_options(spec, version, dir.clone()) })
+        .with_context(|| format!("building test image {name} from {spec}"))?;
+    let img = Image { dir, version: version.to_string(), report: serde_json::to_value(&report)? };
+    map.insert(name.to_string(), img.clone());
+    Ok(img)
+}
+
+/// Options for building `spec` (relative to the workspace) as `version` into `out`, as tests
+/// and benchmarks do: the default cache, binaries from this workspace, quiet, no qcow2, unsigned.
+pub fn build_options(spec: &str, version: &str, out: PathBuf) -> BuildOptions {
+    BuildOptions {
         spec_path: workspace().join(spec),
         version: Some(version.to_string()),
-        out: dir.clone(),
-        cache: cache.to_path_buf(),
+        out,
+        cache: cairn_image::default_cache_dir(),
         source_date_epoch: 1_700_000_000,
         binaries: cairn_image::binaries::Source::default_cargo(),
         interactive: false,
@@ -74,11 +84,7 @@ pub fn image_with_cache(name: &str, spec: &str, version: &str, cache: &Path) -> 
         qcow2: false,
         signing_key: None,
         trust: Vec::new(),
-    })
-    .with_context(|| format!("building test image {name} from {spec}"))?;
-    let img = Image { dir, version: version.to_string(), report: serde_json::to_value(&report)? };
-    map.insert(name.to_string(), img.clone());
-    Ok(img)
+    }
 }
 
 /// The default image, as the README's first command builds it.

@@ -130,17 +130,8 @@ fn signed_build_writes_a_verifiable_release_and_trusts_its_key() -> Result<()> {
     let public = cairn_image::release::keygen(&dir.path().join("keys"))?;
     let out = images_dir().join("signed");
     let report = cairn_image::build::build(&cairn_image::build::BuildOptions {
-        spec_path: workspace().join("images/default.toml"),
-        version: Some("1.0.0".into()),
-        out: out.clone(),
-        cache: cairn_image::default_cache_dir(),
-        source_date_epoch: 1_700_000_000,
-        binaries: cairn_image::binaries::Source::default_cargo(),
-        interactive: false,
-        quiet: true,
-        qcow2: false,
         signing_key: Some(dir.path().join("keys/release.key")),
-        trust: vec![],
+        ..build_options("images/default.toml", "1.0.0", out.clone())
     })?;
     assert_eq!(report.trusted_keys, vec![public.id()]);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();

@@ -259,8 +259,9 @@ impl Supervisor {
         self.index(name).map(|i| self.log_dir.join(format!("{}.log", self.services[i].spec.name)))
     }
 
-    /// Starts a stopped service now (by request).
-    pub fn request_start(&mut self, name: &str, now: Instant, spawner: &mut dyn Spawner) -> Result<(), String> {
+    /// The service `name`, released for starting by request: no longer held, backoff reset.
+    /// A service whose file failed cannot be started.
+    fn release_for_start(&mut self, name: &str) -> Result<usize, String> {
         let i = self.index(name).ok_or_else(|| format!("no service {name}"))?;
         let s = &mut self.services[i];
         if s.state == State::Failed {
@@ -268,7 +269,13 @@ impl Supervisor {
         }
         s.held = false;
         s.backoff_step = 0;
-        if s.pid.is_none() {
+        Ok(i)
+    }
+
+    /// Starts a stopped service now (by request).
+    pub fn request_start(&mut self, name: &str, now: Instant, spawner: &mut dyn Spawner) -> Result<(), String> {
+        let i = self.release_for_start(name)?;
+        if self.services[i].pid.is_none() {
             self.start(i, now, spawner);
         }
         Ok(())
@@ -290,13 +297,8 @@ impl Supervisor {
 
     /// Restart: stop if running; it starts again right after it exits.
     pub fn request_restart(&mut self, name: &str, now: Instant, spawner: &mut dyn Spawner) -> Result<(), String> {
-        let i = self.index(name).ok_or_else(|| format!("no service {name}"))?;
+        let i = self.release_for_start(name)?;
         let s = &mut self.services[i];
-        if s.state == State::Failed {
-            return Err(s.error.clone().unwrap_or_else(|| "service cannot start".into()));
-        }
-        s.held = false;
-        s.backoff_step = 0;
         match s.pid {
             Some(pid) => {
                 s.restart_now = true;

@@ -37,17 +37,10 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let cache = cairn_image::default_cache_dir();
     let opts = |binaries: cairn_image::binaries::Source| BuildOptions {
-        spec_path: cairn_tests::workspace().join("images/default.toml"),
-        version: Some("1.0.0".into()),
-        out: work.join("default"),
-        cache: cache.clone(),
-        source_date_epoch: EPOCH,
         binaries,
-        interactive: false,
-        quiet: true,
+        cache: cache.clone(),
         qcow2: true,
-        signing_key: None,
-        trust: Vec::new(),
+        ..cairn_tests::build_options("images/default.toml", "1.0.0", work.join("default"))
     };
 
     println!("== build (default image)");

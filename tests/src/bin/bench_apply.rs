@@ -30,17 +30,8 @@ fn run() -> Result<()> {
     cairn_image::release::keygen(&key_dir)?;
     let out = cairn_tests::images_dir().join("bench-apply");
     cairn_image::build::build(&cairn_image::build::BuildOptions {
-        spec_path: cairn_tests::workspace().join("images/default.toml"),
-        version: Some("2.0.0".into()),
-        out: out.clone(),
-        cache: cairn_image::default_cache_dir(),
-        source_date_epoch: 1_700_000_000,
-        binaries: cairn_image::binaries::Source::default_cargo(),
-        interactive: false,
-        quiet: true,
-        qcow2: false,
         signing_key: Some(key_dir.join("release.key")),
-        trust: vec![],
+        ..cairn_tests::build_options("images/default.toml", "2.0.0", out.clone())
     })?;
     let manifest = std::fs::read(out.join("release/release.json"))?;
     let release: Release = serde_json::from_slice(&manifest)?;
