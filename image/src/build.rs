@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Bump when the staged /usr would differ for the same inputs (cache key of the /usr image).
-const USR_LAYOUT_VERSION: u32 = 2;
+const USR_LAYOUT_VERSION: u32 = 3;
 
 pub struct BuildOptions {
     pub spec_path: PathBuf,
@@ -143,7 +143,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let (bins, (debs, kernel, kernel_meta)) = std::thread::scope(|s| -> Result<_> {
         let cargo = s.spawn(|| binaries::obtain(&opts.binaries, &spec.cairn.binaries, opts.quiet));
         let fetched = steps.run("resolve + fetch", || {
-            let debs = apt.resolve_closure(&spec.packages.install)?;
+            let debs = apt.resolve_closure(&spec.packages.all())?;
             let (kernel, meta) = apt.resolve_kernel(&spec.kernel.package)?;
             let mut all = debs.clone();
             all.push(kernel.clone());
@@ -176,6 +176,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let initrd_modules = index.closure(&spec.initramfs.modules)?;
 
     let os_release = rootfs::os_release(&spec.os.id, &spec.os.name, &version);
+    spec.update.resolve().map_err(|e| anyhow::anyhow!("invalid spec: [update] {e}"))?;
+    let update_toml = toml::to_string(&spec.update)?;
     let salt: [u8; 32] = Sha256::digest(format!("cairn verity salt {} {version}", spec.os.id)).into();
 
     let signing_key = opts.signing_key.as_deref().map(crate::release::load_secret).transpose()?;
@@ -204,6 +206,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             h.update(format!("bin {} {}\n", b.name, b.sha256));
         }
         h.update(&os_release);
+        h.update(&update_toml);
         h.update(spec.os.id.as_bytes());
         for dir in &overlays {
             h.update(rootfs::tree_digest(dir)?);
@@ -245,6 +248,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             std::os::unix::fs::symlink("cairn-init", &link)?;
         }
         rootfs::write_file(&usr.join("lib/os-release"), os_release.as_bytes(), 0o644)?;
+        rootfs::write_file(&usr.join("lib/cairn/update.toml"), update_toml.as_bytes(), 0o644)?;
         for k in &trusted {
             let path = tree.join(crate::release::KEYS_DIR).join(format!("{}.pub", k.id()));
             rootfs::write_file(&path, k.to_text().as_bytes(), 0o644)?;

@@ -22,6 +22,9 @@ pub struct Spec {
     pub boot: Boot,
     #[serde(default)]
     pub release: Release,
+    /// The update agent's settings, installed as /usr/lib/cairn/update.toml (docs/releases.md).
+    #[serde(default)]
+    pub update: cairn_release::update_config::UpdateSettings,
     /// Directory trees (relative to the spec) copied into the image; only `usr/` may appear.
     #[serde(default)]
     pub overlay: Vec<String>,
@@ -53,6 +56,15 @@ pub struct Kernel {
 pub struct Packages {
     #[serde(default)]
     pub install: Vec<String>,
+    /// Installed on top of `install`: a spec that `extends` another adds packages here.
+    #[serde(default)]
+    pub extra: Vec<String>,
+}
+
+impl Packages {
+    pub fn all(&self) -> Vec<String> {
+        self.install.iter().chain(&self.extra).cloned().collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

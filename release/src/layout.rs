@@ -16,6 +16,7 @@ pub const ROOT_DIRS: &[(&str, u32)] = &[
     ("mnt", 0o755),
 ];
 
-/// Merged-/usr: the classic top-level directories are links into `/usr`.
+/// Merged-/usr: the classic top-level directories are links into `/usr`; `/var/run` is `/run`
+/// (where D-Bus clients look for the system bus).
 pub const ROOT_LINKS: &[(&str, &str)] =
-    &[("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")];
+    &[("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("var/run", "../run")];

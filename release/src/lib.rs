@@ -5,9 +5,11 @@
 
 pub mod cmdline;
 pub mod durable;
+pub mod duration;
 pub mod gpt;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod update_config;
 pub mod verity;
 pub mod version;

@@ -1,15 +1,31 @@
 //! A static file server on 127.0.0.1 for tests and benchmarks: GET with byte ranges, one
-//! thread per connection, stopped when dropped. VMs reach it at 10.0.2.2:<port>.
+//! thread per connection, stopped when dropped. VMs reach it at 10.0.2.2:<port>. It can be told
+//! to misbehave (hang, drop connections, answer 5xx or garbage) to test the agent's handling.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How every request is answered while set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Read the request, never answer.
+    Hang,
+    /// Close the connection without an answer.
+    Reset,
+    /// Answer with this status and no body.
+    Status(u16),
+    /// Answer 200 with bytes that are no file of the feed.
+    Garbage,
+}
 
 pub struct FileServer {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    fault: Arc<Mutex<Option<Fault>>>,
 }
 
 impl FileServer {
@@ -18,6 +34,8 @@ impl FileServer {
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let fault = Arc::new(Mutex::new(None));
+        let fault2 = fault.clone();
         let root = root.to_path_buf();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -26,13 +44,20 @@ impl FileServer {
                 }
                 if let Ok(s) = stream {
                     let root = root.clone();
+                    let fault = *fault2.lock().unwrap_or_else(|e| e.into_inner());
+                    let stop = stop2.clone();
                     std::thread::spawn(move || {
-                        let _ = serve(s, &root);
+                        let _ = serve(s, &root, fault, &stop);
                     });
                 }
             }
         });
-        Ok(FileServer { port, stop })
+        Ok(FileServer { port, stop, fault })
+    }
+
+    /// Misbehave from the next connection on (`None`: serve files again).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
     }
 
     pub fn url(&self) -> String {
@@ -48,7 +73,7 @@ impl Drop for FileServer {
     }
 }
 
-fn serve(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, root: &Path, fault: Option<Fault>, stop: &AtomicBool) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request = String::new();
     reader.read_line(&mut request)?;
@@ -60,6 +85,24 @@ fn serve(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
         }
         if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
             from = r.trim().trim_end_matches('-').parse().unwrap_or(0);
+        }
+    }
+    match fault {
+        None => {}
+        Some(Fault::Hang) => {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(());
+        }
+        Some(Fault::Reset) => return stream.shutdown(std::net::Shutdown::Both),
+        Some(Fault::Status(code)) => {
+            return write!(stream, "HTTP/1.1 {code} Fault\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+        Some(Fault::Garbage) => {
+            let body: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+            return stream.write_all(&body);
         }
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/");

@@ -51,6 +51,19 @@ pub fn image(name: &str, spec: &str, version: &str) -> Result<Image> {
 
 /// Like [`image`] with an explicit build cache.
 pub fn image_with_cache(name: &str, spec: &str, version: &str, cache: &Path) -> Result<Image> {
+    build_once(name, |dir| BuildOptions { cache: cache.to_path_buf(), ..build_options(spec, version, dir) })
+}
+
+/// Like [`image`], signed with [`test_signing_key`] (which the image then trusts): the
+/// directory holds `release/` for a feed.
+pub fn signed_image(name: &str, spec: &str, version: &str) -> Result<Image> {
+    let key = test_signing_key()?;
+    build_once(name, |dir| BuildOptions { signing_key: Some(key), ..build_options(spec, version, dir) })
+}
+
+/// Builds once per process under `images_dir()/name`; concurrent test processes serialize on
+/// a lock file.
+fn build_once(name: &str, options: impl FnOnce(PathBuf) -> BuildOptions) -> Result<Image> {
     static BUILT: OnceLock<Mutex<HashMap<String, Image>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut map = built.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,11 +75,29 @@ pub fn image_with_cache(name: &str, spec: &str, version: &str, cache: &Path) -> 
     let lock_file = std::fs::File::create(images_dir().join(format!("{name}.lock")))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow::anyhow!("locking {name}: {e}"))?;
-    let report = build(&BuildOptions { cache: cache.to_path_buf(), ..build_options(spec, version, dir.clone()) })
-        .with_context(|| format!("building test image {name} from {spec}"))?;
-    let img = Image { dir, version: version.to_string(), report: serde_json::to_value(&report)? };
+    let opts = options(dir.clone());
+    let version = opts.version.clone().unwrap_or_default();
+    let report =
+        build(&opts).with_context(|| format!("building test image {name} from {}", opts.spec_path.display()))?;
+    let img = Image { dir, version, report: serde_json::to_value(&report)? };
     map.insert(name.to_string(), img.clone());
     Ok(img)
+}
+
+/// The release signing key of tests: fixed, so signed test builds hit the build cache across
+/// runs. Never trusted by anything but test images.
+pub fn test_signing_key() -> Result<PathBuf> {
+    let dir = images_dir().join("test-release-key");
+    let secret = dir.join(cairn_image::release::SECRET_FILE);
+    let key = cairn_release::keys::SecretKey::from_seed(*b"cairn test release key, not real");
+    std::fs::create_dir_all(&dir)?;
+    cairn_release::durable::write_atomic(&secret, key.to_text().as_bytes(), 0o600)?;
+    cairn_release::durable::write_atomic(
+        &dir.join(cairn_image::release::PUBLIC_FILE),
+        key.public().to_text().as_bytes(),
+        0o644,
+    )?;
+    Ok(secret)
 }
 
 /// Options for building `spec` (relative to the workspace) as `version` into `out`, as tests

@@ -87,14 +87,23 @@ pub fn install(dir: &Path, os_id: &str, version: &str, uki: &[u8], keep: &str) -
             std::fs::remove_file(dir.join(e.file_name()))?;
         }
     }
+    // Leftovers of an attempt that crashed before its rename (never booted: not `.efi`).
+    for e in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
     let tmp = dir.join(format!(".{}.tmp", entry.file_name()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(uki)?;
     f.sync_all()?;
     drop(f);
+    crate::failpoint::hit("before-uki-rename");
     let dest = dir.join(entry.file_name());
     std::fs::rename(&tmp, &dest)?;
     sync_dir(dir)?;
+    crate::failpoint::hit("after-uki-rename");
     Ok(dest)
 }
 
@@ -145,10 +154,12 @@ mod tests {
         let d = t.path();
         std::fs::write(d.join("cairn-1.0.0.efi"), b"running").unwrap();
         std::fs::write(d.join("cairn-1.5.0+0-3.efi"), b"an old failed attempt").unwrap();
+        std::fs::write(d.join(".cairn-1.6.0+3.efi.tmp"), b"a crashed attempt").unwrap();
         install(d, "cairn", "2.0.0", b"new uki", "1.0.0").unwrap();
         let names: Vec<String> = list(d, "cairn").unwrap().iter().map(Entry::file_name).collect();
         assert_eq!(names, vec!["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
         assert_eq!(std::fs::read(d.join("cairn-2.0.0+3.efi")).unwrap(), b"new uki");
+        assert!(!d.join(".cairn-1.6.0+3.efi.tmp").exists(), "a crashed attempt's temp file is removed");
         assert_eq!(assessment(d, "cairn", "2.0.0").unwrap(), Some(Assessment::Pending(3)));
         // Installing again (a retry) replaces, never duplicates.
         install(d, "cairn", "2.0.0", b"new uki", "1.0.0").unwrap();

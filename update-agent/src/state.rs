@@ -84,11 +84,21 @@ pub struct AgentState {
     pub rolled_back: Vec<String>,
     pub last_check: Option<u64>,
     pub last_error: Option<String>,
+    /// Failed attempts in a row, for the backoff; reset by a check or an install that succeeds.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 impl Default for AgentState {
     fn default() -> Self {
-        AgentState { format: 1, phase: Phase::Idle, rolled_back: vec![], last_check: None, last_error: None }
+        AgentState {
+            format: 1,
+            phase: Phase::Idle,
+            rolled_back: vec![],
+            last_check: None,
+            last_error: None,
+            failures: 0,
+        }
     }
 }
 
@@ -146,8 +156,11 @@ impl AgentState {
         {
             self.rolled_back.push(version.clone());
         }
-        if !matches!(to, Error { .. }) {
+        if !matches!(to, Error { .. } | Checking) {
             self.last_error = None;
+        }
+        if matches!(to, Idle | Staged { .. }) {
+            self.failures = 0;
         }
         self.phase = to;
         Ok(())
@@ -155,28 +168,53 @@ impl AgentState {
 
     /// Records a failure; the next attempt waits longer each time.
     pub fn fail(&mut self, message: String, now: u64) {
-        let attempts = match &self.phase {
-            Phase::Error { attempts, .. } => attempts + 1,
-            _ => 0,
-        };
+        let attempts = self.failures;
+        self.failures += 1;
         self.last_error = Some(message.clone());
         self.phase = Phase::Error { message, attempts, retry_at: now + backoff_secs(attempts) };
     }
 
-    /// After a boot: which release came up decides where a pending reboot went.
-    /// `assessment` is the loader's verdict on the new entry.
-    pub fn after_boot(&mut self, booted: &str, assessment: Option<Assessment>, now: u64) -> Result<(), StateError> {
-        let Phase::Rebooting { version, .. } = &self.phase else { return Ok(()) };
-        let version = version.clone();
-        if booted == version {
-            self.transition(Phase::Assessing { version, since: now })
-        } else if matches!(assessment, Some(Assessment::Bad) | None) {
-            // Out of tries (or gone): the loader fell back to the old slot by itself.
-            self.transition(Phase::RolledBack { version })
+    /// At the agent's start (after a boot, or a crash of the agent): where an update left off.
+    /// `running` is the booted release; `entry` the loader's verdict on the entry of the version
+    /// the state names. Work cut short before its entry existed starts over; a release that
+    /// booted is assessed; one the loader gave up on is recorded as rolled back.
+    pub fn resume(&mut self, running: &str, entry: Option<Assessment>, now: u64) {
+        use Phase::*;
+        let (version, rebooted) = match &self.phase {
+            Rebooting { version, .. } | Assessing { version, .. } => (version.clone(), true),
+            Staged { version } | WaitingToReboot { version } | Downloading { version } | Verifying { version } => {
+                (version.clone(), false)
+            }
+            Checking => {
+                self.phase = Idle;
+                return;
+            }
+            Idle | Blessed { .. } | RolledBack { .. } | Error { .. } => return,
+        };
+        self.phase = if running == version {
+            match (entry, &self.phase) {
+                (Some(Assessment::Good), _) => Blessed { version },
+                (_, Assessing { since, .. }) => Assessing { version, since: *since },
+                // Booted before the state said so (the entry was in place when the host went down).
+                _ => Assessing { version, since: now },
+            }
         } else {
-            // Tries left but the old slot booted (someone chose it): the new one is still pending.
-            Ok(())
-        }
+            match entry {
+                Some(Assessment::Bad) | None if rebooted => {
+                    if !self.rolled_back.contains(&version) {
+                        self.rolled_back.push(version.clone());
+                    }
+                    self.last_error = Some(format!("{version} did not boot; rolled back to {running}"));
+                    RolledBack { version }
+                }
+                // Still installed with tries left (the reboot did not happen, or someone chose the
+                // old entry): staged again.
+                Some(Assessment::Pending(_)) if !matches!(self.phase, Downloading { .. } | Verifying { .. }) => {
+                    Staged { version }
+                }
+                _ => Idle,
+            }
+        };
     }
 
     /// Whether `candidate` may be installed on a host running `current`.
@@ -207,7 +245,10 @@ mod tests {
     fn healthy_update_path() {
         let mut s = AgentState::default();
         through_reboot(&mut s, "2.0.0");
-        s.after_boot("2.0.0", Some(Assessment::Pending(2)), 100).unwrap();
+        s.resume("2.0.0", Some(Assessment::Pending(2)), 100);
+        assert_eq!(s.phase, Phase::Assessing { version: "2.0.0".into(), since: 100 });
+        // The agent restarting while assessing keeps the window it had.
+        s.resume("2.0.0", Some(Assessment::Pending(2)), 150);
         assert_eq!(s.phase, Phase::Assessing { version: "2.0.0".into(), since: 100 });
         s.transition(Phase::Blessed { version: "2.0.0".into() }).unwrap();
         assert!(s.may_install("2.1.0", "2.0.0").is_ok());
@@ -217,10 +258,44 @@ mod tests {
     fn rollback_is_recorded_and_never_retried() {
         let mut s = AgentState::default();
         through_reboot(&mut s, "3.0.0");
-        s.after_boot("2.0.0", Some(Assessment::Bad), 100).unwrap();
+        s.resume("3.0.0", Some(Assessment::Pending(2)), 100);
+        // Each failed try reboots into 3.0.0 again, still assessing; then the loader gives up.
+        s.resume("3.0.0", Some(Assessment::Pending(1)), 130);
+        s.resume("2.0.0", Some(Assessment::Bad), 160);
         assert_eq!(s.phase, Phase::RolledBack { version: "3.0.0".into() });
+        assert!(s.last_error.as_deref().unwrap().contains("rolled back"));
         assert_eq!(s.may_install("3.0.0", "2.0.0"), Err(StateError::RolledBack("3.0.0".into())));
         assert!(s.may_install("3.0.1", "2.0.0").is_ok(), "a newer release is fine");
+    }
+
+    #[test]
+    fn interrupted_work_resumes_cleanly() {
+        let at = |phase: Phase| AgentState { phase, ..AgentState::default() };
+        let v = || "2.0.0".to_string();
+        // Cut short before the entry existed: start over.
+        for p in [Phase::Checking, Phase::Downloading { version: v() }, Phase::Verifying { version: v() }] {
+            let mut s = at(p);
+            s.resume("1.0.0", None, 5);
+            assert_eq!(s.phase, Phase::Idle);
+        }
+        // The entry was renamed into place, the state not saved yet, the host went down and
+        // the loader booted the new entry: it is assessed like any update.
+        let mut s = at(Phase::Verifying { version: v() });
+        s.resume("2.0.0", Some(Assessment::Pending(2)), 5);
+        assert_eq!(s.phase, Phase::Assessing { version: v(), since: 5 });
+        // Staged, not rebooted yet: still staged.
+        let mut s = at(Phase::WaitingToReboot { version: v() });
+        s.resume("1.0.0", Some(Assessment::Pending(3)), 5);
+        assert_eq!(s.phase, Phase::Staged { version: v() });
+        // A reboot that never left the old release, entry untouched: staged again, no rollback.
+        let mut s = at(Phase::Rebooting { version: v(), from: "1.0.0".into() });
+        s.resume("1.0.0", Some(Assessment::Pending(3)), 5);
+        assert_eq!(s.phase, Phase::Staged { version: v() });
+        assert!(s.rolled_back.is_empty());
+        // Blessed already (the agent died after the rename of the blessing).
+        let mut s = at(Phase::Assessing { version: v(), since: 1 });
+        s.resume("2.0.0", Some(Assessment::Good), 5);
+        assert_eq!(s.phase, Phase::Blessed { version: v() });
     }
 
     #[test]

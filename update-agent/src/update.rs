@@ -5,6 +5,7 @@
 
 use crate::apply::{self, ApplyError};
 use crate::entries;
+use crate::http::ResumingReader;
 use crate::slots::{self, SlotError};
 use crate::source::{Candidate, SourceError, Transport};
 use crate::state::{AgentState, Phase, StateError};
@@ -40,8 +41,50 @@ pub struct Target<'a> {
     pub slot: Slot,
     pub running_slot: Slot,
     pub running_version: &'a str,
-    /// The ESP's `EFI/Linux`.
-    pub entries_dir: &'a Path,
+    /// The ESP, reached only for the short boot-entry step.
+    pub esp: &'a dyn Esp,
+    /// Called with the bytes of `/usr` downloaded so far and the total.
+    pub progress: &'a dyn Fn(u64, u64),
+    /// Sleeps between download retries (a parameter so tests do not sleep).
+    pub wait: &'a dyn Fn(std::time::Duration),
+}
+
+/// Broken downloads are resumed this many times before the attempt fails.
+const DOWNLOAD_RETRIES: u32 = 6;
+
+/// The ESP's `EFI/Linux` directory, made available for `f` (a host mounts the ESP around it).
+pub trait Esp {
+    fn with_entries(&self, f: &mut dyn FnMut(&Path) -> std::io::Result<()>) -> Result<(), String>;
+}
+
+/// An ESP that is a directory already (tests, or an ESP mounted by the administrator).
+pub struct EntriesDir(pub std::path::PathBuf);
+
+impl Esp for EntriesDir {
+    fn with_entries(&self, f: &mut dyn FnMut(&Path) -> std::io::Result<()>) -> Result<(), String> {
+        f(&self.0).map_err(|e| format!("{}: {e}", self.0.display()))
+    }
+}
+
+/// The download stream, counted for progress; stops at the `mid-download` failpoint halfway.
+struct Progress<'a, R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    report: &'a dyn Fn(u64, u64),
+}
+
+impl<R: Read> Read for Progress<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let before = self.done;
+        self.done += n as u64;
+        if before < self.total / 2 && self.done >= self.total / 2 {
+            crate::failpoint::hit("mid-download");
+        }
+        (self.report)(self.done, self.total);
+        Ok(n)
+    }
 }
 
 /// A window of a file: the partition as seen inside a disk image (tests) or a device.
@@ -112,9 +155,12 @@ pub fn install(
         .open(target.partition)
         .map_err(|e| UpdateError::Io(format!("opening {}: {e}", target.partition.display())))?;
     let mut window = Window { file, start: target.partition_offset, len: target.partition_size, pos: 0 };
-    let stream = transport.open(&format!("{}/{}", candidate.path, usr.name), 0)?;
-    state.transition(Phase::Verifying { version: version.clone() })?;
+    let stream =
+        ResumingReader::new(transport, &format!("{}/{}", candidate.path, usr.name), DOWNLOAD_RETRIES, target.wait);
+    let stream = Progress { inner: stream, done: 0, total: usr.size, report: target.progress };
     let written = apply::write_usr(stream, usr, &mut window, target.partition_size)?;
+    state.transition(Phase::Verifying { version: version.clone() })?;
+    save(state)?;
 
     // Bind the partition to the release: now stage 1 can find it by the root hash.
     let mut disk = std::fs::OpenOptions::new()
@@ -123,6 +169,7 @@ pub fn install(
         .open(target.disk)
         .map_err(|e| UpdateError::Io(format!("opening {}: {e}", target.disk.display())))?;
     slots::bind(&mut disk, target.slot, target.running_slot, &written.root_hash)?;
+    crate::failpoint::hit("after-usr");
 
     // The UKI: small, fetched whole, verified before it touches the ESP.
     let uki = r.artifact(ArtifactKind::Uki);
@@ -135,7 +182,9 @@ pub fn install(
             actual: sha,
         }));
     }
-    entries::install(target.entries_dir, &r.os_id, &version, &bytes, target.running_version)
+    target
+        .esp
+        .with_entries(&mut |dir| entries::install(dir, &r.os_id, &version, &bytes, target.running_version).map(drop))
         .map_err(|e| UpdateError::Io(format!("writing the boot entry: {e}")))?;
     state.transition(Phase::Staged { version })?;
     save(state)?;
@@ -146,115 +195,10 @@ pub fn install(
 mod tests {
     use super::*;
     use crate::source::{DirTransport, check};
+    use crate::testkit::{World, world};
     use cairn_release::keys::SecretKey;
-    use cairn_release::manifest::{self, Artifact, Compression, FeedEntry, FeedIndex, Release, VerityInfo};
-    use cairn_release::verity;
 
-    const MIB: u64 = 1 << 20;
-
-    struct World {
-        _dir: tempfile::TempDir,
-        feed: std::path::PathBuf,
-        disk: std::path::PathBuf,
-        esp: std::path::PathBuf,
-        state: std::path::PathBuf,
-        key: SecretKey,
-    }
-
-    /// A feed holding `version` (a small verity image, zstd), a disk with USR-A/USR-B, an ESP
-    /// directory holding the running 1.0.0 entry.
-    fn world(version: &str) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let key = SecretKey::from_seed([9; 32]);
-        let feed = dir.path().join("feed");
-        let rel = feed.join(format!("releases/{version}"));
-        std::fs::create_dir_all(&rel).unwrap();
-        let data: Vec<u8> = (0..64 * 4096).map(|i| (i * 31 % 251) as u8).collect();
-        let salt = [1u8; 32];
-        let tree = verity::build(&data[..], 64, salt).unwrap();
-        let mut img = data;
-        img.extend_from_slice(&tree.hash_area);
-        let zst = zstd::encode_all(&img[..], 3).unwrap();
-        std::fs::write(rel.join("usr.img.zst"), &zst).unwrap();
-        let uki = format!("uki of {version}").into_bytes();
-        std::fs::write(rel.join(format!("cairn-{version}.efi")), &uki).unwrap();
-        let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
-        let release = Release {
-            format: 1,
-            os_id: "cairn".into(),
-            version: version.into(),
-            created: 100,
-            expires: 10_000,
-            artifacts: vec![
-                Artifact {
-                    name: format!("cairn-{version}.efi"),
-                    kind: ArtifactKind::Uki,
-                    size: uki.len() as u64,
-                    sha256: sha(&uki),
-                    compression: Compression::None,
-                    uncompressed_size: uki.len() as u64,
-                    uncompressed_sha256: sha(&uki),
-                    verity: None,
-                },
-                Artifact {
-                    name: "usr.img.zst".into(),
-                    kind: ArtifactKind::Usr,
-                    size: zst.len() as u64,
-                    sha256: sha(&zst),
-                    compression: Compression::Zstd,
-                    uncompressed_size: img.len() as u64,
-                    uncompressed_sha256: sha(&img),
-                    verity: Some(VerityInfo {
-                        root_hash: hex::encode(tree.root_hash),
-                        salt: hex::encode(salt),
-                        data_blocks: 64,
-                        hash_offset: 64 * 4096,
-                    }),
-                },
-            ],
-        };
-        let m = serde_json::to_vec(&release).unwrap();
-        std::fs::write(rel.join("release.json"), &m).unwrap();
-        std::fs::write(rel.join("release.json.sig"), manifest::sign(&m, &[&key])).unwrap();
-        let index = FeedIndex {
-            format: 1,
-            channel: "stable".into(),
-            created: 100,
-            expires: 10_000,
-            releases: vec![FeedEntry {
-                version: version.into(),
-                path: format!("releases/{version}"),
-                manifest_sha256: sha(&m),
-            }],
-        };
-        let i = serde_json::to_vec(&index).unwrap();
-        std::fs::write(feed.join("index.json"), &i).unwrap();
-        std::fs::write(feed.join("index.json.sig"), manifest::sign(&i, &[&key])).unwrap();
-
-        let disk = dir.path().join("disk.raw");
-        let f = File::create(&disk).unwrap();
-        f.set_len(16 * MIB).unwrap();
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
-        let mut t = gptman::GPT::new_from(&mut f, 512, [1; 16]).unwrap();
-        for (n, label, start) in [(2u32, "USR-A", 2048u64), (3, "USR-B", 2048 + 12288)] {
-            t[n] = gptman::GPTPartitionEntry {
-                partition_type_guid: cairn_release::gpt::TYPE_USR_X86_64.to_gpt_bytes(),
-                unique_partition_guid: [n as u8; 16],
-                starting_lba: start,
-                ending_lba: start + 12287,
-                attribute_bits: 0,
-                partition_name: label.into(),
-            };
-        }
-        t.write_into(&mut f).unwrap();
-        let esp = dir.path().join("EFI/Linux");
-        std::fs::create_dir_all(&esp).unwrap();
-        std::fs::write(esp.join("cairn-1.0.0.efi"), b"running uki").unwrap();
-        let state = dir.path().join("state.json");
-        World { _dir: dir, feed, disk, esp, state, key }
-    }
-
-    fn target(w: &World) -> (slots::UsrPartition, Target<'_>) {
+    fn target<'a>(w: &'a World, esp: &'a EntriesDir) -> (slots::UsrPartition, Target<'a>) {
         let mut f = File::open(&w.disk).unwrap();
         let b = slots::find(&mut f, Slot::B).unwrap();
         let t = Target {
@@ -265,7 +209,9 @@ mod tests {
             slot: Slot::B,
             running_slot: Slot::A,
             running_version: "1.0.0",
-            entries_dir: &w.esp,
+            esp,
+            progress: &|_, _| {},
+            wait: &|_| {},
         };
         (b, t)
     }
@@ -277,7 +223,8 @@ mod tests {
         let mut state = AgentState::default();
         state.transition(Phase::Checking).unwrap();
         let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
-        let (_, t) = target(&w);
+        let esp = EntriesDir(w.esp.clone());
+        let (_, t) = target(&w, &esp);
         install(&c, &transport, &t, &mut state, &w.state).unwrap();
         assert_eq!(state.phase, Phase::Staged { version: "2.0.0".into() });
         assert_eq!(AgentState::load(&w.state).unwrap().phase, state.phase, "persisted");
@@ -319,7 +266,8 @@ mod tests {
         let mut state = AgentState::default();
         state.transition(Phase::Checking).unwrap();
         let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
-        let (before, t) = target(&w);
+        let esp = EntriesDir(w.esp.clone());
+        let (before, t) = target(&w, &esp);
         assert!(install(&c, &transport, &t, &mut state, &w.state).is_err());
         let mut f = File::open(&w.disk).unwrap();
         assert_eq!(slots::find(&mut f, Slot::B).unwrap().uuid, before.uuid, "USR-B not bound");
@@ -332,7 +280,8 @@ mod tests {
         let mut state = AgentState::default();
         state.transition(Phase::Checking).unwrap();
         let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
-        let (_, t) = target(&w);
+        let esp = EntriesDir(w.esp.clone());
+        let (_, t) = target(&w, &esp);
         let e = install(&c, &transport, &t, &mut state, &w.state).unwrap_err().to_string();
         assert!(e.contains("UKI"), "{e}");
         assert_eq!(entries::list(&w.esp, "cairn").unwrap().len(), 1, "ESP unchanged");

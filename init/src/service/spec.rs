@@ -102,27 +102,11 @@ impl std::fmt::Display for SpecError {
     }
 }
 
-/// `100ms`, `5s`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 100ms, 5s, 2m"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    };
-    Ok(Duration::from_millis(ms))
-}
-
 pub fn parse(name: &str, file: &Path, text: &str) -> Result<ServiceSpec, SpecError> {
     let err = |message: String| SpecError { name: name.to_string(), file: file.to_path_buf(), message };
     let raw: RawService = toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
     let dur = |field: &str, v: &Option<String>, default: Duration| match v {
-        Some(s) => parse_duration(s).map_err(|e| err(format!("{field}: {e}"))),
+        Some(s) => cairn_release::duration::parse(s).map_err(|e| err(format!("{field}: {e}"))),
         None => Ok(default),
     };
     if raw.command.is_empty() || raw.command[0].is_empty() {
@@ -276,12 +260,5 @@ stop_timeout = "5s"
         assert_eq!(cmds, vec!["/etc/a", "/usr/b"]);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("bogus"));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5").is_err());
     }
 }

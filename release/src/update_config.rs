@@ -1,0 +1,114 @@
+//! The update agent's settings, one format in three places: the image spec's `[update]` table,
+//! `/usr/lib/cairn/update.toml` (what the image was built with) and `/etc/cairn/update.toml`
+//! (the host's own, written by cloud-config's `cairn: {update: ...}`), whose keys win.
+
+use crate::duration;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+pub const IMAGE_FILE: &str = "/usr/lib/cairn/update.toml";
+pub const HOST_FILE: &str = "/etc/cairn/update.toml";
+
+/// When a staged release is booted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Reboot as soon as the release is staged.
+    Immediate,
+    /// Stage, then wait for `updatectl reboot` (or the D-Bus `Reboot` method).
+    Off,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Immediate => "immediate",
+            Strategy::Off => "off",
+        }
+    }
+}
+
+/// The keys as written; every key is optional so a host file can change one of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettings {
+    /// The feed: `http://`, `https://` or a local directory (`file://` or a path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Time between checks (plus up to 10% jitter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// How long a new release must run healthy before its boot entry is blessed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bless_after: Option<String>,
+}
+
+/// The settings in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateConfig {
+    pub source: Option<String>,
+    pub strategy: Strategy,
+    pub interval: Duration,
+    pub bless_after: Duration,
+}
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_BLESS_AFTER: Duration = Duration::from_secs(120);
+
+impl UpdateSettings {
+    /// `self` with `over`'s keys on top.
+    pub fn overlay(&self, over: &UpdateSettings) -> UpdateSettings {
+        UpdateSettings {
+            source: over.source.clone().or_else(|| self.source.clone()),
+            strategy: over.strategy.or(self.strategy),
+            interval: over.interval.clone().or_else(|| self.interval.clone()),
+            bless_after: over.bless_after.clone().or_else(|| self.bless_after.clone()),
+        }
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn resolve(&self) -> Result<UpdateConfig, String> {
+        let dur = |key: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => duration::parse(s).map_err(|e| format!("{key}: {e}")),
+        };
+        let interval = dur("interval", &self.interval, DEFAULT_INTERVAL)?;
+        if interval < Duration::from_secs(1) {
+            return Err("interval: must be at least 1s".into());
+        }
+        if let Some(s) = &self.source {
+            let ok = ["http://", "https://", "file://", "/"].iter().any(|p| s.starts_with(p));
+            if !ok {
+                return Err(format!("source: {s:?} is not an http(s):// URL or an absolute path"));
+            }
+        }
+        Ok(UpdateConfig {
+            source: self.source.clone().filter(|s| !s.is_empty()),
+            strategy: self.strategy.unwrap_or(Strategy::Immediate),
+            interval,
+            bless_after: dur("bless_after", &self.bless_after, DEFAULT_BLESS_AFTER)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_keys_win_and_values_are_checked() {
+        let image = UpdateSettings { interval: Some("1h".into()), strategy: Some(Strategy::Off), ..Default::default() };
+        let host = UpdateSettings { source: Some("http://10.0.2.2:8080/".into()), ..Default::default() };
+        let c = image.overlay(&host).resolve().unwrap();
+        assert_eq!(c.source.as_deref(), Some("http://10.0.2.2:8080/"));
+        assert_eq!(c.strategy, Strategy::Off);
+        assert_eq!(c.interval, Duration::from_secs(3600));
+        assert_eq!(c.bless_after, DEFAULT_BLESS_AFTER);
+        let bad = UpdateSettings { interval: Some("soon".into()), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().starts_with("interval:"));
+        let bad = UpdateSettings { source: Some("ftp://x".into()), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().starts_with("source:"));
+    }
+}

@@ -1,0 +1,337 @@
+//! VM tests of the update agent: a host built as release 1 updates itself from a signed feed
+//! served on the test machine's loopback (10.0.2.2 inside QEMU), blesses a good release,
+//! rolls back a bad one by itself, refuses tampered feeds, and survives being killed at each
+//! crash-critical point.
+
+use anyhow::{Context, Result, bail};
+use cairn_qemu::{Vm, VmConfig};
+use cairn_tests::http::{Fault, FileServer};
+use cairn_tests::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(300);
+const CMD: Duration = Duration::from_secs(120);
+
+fn v1() -> Result<Image> {
+    signed_image("update-1", "images/dev.toml", "1")
+}
+fn v2() -> Result<Image> {
+    signed_image("update-2", "images/dev.toml", "2")
+}
+fn v3_never_ready() -> Result<Image> {
+    signed_image("update-3", "images/test-bad-update.toml", "3")
+}
+
+fn key() -> Result<cairn_release::keys::SecretKey> {
+    cairn_image::release::load_secret(&test_signing_key()?)
+}
+
+/// Adds `img`'s release to the feed in `dir`, as `cairn release publish` does.
+fn publish(dir: &Path, img: &Image) -> Result<()> {
+    let k = key()?;
+    cairn_image::release::publish(dir, &img.dir.join("release"), &k, &[k.public()], "stable", 30)?;
+    Ok(())
+}
+
+/// Points the agent at the feed and restarts it; returns once its D-Bus API answers.
+fn configure_agent(vm: &mut Vm, server: &FileServer, strategy: &str) -> Result<()> {
+    vm.run_ok(
+        &format!(
+            "mkdir -p /etc/cairn && printf 'source = \"http://10.0.2.2:{}/\"\\nstrategy = \"{strategy}\"\\n\
+             bless_after = \"3s\"\\n' > /etc/cairn/update.toml && cairnctl restart cairn-agent",
+            server.port
+        ),
+        CMD,
+    )?;
+    // The agent restarted with these settings once its status shows them.
+    let source = format!("Source:          http://10.0.2.2:{}/", server.port);
+    let strategy = format!("Strategy:        {strategy}");
+    wait_for_status(vm, |s| s.contains(&source) && s.contains(&strategy), Duration::from_secs(60))
+}
+
+/// Polls `updatectl status` until `done` holds for its output.
+fn wait_for_status(vm: &mut Vm, done: impl Fn(&str) -> bool, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        let out = vm.run("updatectl status", CMD)?;
+        if out.status == 0 && done(&out.output) {
+            return Ok(());
+        }
+        last = out.output;
+    }
+    bail!("updatectl status never got there; last:\n{last}\nagent log:\n{}", agent_log(vm))
+}
+
+fn agent_log(vm: &mut Vm) -> String {
+    vm.run("tail -n 40 /var/log/cairn/cairn-agent.log", CMD).map(|o| o.output).unwrap_or_default()
+}
+
+/// `updatectl check` (strategy off, so it returns): its output.
+fn check(vm: &mut Vm) -> Result<String> {
+    Ok(vm.run("updatectl check --timeout 200", Duration::from_secs(240))?.output)
+}
+
+fn esp_entries(img: &Image, raw: &Path) -> Result<Vec<String>> {
+    let (off, size) = img.partition("EFI-SYSTEM")?;
+    esp_listing(raw, off, size, "EFI/Linux")
+}
+
+/// The VM's disk as a raw file, after it powered off.
+fn disk_after(vm: &mut Vm) -> Result<PathBuf> {
+    let mark = vm.console().mark();
+    vm.send(b"poweroff\n")?;
+    vm.wait_for_line("cairn: powering off", mark, CMD)?;
+    vm.wait_exit(Duration::from_secs(60))?;
+    let raw = vm.work_dir().join("after.raw");
+    overlay_to_raw(vm.overlay().context("overlay")?, &raw)?;
+    Ok(raw)
+}
+
+#[test]
+fn healthy_update_is_blessed_and_a_bad_one_rolls_back_by_itself() -> Result<()> {
+    let (img1, img2, img3) = (v1()?, v2()?, v3_never_ready()?);
+    let feed = tempfile::tempdir()?;
+    publish(feed.path(), &img2)?;
+    let server = FileServer::start(feed.path())?;
+
+    let mut vm = Vm::start(&VmConfig::uefi(img1.raw()))?;
+    vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
+    configure_agent(&mut vm, &server, "immediate")?;
+
+    // Version 2: found, written to slot B, booted, blessed.
+    let mark = vm.console().mark();
+    vm.send(b"updatectl check\n")?;
+    vm.wait_for_line("cairn: ready version=2 slot=b", mark, READY)
+        .with_context(|| format!("agent did not boot 2: {}", vm.console().text_from(mark)))?;
+    wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
+    let status = vm.run_ok("updatectl status", CMD)?;
+    assert!(status.contains("Current version: 2 (slot b)"), "{status}");
+
+    // The D-Bus API as any D-Bus client sees it.
+    let intro =
+        vm.run_ok("gdbus introspect --system --dest org.cairn.Update1 --object-path /org/cairn/Update1", CMD)?;
+    for member in ["Check()", "Apply()", "Reboot()", "StateChanged(", "readonly s State", "readonly d Progress"] {
+        assert!(intro.contains(member), "introspection lacks {member}:\n{intro}");
+    }
+    let state = vm.run_ok(
+        "gdbus call --system --dest org.cairn.Update1 --object-path /org/cairn/Update1 \
+         --method org.freedesktop.DBus.Properties.Get org.cairn.Update1 CurrentVersion",
+        CMD,
+    )?;
+    assert!(state.contains("'2'"), "{state}");
+
+    // Version 3 never becomes ready: three tries, then the loader boots 2 again by itself.
+    publish(feed.path(), &img3)?;
+    let mark = vm.console().mark();
+    vm.send(b"updatectl check\n")?;
+    vm.wait_for_line("cairn: ready version=2 slot=b", mark, Duration::from_secs(600))
+        .with_context(|| format!("no fallback to 2: {}", vm.console().text_from(mark)))?;
+    let console = vm.console().text_from(mark);
+    let tries = console.matches("cairn: boot failed: not ready").count();
+    assert_eq!(tries, 3, "tries of 3 that failed:\n{console}");
+    wait_for_status(&mut vm, |s| s.contains("Rolled back:     3"), Duration::from_secs(60))?;
+
+    // And it is never installed again.
+    let out = vm.run_ok("updatectl check --timeout 200", Duration::from_secs(240))?;
+    assert!(out.contains("3 was rolled back on this host"), "{out}");
+    let raw = disk_after(&mut vm)?;
+    assert_eq!(esp_entries(&img1, &raw)?, ["cairn-2.efi", "cairn-3+0-3.efi"]);
+    Ok(())
+}
+
+#[test]
+fn the_agent_killed_at_each_crash_point_leaves_a_bootable_host_and_retries() -> Result<()> {
+    let (img1, img2) = (v1()?, v2()?);
+    let feed = tempfile::tempdir()?;
+    publish(feed.path(), &img2)?;
+    let server = FileServer::start(feed.path())?;
+    let work = tempfile::tempdir()?;
+    let disk = work.path().join("disk.raw");
+    copy_image(&img1.raw(), &disk)?;
+    let cfg = VmConfig { persistent: true, ..VmConfig::uefi(&disk) };
+
+    let mut vm = Vm::start(&cfg)?;
+    vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
+    configure_agent(&mut vm, &server, "immediate")?;
+    // Each point in order; after each kill the next attempt must get past it to the next one.
+    for (point, boots) in [
+        ("mid-download", "version=1 slot=a"),
+        ("after-usr", "version=1 slot=a"),
+        ("before-uki-rename", "version=1 slot=a"),
+        ("after-uki-rename", "version=2 slot=b"),
+    ] {
+        vm.run_ok(&format!("echo {point} > /run/cairn/failpoints"), CMD)?;
+        let mark = vm.console().mark();
+        vm.send(b"updatectl check &\n")?;
+        vm.wait_for_line(&format!("cairn-agent: failpoint {point} reached"), mark, READY)
+            .with_context(|| format!("failpoint {point}: {}", agent_log(&mut vm)))?;
+        vm.kill();
+        drop(vm);
+        vm = Vm::start(&cfg)?;
+        vm.wait_for_line(&format!("cairn: ready {boots}"), 0, READY)
+            .with_context(|| format!("after a kill at {point}"))?;
+    }
+    // Killed right after the entry's rename: the loader booted 2, and the agent takes it from
+    // there like any update.
+    wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
+    let mark = vm.console().mark();
+    vm.send(b"poweroff\n")?;
+    vm.wait_for_line("cairn: powering off", mark, CMD)?;
+    vm.wait_exit(Duration::from_secs(60))?;
+    assert_eq!(esp_entries(&img1, &disk)?, ["cairn-1.efi", "cairn-2.efi"]);
+    Ok(())
+}
+
+/// Rewrites the feed's index (signed by `key`) so its newest entry is `release`'s manifest
+/// at `path`, with `expires`.
+fn sign_index(feed: &Path, key: &cairn_release::keys::SecretKey, expires: u64) -> Result<()> {
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(feed.join("index.json"))?)?;
+    index["expires"] = expires.into();
+    let bytes = serde_json::to_vec_pretty(&index)?;
+    std::fs::write(feed.join("index.json"), &bytes)?;
+    std::fs::write(feed.join("index.json.sig"), cairn_release::manifest::sign(&bytes, &[key]))?;
+    Ok(())
+}
+
+/// Re-signs release 2's manifest after `edit`, and the index with the manifest's new hash.
+fn edit_release(
+    feed: &Path,
+    key: &cairn_release::keys::SecretKey,
+    edit: impl Fn(&mut serde_json::Value),
+) -> Result<()> {
+    use sha2::Digest;
+    let dir = feed.join("releases/2");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("release.json"))?)?;
+    edit(&mut m);
+    let bytes = serde_json::to_vec_pretty(&m)?;
+    std::fs::write(dir.join("release.json"), &bytes)?;
+    std::fs::write(dir.join("release.json.sig"), cairn_release::manifest::sign(&bytes, &[key]))?;
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(feed.join("index.json"))?)?;
+    index["releases"][0]["manifest_sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
+    let ib = serde_json::to_vec_pretty(&index)?;
+    std::fs::write(feed.join("index.json"), &ib)?;
+    std::fs::write(feed.join("index.json.sig"), cairn_release::manifest::sign(&ib, &[key]))?;
+    Ok(())
+}
+
+#[test]
+fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> Result<()> {
+    let (img1, img2) = (v1()?, v2()?);
+    let pristine = tempfile::tempdir()?;
+    publish(pristine.path(), &img2)?;
+    let feed = tempfile::tempdir()?;
+    let server = FileServer::start(feed.path())?;
+    let k = key()?;
+    let reset_feed = || -> Result<()> {
+        let status = std::process::Command::new("cp")
+            .args(["-a", "--remove-destination", "-T"])
+            .arg(pristine.path())
+            .arg(feed.path())
+            .status()?;
+        anyhow::ensure!(status.success(), "copying the feed");
+        Ok(())
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let stranger = cairn_release::keys::SecretKey::from_seed([7; 32]);
+
+    let mut vm = Vm::start(&VmConfig::uefi(img1.raw()))?;
+    vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
+    // strategy off: even a wrongly accepted release would only be staged, never booted.
+    configure_agent(&mut vm, &server, "off")?;
+
+    type Tamper<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+    let feed_dir = feed.path();
+    let server_ref = &server;
+    let fault = |f: Fault| -> Tamper {
+        Box::new(move || {
+            server_ref.set_fault(Some(f));
+            Ok(())
+        })
+    };
+    let usr = feed_dir.join("releases/2/usr.img.zst");
+    let cases: Vec<(&str, Tamper, &str)> = vec![
+        (
+            "wrong signature",
+            Box::new(|| {
+                let index = std::fs::read_to_string(feed_dir.join("index.json"))?;
+                Ok(std::fs::write(feed_dir.join("index.json"), index.replace("\"stable\"", "\"stablf\""))?)
+            }),
+            "does not match",
+        ),
+        ("unknown key", Box::new(|| sign_index(feed_dir, &stranger, now + 86_400)), "signed by no trusted key"),
+        ("expired index", Box::new(|| sign_index(feed_dir, &k, now - 60)), "expired"),
+        ("expired release", Box::new(|| edit_release(feed_dir, &k, |m| m["expires"] = (now - 60).into())), "expired"),
+        (
+            "truncated image",
+            Box::new(|| {
+                let len = std::fs::metadata(&usr)?.len();
+                Ok(std::fs::OpenOptions::new().write(true).open(&usr)?.set_len(len / 2)?)
+            }),
+            "installing 2",
+        ),
+        ("altered image", Box::new(|| flip_byte(&usr, std::fs::metadata(&usr)?.len() / 3)), "installing 2"),
+        (
+            "wrong verity root hash",
+            Box::new(|| {
+                edit_release(feed_dir, &k, |m| {
+                    for a in m["artifacts"].as_array_mut().into_iter().flatten() {
+                        if !a["verity"].is_null() {
+                            a["verity"]["root_hash"] = "ab".repeat(32).into();
+                        }
+                    }
+                })
+            }),
+            "verity root hash",
+        ),
+        (
+            "image larger than the partition (a full disk)",
+            Box::new(|| {
+                edit_release(feed_dir, &k, |m| {
+                    for a in m["artifacts"].as_array_mut().into_iter().flatten() {
+                        if !a["verity"].is_null() {
+                            a["uncompressed_size"] = (64u64 << 30).into();
+                        }
+                    }
+                })
+            }),
+            "does not fit",
+        ),
+        ("server answers 503", fault(Fault::Status(503)), "HTTP 503"),
+        ("server resets", fault(Fault::Reset), "fetching index.json"),
+        ("server sends garbage", fault(Fault::Garbage), "feed index"),
+        ("server hangs", fault(Fault::Hang), "fetching index.json"),
+    ];
+    for (name, tamper, expected) in &cases {
+        server.set_fault(None);
+        reset_feed()?;
+        tamper()?;
+        let out = check(&mut vm)?;
+        assert!(out.contains("State:           error"), "{name}: not an error:\n{out}");
+        let error = out.lines().find(|l| l.starts_with("Last error:")).unwrap_or_default().to_string();
+        assert!(error.contains(expected), "{name}: expected {expected:?} in the error, got:\n{out}");
+        let log = agent_log(&mut vm);
+        assert!(log.contains(error.trim_start_matches("Last error:").trim()), "{name}: the log has the error:\n{log}");
+    }
+    // The running release again is not an error, just nothing to install (older ones are
+    // refused the same way: unit tests).
+    server.set_fault(None);
+    let same = tempfile::tempdir()?;
+    publish(same.path(), &img1)?;
+    std::fs::remove_dir_all(feed.path())?;
+    std::process::Command::new("cp").args(["-a", "-T"]).arg(same.path()).arg(feed.path()).status()?;
+    let out = check(&mut vm)?;
+    assert!(out.contains("1 is not newer than the running 1"), "{out}");
+    // Nothing reached the ESP (mounted read-only to look).
+    let esp = vm.run_ok("mount -o ro -t vfat /dev/vda1 /mnt && ls /mnt/EFI/Linux; umount /mnt", CMD)?;
+    assert_eq!(esp.split_whitespace().collect::<Vec<_>>(), ["cairn-1.efi"], "{esp}");
+
+    // After all that, a good feed still works: the same host stages 2.
+    reset_feed()?;
+    let out = check(&mut vm)?;
+    assert!(out.contains("Staged version:  2"), "{out}");
+    let raw = disk_after(&mut vm)?;
+    assert_eq!(esp_entries(&img1, &raw)?, ["cairn-1.efi", "cairn-2+3.efi"]);
+    Ok(())
+}

@@ -1,0 +1,600 @@
+//! The agent's decisions, one step at a time: when to check, install, reboot, bless. Time
+//! comes from a `Clock` and the machine from a `Host`, so the whole cycle runs in unit tests
+//! against a disk image file and a directory for the ESP.
+
+use crate::entries::{self, Assessment};
+use crate::host::{Running, TargetDevice};
+use crate::source::{self, Transport};
+use crate::state::{self, AgentState, Phase};
+use crate::update::{self, Esp, Target};
+use cairn_release::keys::PublicKey;
+use cairn_release::update_config::{Strategy, UpdateConfig};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub trait Clock {
+    /// Unix seconds.
+    fn now(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+}
+
+pub trait Host {
+    fn running(&self) -> &Running;
+    /// Every required service running.
+    fn healthy(&self) -> Result<bool, String>;
+    fn reboot(&self) -> Result<(), String>;
+    fn target(&self) -> Result<TargetDevice, String>;
+    fn esp(&self) -> &dyn Esp;
+}
+
+/// Requests from the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Check the source now (and stage what it offers, as a timed check would).
+    Check,
+    /// Check, stage and reboot into the result now, whatever the strategy.
+    Apply,
+    /// Reboot into the staged release now.
+    Reboot,
+}
+
+/// What the API shows; replaced as a whole on every change.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Status {
+    pub state: String,
+    pub current_version: String,
+    pub slot: String,
+    pub staged_version: String,
+    pub available_version: String,
+    /// 0.0 to 1.0 while downloading.
+    pub progress: f64,
+    pub last_check: u64,
+    pub last_check_result: String,
+    pub last_error: String,
+    pub rolled_back: Vec<String>,
+    pub strategy: String,
+    pub source: String,
+}
+
+/// Where status changes go (the D-Bus side); called after each change.
+pub type Publish = Arc<dyn Fn(&Status) + Send + Sync>;
+
+/// How often a host being assessed is looked at.
+const ASSESS_POLL: Duration = Duration::from_secs(1);
+
+pub struct Agent<H: Host, C: Clock> {
+    pub host: H,
+    clock: C,
+    config: UpdateConfig,
+    trusted: Vec<PublicKey>,
+    transport: Option<Box<dyn Transport>>,
+    pub state: AgentState,
+    state_path: PathBuf,
+    /// Spreads a fleet's checks (the machine-id).
+    seed: Vec<u8>,
+    next_check: u64,
+    healthy_since: Option<u64>,
+    available: Option<String>,
+    last_check_result: String,
+    status: Arc<Mutex<Status>>,
+    publish: Publish,
+    wait: Box<dyn Fn(Duration)>,
+}
+
+pub struct AgentParts<H, C> {
+    pub host: H,
+    pub clock: C,
+    pub config: UpdateConfig,
+    pub trusted: Vec<PublicKey>,
+    pub transport: Option<Box<dyn Transport>>,
+    pub state_path: PathBuf,
+    pub seed: Vec<u8>,
+    pub publish: Publish,
+    /// Sleeps between download retries.
+    pub wait: Box<dyn Fn(Duration)>,
+}
+
+fn log(line: &str) {
+    eprintln!("{line}");
+}
+
+impl<H: Host, C: Clock> Agent<H, C> {
+    /// Loads the saved state and settles where an earlier run left off.
+    pub fn start(p: AgentParts<H, C>) -> Result<Agent<H, C>, String> {
+        let mut state = AgentState::load(&p.state_path)?;
+        let now = p.clock.now();
+        let mut agent = Agent {
+            host: p.host,
+            clock: p.clock,
+            config: p.config,
+            trusted: p.trusted,
+            transport: p.transport,
+            state: AgentState::default(),
+            state_path: p.state_path,
+            seed: p.seed,
+            next_check: now,
+            healthy_since: None,
+            available: None,
+            last_check_result: String::new(),
+            status: Arc::new(Mutex::new(Status::default())),
+            publish: p.publish,
+            wait: p.wait,
+        };
+        if let Some(version) = pending_version(&state.phase) {
+            let entry = agent.entry_assessment(&version)?;
+            let before = state.phase.clone();
+            state.resume(&agent.host.running().version, entry, now);
+            if state.phase != before {
+                log(&format!("after boot: {} -> {}", describe(&before), describe(&state.phase)));
+            }
+        } else {
+            state.resume(&agent.host.running().version, None, now);
+        }
+        agent.state = state;
+        agent.save();
+        agent.publish();
+        Ok(agent)
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn entry_assessment(&self, version: &str) -> Result<Option<Assessment>, String> {
+        let os_id = self.host.running().os_id.clone();
+        let mut found = None;
+        self.host.esp().with_entries(&mut |dir| {
+            found = entries::assessment(dir, &os_id, version)?;
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.state.save(&self.state_path) {
+            log(&format!("error: {e}"));
+            self.state.last_error = Some(e);
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.state;
+        let running = self.host.running();
+        let status = Status {
+            state: s.phase.name().to_string(),
+            current_version: running.version.clone(),
+            slot: running.slot.letter().to_string(),
+            staged_version: match &s.phase {
+                Phase::Staged { version } | Phase::WaitingToReboot { version } | Phase::Rebooting { version, .. } => {
+                    version.clone()
+                }
+                _ => String::new(),
+            },
+            available_version: self.available.clone().unwrap_or_default(),
+            progress: match &s.phase {
+                Phase::Staged { .. } | Phase::WaitingToReboot { .. } | Phase::Rebooting { .. } => 1.0,
+                _ => 0.0,
+            },
+            last_check: s.last_check.unwrap_or(0),
+            last_check_result: self.last_check_result.clone(),
+            last_error: s.last_error.clone().unwrap_or_default(),
+            rolled_back: s.rolled_back.clone(),
+            strategy: self.config.strategy.as_str().to_string(),
+            source: self.config.source.clone().unwrap_or_default(),
+        };
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status.clone();
+        (self.publish)(&status);
+    }
+
+    fn fail(&mut self, message: String) {
+        log(&format!("error: {message}"));
+        self.state.fail(message, self.clock.now());
+        self.save();
+        self.publish();
+    }
+
+    /// Does what is due now (`command`, if any, first) and says how long to wait before the
+    /// next step if nothing comes in.
+    pub fn step(&mut self, command: Option<Command>) -> Duration {
+        let now = self.clock.now();
+        match (self.state.phase.clone(), command) {
+            (Phase::Assessing { version, .. }, c) => {
+                if c.is_some() {
+                    self.last_check_result = format!("assessing {version}; updates wait until it is blessed");
+                    self.publish();
+                }
+                self.assess(&version, now)
+            }
+            (Phase::Staged { version } | Phase::WaitingToReboot { version }, c) => {
+                if self.config.strategy == Strategy::Immediate || matches!(c, Some(Command::Apply | Command::Reboot)) {
+                    self.reboot(&version);
+                } else if matches!(self.state.phase, Phase::Staged { .. }) {
+                    let _ = self.state.transition(Phase::WaitingToReboot { version: version.clone() });
+                    log(&format!("{version} is staged; reboot with `updatectl reboot` (strategy off)"));
+                    self.save();
+                    self.publish();
+                }
+                self.config.interval
+            }
+            // A reboot was asked for and init is on it.
+            (Phase::Rebooting { .. }, _) => Duration::from_secs(30),
+            (_, Some(Command::Reboot)) => {
+                self.state.last_error = Some("nothing is staged to reboot into".into());
+                self.publish();
+                self.until_next_check(now)
+            }
+            (phase, c) => {
+                let retry_at = match phase {
+                    Phase::Error { retry_at, .. } => retry_at,
+                    _ => 0,
+                };
+                if c.is_none() && now < self.next_check.max(retry_at) {
+                    return self.until_next_check(now).max(Duration::from_secs(retry_at.saturating_sub(now)));
+                }
+                self.check_and_install(now, c == Some(Command::Apply));
+                self.next_check = state::next_check(now, self.config.interval.as_secs(), &self.seed);
+                if matches!(self.state.phase, Phase::Staged { .. }) {
+                    return self.step(c);
+                }
+                self.until_next_check(now)
+            }
+        }
+    }
+
+    fn until_next_check(&self, now: u64) -> Duration {
+        Duration::from_secs(self.next_check.saturating_sub(now).max(1))
+    }
+
+    fn check_and_install(&mut self, now: u64, apply: bool) {
+        if self.state.transition(Phase::Checking).is_err() {
+            return;
+        }
+        self.state.last_check = Some(now);
+        self.publish();
+        let Some(transport) = self.transport.as_deref() else {
+            self.last_check_result = "no update source configured".into();
+            let _ = self.state.transition(Phase::Idle);
+            self.save();
+            self.publish();
+            return;
+        };
+        let running = self.host.running().clone();
+        let candidate =
+            match source::check(transport, &self.trusted, now, &running.os_id, &running.version, &self.state) {
+                Err(e) => return self.fail(e.to_string()),
+                Ok(Err(nothing)) => {
+                    log(&format!("checked: {nothing}"));
+                    self.last_check_result = nothing;
+                    self.available = None;
+                    let _ = self.state.transition(Phase::Idle);
+                    self.save();
+                    self.publish();
+                    return;
+                }
+                Ok(Ok(c)) => c,
+            };
+        let version = candidate.release.version.clone();
+        log(&format!("installing {version} into slot {}", running.slot.other().letter()));
+        self.available = Some(version.clone());
+        self.last_check_result = format!("{version} available");
+        let device = match self.host.target() {
+            Ok(d) => d,
+            Err(e) => return self.fail(e),
+        };
+        let status = self.status.clone();
+        let publish = self.publish.clone();
+        let progress = move |done: u64, total: u64| {
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            let p = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+            // Published in whole percents: a signal per read would flood the bus.
+            if s.state != "downloading" || (p * 100.0) as u32 != (s.progress * 100.0) as u32 {
+                s.state = "downloading".into();
+                s.progress = p;
+                publish(&s);
+            }
+        };
+        let target = Target {
+            disk: &device.disk,
+            partition: &device.partition,
+            partition_offset: device.offset,
+            partition_size: device.size,
+            slot: device.slot,
+            running_slot: running.slot,
+            running_version: &running.version,
+            esp: self.host.esp(),
+            progress: &progress,
+            wait: &*self.wait,
+        };
+        let result = update::install(&candidate, transport, &target, &mut self.state, &self.state_path);
+        match result {
+            Err(e) => self.fail(format!("installing {version}: {e}")),
+            Ok(()) => {
+                log(&format!("{version} staged in slot {}", device.slot.letter()));
+                self.publish();
+                if apply {
+                    self.reboot(&version);
+                }
+            }
+        }
+    }
+
+    fn reboot(&mut self, version: &str) {
+        let from = self.host.running().version.clone();
+        if let Err(e) = self.state.transition(Phase::Rebooting { version: version.into(), from }) {
+            return self.fail(e.to_string());
+        }
+        self.save();
+        self.publish();
+        log(&format!("rebooting into {version}"));
+        if let Err(e) = self.host.reboot() {
+            self.fail(format!("rebooting into {version}: {e}"));
+        }
+    }
+
+    /// Blesses `version`'s entry once the host has been healthy for `bless_after`.
+    fn assess(&mut self, version: &str, now: u64) -> Duration {
+        match self.host.healthy() {
+            Ok(true) => {
+                let since = *self.healthy_since.get_or_insert(now);
+                if now.saturating_sub(since) < self.config.bless_after.as_secs() {
+                    return ASSESS_POLL;
+                }
+                let os_id = self.host.running().os_id.clone();
+                match self.host.esp().with_entries(&mut |dir| entries::bless(dir, &os_id, version).map(drop)) {
+                    Ok(()) => {
+                        log(&format!("{version} healthy for {}s: blessed", now - since));
+                        let _ = self.state.transition(Phase::Blessed { version: version.into() });
+                        self.save();
+                        self.publish();
+                        self.until_next_check(now)
+                    }
+                    Err(e) => {
+                        self.fail(format!("blessing {version}: {e}"));
+                        self.state.phase = Phase::Assessing { version: version.into(), since };
+                        ASSESS_POLL
+                    }
+                }
+            }
+            Ok(false) => {
+                self.healthy_since = None;
+                ASSESS_POLL
+            }
+            Err(e) => {
+                log(&format!("health: {e}"));
+                self.healthy_since = None;
+                ASSESS_POLL
+            }
+        }
+    }
+}
+
+/// The version a saved state is in the middle of installing or booting, if any.
+fn pending_version(phase: &Phase) -> Option<String> {
+    match phase {
+        Phase::Downloading { version }
+        | Phase::Verifying { version }
+        | Phase::Staged { version }
+        | Phase::WaitingToReboot { version }
+        | Phase::Rebooting { version, .. }
+        | Phase::Assessing { version, .. } => Some(version.clone()),
+        _ => None,
+    }
+}
+
+fn describe(p: &Phase) -> String {
+    match pending_version(p) {
+        Some(v) => format!("{} {v}", p.name()),
+        None => match p {
+            Phase::Blessed { version } | Phase::RolledBack { version } => format!("{} {version}", p.name()),
+            _ => p.name().to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::DirTransport;
+    use crate::testkit::{World, world};
+    use crate::update::EntriesDir;
+    use cairn_release::gpt::Slot;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    struct FakeHost {
+        running: Running,
+        disk: PathBuf,
+        esp: EntriesDir,
+        healthy: Rc<Cell<bool>>,
+        reboots: Rc<Cell<u32>>,
+    }
+
+    impl Host for FakeHost {
+        fn running(&self) -> &Running {
+            &self.running
+        }
+        fn healthy(&self) -> Result<bool, String> {
+            Ok(self.healthy.get())
+        }
+        fn reboot(&self) -> Result<(), String> {
+            self.reboots.set(self.reboots.get() + 1);
+            Ok(())
+        }
+        fn target(&self) -> Result<TargetDevice, String> {
+            let slot = self.running.slot.other();
+            let p = crate::slots::find(&mut std::fs::File::open(&self.disk).unwrap(), slot).unwrap();
+            Ok(TargetDevice {
+                disk: self.disk.clone(),
+                partition: self.disk.clone(),
+                offset: p.offset,
+                size: p.size,
+                slot,
+            })
+        }
+        fn esp(&self) -> &dyn Esp {
+            &self.esp
+        }
+    }
+
+    struct FakeClock(Rc<Cell<u64>>);
+
+    impl Clock for FakeClock {
+        fn now(&self) -> u64 {
+            self.0.get()
+        }
+    }
+
+    struct Rig {
+        clock: Rc<Cell<u64>>,
+        healthy: Rc<Cell<bool>>,
+        reboots: Rc<Cell<u32>>,
+    }
+
+    fn agent(w: &World, version: &str, slot: Slot, strategy: Strategy, rig: &Rig) -> Agent<FakeHost, FakeClock> {
+        let host = FakeHost {
+            running: Running { os_id: "cairn".into(), version: version.into(), slot, usr_partition: "/dev/x".into() },
+            disk: w.disk.clone(),
+            esp: EntriesDir(w.esp.clone()),
+            healthy: rig.healthy.clone(),
+            reboots: rig.reboots.clone(),
+        };
+        let config = UpdateConfig {
+            source: Some(w.feed.display().to_string()),
+            strategy,
+            interval: Duration::from_secs(600),
+            bless_after: Duration::from_secs(60),
+        };
+        Agent::start(AgentParts {
+            host,
+            clock: FakeClock(rig.clock.clone()),
+            config,
+            trusted: vec![w.key.public()],
+            transport: Some(Box::new(DirTransport(w.feed.clone()))),
+            state_path: w.state.clone(),
+            seed: b"machine".to_vec(),
+            publish: Arc::new(|_| {}),
+            wait: Box::new(|_| {}),
+        })
+        .unwrap()
+    }
+
+    fn rig() -> Rig {
+        Rig { clock: Rc::new(Cell::new(500)), healthy: Rc::new(Cell::new(false)), reboots: Rc::new(Cell::new(0)) }
+    }
+
+    fn esp_names(w: &World) -> Vec<String> {
+        entries::list(&w.esp, "cairn").unwrap().iter().map(entries::Entry::file_name).collect()
+    }
+
+    /// What systemd-boot does when it boots a counted entry: one try used.
+    fn loader_boots(w: &World, from: &str, to: &str) {
+        std::fs::rename(w.esp.join(from), w.esp.join(to)).unwrap();
+    }
+
+    #[test]
+    fn finds_installs_reboots_assesses_and_blesses() {
+        let (w, r) = (world("2.0.0"), rig());
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
+        a.step(None);
+        assert_eq!(r.reboots.get(), 1, "immediate strategy reboots once staged");
+        assert!(matches!(a.state.phase, Phase::Rebooting { .. }), "{:?}", a.state.phase);
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
+
+        // The new release boots; the agent starts on it.
+        loader_boots(&w, "cairn-2.0.0+3.efi", "cairn-2.0.0+2-1.efi");
+        r.clock.set(1000);
+        let mut a = agent(&w, "2.0.0", Slot::B, Strategy::Immediate, &r);
+        assert_eq!(a.state.phase, Phase::Assessing { version: "2.0.0".into(), since: 1000 });
+        assert_eq!(a.status().state, "assessing");
+        // Not healthy: never blessed, however long it runs.
+        r.clock.set(5000);
+        assert_eq!(a.step(None), ASSESS_POLL);
+        // Healthy, but not for long enough yet.
+        r.healthy.set(true);
+        a.step(None);
+        r.clock.set(5059);
+        a.step(None);
+        assert!(matches!(a.state.phase, Phase::Assessing { .. }));
+        // A blip resets the window.
+        r.healthy.set(false);
+        a.step(None);
+        r.healthy.set(true);
+        r.clock.set(5070);
+        a.step(None);
+        r.clock.set(5129);
+        a.step(None);
+        assert!(matches!(a.state.phase, Phase::Assessing { .. }));
+        r.clock.set(5130);
+        a.step(None);
+        assert_eq!(a.state.phase, Phase::Blessed { version: "2.0.0".into() });
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0.efi"]);
+        assert_eq!(AgentState::load(&w.state).unwrap().phase, a.state.phase, "persisted");
+        // Nothing newer: the next check installs nothing and reboots nothing.
+        r.clock.set(9000);
+        a.step(Some(Command::Check));
+        assert_eq!(a.state.phase, Phase::Idle);
+        assert!(a.status().last_check_result.contains("not newer"), "{:?}", a.status());
+        assert_eq!(r.reboots.get(), 1);
+    }
+
+    #[test]
+    fn a_release_that_never_comes_up_is_rolled_back_and_not_retried() {
+        let (w, r) = (world("2.0.0"), rig());
+        agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r).step(None);
+        // Three failed tries later the loader boots 1.0.0 again.
+        loader_boots(&w, "cairn-2.0.0+3.efi", "cairn-2.0.0+0-3.efi");
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
+        assert_eq!(a.state.phase, Phase::RolledBack { version: "2.0.0".into() });
+        assert_eq!(a.status().rolled_back, ["2.0.0"]);
+        assert!(a.status().last_error.contains("did not boot"));
+        r.clock.set(2000);
+        a.step(Some(Command::Check));
+        assert!(a.status().last_check_result.contains("rolled back"), "{:?}", a.status());
+        assert_eq!(r.reboots.get(), 1, "no second attempt");
+        assert_eq!(a.state.rolled_back, ["2.0.0"], "kept after the check");
+    }
+
+    #[test]
+    fn strategy_off_stages_and_waits_for_a_reboot_request() {
+        let (w, r) = (world("2.0.0"), rig());
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Off, &r);
+        a.step(None);
+        assert_eq!(a.state.phase, Phase::WaitingToReboot { version: "2.0.0".into() });
+        assert_eq!(a.status().staged_version, "2.0.0");
+        a.step(None);
+        assert_eq!(r.reboots.get(), 0);
+        a.step(Some(Command::Reboot));
+        assert_eq!(r.reboots.get(), 1);
+    }
+
+    #[test]
+    fn a_tampered_image_is_an_error_with_backoff_and_no_entry() {
+        let (w, r) = (world("2.0.0"), rig());
+        let usr = w.feed.join("releases/2.0.0/usr.img.zst");
+        let mut bytes = std::fs::read(&usr).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&usr, bytes).unwrap();
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
+        a.step(None);
+        let s = a.status();
+        assert_eq!(s.state, "error");
+        assert!(s.last_error.contains("installing 2.0.0"), "{}", s.last_error);
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi"]);
+        assert_eq!(r.reboots.get(), 0);
+        // The next timed attempt waits out the backoff; a request does not.
+        r.clock.set(510);
+        let wait = a.step(None);
+        assert!(wait >= Duration::from_secs(20), "{wait:?}");
+        a.step(Some(Command::Check));
+        assert_eq!(a.state.failures, 2);
+    }
+}

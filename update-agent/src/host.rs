@@ -1,0 +1,174 @@
+//! The host as the agent sees it: which release and slot are running (os-release and what
+//! stage 1 recorded in /run/cairn/boot.env), the block devices of the other slot and the ESP
+//! (from the GPT of the disk the running `/usr` is on), the ESP mounted only while an entry
+//! is written, and cairn-init for health and reboots.
+
+use crate::initctl;
+use crate::slots;
+use crate::update::Esp;
+use cairn_release::gpt::{self, Guid, Slot};
+use nix::mount::{MntFlags, MsFlags};
+use std::path::{Path, PathBuf};
+
+pub const BOOT_ENV: &str = "/run/cairn/boot.env";
+pub const OS_RELEASE: &str = "/usr/lib/os-release";
+const ESP_MOUNT: &str = "/run/cairn/esp";
+
+/// The release this boot runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub os_id: String,
+    pub version: String,
+    pub slot: Slot,
+    /// The running `/usr` partition's device (`/dev/vda2`).
+    pub usr_partition: PathBuf,
+}
+
+/// Where the other slot is written.
+#[derive(Clone, Debug)]
+pub struct TargetDevice {
+    pub disk: PathBuf,
+    pub partition: PathBuf,
+    /// Where the partition starts within `partition` (0 for a partition device).
+    pub offset: u64,
+    pub size: u64,
+    pub slot: Slot,
+}
+
+/// `KEY=value` lines (os-release, boot.env); quotes stripped.
+pub fn key_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+impl Running {
+    pub fn detect() -> Result<Running, String> {
+        let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("reading {p}: {e}"));
+        let (os, boot) = (read(OS_RELEASE)?, read(BOOT_ENV)?);
+        let need =
+            |text: &str, file: &str, key: &str| key_value(text, key).ok_or_else(|| format!("{file} has no {key}="));
+        let slot_letter = need(&boot, BOOT_ENV, "SLOT")?;
+        let slot = Slot::from_label(&format!("USR-{}", slot_letter.to_uppercase()))
+            .ok_or_else(|| format!("{BOOT_ENV}: SLOT={slot_letter} is not a or b"))?;
+        Ok(Running {
+            os_id: need(&os, OS_RELEASE, "ID")?,
+            version: need(&os, OS_RELEASE, "VERSION_ID")?,
+            slot,
+            usr_partition: need(&boot, BOOT_ENV, "USR_PARTITION")?.into(),
+        })
+    }
+}
+
+/// The whole disk holding partition `part` (`/dev/vda2` -> `/dev/vda`), by sysfs.
+fn disk_of(part: &Path) -> Result<PathBuf, String> {
+    let name = part.file_name().ok_or_else(|| format!("{} is not a device", part.display()))?;
+    let sys = Path::new("/sys/class/block").join(name);
+    let real = std::fs::canonicalize(&sys).map_err(|e| format!("{}: {e}", sys.display()))?;
+    let disk = real.parent().and_then(Path::file_name).ok_or_else(|| format!("{}: no parent disk", real.display()))?;
+    Ok(Path::new("/dev").join(disk))
+}
+
+/// The device of partition `number` of `disk` (`/dev/vda`, 3 -> `/dev/vda3`; nvme0n1p3 too).
+fn partition_device(disk: &Path, number: u32) -> Result<PathBuf, String> {
+    let name = disk.file_name().ok_or_else(|| format!("{} is not a device", disk.display()))?;
+    let sys = Path::new("/sys/class/block").join(name);
+    let real = std::fs::canonicalize(&sys).map_err(|e| format!("{}: {e}", sys.display()))?;
+    for e in std::fs::read_dir(&real).map_err(|e| format!("{}: {e}", real.display()))?.flatten() {
+        let n = std::fs::read_to_string(e.path().join("partition")).unwrap_or_default();
+        if n.trim() == number.to_string() {
+            return Ok(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    Err(format!("{} has no partition {number}", disk.display()))
+}
+
+pub struct LinuxHost {
+    pub running: Running,
+    pub control_socket: PathBuf,
+    disk: PathBuf,
+    esp: LinuxEsp,
+}
+
+impl LinuxHost {
+    pub fn new(running: Running) -> Result<LinuxHost, String> {
+        let disk = disk_of(&running.usr_partition)?;
+        let mut f = std::fs::File::open(&disk).map_err(|e| format!("opening {}: {e}", disk.display()))?;
+        let table =
+            gptman::GPT::find_from(&mut f).map_err(|e| format!("reading the GPT of {}: {e}", disk.display()))?;
+        let (number, _) = table
+            .iter()
+            .find(|(_, e)| e.is_used() && Guid::from_gpt_bytes(e.partition_type_guid) == gpt::TYPE_ESP)
+            .ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
+        let esp = LinuxEsp { device: partition_device(&disk, number)?, mount_point: PathBuf::from(ESP_MOUNT) };
+        Ok(LinuxHost { running, control_socket: PathBuf::from(initctl::SOCKET), disk, esp })
+    }
+
+    pub fn target(&self) -> Result<TargetDevice, String> {
+        let mut f = std::fs::File::open(&self.disk).map_err(|e| format!("opening {}: {e}", self.disk.display()))?;
+        let slot = self.running.slot.other();
+        let p = slots::find(&mut f, slot).map_err(|e| e.to_string())?;
+        let partition = partition_device(&self.disk, p.number)?;
+        Ok(TargetDevice { disk: self.disk.clone(), partition, offset: 0, size: p.size, slot })
+    }
+}
+
+impl crate::agent::Host for LinuxHost {
+    fn running(&self) -> &Running {
+        &self.running
+    }
+    fn healthy(&self) -> Result<bool, String> {
+        initctl::healthy(&self.control_socket)
+    }
+    fn reboot(&self) -> Result<(), String> {
+        initctl::reboot(&self.control_socket)
+    }
+    fn target(&self) -> Result<TargetDevice, String> {
+        LinuxHost::target(self)
+    }
+    fn esp(&self) -> &dyn Esp {
+        &self.esp
+    }
+}
+
+/// The ESP, mounted at /run/cairn/esp for one operation and unmounted again, so a crash or a
+/// power cut outside those moments finds it clean.
+pub struct LinuxEsp {
+    pub device: PathBuf,
+    pub mount_point: PathBuf,
+}
+
+impl Esp for LinuxEsp {
+    fn with_entries(&self, f: &mut dyn FnMut(&Path) -> std::io::Result<()>) -> Result<(), String> {
+        let mp = &self.mount_point;
+        std::fs::create_dir_all(mp).map_err(|e| format!("creating {}: {e}", mp.display()))?;
+        // Left mounted by an agent that died: start from a fresh mount.
+        let _ = nix::mount::umount2(mp, MntFlags::MNT_DETACH);
+        nix::mount::mount(
+            Some(&self.device),
+            mp,
+            Some("vfat"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("umask=0077"),
+        )
+        .map_err(|e| format!("mounting the ESP {} at {}: {e}", self.device.display(), mp.display()))?;
+        let result = f(&mp.join("EFI/Linux"));
+        let unmounted = nix::mount::umount(mp);
+        result.map_err(|e| format!("on the ESP: {e}"))?;
+        unmounted.map_err(|e| format!("unmounting the ESP: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values() {
+        let os = "NAME=\"Cairn\"\nID=cairn\nVERSION_ID=\"2.0.0\"\n";
+        assert_eq!(key_value(os, "ID").as_deref(), Some("cairn"));
+        assert_eq!(key_value(os, "VERSION_ID").as_deref(), Some("2.0.0"));
+        assert_eq!(key_value(os, "VERSION"), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! `cairn-agent`: the update agent service. A worker thread runs the agent's steps (blocking
+//! I/O: downloads, partition writes); the main thread serves the D-Bus API on a small tokio
+//! runtime. They share the status through a watch channel and commands through a queue.
+
+use cairn_agent::agent::{Agent, AgentParts, Command, Status, SystemClock};
+use cairn_agent::host::{LinuxHost, Running};
+use cairn_agent::source::{DirTransport, Transport};
+use cairn_agent::{dbus, http};
+use cairn_release::keys::PublicKey;
+use cairn_release::update_config::{self, UpdateConfig, UpdateSettings};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+const STATE_FILE: &str = "/var/lib/cairn/agent.json";
+const KEYS_DIR: &str = "/usr/share/cairn/keys";
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn settings_file(path: &str) -> Result<UpdateSettings, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| format!("{path}: {}", e.to_string().trim().replace('\n', " "))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UpdateSettings::default()),
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
+/// The image's settings with the host's on top. A bad host file is reported and ignored, so a
+/// typo never stops updates that would fix it.
+fn load_config() -> UpdateConfig {
+    let image = settings_file(update_config::IMAGE_FILE).unwrap_or_else(|e| {
+        eprintln!("error: {e}; using defaults");
+        UpdateSettings::default()
+    });
+    let host = settings_file(update_config::HOST_FILE).and_then(|h| {
+        let merged = image.overlay(&h);
+        merged.resolve().map_err(|e| format!("{}: {e}", update_config::HOST_FILE))?;
+        Ok(merged)
+    });
+    let merged = host.unwrap_or_else(|e| {
+        eprintln!("error: {e}; using the image's settings");
+        image.clone()
+    });
+    merged.resolve().unwrap_or_else(|e| {
+        eprintln!("error: {}: {e}; using defaults", update_config::IMAGE_FILE);
+        UpdateSettings::default().resolve().expect("defaults are valid")
+    })
+}
+
+fn trusted_keys(dir: &Path) -> Vec<PublicKey> {
+    let mut keys = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "pub") {
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| PublicKey::parse(&t).map_err(|e| e.to_string()))
+            {
+                Ok(k) => keys.push(k),
+                Err(e) => eprintln!("error: {}: {e}", path.display()),
+            }
+        }
+    }
+    keys
+}
+
+fn transport(source: &str) -> Result<Box<dyn Transport>, String> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        Ok(Box::new(http::HttpTransport::new(source, READ_TIMEOUT).map_err(|e| e.to_string())?))
+    } else {
+        Ok(Box::new(DirTransport(PathBuf::from(source.strip_prefix("file://").unwrap_or(source)))))
+    }
+}
+
+fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Command>) -> Result<(), String> {
+    let config = load_config();
+    let host = LinuxHost::new(Running::detect()?)?;
+    let trusted = trusted_keys(Path::new(KEYS_DIR));
+    let transport = config.source.as_deref().map(transport).transpose()?;
+    eprintln!(
+        "cairn-agent: running {} {} in slot {}; source {}; strategy {}; every {}s; {} trusted key(s)",
+        host.running.os_id,
+        host.running.version,
+        host.running.slot.letter(),
+        config.source.as_deref().unwrap_or("(none)"),
+        config.strategy.as_str(),
+        config.interval.as_secs(),
+        trusted.len()
+    );
+    let seed = std::fs::read("/etc/machine-id").unwrap_or_default();
+    let mut agent = Agent::start(AgentParts {
+        host,
+        clock: SystemClock,
+        config,
+        trusted,
+        transport,
+        state_path: PathBuf::from(STATE_FILE),
+        seed,
+        publish,
+        wait: Box::new(std::thread::sleep),
+    })?;
+    let mut command = None;
+    loop {
+        let wait = agent.step(command.take());
+        command = match commands.recv_timeout(wait) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+    }
+}
+
+fn main() -> ExitCode {
+    let (status_tx, status_rx) = tokio::sync::watch::channel(Status::default());
+    let publish: cairn_agent::agent::Publish = Arc::new(move |s: &Status| {
+        status_tx.send_replace(s.clone());
+    });
+    let (command_tx, command_rx) = mpsc::channel();
+    let worker = std::thread::Builder::new()
+        .name("worker".into())
+        .spawn(move || run_worker(publish, command_rx))
+        .expect("spawning the worker");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        // The bus may start after us or restart: keep trying, the worker runs regardless.
+        let mut delay = Duration::from_millis(250);
+        loop {
+            if worker.is_finished() {
+                return;
+            }
+            match dbus::serve(status_rx.clone(), command_tx.clone()).await {
+                Ok(()) => return,
+                Err(e) if delay >= Duration::from_secs(4) => eprintln!("D-Bus: {e}; retrying"),
+                Err(_) => {}
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    });
+    match worker.join() {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => ExitCode::FAILURE,
+    }
+}
