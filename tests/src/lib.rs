@@ -87,6 +87,8 @@ fn build_once(name: &str, options: impl FnOnce(PathBuf) -> BuildOptions) -> Resu
 /// The release signing key of tests: fixed, so signed test builds hit the build cache across
 /// runs. Never trusted by anything but test images.
 pub fn test_signing_key() -> Result<PathBuf> {
+    static WRITTEN: Mutex<()> = Mutex::new(());
+    let _one_writer = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = images_dir().join("test-release-key");
     let secret = dir.join(cairn_image::release::SECRET_FILE);
     let key = cairn_release::keys::SecretKey::from_seed(*b"cairn test release key, not real");

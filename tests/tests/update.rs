@@ -111,7 +111,7 @@ fn healthy_update_is_blessed_and_a_bad_one_rolls_back_by_itself() -> Result<()> 
 
     // The D-Bus API as any D-Bus client sees it.
     let intro =
-        vm.run_ok("gdbus introspect --system --dest org.cairn.Update1 --object-path /org/cairn/Update1", CMD)?;
+        vm.run_ok("gdbus introspect --system --dest org.cairn.Update1 --object-path /org/cairn/Update1 | cat", CMD)?;
     for member in ["Check()", "Apply()", "Reboot()", "StateChanged(", "readonly s State", "readonly d Progress"] {
         assert!(intro.contains(member), "introspection lacks {member}:\n{intro}");
     }

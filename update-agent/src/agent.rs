@@ -70,6 +70,11 @@ pub type Publish = Arc<dyn Fn(&Status) + Send + Sync>;
 /// How often a host being assessed is looked at.
 const ASSESS_POLL: Duration = Duration::from_secs(1);
 
+/// The first timed check comes this long after the agent starts (or `interval`, if shorter),
+/// like Flatcar's update_engine: a host that just booted settles first, and a fleet rebooting
+/// together does not hit the server at once. `updatectl check` does not wait.
+pub const FIRST_CHECK_DELAY: u64 = 7 * 60;
+
 pub struct Agent<H: Host, C: Clock> {
     pub host: H,
     clock: C,
@@ -111,6 +116,7 @@ impl<H: Host, C: Clock> Agent<H, C> {
     pub fn start(p: AgentParts<H, C>) -> Result<Agent<H, C>, String> {
         let mut state = AgentState::load(&p.state_path)?;
         let now = p.clock.now();
+        let first_check = now + FIRST_CHECK_DELAY.min(p.config.interval.as_secs());
         let mut agent = Agent {
             host: p.host,
             clock: p.clock,
@@ -120,7 +126,7 @@ impl<H: Host, C: Clock> Agent<H, C> {
             state: AgentState::default(),
             state_path: p.state_path,
             seed: p.seed,
-            next_check: now,
+            next_check: first_check,
             healthy_since: None,
             available: None,
             last_check_result: String::new(),
@@ -232,12 +238,14 @@ impl<H: Host, C: Clock> Agent<H, C> {
                 self.until_next_check(now)
             }
             (phase, c) => {
-                let retry_at = match phase {
+                // After an error the backoff decides, not the interval: a failure at check time
+                // is retried soon, and less often the longer it lasts.
+                let due = match phase {
                     Phase::Error { retry_at, .. } => retry_at,
-                    _ => 0,
+                    _ => self.next_check,
                 };
-                if c.is_none() && now < self.next_check.max(retry_at) {
-                    return self.until_next_check(now).max(Duration::from_secs(retry_at.saturating_sub(now)));
+                if c.is_none() && now < due {
+                    return Duration::from_secs(due - now);
                 }
                 self.check_and_install(now, c == Some(Command::Apply));
                 self.next_check = state::next_check(now, self.config.interval.as_secs(), &self.seed);
@@ -503,6 +511,9 @@ mod tests {
     fn finds_installs_reboots_assesses_and_blesses() {
         let (w, r) = (world("2.0.0"), rig());
         let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
+        assert_eq!(a.step(None), Duration::from_secs(FIRST_CHECK_DELAY), "no check right after start");
+        assert_eq!(r.reboots.get(), 0);
+        r.clock.set(500 + FIRST_CHECK_DELAY);
         a.step(None);
         assert_eq!(r.reboots.get(), 1, "immediate strategy reboots once staged");
         assert!(matches!(a.state.phase, Phase::Rebooting { .. }), "{:?}", a.state.phase);
@@ -548,7 +559,7 @@ mod tests {
     #[test]
     fn a_release_that_never_comes_up_is_rolled_back_and_not_retried() {
         let (w, r) = (world("2.0.0"), rig());
-        agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r).step(None);
+        agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r).step(Some(Command::Check));
         // Three failed tries later the loader boots 1.0.0 again.
         loader_boots(&w, "cairn-2.0.0+3.efi", "cairn-2.0.0+0-3.efi");
         let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
@@ -566,7 +577,7 @@ mod tests {
     fn strategy_off_stages_and_waits_for_a_reboot_request() {
         let (w, r) = (world("2.0.0"), rig());
         let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Off, &r);
-        a.step(None);
+        a.step(Some(Command::Check));
         assert_eq!(a.state.phase, Phase::WaitingToReboot { version: "2.0.0".into() });
         assert_eq!(a.status().staged_version, "2.0.0");
         a.step(None);
@@ -584,17 +595,20 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&usr, bytes).unwrap();
         let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
-        a.step(None);
+        a.step(Some(Command::Check));
         let s = a.status();
         assert_eq!(s.state, "error");
         assert!(s.last_error.contains("installing 2.0.0"), "{}", s.last_error);
         assert_eq!(esp_names(&w), ["cairn-1.0.0.efi"]);
         assert_eq!(r.reboots.get(), 0);
-        // The next timed attempt waits out the backoff; a request does not.
+        // The next attempt comes after the backoff (30 s), not the interval; a request does not wait.
         r.clock.set(510);
-        let wait = a.step(None);
-        assert!(wait >= Duration::from_secs(20), "{wait:?}");
-        a.step(Some(Command::Check));
+        assert_eq!(a.step(None), Duration::from_secs(20));
+        r.clock.set(530);
+        a.step(None);
         assert_eq!(a.state.failures, 2);
+        assert_eq!(a.step(None), Duration::from_secs(60), "doubled");
+        a.step(Some(Command::Check));
+        assert_eq!(a.state.failures, 3);
     }
 }

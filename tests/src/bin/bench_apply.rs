@@ -3,7 +3,10 @@
 //! hash, write to a partition-sized file, then re-read it to recompute the verity root hash.
 //! The floor = `dd` of the same (uncompressed) bytes to the same kind of file, with fsync.
 //!
-//! Usage: cargo run --release -p cairn-tests --bin cairn-bench-apply [-- --runs N]
+//! Then the agent's resident memory on a VM: idle, and at its peak while it applies an update
+//! from a feed on the test machine's loopback (VmRSS, VmHWM of /proc/PID/status).
+//!
+//! Usage: cargo run --release -p cairn-tests --bin cairn-bench-apply [-- --runs N] [--no-vm]
 
 use anyhow::{Context, Result, bail};
 use cairn_agent::apply::write_usr;
@@ -92,6 +95,53 @@ fn run() -> Result<()> {
         f.as_secs_f64()
     );
     println!("ratio: {:.2}x of the floor (target >= 0.8x)", f.as_secs_f64() / a.as_secs_f64());
+    if !args.iter().any(|a| a == "--no-vm") {
+        agent_memory()?;
+    }
+    Ok(())
+}
+
+/// The agent's memory on a VM running release 1 while it stages release 2 (strategy off).
+fn agent_memory() -> Result<()> {
+    let img1 = cairn_tests::signed_image("update-1", "images/dev.toml", "1")?;
+    let img2 = cairn_tests::signed_image("update-2", "images/dev.toml", "2")?;
+    let feed = tempfile::tempdir()?;
+    let key = cairn_image::release::load_secret(&cairn_tests::test_signing_key()?)?;
+    cairn_image::release::publish(feed.path(), &img2.dir.join("release"), &key, &[key.public()], "stable", 30)?;
+    let server = cairn_tests::http::FileServer::start(feed.path())?;
+    let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig::uefi(img1.raw()))?;
+    let long = Duration::from_secs(300);
+    vm.wait_for_line("cairn: ready", 0, long)?;
+    vm.run_ok(
+        &format!(
+            "mkdir -p /etc/cairn && printf 'source = \"http://10.0.2.2:{}/\"\\nstrategy = \"off\"\\n' \
+             > /etc/cairn/update.toml && cairnctl restart cairn-agent",
+            server.port
+        ),
+        long,
+    )?;
+    let status = |vm: &mut cairn_qemu::Vm| vm.run_ok("grep -E 'VmRSS|VmHWM' /proc/$(pidof cairn-agent)/status", long);
+    let start = Instant::now();
+    while vm.run("updatectl status", long)?.status != 0 {
+        if start.elapsed() > long {
+            bail!("the agent's API never came up");
+        }
+    }
+    let idle = status(&mut vm)?;
+    let out = vm.run_ok("updatectl check", long)?;
+    if !out.contains("Staged version:  2") {
+        bail!("the update was not staged:\n{out}");
+    }
+    let applied = status(&mut vm)?;
+    let kb = |text: &str, key: &str| -> Result<u64> {
+        let line = text.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in {text}"))?;
+        Ok(line.split_whitespace().nth(1).context("kB")?.parse()?)
+    };
+    println!(
+        "cairn-agent resident memory: idle {:.1} MB (target < 10), peak while applying {:.1} MB (target < 20)",
+        kb(&idle, "VmRSS:")? as f64 / 1024.0,
+        kb(&applied, "VmHWM:")? as f64 / 1024.0
+    );
     Ok(())
 }
 
