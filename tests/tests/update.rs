@@ -39,7 +39,7 @@ fn configure_agent(vm: &mut Vm, server: &FileServer, strategy: &str) -> Result<(
     vm.run_ok(
         &format!(
             "mkdir -p /etc/cairn && printf 'source = \"http://10.0.2.2:{}/\"\\nstrategy = \"{strategy}\"\\n\
-             bless_after = \"3s\"\\n' > /etc/cairn/update.toml && cairnctl restart cairn-agent",
+             bless_after = \"3s\"\\n' > /etc/cairn/update.toml && sync && cairnctl restart cairn-agent",
             server.port
         ),
         CMD,
