@@ -72,7 +72,13 @@ pub fn list(dir: &Path, os_id: &str) -> std::io::Result<Vec<Entry>> {
     Ok(out)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Renames `from` to `to` in `dir` so that it survives a power cut. On FAT (the ESP) a rename
+/// writes the new directory entry with no clusters and size 0; the file's real entry is written
+/// only when the file itself is synced, so the file is synced after the rename, then the
+/// directory. A crash in between leaves an empty entry, which the loader skips.
+fn rename_durably(dir: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    std::fs::File::open(to)?.sync_all()?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -101,8 +107,7 @@ pub fn install(dir: &Path, os_id: &str, version: &str, uki: &[u8], keep: &str) -
     drop(f);
     crate::failpoint::hit("before-uki-rename");
     let dest = dir.join(entry.file_name());
-    std::fs::rename(&tmp, &dest)?;
-    sync_dir(dir)?;
+    rename_durably(dir, &tmp, &dest)?;
     crate::failpoint::hit("after-uki-rename");
     Ok(dest)
 }
@@ -116,8 +121,7 @@ pub fn bless(dir: &Path, os_id: &str, version: &str) -> std::io::Result<bool> {
         return Ok(true);
     }
     let good = Entry { counter: None, ..e.clone() };
-    std::fs::rename(dir.join(e.file_name()), dir.join(good.file_name()))?;
-    sync_dir(dir)?;
+    rename_durably(dir, &dir.join(e.file_name()), &dir.join(good.file_name()))?;
     Ok(true)
 }
 
