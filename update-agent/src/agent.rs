@@ -91,7 +91,7 @@ pub struct Agent<H: Host, C: Clock> {
     last_check_result: String,
     status: Arc<Mutex<Status>>,
     publish: Publish,
-    wait: Box<dyn Fn(Duration)>,
+    wait: Box<dyn Fn(Duration) + Send + Sync>,
 }
 
 pub struct AgentParts<H, C> {
@@ -104,7 +104,7 @@ pub struct AgentParts<H, C> {
     pub seed: Vec<u8>,
     pub publish: Publish,
     /// Sleeps between download retries.
-    pub wait: Box<dyn Fn(Duration)>,
+    pub wait: Box<dyn Fn(Duration) + Send + Sync>,
 }
 
 fn log(line: &str) {

@@ -1,13 +1,15 @@
 //! Writing a release's `/usr` image into the inactive partition in one pass: the download
-//! stream is hashed as it arrives, decompressed, hashed and counted again, and written. Nothing
-//! is trusted until every check passed, and the caller only then binds the partition to the
-//! release (its GPT UUID) and writes a boot entry. Finally the verity root hash is recomputed
-//! from what is on the partition, so a bad write never reaches a boot entry.
+//! stream is hashed as it arrives, decompressed, written, and what was written is hashed again
+//! (sha256 and the verity tree) on another thread. Nothing is trusted until every check passed,
+//! and the caller only then binds the partition to the release (its GPT UUID) and writes a boot
+//! entry, so a bad image never reaches a boot entry.
 
 use cairn_release::manifest::{Artifact, Compression};
 use cairn_release::verity;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -41,27 +43,6 @@ impl<R: Read> HashingReader<R> {
     }
 }
 
-/// Marks an error as the download's own (not the decompressor's), through the decoder.
-#[derive(Debug)]
-struct DownloadFailure(io::Error);
-
-impl std::fmt::Display for DownloadFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for DownloadFailure {}
-
-/// The raw download stream, its errors tagged.
-struct Download<R>(R);
-
-impl<R: Read> Read for Download<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| io::Error::other(DownloadFailure(e)))
-    }
-}
-
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -78,63 +59,180 @@ pub struct Written {
     pub root_hash: [u8; 32],
 }
 
+/// Chunks travel between the pipeline's threads in this size; at most `DEPTH` wait at each
+/// stage, which bounds the memory in flight to a few MiB.
+const CHUNK: usize = 1 << 20;
+const DEPTH: usize = 4;
+
 /// Streams `download` (the artifact's stored bytes) into `partition` and checks everything the
 /// signed release says about it. `partition_size` bounds the write.
-pub fn write_usr<R: Read, W: Write + Read + Seek>(
+///
+/// Four stages run at once: a reader thread downloads and hashes the download; this thread
+/// decompresses; a writer thread writes; a hasher thread hashes what was written (sha256, and the verity tree of the data
+/// blocks, whose root must be the signed one and whose hash area must be the bytes that follow
+/// the data). The bytes hashed are the bytes written; dm-verity checks them again on every read.
+pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
     download: R,
     artifact: &Artifact,
     partition: &mut W,
     partition_size: u64,
 ) -> Result<Written, ApplyError> {
-    let verity_info = artifact.verity.as_ref().ok_or_else(|| ApplyError::Verity("no verity parameters".into()))?;
+    let info = artifact.verity.as_ref().ok_or_else(|| ApplyError::Verity("no verity parameters".into()))?;
     if artifact.uncompressed_size > partition_size {
         return Err(ApplyError::TooBig(artifact.uncompressed_size, partition_size));
     }
-    let mut stored = HashingReader::new(Download(download));
-    let bytes = {
-        let mut plain: Box<dyn Read> = match artifact.compression {
+    let mut salt = [0u8; verity::SALT_SIZE];
+    hex::decode_to_slice(&info.salt, &mut salt).map_err(|_| ApplyError::Verity("the salt is not 64 hex digits".into()))?;
+    let data_end = info.data_blocks * verity::BLOCK_SIZE as u64;
+    if data_end > info.hash_offset || info.hash_offset > artifact.uncompressed_size {
+        return Err(ApplyError::Verity(format!(
+            "{} data blocks, hash offset {} and size {} do not fit together",
+            info.data_blocks, info.hash_offset, artifact.uncompressed_size
+        )));
+    }
+    partition.seek(SeekFrom::Start(0)).map_err(ApplyError::Write)?;
+
+    let (to_writer, writer_in) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+    let (to_hasher, hasher_in) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+    let (decoded, written, hashed) = std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<u64, ApplyError> {
+            let mut n = 0u64;
+            for chunk in writer_in {
+                partition.write_all(&chunk).map_err(ApplyError::Write)?;
+                n += chunk.len() as u64;
+                // A hasher that stopped has its own error to report.
+                let _ = to_hasher.send(chunk);
+            }
+            drop(to_hasher);
+            partition.flush().map_err(ApplyError::Write)?;
+            Ok(n)
+        });
+        let hasher = s.spawn(move || -> Result<(verity::HashTree, Vec<u8>, String, u64), ApplyError> {
+            let mut plain = HashingReader::new(ChannelReader::new(hasher_in));
+            let tree = verity::build(&mut plain, info.data_blocks, salt).map_err(|e| ApplyError::Verity(e.to_string()))?;
+            let mut rest = Vec::new();
+            plain.read_to_end(&mut rest).map_err(|e| ApplyError::Verity(e.to_string()))?;
+            let (sha, count) = plain.finish();
+            Ok((tree, rest, sha, count))
+        });
+        let decoded = decode(download, artifact, &to_writer);
+        drop(to_writer);
+        (decoded, joined(writer.join()), joined(hasher.join()))
+    });
+    // The first failure along the stream is the one to report.
+    decoded?;
+    let bytes = written?;
+    let (tree, rest, sha, count) = hashed?;
+    check("uncompressed size", artifact.uncompressed_size.to_string(), count.to_string())?;
+    check("uncompressed sha256", artifact.uncompressed_sha256.clone(), sha)?;
+    check("verity root hash", info.root_hash.clone(), hex::encode(tree.root_hash))?;
+    let hash_area = &rest[(info.hash_offset - data_end) as usize..];
+    if !hash_area.starts_with(&tree.hash_area) {
+        return Err(ApplyError::Verity("the hash area differs from the tree of the data blocks".into()));
+    }
+    Ok(Written { bytes, root_hash: tree.root_hash })
+}
+
+fn joined<T>(r: std::thread::Result<Result<T, ApplyError>>) -> Result<T, ApplyError> {
+    r.unwrap_or_else(|_| Err(ApplyError::Verity("a pipeline thread panicked".into())))
+}
+
+/// Downloads and hashes `download` on a reader thread and decompresses it here into chunks for
+/// the writer; checks the download's size and sha256.
+fn decode<R: Read + Send>(download: R, artifact: &Artifact, out: &SyncSender<Arc<Vec<u8>>>) -> Result<(), ApplyError> {
+    let (to_decoder, decoder_in) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> Result<(String, u64), ApplyError> {
+            // Never more than the release declared (plus one byte, to notice): a server that
+            // streams forever cannot keep the agent busy.
+            let mut stored = HashingReader::new(download.take(artifact.size + 1));
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = fill(&mut stored, &mut buf).map_err(ApplyError::Read)?;
+                if n == 0 {
+                    return Ok(stored.finish());
+                }
+                buf.truncate(n);
+                if to_decoder.send(Arc::new(buf)).is_err() {
+                    return Ok(stored.finish()); // The decoder stopped; its error is reported.
+                }
+            }
+        });
+        let decoded = decompress(ChannelReader::new(decoder_in), artifact, out);
+        // A download that broke is the cause of whatever the decompressor then saw.
+        let (sha, count) = joined(reader.join())?;
+        decoded?;
+        check("download size", artifact.size.to_string(), count.to_string())?;
+        check("download sha256", artifact.sha256.clone(), sha)
+    })
+}
+
+fn decompress(mut stored: ChannelReader, artifact: &Artifact, out: &SyncSender<Arc<Vec<u8>>>) -> Result<(), ApplyError> {
+    {
+        let plain: Box<dyn Read> = match artifact.compression {
             Compression::None => Box::new(&mut stored),
             Compression::Zstd => Box::new(zstd::stream::Decoder::new(&mut stored).map_err(ApplyError::Decompress)?),
         };
-        let mut plain = HashingReader::new(&mut plain);
-        partition.seek(SeekFrom::Start(0)).map_err(ApplyError::Write)?;
         // Never past what the release declared: a longer stream cannot overrun the partition.
-        let mut limited = (&mut plain).take(artifact.uncompressed_size + 1);
-        let n = copy(&mut limited, partition)?;
-        partition.flush().map_err(ApplyError::Write)?;
-        let (sha, count) = plain.finish();
-        check("uncompressed size", artifact.uncompressed_size.to_string(), count.to_string())?;
-        check("uncompressed sha256", artifact.uncompressed_sha256.clone(), sha)?;
-        n
-    };
-    // Drain what the decoder did not need (trailing frames would change the hash).
+        let mut limited = plain.take(artifact.uncompressed_size + 1);
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            // The stream arrived (the reader reports its own failures), but these bytes are no
+            // valid, or a truncated, compressed image.
+            let n = fill(&mut limited, &mut buf).map_err(ApplyError::Decompress)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            if out.send(Arc::new(buf)).is_err() {
+                return Ok(()); // The writer stopped; its error is reported.
+            }
+        }
+    }
+    // Whatever the decoder did not need still goes through the reader's hash (which then fails).
     io::copy(&mut stored, &mut io::sink()).map_err(ApplyError::Read)?;
-    let (sha, count) = stored.finish();
-    check("download size", artifact.size.to_string(), count.to_string())?;
-    check("download sha256", artifact.sha256.clone(), sha)?;
-
-    // What the partition now holds must hash to the signed root: re-read it.
-    let root_hash = recompute_root(partition, verity_info)?;
-    check("verity root hash", verity_info.root_hash.clone(), hex::encode(root_hash))?;
-    Ok(Written { bytes, root_hash })
+    Ok(())
 }
 
-fn copy<R: Read, W: Write>(r: &mut R, w: &mut W) -> Result<u64, ApplyError> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
+/// Reads until `buf` is full or the stream ends.
+fn fill<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<DownloadFailure>()) => {
-                return Err(ApplyError::Read(e));
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The chunks the writer wrote, as a stream.
+struct ChannelReader {
+    rx: Receiver<Arc<Vec<u8>>>,
+    chunk: Arc<Vec<u8>>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: Receiver<Arc<Vec<u8>>>) -> ChannelReader {
+        ChannelReader { rx, chunk: Arc::new(Vec::new()), pos: 0 }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => (self.chunk, self.pos) = (c, 0),
+                Err(_) => return Ok(0),
             }
-            // The stream arrived, but its bytes are no valid (or a truncated) compressed image.
-            Err(e) => return Err(ApplyError::Decompress(e)),
-        };
-        w.write_all(&buf[..n]).map_err(ApplyError::Write)?;
-        total += n as u64;
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -143,24 +241,6 @@ fn check(what: &'static str, expected: String, actual: String) -> Result<(), App
         return Err(ApplyError::Mismatch { what, expected, actual });
     }
     Ok(())
-}
-
-/// The verity root hash of the data blocks on `partition`, using the salt of the superblock
-/// written there and checking it against the signed parameters.
-pub fn recompute_root<P: Read + Seek>(
-    partition: &mut P,
-    info: &cairn_release::manifest::VerityInfo,
-) -> Result<[u8; 32], ApplyError> {
-    let mut sb = vec![0u8; verity::BLOCK_SIZE];
-    partition.seek(SeekFrom::Start(info.hash_offset)).map_err(ApplyError::Write)?;
-    partition.read_exact(&mut sb).map_err(ApplyError::Write)?;
-    let sb = verity::Superblock::parse(&sb).map_err(|e| ApplyError::Verity(e.to_string()))?;
-    check("verity salt", info.salt.clone(), hex::encode(sb.salt))?;
-    check("verity data blocks", info.data_blocks.to_string(), sb.data_blocks.to_string())?;
-    partition.seek(SeekFrom::Start(0)).map_err(ApplyError::Write)?;
-    let tree = verity::build(io::BufReader::with_capacity(1 << 20, partition), sb.data_blocks, sb.salt)
-        .map_err(|e| ApplyError::Verity(e.to_string()))?;
-    Ok(tree.root_hash)
 }
 
 #[cfg(test)]
@@ -229,6 +309,13 @@ mod tests {
         // Too big for the partition.
         let mut part = Cursor::new(vec![0u8; 4096]);
         assert!(matches!(write_usr(&stored[..], &artifact, &mut part, 4096), Err(ApplyError::TooBig(..))));
+        // A signed image whose hash area is not the tree of its data (here: a superblock byte,
+        // which the root does not cover) would not mount: refused.
+        let (mut plain, mut a) = image(50, Compression::None);
+        let at = a.verity.as_ref().unwrap().hash_offset as usize + 200;
+        plain[at] ^= 1;
+        (a.sha256, a.uncompressed_sha256) = (hex::encode(Sha256::digest(&plain)), hex::encode(Sha256::digest(&plain)));
+        assert!(run(&plain, &a).contains("hash area differs"), "{}", run(&plain, &a));
         // Garbage instead of zstd.
         let e = run(b"this is not zstd at all", &artifact);
         assert!(e.contains("decompress"), "{e}");

@@ -65,11 +65,11 @@ pub struct ResumingReader<'a> {
     inner: Option<Box<dyn Read + Send>>,
     retries: u32,
     delay: Duration,
-    wait: &'a dyn Fn(Duration),
+    wait: &'a (dyn Fn(Duration) + Sync),
 }
 
 impl<'a> ResumingReader<'a> {
-    pub fn new(transport: &'a dyn Transport, path: &str, retries: u32, wait: &'a dyn Fn(Duration)) -> Self {
+    pub fn new(transport: &'a dyn Transport, path: &str, retries: u32, wait: &'a (dyn Fn(Duration) + Sync)) -> Self {
         ResumingReader {
             transport,
             path: path.into(),

@@ -20,7 +20,8 @@ pub enum SourceError {
     Refused(String),
 }
 
-pub trait Transport {
+/// `Send + Sync`: downloads are read on a thread of their own.
+pub trait Transport: Send + Sync {
     /// The file at `path` (relative to the feed), from byte `offset` on.
     fn open(&self, path: &str, offset: u64) -> Result<Box<dyn Read + Send>, SourceError>;
 

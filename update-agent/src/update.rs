@@ -44,9 +44,9 @@ pub struct Target<'a> {
     /// The ESP, reached only for the short boot-entry step.
     pub esp: &'a dyn Esp,
     /// Called with the bytes of `/usr` downloaded so far and the total.
-    pub progress: &'a dyn Fn(u64, u64),
+    pub progress: &'a (dyn Fn(u64, u64) + Sync),
     /// Sleeps between download retries (a parameter so tests do not sleep).
-    pub wait: &'a dyn Fn(std::time::Duration),
+    pub wait: &'a (dyn Fn(std::time::Duration) + Sync),
 }
 
 /// Broken downloads are resumed this many times before the attempt fails.
@@ -71,7 +71,7 @@ struct Progress<'a, R> {
     inner: R,
     done: u64,
     total: u64,
-    report: &'a dyn Fn(u64, u64),
+    report: &'a (dyn Fn(u64, u64) + Sync),
 }
 
 impl<R: Read> Read for Progress<'_, R> {
@@ -169,6 +169,9 @@ pub fn install(
         .open(target.disk)
         .map_err(|e| UpdateError::Io(format!("opening {}: {e}", target.disk.display())))?;
     slots::bind(&mut disk, target.slot, target.running_slot, &written.root_hash)?;
+    // The new GPT sits in the block device's page cache until synced; the entry written next
+    // must never reach the disk before it does.
+    disk.sync_all().map_err(|e| UpdateError::Io(format!("syncing the GPT of {}: {e}", target.disk.display())))?;
     crate::failpoint::hit("after-usr");
 
     // The UKI: small, fetched whole, verified before it touches the ESP.
