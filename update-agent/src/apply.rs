@@ -82,7 +82,8 @@ pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
         return Err(ApplyError::TooBig(artifact.uncompressed_size, partition_size));
     }
     let mut salt = [0u8; verity::SALT_SIZE];
-    hex::decode_to_slice(&info.salt, &mut salt).map_err(|_| ApplyError::Verity("the salt is not 64 hex digits".into()))?;
+    hex::decode_to_slice(&info.salt, &mut salt)
+        .map_err(|_| ApplyError::Verity("the salt is not 64 hex digits".into()))?;
     let data_end = info.data_blocks * verity::BLOCK_SIZE as u64;
     if data_end > info.hash_offset || info.hash_offset > artifact.uncompressed_size {
         return Err(ApplyError::Verity(format!(
@@ -109,7 +110,8 @@ pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
         });
         let hasher = s.spawn(move || -> Result<(verity::HashTree, Vec<u8>, String, u64), ApplyError> {
             let mut plain = HashingReader::new(ChannelReader::new(hasher_in));
-            let tree = verity::build(&mut plain, info.data_blocks, salt).map_err(|e| ApplyError::Verity(e.to_string()))?;
+            let tree =
+                verity::build(&mut plain, info.data_blocks, salt).map_err(|e| ApplyError::Verity(e.to_string()))?;
             let mut rest = Vec::new();
             plain.read_to_end(&mut rest).map_err(|e| ApplyError::Verity(e.to_string()))?;
             let (sha, count) = plain.finish();
@@ -167,7 +169,11 @@ fn decode<R: Read + Send>(download: R, artifact: &Artifact, out: &SyncSender<Arc
     })
 }
 
-fn decompress(mut stored: ChannelReader, artifact: &Artifact, out: &SyncSender<Arc<Vec<u8>>>) -> Result<(), ApplyError> {
+fn decompress(
+    mut stored: ChannelReader,
+    artifact: &Artifact,
+    out: &SyncSender<Arc<Vec<u8>>>,
+) -> Result<(), ApplyError> {
     {
         let plain: Box<dyn Read> = match artifact.compression {
             Compression::None => Box::new(&mut stored),
