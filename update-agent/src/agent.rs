@@ -319,6 +319,7 @@ impl<H: Host, C: Clock> Agent<H, C> {
             running_version: &running.version,
             esp: self.host.esp(),
             progress: &progress,
+            staging_dir: self.state_path.parent().unwrap_or(std::path::Path::new("/var/lib/cairn")),
             wait: &*self.wait,
         };
         let result = update::install(&candidate, transport, &target, &mut self.state, &self.state_path);

@@ -61,8 +61,8 @@ pub struct Written {
 
 /// Chunks travel between the pipeline's threads in this size; at most `DEPTH` wait at each
 /// stage, which bounds the memory in flight to a few MiB.
-const CHUNK: usize = 1 << 20;
-const DEPTH: usize = 4;
+const CHUNK: usize = 256 << 10;
+const DEPTH: usize = 2;
 
 /// Streams `download` (the artifact's stored bytes) into `partition` and checks everything the
 /// signed release says about it. `partition_size` bounds the write.

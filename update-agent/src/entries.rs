@@ -3,7 +3,6 @@
 //! A new entry is written as a temporary file, fsynced, renamed into place, and the directory
 //! fsynced; a crash leaves either no new entry or a complete one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_TRIES: u32 = 3;
@@ -82,9 +81,9 @@ fn rename_durably(dir: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Installs `uki` as a counted entry for `version` and removes every other entry but `keep`
+/// Installs the UKI file `uki` (verified already) as a counted entry for `version` and removes every other entry but `keep`
 /// (the running release's), so the ESP holds exactly one entry per slot. Returns its path.
-pub fn install(dir: &Path, os_id: &str, version: &str, uki: &[u8], keep: &str) -> std::io::Result<PathBuf> {
+pub fn install(dir: &Path, os_id: &str, version: &str, uki: &Path, keep: &str) -> std::io::Result<PathBuf> {
     let entry = Entry { os_id: os_id.into(), version: version.into(), counter: Some((DEFAULT_TRIES, 0)) };
     // Any earlier attempt at this version goes first: a counted copy beside another copy of the
     // same entry confuses counting.
@@ -102,7 +101,7 @@ pub fn install(dir: &Path, os_id: &str, version: &str, uki: &[u8], keep: &str) -
     }
     let tmp = dir.join(format!(".{}.tmp", entry.file_name()));
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(uki)?;
+    std::io::copy(&mut std::fs::File::open(uki)?, &mut f)?;
     f.sync_all()?;
     drop(f);
     crate::failpoint::hit("before-uki-rename");
@@ -159,14 +158,16 @@ mod tests {
         std::fs::write(d.join("cairn-1.0.0.efi"), b"running").unwrap();
         std::fs::write(d.join("cairn-1.5.0+0-3.efi"), b"an old failed attempt").unwrap();
         std::fs::write(d.join(".cairn-1.6.0+3.efi.tmp"), b"a crashed attempt").unwrap();
-        install(d, "cairn", "2.0.0", b"new uki", "1.0.0").unwrap();
+        let uki = t.path().join("staged.efi");
+        std::fs::write(&uki, b"new uki").unwrap();
+        install(d, "cairn", "2.0.0", &uki, "1.0.0").unwrap();
         let names: Vec<String> = list(d, "cairn").unwrap().iter().map(Entry::file_name).collect();
         assert_eq!(names, vec!["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
         assert_eq!(std::fs::read(d.join("cairn-2.0.0+3.efi")).unwrap(), b"new uki");
         assert!(!d.join(".cairn-1.6.0+3.efi.tmp").exists(), "a crashed attempt's temp file is removed");
         assert_eq!(assessment(d, "cairn", "2.0.0").unwrap(), Some(Assessment::Pending(3)));
         // Installing again (a retry) replaces, never duplicates.
-        install(d, "cairn", "2.0.0", b"new uki", "1.0.0").unwrap();
+        install(d, "cairn", "2.0.0", &uki, "1.0.0").unwrap();
         assert_eq!(list(d, "cairn").unwrap().len(), 2);
         assert!(bless(d, "cairn", "2.0.0").unwrap());
         assert!(d.join("cairn-2.0.0.efi").exists());

@@ -15,6 +15,7 @@ pub struct World {
     pub disk: std::path::PathBuf,
     pub esp: std::path::PathBuf,
     pub state: std::path::PathBuf,
+    pub staging: std::path::PathBuf,
     pub key: SecretKey,
 }
 
@@ -108,5 +109,6 @@ pub fn world(version: &str) -> World {
     std::fs::create_dir_all(&esp).unwrap();
     std::fs::write(esp.join("cairn-1.0.0.efi"), b"running uki").unwrap();
     let state = dir.path().join("state.json");
-    World { _dir: dir, feed, disk, esp, state, key }
+    let staging = dir.path().join("staging");
+    World { _dir: dir, feed, disk, esp, state, staging, key }
 }

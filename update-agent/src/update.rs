@@ -11,7 +11,7 @@ use crate::source::{Candidate, SourceError, Transport};
 use crate::state::{AgentState, Phase, StateError};
 use cairn_release::gpt::Slot;
 use cairn_release::manifest::ArtifactKind;
-use sha2::{Digest, Sha256};
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -45,8 +45,36 @@ pub struct Target<'a> {
     pub esp: &'a dyn Esp,
     /// Called with the bytes of `/usr` downloaded so far and the total.
     pub progress: &'a (dyn Fn(u64, u64) + Sync),
+    /// Where downloads wait to be verified before they go anywhere else (on ROOT).
+    pub staging_dir: &'a Path,
     /// Sleeps between download retries (a parameter so tests do not sleep).
     pub wait: &'a (dyn Fn(std::time::Duration) + Sync),
+}
+
+/// Downloads `path` into `dest` (bounded by the artifact's size), checking size and sha256.
+fn stage_file(
+    transport: &dyn Transport,
+    path: &str,
+    artifact: &cairn_release::manifest::Artifact,
+    dest: &Path,
+    wait: &(dyn Fn(std::time::Duration) + Sync),
+) -> Result<(), UpdateError> {
+    let io = |e: std::io::Error| UpdateError::Io(format!("staging {} in {}: {e}", artifact.name, dest.display()));
+    std::fs::create_dir_all(dest.parent().unwrap_or(Path::new("/"))).map_err(io)?;
+    let stream = ResumingReader::new(transport, path, DOWNLOAD_RETRIES, wait).take(artifact.size + 1);
+    let mut stream = apply::HashingReader::new(stream);
+    let mut f = File::create(dest).map_err(io)?;
+    std::io::copy(&mut stream, &mut f).map_err(|e| UpdateError::Apply(ApplyError::Read(e)))?;
+    let (sha, count) = stream.finish();
+    if count != artifact.size || sha != artifact.sha256 {
+        let _ = std::fs::remove_file(dest);
+        return Err(UpdateError::Apply(ApplyError::Mismatch {
+            what: "UKI sha256",
+            expected: format!("{} ({} bytes)", artifact.sha256, artifact.size),
+            actual: format!("{sha} ({count} bytes)"),
+        }));
+    }
+    Ok(())
 }
 
 /// Broken downloads are resumed this many times before the attempt fails.
@@ -175,20 +203,16 @@ pub fn install(
     crate::failpoint::hit("after-usr");
 
     // The UKI: small, fetched whole, verified before it touches the ESP.
+    // The UKI: staged on ROOT and verified before anything touches the ESP, then copied there.
     let uki = r.artifact(ArtifactKind::Uki);
-    let bytes = transport.read_all(&format!("{}/{}", candidate.path, uki.name), uki.size)?;
-    let sha = hex::encode(Sha256::digest(&bytes));
-    if bytes.len() as u64 != uki.size || sha != uki.sha256 {
-        return Err(UpdateError::Apply(ApplyError::Mismatch {
-            what: "UKI sha256",
-            expected: uki.sha256.clone(),
-            actual: sha,
-        }));
-    }
-    target
+    let staged = target.staging_dir.join("uki.efi.partial");
+    stage_file(transport, &format!("{}/{}", candidate.path, uki.name), uki, &staged, target.wait)?;
+    let installed = target
         .esp
-        .with_entries(&mut |dir| entries::install(dir, &r.os_id, &version, &bytes, target.running_version).map(drop))
-        .map_err(|e| UpdateError::Io(format!("writing the boot entry: {e}")))?;
+        .with_entries(&mut |dir| entries::install(dir, &r.os_id, &version, &staged, target.running_version).map(drop))
+        .map_err(|e| UpdateError::Io(format!("writing the boot entry: {e}")));
+    let _ = std::fs::remove_file(&staged);
+    installed?;
     state.transition(Phase::Staged { version })?;
     save(state)?;
     Ok(())
@@ -214,6 +238,7 @@ mod tests {
             running_version: "1.0.0",
             esp,
             progress: &|_, _| {},
+            staging_dir: &w.staging,
             wait: &|_| {},
         };
         (b, t)
