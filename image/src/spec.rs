@@ -234,19 +234,9 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
     }
 }
 
-/// A version goes into file names and os-release: `1.2.3`, `2024.1.0-rc1`. No `+`, which
-/// separates the boot counter in UKI file names.
+/// See [`cairn_release::version::validate`].
 pub fn validate_version(v: &str) -> Result<()> {
-    if v.is_empty() || v.len() > 64 {
-        bail!("version must be 1 to 64 characters");
-    }
-    if !v.starts_with(|c: char| c.is_ascii_digit()) {
-        bail!("version {v:?} must start with a digit");
-    }
-    if let Some(bad) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || ".-~_".contains(*c))) {
-        bail!("version {v:?} holds {bad:?}; use letters, digits, '.', '-', '~', '_'");
-    }
-    Ok(())
+    cairn_release::version::validate(v).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -90,6 +90,22 @@ fn trim_zeros(s: &[u8]) -> &[u8] {
     &s[z..]
 }
 
+/// A Cairn version goes into file names, os-release and the check-in protocol: 1 to 64 of
+/// letters, digits, `.`, `-`, `~`, `_`, starting with a digit. No `+`, which separates the boot
+/// counter in UKI file names.
+pub fn validate(v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > 64 {
+        return Err("version must be 1 to 64 characters".into());
+    }
+    if !v.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("version {v:?} must start with a digit"));
+    }
+    if let Some(bad) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || ".-~_".contains(*c))) {
+        return Err(format!("version {v:?} holds {bad:?}; use letters, digits, '.', '-', '~', '_'"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
