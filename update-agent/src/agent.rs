@@ -237,15 +237,9 @@ impl<H: Host, C: Clock> Agent<H, C> {
                 self.publish();
                 self.until_next_check(now)
             }
-            (phase, c) => {
-                // After an error the backoff decides, not the interval: a failure at check time
-                // is retried soon, and less often the longer it lasts.
-                let due = match phase {
-                    Phase::Error { retry_at, .. } => retry_at,
-                    _ => self.next_check,
-                };
-                if c.is_none() && now < due {
-                    return Duration::from_secs(due - now);
+            (_, c) => {
+                if c.is_none() && now < self.next_due() {
+                    return self.until_next_check(now);
                 }
                 self.check_and_install(now, c == Some(Command::Apply));
                 self.next_check = state::next_check(now, self.config.interval.as_secs(), &self.seed);
@@ -257,8 +251,17 @@ impl<H: Host, C: Clock> Agent<H, C> {
         }
     }
 
+    /// When the next check is due. After an error the backoff decides, not the interval: a
+    /// failure at check time is retried soon, and less often the longer it lasts.
+    fn next_due(&self) -> u64 {
+        match self.state.phase {
+            Phase::Error { retry_at, .. } => retry_at,
+            _ => self.next_check,
+        }
+    }
+
     fn until_next_check(&self, now: u64) -> Duration {
-        Duration::from_secs(self.next_check.saturating_sub(now).max(1))
+        Duration::from_secs(self.next_due().saturating_sub(now).max(1))
     }
 
     fn check_and_install(&mut self, now: u64, apply: bool) {
@@ -596,7 +599,7 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&usr, bytes).unwrap();
         let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
-        a.step(Some(Command::Check));
+        assert_eq!(a.step(Some(Command::Check)), Duration::from_secs(30), "the backoff, not the interval");
         let s = a.status();
         assert_eq!(s.state, "error");
         assert!(s.last_error.contains("installing 2.0.0"), "{}", s.last_error);
