@@ -248,9 +248,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             std::os::unix::fs::symlink("cairn-init", &link)?;
         }
         rootfs::write_file(&usr.join("lib/os-release"), os_release.as_bytes(), 0o644)?;
-        rootfs::write_file(&usr.join("lib/cairn/update.toml"), update_toml.as_bytes(), 0o644)?;
+        let update_file = cairn_release::update_config::IMAGE_FILE.trim_start_matches('/');
+        rootfs::write_file(&tree.join(update_file), update_toml.as_bytes(), 0o644)?;
         for k in &trusted {
-            let path = tree.join(crate::release::KEYS_DIR).join(format!("{}.pub", k.id()));
+            let path = tree.join(cairn_release::layout::TRUSTED_KEYS_DIR).join(format!("{}.pub", k.id()));
             rootfs::write_file(&path, k.to_text().as_bytes(), 0o644)?;
         }
         rootfs::write_factory_etc(&tree, &spec.os.id)?;

@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 
 pub const PUBLIC_FILE: &str = "release.pub";
 pub const SECRET_FILE: &str = "release.key";
-/// Where an image keeps the public keys it trusts (under /usr, so dm-verity protects them).
-pub const KEYS_DIR: &str = "usr/share/cairn/keys";
 
 /// Writes a new key pair into `dir`; refuses to replace an existing key.
 pub fn keygen(dir: &Path) -> Result<PublicKey> {

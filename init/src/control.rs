@@ -1,45 +1,12 @@
-//! The control interface: a unix socket in /run (root only) speaking one JSON request and one
-//! JSON response per connection, and `cairnctl`, its command-line client (the same binary,
-//! also installed as `reboot` and `poweroff`).
+//! cairn-init's side of the control interface (cairn_release::control): reading requests and
+//! writing responses, and `cairnctl`, its command-line client (the same binary, also installed as
+//! `reboot` and `poweroff`).
 
-use serde::{Deserialize, Serialize};
+pub use cairn_release::control::{Request, Response, SOCKET};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
-
-pub const SOCKET: &str = "/run/cairn/control.sock";
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
-pub enum Request {
-    Status,
-    Start { service: String },
-    Stop { service: String },
-    Restart { service: String },
-    Log { service: String, lines: usize },
-    Reboot,
-    Poweroff,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub services: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
-}
-
-impl Response {
-    pub fn ok() -> Response {
-        Response { ok: true, error: None, services: None, log: None }
-    }
-    pub fn err(e: impl Into<String>) -> Response {
-        Response { ok: false, error: Some(e.into()), services: None, log: None }
-    }
-}
 
 /// Reads one request from an accepted connection (bounded wait, bounded size).
 pub fn read_request(stream: &UnixStream) -> Result<Request, String> {
@@ -66,18 +33,6 @@ impl TakeLimited for UnixStream {
     }
 }
 
-fn call(req: &Request) -> Result<Response, String> {
-    let stream = UnixStream::connect(SOCKET).map_err(|e| format!("connecting to cairn-init at {SOCKET}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    let mut w = &stream;
-    let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
-    text.push('\n');
-    w.write_all(text.as_bytes()).map_err(|e| format!("sending request: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(|e| format!("reading response: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("bad response: {e}"))
-}
-
 const USAGE: &str = "usage: cairnctl status [--json]
        cairnctl start|stop|restart SERVICE
        cairnctl log SERVICE [-n LINES]
@@ -101,7 +56,7 @@ pub fn cli(program: &str, args: &[String]) -> i32 {
         _ => return usage(),
     };
     let json = args.contains(&"--json");
-    match call(&req) {
+    match cairn_release::control::call(Path::new(SOCKET), &req) {
         Ok(r) if r.ok => {
             if let Some(services) = r.services {
                 if json {
@@ -146,18 +101,5 @@ fn print_status(services: &serde_json::Value) {
             up,
             note
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_round_trip() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"log","service":"sshd","lines":5}"#).unwrap();
-        assert_eq!(r, Request::Log { service: "sshd".into(), lines: 5 });
-        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const SYSROOT: &str = "/sysroot";
 const DISK_DEADLINE: Duration = Duration::from_secs(30);
-pub const BOOT_ENV: &str = "/run/cairn/boot.env";
+pub use cairn_release::layout::BOOT_ENV;
 
 pub fn run() -> Result<std::convert::Infallible, String> {
     let init_start_ms = crate::console::boot_ms();

@@ -85,7 +85,7 @@ pub fn run() -> Result<std::convert::Infallible, String> {
     let mut ready_printed = false;
     let mut network_up_ms: Option<u64> = None;
     let mut ready_times: Vec<String> = Vec::new();
-    let version = os_release_value("/usr/lib/os-release", "VERSION_ID").unwrap_or_else(|| "unknown".into());
+    let version = os_release_value(cairn_release::layout::OS_RELEASE, "VERSION_ID").unwrap_or_else(|| "unknown".into());
     let slot = boot.get("SLOT").cloned().unwrap_or_else(|| "?".into());
 
     loop {
@@ -312,10 +312,7 @@ fn read_env(path: &str) -> HashMap<String, String> {
 }
 
 pub fn os_release_value(path: &str, key: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
-        let (k, v) = l.split_once('=')?;
-        (k == key).then(|| v.trim_matches('"').to_string())
-    })
+    cairn_release::layout::env_value(&std::fs::read_to_string(path).ok()?, key)
 }
 
 /// Event devices of ACPI power buttons (the button and evdev modules are loaded from

@@ -20,3 +20,35 @@ pub const ROOT_DIRS: &[(&str, u32)] = &[
 /// (where D-Bus clients look for the system bus).
 pub const ROOT_LINKS: &[(&str, &str)] =
     &[("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("var/run", "../run")];
+
+/// What stage 1 found, for stage 2 and the update agent: `KEY=value` lines (`SLOT`,
+/// `USR_PARTITION`, `USR_DEVICE`, `ROOT_PARTITION` and boot timings).
+pub const BOOT_ENV: &str = "/run/cairn/boot.env";
+
+/// The running release's os-release (`ID`, `VERSION_ID`), on the verity-protected `/usr`.
+pub const OS_RELEASE: &str = "/usr/lib/os-release";
+
+/// Public keys of trusted release signers, relative to the root (under `/usr`, so dm-verity
+/// protects them).
+pub const TRUSTED_KEYS_DIR: &str = "usr/share/cairn/keys";
+
+/// The value of `key` in `KEY=value` lines (os-release, boot.env), quotes stripped.
+pub fn env_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values() {
+        let os = "NAME=\"Cairn\"\nID=cairn\nVERSION_ID=\"2.0.0\"\n";
+        assert_eq!(env_value(os, "ID").as_deref(), Some("cairn"));
+        assert_eq!(env_value(os, "VERSION_ID").as_deref(), Some("2.0.0"));
+        assert_eq!(env_value(os, "VERSION"), None);
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod checkin;
 pub mod cmdline;
+pub mod control;
 pub mod durable;
 pub mod duration;
 pub mod gpt;

@@ -3,12 +3,13 @@
 //! rolls back a bad one by itself, refuses tampered feeds, and survives being killed at each
 //! crash-critical point.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cairn_qemu::{Vm, VmConfig};
 use cairn_tests::http::{Fault, FileServer};
+use cairn_tests::updates::{agent_log, configure_agent, publish, wait_for_status};
 use cairn_tests::*;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(120);
@@ -27,50 +28,10 @@ fn key() -> Result<cairn_release::keys::SecretKey> {
     cairn_image::release::load_secret(&test_signing_key()?)
 }
 
-/// Adds `img`'s release to the feed in `dir`, as `cairn release publish` does.
-fn publish(dir: &Path, img: &Image) -> Result<()> {
-    let k = key()?;
-    cairn_image::release::publish(dir, &img.dir.join("release"), &k, &[k.public()], "stable", 30)?;
-    Ok(())
-}
-
-/// Points the agent at the feed and restarts it; returns once its D-Bus API answers.
-fn configure_agent(vm: &mut Vm, server: &FileServer, strategy: &str) -> Result<()> {
-    vm.run_ok(
-        &format!(
-            "mkdir -p /etc/cairn && printf 'source = \"http://10.0.2.2:{}/\"\\nstrategy = \"{strategy}\"\\n\
-             bless_after = \"3s\"\\n' > /etc/cairn/update.toml && sync && cairnctl restart cairn-agent",
-            server.port
-        ),
-        CMD,
-    )?;
-    // The agent restarted with these settings once its status shows them.
-    let source = format!("Source:          http://10.0.2.2:{}/", server.port);
-    let strategy = format!("Strategy:        {strategy}");
-    wait_for_status(vm, |s| s.contains(&source) && s.contains(&strategy), Duration::from_secs(60))
-}
-
-/// Polls `updatectl status` until `done` holds for its output.
-fn wait_for_status(vm: &mut Vm, done: impl Fn(&str) -> bool, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < timeout {
-        let out = vm.run("updatectl status", CMD)?;
-        if out.status == 0 && done(&out.output) {
-            return Ok(());
-        }
-        last = out.output;
-    }
-    bail!("updatectl status never got there; last:\n{last}\nagent log:\n{}", agent_log(vm))
-}
-
-fn agent_log(vm: &mut Vm) -> String {
-    vm.run("tail -n 40 /var/log/cairn/cairn-agent.log", CMD).map(|o| o.output).unwrap_or_default()
-}
-
-/// `updatectl check` (strategy off, so it returns): its output.
-fn check(vm: &mut Vm) -> Result<String> {
-    Ok(vm.run("updatectl check --timeout 200", Duration::from_secs(240))?.output)
+/// `updatectl check` (strategy off, so it returns): its exit status and output.
+fn check(vm: &mut Vm) -> Result<(i32, String)> {
+    let out = vm.run("updatectl check --timeout 200", Duration::from_secs(240))?;
+    Ok((out.status, out.output))
 }
 
 fn esp_entries(img: &Image, raw: &Path) -> Result<Vec<String>> {
@@ -184,8 +145,7 @@ fn the_agent_killed_at_each_crash_point_leaves_a_bootable_host_and_retries() -> 
     Ok(())
 }
 
-/// Rewrites the feed's index (signed by `key`) so its newest entry is `release`'s manifest
-/// at `path`, with `expires`.
+/// Re-signs the feed's index with `key`, expiring at `expires`.
 fn sign_index(feed: &Path, key: &cairn_release::keys::SecretKey, expires: u64) -> Result<()> {
     let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(feed.join("index.json"))?)?;
     index["expires"] = expires.into();
@@ -307,7 +267,8 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
         server.set_fault(None);
         reset_feed()?;
         tamper()?;
-        let out = check(&mut vm)?;
+        let (status, out) = check(&mut vm)?;
+        assert_eq!(status, 1, "{name}: updatectl check exits 1 on an error:\n{out}");
         assert!(out.contains("State:           error"), "{name}: not an error:\n{out}");
         let error = out.lines().find(|l| l.starts_with("Last error:")).unwrap_or_default().to_string();
         assert!(error.contains(expected), "{name}: expected {expected:?} in the error, got:\n{out}");
@@ -321,17 +282,28 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
     publish(same.path(), &img1)?;
     std::fs::remove_dir_all(feed.path())?;
     std::process::Command::new("cp").args(["-a", "-T"]).arg(same.path()).arg(feed.path()).status()?;
-    let out = check(&mut vm)?;
+    let (status, out) = check(&mut vm)?;
+    assert_eq!(status, 0, "{out}");
     assert!(out.contains("1 is not newer than the running 1"), "{out}");
+    // Nothing staged: a reboot request is refused by the API.
+    let out = vm.run("updatectl reboot", CMD)?;
+    assert!(out.status != 0 && out.output.contains("nothing is staged"), "{out:?}");
     // Nothing reached the ESP (mounted read-only to look).
     let esp = vm.run_ok("mount -o ro -t vfat /dev/vda1 /mnt && ls /mnt/EFI/Linux; umount /mnt", CMD)?;
     assert_eq!(esp.split_whitespace().collect::<Vec<_>>(), ["cairn-1.efi"], "{esp}");
 
-    // After all that, a good feed still works: the same host stages 2.
+    // After all that, a good feed still works: the same host stages 2 and, strategy off, waits
+    // for `updatectl reboot`.
     reset_feed()?;
-    let out = check(&mut vm)?;
+    let (status, out) = check(&mut vm)?;
+    assert_eq!(status, 0, "{out}");
     assert!(out.contains("Staged version:  2"), "{out}");
+    wait_for_status(&mut vm, |s| s.contains("State:           waiting-to-reboot"), Duration::from_secs(60))?;
+    let mark = vm.console().mark();
+    vm.send(b"updatectl reboot\n")?;
+    vm.wait_for_line("cairn: ready version=2 slot=b", mark, READY)?;
+    wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
     let raw = disk_after(&mut vm)?;
-    assert_eq!(esp_entries(&img1, &raw)?, ["cairn-1.efi", "cairn-2+3.efi"]);
+    assert_eq!(esp_entries(&img1, &raw)?, ["cairn-1.efi", "cairn-2.efi"]);
     Ok(())
 }

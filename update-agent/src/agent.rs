@@ -134,15 +134,15 @@ impl<H: Host, C: Clock> Agent<H, C> {
             publish: p.publish,
             wait: p.wait,
         };
-        if let Some(version) = pending_version(&state.phase) {
-            let entry = agent.entry_assessment(&version)?;
-            let before = state.phase.clone();
-            state.resume(&agent.host.running().version, entry, now);
-            if state.phase != before {
-                log(&format!("after boot: {} -> {}", describe(&before), describe(&state.phase)));
-            }
-        } else {
-            state.resume(&agent.host.running().version, None, now);
+        // The ESP is only looked at when the state names a release in flight.
+        let entry = match pending_version(&state.phase) {
+            Some(version) => agent.entry_assessment(&version)?,
+            None => None,
+        };
+        let before = state.phase.clone();
+        state.resume(&agent.host.running().version, entry, now);
+        if state.phase != before {
+            log(&format!("after boot: {} -> {}", describe(&before), describe(&state.phase)));
         }
         agent.state = state;
         agent.save();
@@ -415,7 +415,7 @@ fn describe(p: &Phase) -> String {
 mod tests {
     use super::*;
     use crate::source::DirTransport;
-    use crate::testkit::{World, world};
+    use crate::testkit::{World, esp_names, world};
     use crate::update::EntriesDir;
     use cairn_release::gpt::Slot;
     use std::cell::Cell;
@@ -502,10 +502,6 @@ mod tests {
         Rig { clock: Rc::new(Cell::new(500)), healthy: Rc::new(Cell::new(false)), reboots: Rc::new(Cell::new(0)) }
     }
 
-    fn esp_names(w: &World) -> Vec<String> {
-        entries::list(&w.esp, "cairn").unwrap().iter().map(entries::Entry::file_name).collect()
-    }
-
     /// What systemd-boot does when it boots a counted entry: one try used.
     fn loader_boots(w: &World, from: &str, to: &str) {
         std::fs::rename(w.esp.join(from), w.esp.join(to)).unwrap();
@@ -588,6 +584,16 @@ mod tests {
         assert_eq!(r.reboots.get(), 0);
         a.step(Some(Command::Reboot));
         assert_eq!(r.reboots.get(), 1);
+    }
+
+    #[test]
+    fn apply_installs_and_reboots_whatever_the_strategy() {
+        let (w, r) = (world("2.0.0"), rig());
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Off, &r);
+        a.step(Some(Command::Apply));
+        assert_eq!(a.state.phase, Phase::Rebooting { version: "2.0.0".into(), from: "1.0.0".into() });
+        assert_eq!(r.reboots.get(), 1);
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
     }
 
     #[test]

@@ -7,11 +7,10 @@ use crate::initctl;
 use crate::slots;
 use crate::update::Esp;
 use cairn_release::gpt::{self, Guid, Slot};
+use cairn_release::layout::{BOOT_ENV, OS_RELEASE, env_value};
 use nix::mount::{MntFlags, MsFlags};
 use std::path::{Path, PathBuf};
 
-pub const BOOT_ENV: &str = "/run/cairn/boot.env";
-pub const OS_RELEASE: &str = "/usr/lib/os-release";
 const ESP_MOUNT: &str = "/run/cairn/esp";
 
 /// The release this boot runs.
@@ -35,20 +34,12 @@ pub struct TargetDevice {
     pub slot: Slot,
 }
 
-/// `KEY=value` lines (os-release, boot.env); quotes stripped.
-pub fn key_value(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once('=')?;
-        (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
-    })
-}
-
 impl Running {
     pub fn detect() -> Result<Running, String> {
         let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("reading {p}: {e}"));
         let (os, boot) = (read(OS_RELEASE)?, read(BOOT_ENV)?);
         let need =
-            |text: &str, file: &str, key: &str| key_value(text, key).ok_or_else(|| format!("{file} has no {key}="));
+            |text: &str, file: &str, key: &str| env_value(text, key).ok_or_else(|| format!("{file} has no {key}="));
         let slot_letter = need(&boot, BOOT_ENV, "SLOT")?;
         let slot = Slot::from_label(&format!("USR-{}", slot_letter.to_uppercase()))
             .ok_or_else(|| format!("{BOOT_ENV}: SLOT={slot_letter} is not a or b"))?;
@@ -102,7 +93,7 @@ impl LinuxHost {
             .find(|(_, e)| e.is_used() && Guid::from_gpt_bytes(e.partition_type_guid) == gpt::TYPE_ESP)
             .ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
         let esp = LinuxEsp { device: partition_device(&disk, number)?, mount_point: PathBuf::from(ESP_MOUNT) };
-        Ok(LinuxHost { running, control_socket: PathBuf::from(initctl::SOCKET), disk, esp })
+        Ok(LinuxHost { running, control_socket: PathBuf::from(cairn_release::control::SOCKET), disk, esp })
     }
 
     pub fn target(&self) -> Result<TargetDevice, String> {
@@ -157,18 +148,5 @@ impl Esp for LinuxEsp {
         let unmounted = nix::mount::umount(mp);
         result.map_err(|e| format!("on the ESP: {e}"))?;
         unmounted.map_err(|e| format!("unmounting the ESP: {e}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_values() {
-        let os = "NAME=\"Cairn\"\nID=cairn\nVERSION_ID=\"2.0.0\"\n";
-        assert_eq!(key_value(os, "ID").as_deref(), Some("cairn"));
-        assert_eq!(key_value(os, "VERSION_ID").as_deref(), Some("2.0.0"));
-        assert_eq!(key_value(os, "VERSION"), None);
     }
 }

@@ -1,42 +1,32 @@
 //! cairn-init's control socket, as the agent uses it: is the host healthy (every required
-//! service running), and reboot. One JSON request and one JSON response per connection
-//! (docs/services.md).
+//! service running), and reboot (cairn_release::control).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use cairn_release::control::{Request, Response, call};
 use std::path::Path;
-use std::time::Duration;
 
-pub const SOCKET: &str = "/run/cairn/control.sock";
-
-fn call(socket: &Path, request: &str) -> Result<serde_json::Value, String> {
-    let stream =
-        UnixStream::connect(socket).map_err(|e| format!("connecting to cairn-init at {}: {e}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    (&stream).write_all(format!("{request}\n").as_bytes()).map_err(|e| format!("sending to cairn-init: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(|e| format!("reading cairn-init's answer: {e}"))?;
-    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("cairn-init answered {line:?}: {e}"))?;
-    if v["ok"] != true {
-        return Err(format!("cairn-init refused: {}", v["error"].as_str().unwrap_or("no reason given")));
+fn ok(socket: &Path, req: &Request) -> Result<Response, String> {
+    let r = call(socket, req)?;
+    if !r.ok {
+        return Err(format!("cairn-init refused: {}", r.error.as_deref().unwrap_or("no reason given")));
     }
-    Ok(v)
+    Ok(r)
 }
 
 /// Healthy: every service marked required is running (what the ready line waits for).
 pub fn healthy(socket: &Path) -> Result<bool, String> {
-    let v = call(socket, r#"{"cmd":"status"}"#)?;
-    let services = v["services"].as_array().ok_or("cairn-init's status lists no services")?;
+    let r = ok(socket, &Request::Status)?;
+    let services = r.services.as_ref().and_then(|s| s.as_array()).ok_or("cairn-init's status lists no services")?;
     Ok(services.iter().filter(|s| s["required"] == true).all(|s| s["state"] == "running"))
 }
 
 pub fn reboot(socket: &Path) -> Result<(), String> {
-    call(socket, r#"{"cmd":"reboot"}"#).map(drop)
+    ok(socket, &Request::Reboot).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
 
     /// A stand-in for cairn-init answering one connection with `answer`.

@@ -15,7 +15,6 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 const STATE_FILE: &str = "/var/lib/cairn/agent.json";
-const KEYS_DIR: &str = "/usr/share/cairn/keys";
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn settings_file(path: &str) -> Result<UpdateSettings, String> {
@@ -76,7 +75,7 @@ fn transport(source: &str) -> Result<Box<dyn Transport>, String> {
 fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Command>) -> Result<(), String> {
     let config = load_config();
     let host = LinuxHost::new(Running::detect()?)?;
-    let trusted = trusted_keys(Path::new(KEYS_DIR));
+    let trusted = trusted_keys(&Path::new("/").join(cairn_release::layout::TRUSTED_KEYS_DIR));
     let transport = config.source.as_deref().map(transport).transpose()?;
     eprintln!(
         "cairn-agent: running {} {} in slot {}; source {}; strategy {}; every {}s; {} trusted key(s)",

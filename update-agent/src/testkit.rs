@@ -112,3 +112,8 @@ pub fn world(version: &str) -> World {
     let staging = dir.path().join("staging");
     World { _dir: dir, feed, disk, esp, state, staging, key }
 }
+
+/// The boot entries in the ESP directory of `w`, by file name.
+pub fn esp_names(w: &World) -> Vec<String> {
+    crate::entries::list(&w.esp, "cairn").unwrap().iter().map(crate::entries::Entry::file_name).collect()
+}

@@ -123,16 +123,6 @@ struct Window {
     pos: u64,
 }
 
-impl Read for Window {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.len.saturating_sub(self.pos) as usize);
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.read(&mut buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 impl Write for Window {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = buf.len().min(self.len.saturating_sub(self.pos) as usize);
@@ -222,7 +212,7 @@ pub fn install(
 mod tests {
     use super::*;
     use crate::source::{DirTransport, check};
-    use crate::testkit::{World, world};
+    use crate::testkit::{World, esp_names, world};
     use cairn_release::keys::SecretKey;
 
     fn target<'a>(w: &'a World, esp: &'a EntriesDir) -> (slots::UsrPartition, Target<'a>) {
@@ -244,13 +234,19 @@ mod tests {
         (b, t)
     }
 
-    #[test]
-    fn a_verified_release_is_staged_into_the_other_slot() {
-        let w = world("2.0.0");
+    /// The feed of `w` checked by a host running 1.0.0: the candidate, in the checking state.
+    fn checked(w: &World) -> (DirTransport, AgentState, crate::source::Candidate) {
         let transport = DirTransport(w.feed.clone());
         let mut state = AgentState::default();
         state.transition(Phase::Checking).unwrap();
         let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
+        (transport, state, c)
+    }
+
+    #[test]
+    fn a_verified_release_is_staged_into_the_other_slot() {
+        let w = world("2.0.0");
+        let (transport, mut state, c) = checked(&w);
         let esp = EntriesDir(w.esp.clone());
         let (_, t) = target(&w, &esp);
         install(&c, &transport, &t, &mut state, &w.state).unwrap();
@@ -261,9 +257,7 @@ mod tests {
         let mut f = File::open(&w.disk).unwrap();
         assert_eq!(slots::find(&mut f, Slot::B).unwrap().uuid.to_string().replace('-', ""), root[..32]);
         assert_eq!(slots::find(&mut f, Slot::A).unwrap().uuid, cairn_release::gpt::Guid::from_gpt_bytes([2; 16]));
-        let names: Vec<String> =
-            entries::list(&w.esp, "cairn").unwrap().iter().map(entries::Entry::file_name).collect();
-        assert_eq!(names, vec!["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
     }
 
     #[test]
@@ -290,29 +284,23 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&usr, bytes).unwrap();
-        let transport = DirTransport(w.feed.clone());
-        let mut state = AgentState::default();
-        state.transition(Phase::Checking).unwrap();
-        let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
+        let (transport, mut state, c) = checked(&w);
         let esp = EntriesDir(w.esp.clone());
         let (before, t) = target(&w, &esp);
         assert!(install(&c, &transport, &t, &mut state, &w.state).is_err());
         let mut f = File::open(&w.disk).unwrap();
         assert_eq!(slots::find(&mut f, Slot::B).unwrap().uuid, before.uuid, "USR-B not bound");
-        assert_eq!(entries::list(&w.esp, "cairn").unwrap().len(), 1, "ESP unchanged");
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi"], "ESP unchanged");
 
         // A tampered UKI: refused before the ESP is written.
         let w = world("2.0.0");
         std::fs::write(w.feed.join("releases/2.0.0/cairn-2.0.0.efi"), b"evil uki!!").unwrap();
-        let transport = DirTransport(w.feed.clone());
-        let mut state = AgentState::default();
-        state.transition(Phase::Checking).unwrap();
-        let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
+        let (transport, mut state, c) = checked(&w);
         let esp = EntriesDir(w.esp.clone());
         let (_, t) = target(&w, &esp);
         let e = install(&c, &transport, &t, &mut state, &w.state).unwrap_err().to_string();
         assert!(e.contains("UKI"), "{e}");
-        assert_eq!(entries::list(&w.esp, "cairn").unwrap().len(), 1, "ESP unchanged");
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi"], "ESP unchanged");
 
         // An index signed by another key, and an expired one: refused at the first step.
         let w = world("2.0.0");

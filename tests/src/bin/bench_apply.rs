@@ -106,27 +106,13 @@ fn agent_memory() -> Result<()> {
     let img1 = cairn_tests::signed_image("update-1", "images/dev.toml", "1")?;
     let img2 = cairn_tests::signed_image("update-2", "images/dev.toml", "2")?;
     let feed = tempfile::tempdir()?;
-    let key = cairn_image::release::load_secret(&cairn_tests::test_signing_key()?)?;
-    cairn_image::release::publish(feed.path(), &img2.dir.join("release"), &key, &[key.public()], "stable", 30)?;
+    cairn_tests::updates::publish(feed.path(), &img2)?;
     let server = cairn_tests::http::FileServer::start(feed.path())?;
     let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig::uefi(img1.raw()))?;
     let long = Duration::from_secs(300);
     vm.wait_for_line("cairn: ready", 0, long)?;
-    vm.run_ok(
-        &format!(
-            "mkdir -p /etc/cairn && printf 'source = \"http://10.0.2.2:{}/\"\\nstrategy = \"off\"\\n' \
-             > /etc/cairn/update.toml && cairnctl restart cairn-agent",
-            server.port
-        ),
-        long,
-    )?;
+    cairn_tests::updates::configure_agent(&mut vm, &server, "off")?;
     let status = |vm: &mut cairn_qemu::Vm| vm.run_ok("grep -E 'VmRSS|VmHWM' /proc/$(pidof cairn-agent)/status", long);
-    let start = Instant::now();
-    while vm.run("updatectl status", long)?.status != 0 {
-        if start.elapsed() > long {
-            bail!("the agent's API never came up");
-        }
-    }
     let idle = status(&mut vm)?;
     let out = vm.run_ok("updatectl check", long)?;
     if !out.contains("Staged version:  2") {

@@ -1,0 +1,54 @@
+//! Driving the update agent of a VM from its console: a feed of test releases served on the
+//! test machine's loopback, the agent pointed at it, its status polled with `updatectl`.
+
+use crate::Image;
+use crate::http::FileServer;
+use anyhow::{Result, bail};
+use cairn_qemu::Vm;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CMD: Duration = Duration::from_secs(120);
+
+/// Adds `img`'s release (signed with the test key) to the feed in `dir`, as `cairn release
+/// publish` does.
+pub fn publish(dir: &Path, img: &Image) -> Result<()> {
+    let k = cairn_image::release::load_secret(&crate::test_signing_key()?)?;
+    cairn_image::release::publish(dir, &img.dir.join("release"), &k, &[k.public()], "stable", 30)?;
+    Ok(())
+}
+
+/// Points the agent at `server` (seen from the VM at 10.0.2.2) with `strategy`, synced to disk,
+/// and restarts it; returns once the restarted agent's API shows these settings.
+pub fn configure_agent(vm: &mut Vm, server: &FileServer, strategy: &str) -> Result<()> {
+    vm.run_ok(
+        &format!(
+            "mkdir -p /etc/cairn && printf 'source = \"http://10.0.2.2:{}/\"\\nstrategy = \"{strategy}\"\\n\
+             bless_after = \"3s\"\\n' > /etc/cairn/update.toml && sync && cairnctl restart cairn-agent",
+            server.port
+        ),
+        CMD,
+    )?;
+    let source = format!("Source:          http://10.0.2.2:{}/", server.port);
+    let strategy = format!("Strategy:        {strategy}");
+    wait_for_status(vm, |s| s.contains(&source) && s.contains(&strategy), Duration::from_secs(60))
+}
+
+/// Polls `updatectl status` until `done` holds for its output.
+pub fn wait_for_status(vm: &mut Vm, done: impl Fn(&str) -> bool, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        let out = vm.run("updatectl status", CMD)?;
+        if out.status == 0 && done(&out.output) {
+            return Ok(());
+        }
+        last = out.output;
+    }
+    bail!("updatectl status never got there; last:\n{last}\nagent log:\n{}", agent_log(vm))
+}
+
+/// The end of the agent's log, for failure messages.
+pub fn agent_log(vm: &mut Vm) -> String {
+    vm.run("tail -n 40 /var/log/cairn/cairn-agent.log", CMD).map(|o| o.output).unwrap_or_default()
+}
