@@ -50,7 +50,7 @@ pub fn find<D: Read + Seek>(disk: &mut D, slot: Slot) -> Result<UsrPartition, Sl
 
 /// Sets the UUID of the `/usr` partition of `target` (never the running slot) so that stage 1
 /// finds it by `root_hash`. Both GPT headers are rewritten with their checksums; the partition
-/// content is untouched.
+/// content is untouched. On a device, the caller fsyncs it: `flush` alone does not.
 pub fn bind<D: Read + Write + Seek>(
     disk: &mut D,
     target: Slot,
