@@ -23,6 +23,7 @@ veritysetup:cryptsetup-bin
 cpio:cpio
 objcopy:binutils
 dpkg-deb:dpkg
+/usr/bin/pg_ctlcluster:postgresql
 "
 
 missing=""

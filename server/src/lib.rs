@@ -1,4 +1,14 @@
-//! `cairn-server`, the rollout server (issue: cairn-server and updatectl). This first slice holds
-//! the rollout policy; the store (SQLite, PostgreSQL), the HTTP APIs and the binary build on it.
+//! cairn-server: channels, packages, groups with rollout policies, and every host's status,
+//! served over HTTP to agents (check-ins, events, downloads) and to `updatectl` (admin API).
 
+pub mod api;
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod packages;
 pub mod policy;
+pub mod rollout;
+pub mod serve;
+pub mod store;
+pub mod tokens;

@@ -2,6 +2,7 @@
 //! inspection (GPT, ESP), and tampering helpers.
 
 pub mod http;
+pub mod server;
 pub mod updates;
 
 use anyhow::{Context, Result, bail};

@@ -1,0 +1,424 @@
+//! The HTTP API. Agents: `POST /v1/checkin`, `POST /v1/events`, `GET /v1/packages/VERSION/FILE`
+//! (byte ranges). Operators, with a bearer token: `/v1/admin/...`. Also `/metrics` and `/healthz`.
+//! Every refusal is a 4xx with `{"error": "..."}` naming the problem, and changes nothing.
+
+use crate::error::{ApiError, ApiResult};
+use crate::packages::UploadRequest;
+use crate::policy::GroupPolicy;
+use crate::rollout::Server;
+use crate::store::{self, EventFilter, Group, InstanceFilter};
+use crate::tokens;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use cairn_release::checkin::{CHECKIN_PATH, EVENTS_PATH, validate_name};
+use cairn_release::manifest::{MANIFEST, SIGNATURE_SUFFIX, safe_name};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+type S = State<Arc<Server>>;
+
+pub fn router(server: Arc<Server>) -> Router {
+    let admin = Router::new()
+        .route("/channels", get(list_channels).post(create_channel))
+        .route("/channels/{name}", put(set_channel))
+        .route("/packages", get(list_packages).post(upload_package))
+        .route("/packages/{version}", get(package_status).delete(delete_package))
+        .route("/packages/{version}/artifacts/{name}", put(upload_artifact).layer(DefaultBodyLimit::disable()))
+        .route("/groups", get(list_groups).post(create_group))
+        .route("/groups/{name}", get(get_group).patch(update_group))
+        .route("/instances", get(list_instances))
+        .route("/events", get(list_events))
+        .route("/rollout", get(rollout_status))
+        .route_layer(middleware::from_fn_with_state(server.clone(), require_token));
+    Router::new()
+        .route(CHECKIN_PATH, post(check_in))
+        .route(EVENTS_PATH, post(report))
+        .route("/v1/packages/{version}/{file}", get(package_file))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/v1/admin", admin)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn_with_state(server.clone(), observe))
+        .with_state(server)
+}
+
+/// Request latency by route, for `/metrics`.
+async fn observe(State(s): S, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("other", |p| p.as_str()).to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    s.metrics.observe(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn require_token(State(s): S, req: Request, next: Next) -> Response {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(tokens::from_header) else {
+        return ApiError::Unauthorized("an admin token is required (Authorization: Bearer TOKEN)".into())
+            .into_response();
+    };
+    match store::token_name(&s.db, &tokens::hash(token)).await {
+        Ok(Some(_)) => next.run(req).await,
+        Ok(None) => ApiError::Unauthorized("the admin token is not valid".into()).into_response(),
+        Err(e) => ApiError::Internal(e).into_response(),
+    }
+}
+
+/// JSON bodies parsed here rather than by axum's extractor, so a bad one gets a JSON error that
+/// says what is wrong and where.
+fn parse<T: DeserializeOwned>(what: &str, body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
+}
+
+// ---- agents ----
+
+async fn check_in(State(s): S, body: Bytes) -> ApiResult<Response> {
+    let c = parse("check-in", &body)?;
+    Ok(Json(s.check_in(&c).await?).into_response())
+}
+
+async fn report(State(s): S, body: Bytes) -> ApiResult<StatusCode> {
+    let e = parse("event", &body)?;
+    s.report(&e).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn package_file(State(s): S, Path((version, file)): Path<(String, String)>, req: Request) -> ApiResult<Response> {
+    cairn_release::version::validate(&version).map_err(|e| ApiError::BadRequest(format!("version: {e}")))?;
+    if !safe_name(&file) {
+        return Err(ApiError::BadRequest(format!("file name {file:?}: not a plain file name")));
+    }
+    let signature = format!("{MANIFEST}{SIGNATURE_SUFFIX}");
+    if file == MANIFEST || file == signature {
+        let p = s.signed_package(&version).await?;
+        let text = if file == MANIFEST { p.manifest } else { p.signature };
+        return Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response());
+    }
+    let path = s.artifact_path(&version, &file).await?;
+    // ServeFile answers Range requests (206, 416) and conditional ones.
+    let response = ServeFile::new(path).oneshot(req).await.map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(response.map(Body::new))
+}
+
+async fn metrics(State(s): S) -> ApiResult<Response> {
+    let fleet = store::instance_counts(&s.db).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(&fleet),
+    )
+        .into_response())
+}
+
+// ---- channels ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewChannel {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelVersion {
+    version: String,
+}
+
+async fn list_channels(State(s): S) -> ApiResult<Json<Vec<store::Channel>>> {
+    Ok(Json(store::channels(&s.db).await?))
+}
+
+/// A channel or pin may only name a package that can be offered.
+async fn require_complete_package(s: &Server, version: &str) -> ApiResult<()> {
+    let p = s.signed_package(version).await.map_err(|_| ApiError::BadRequest(format!("no package {version:?}")))?;
+    if !p.package.complete {
+        return Err(ApiError::BadRequest(format!("package {version} is not completely uploaded")));
+    }
+    Ok(())
+}
+
+async fn create_channel(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<store::Channel>)> {
+    let c: NewChannel = parse("channel", &body)?;
+    validate_name("channel", &c.name, 64).map_err(ApiError::BadRequest)?;
+    if let Some(v) = &c.version {
+        require_complete_package(&s, v).await?;
+    }
+    let now = s.now_ms();
+    if !store::create_channel(&s.db, &c.name, c.version.as_deref(), now).await? {
+        return Err(ApiError::Conflict(format!("channel {:?} exists", c.name)));
+    }
+    tracing::info!(channel = c.name, version = c.version, "channel created");
+    Ok((StatusCode::CREATED, Json(store::Channel { name: c.name, version: c.version, updated_at: now })))
+}
+
+async fn set_channel(State(s): S, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<store::Channel>> {
+    let c: ChannelVersion = parse("channel", &body)?;
+    require_complete_package(&s, &c.version).await?;
+    let now = s.now_ms();
+    if !store::set_channel_version(&s.db, &name, &c.version, now).await? {
+        return Err(ApiError::NotFound(format!("unknown channel {name:?}")));
+    }
+    s.invalidate_groups();
+    tracing::info!(channel = name, version = c.version, "channel version set");
+    Ok(Json(store::Channel { name, version: Some(c.version), updated_at: now }))
+}
+
+// ---- packages ----
+
+async fn list_packages(State(s): S) -> ApiResult<Json<Vec<store::Package>>> {
+    Ok(Json(store::packages(&s.db).await?))
+}
+
+async fn upload_package(State(s): S, body: Bytes) -> ApiResult<Response> {
+    let req: UploadRequest = parse("package", &body)?;
+    Ok((StatusCode::CREATED, Json(s.upload_package(&req).await?)).into_response())
+}
+
+async fn package_status(State(s): S, Path(version): Path<String>) -> ApiResult<Response> {
+    Ok(Json(s.package_status(&version).await?).into_response())
+}
+
+async fn upload_artifact(
+    State(s): S,
+    Path((version, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<Response> {
+    Ok(Json(s.store_artifact(&version, &name, body).await?).into_response())
+}
+
+async fn delete_package(State(s): S, Path(version): Path<String>) -> ApiResult<StatusCode> {
+    s.delete_package(&version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- groups ----
+
+/// Settings of a group; absent fields keep their value (or the default, on create).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupChange {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub channel: Option<String>,
+    pub updates_enabled: Option<bool>,
+    pub max_per_period: Option<u32>,
+    pub period_s: Option<u64>,
+    pub safe_mode: Option<bool>,
+    pub halt_after: Option<u32>,
+    pub percentage: Option<u8>,
+    /// A version, or "" to follow the channel again.
+    pub pinned_version: Option<String>,
+    pub grant_timeout_s: Option<u64>,
+    /// Only `false`: resume a halted rollout.
+    pub halted: Option<bool>,
+}
+
+impl GroupChange {
+    fn apply(&self, g: &mut Group) -> ApiResult<()> {
+        let p = &mut g.policy;
+        if let Some(c) = &self.channel {
+            g.channel = c.clone();
+        }
+        if let Some(v) = self.updates_enabled {
+            p.updates_enabled = v;
+        }
+        if let Some(v) = self.max_per_period {
+            p.max_per_period = v;
+        }
+        if let Some(v) = self.period_s {
+            if v == 0 {
+                return Err(ApiError::BadRequest("period_s: must be at least 1".into()));
+            }
+            p.period_s = v;
+        }
+        if let Some(v) = self.safe_mode {
+            p.safe_mode = v;
+        }
+        if let Some(v) = self.halt_after {
+            p.halt_after = v;
+        }
+        if let Some(v) = self.percentage {
+            if v > 100 {
+                return Err(ApiError::BadRequest(format!("percentage {v}: at most 100")));
+            }
+            p.percentage = v;
+        }
+        if let Some(v) = &self.pinned_version {
+            p.pinned_version = (!v.is_empty()).then(|| v.clone());
+        }
+        if let Some(v) = self.grant_timeout_s {
+            if v == 0 {
+                return Err(ApiError::BadRequest("grant_timeout_s: must be at least 1".into()));
+            }
+            p.grant_timeout_s = v;
+        }
+        match self.halted {
+            Some(true) => return Err(ApiError::BadRequest("halted: only false (resume) can be set".into())),
+            Some(false) => {
+                g.halted = false;
+                g.halted_reason = None;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+async fn check_group_refs(s: &Server, g: &Group) -> ApiResult<()> {
+    if !store::channel_exists(&s.db, &g.channel).await? {
+        return Err(ApiError::BadRequest(format!("unknown channel {:?}", g.channel)));
+    }
+    if let Some(v) = &g.policy.pinned_version {
+        require_complete_package(s, v).await?;
+    }
+    Ok(())
+}
+
+async fn list_groups(State(s): S) -> ApiResult<Json<Vec<Group>>> {
+    Ok(Json(store::groups(&s.db).await?))
+}
+
+async fn get_group(State(s): S, Path(name): Path<String>) -> ApiResult<Json<Group>> {
+    Ok(Json(store::group(&s.db, &name).await?.ok_or_else(|| ApiError::NotFound(format!("unknown group {name:?}")))?))
+}
+
+async fn create_group(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<Group>)> {
+    let change: GroupChange = parse("group", &body)?;
+    let name = change.name.clone().ok_or_else(|| ApiError::BadRequest("group: name is required".into()))?;
+    validate_name("group", &name, 64).map_err(ApiError::BadRequest)?;
+    let mut g = Group {
+        name: name.clone(),
+        channel: "stable".into(),
+        channel_version: None,
+        policy: GroupPolicy::default(),
+        halted: false,
+        halted_reason: None,
+    };
+    change.apply(&mut g)?;
+    check_group_refs(&s, &g).await?;
+    if !store::save_group(&s.db, &g, true, s.now_ms()).await? {
+        return Err(ApiError::Conflict(format!("group {name:?} exists")));
+    }
+    tracing::info!(group = name, "group created");
+    let g = store::group(&s.db, &name).await?.ok_or_else(|| ApiError::NotFound(format!("unknown group {name:?}")))?;
+    Ok((StatusCode::CREATED, Json(g)))
+}
+
+async fn update_group(State(s): S, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Group>> {
+    let change: GroupChange = parse("group", &body)?;
+    if change.name.as_ref().is_some_and(|n| *n != name) {
+        return Err(ApiError::BadRequest("name: a group cannot be renamed".into()));
+    }
+    let mut g =
+        store::group(&s.db, &name).await?.ok_or_else(|| ApiError::NotFound(format!("unknown group {name:?}")))?;
+    let was_halted = g.halted;
+    change.apply(&mut g)?;
+    check_group_refs(&s, &g).await?;
+    let now = s.now_ms();
+    store::save_group(&s.db, &g, false, now).await?;
+    if was_halted && !g.halted {
+        // Resuming forgives the failures that halted it; otherwise the next check-in would
+        // count them again and halt at once.
+        let dismissed = store::dismiss_failures(&s.db, &name, &g.policy, now).await?;
+        tracing::info!(group = name, dismissed, "rollout resumed");
+    }
+    s.invalidate_groups();
+    tracing::info!(group = name, change = format!("{change:?}"), "group updated");
+    let g = store::group(&s.db, &name).await?.ok_or_else(|| ApiError::NotFound(format!("unknown group {name:?}")))?;
+    Ok(Json(g))
+}
+
+// ---- fleet ----
+
+async fn list_instances(State(s): S, Query(f): Query<InstanceFilter>) -> ApiResult<Json<Vec<store::Instance>>> {
+    Ok(Json(store::instances(&s.db, &f).await?))
+}
+
+async fn list_events(State(s): S, Query(f): Query<EventFilter>) -> ApiResult<Json<Vec<store::EventRecord>>> {
+    Ok(Json(store::events(&s.db, &f).await?))
+}
+
+#[derive(Deserialize)]
+struct RolloutQuery {
+    group: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    pub group: String,
+    pub channel: String,
+    /// The version the group installs (pinned or the channel's).
+    pub target_version: Option<String>,
+    pub paused: bool,
+    pub halted: bool,
+    pub halted_reason: Option<String>,
+    pub hosts: i64,
+    /// Hosts per version.
+    pub versions: Vec<(String, i64)>,
+    /// Hosts per agent state.
+    pub states: Vec<(String, i64)>,
+    /// The rollout of the target version: grants in the current period, still in progress,
+    /// succeeded, failed (including grants that timed out).
+    pub granted_in_period: u32,
+    pub in_progress: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+}
+
+async fn rollout_status(State(s): S, Query(q): Query<RolloutQuery>) -> ApiResult<Json<Vec<RolloutStatus>>> {
+    let groups = store::groups(&s.db).await?;
+    if let Some(name) = &q.group
+        && !groups.iter().any(|g| &g.name == name)
+    {
+        return Err(ApiError::NotFound(format!("unknown group {name:?}")));
+    }
+    let fleet = store::instance_counts(&s.db).await?;
+    let now = s.now_ms();
+    let mut out = Vec::new();
+    for g in groups.into_iter().filter(|g| q.group.as_ref().is_none_or(|n| *n == g.name)) {
+        let target = crate::policy::target_version(&g.policy, g.channel_version.as_deref()).map(str::to_string);
+        let counts = match &target {
+            Some(v) => store::rollout_counts(&s.db.read, &g.name, v, &g.policy, now).await?,
+            None => Default::default(),
+        };
+        let mut versions: Vec<(String, i64)> = Vec::new();
+        let mut states: Vec<(String, i64)> = Vec::new();
+        for (_, version, state, n) in fleet.iter().filter(|(group, ..)| *group == g.name) {
+            add(&mut versions, version, *n);
+            add(&mut states, state, *n);
+        }
+        out.push(RolloutStatus {
+            hosts: versions.iter().map(|v| v.1).sum(),
+            group: g.name,
+            channel: g.channel,
+            target_version: target,
+            paused: !g.policy.updates_enabled,
+            halted: g.halted,
+            halted_reason: g.halted_reason,
+            versions,
+            states,
+            granted_in_period: counts.granted_in_period,
+            in_progress: counts.outstanding,
+            succeeded: counts.succeeded,
+            failed: counts.failed,
+        });
+    }
+    Ok(Json(out))
+}
+
+fn add(counts: &mut Vec<(String, i64)>, key: &str, n: i64) {
+    match counts.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) => entry.1 += n,
+        None => counts.push((key.to_string(), n)),
+    }
+}

@@ -1,0 +1,319 @@
+//! Helpers for rollout-server tests and benchmarks: a PostgreSQL started in a temporary
+//! directory, `cairn-server` as a process or in-process, small signed releases, and a JSON client.
+
+use anyhow::{Context, Result, anyhow, bail};
+use cairn_release::keys::SecretKey;
+use cairn_release::manifest::{Artifact, ArtifactKind, Compression, FORMAT, Release, VerityInfo, sign};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A PostgreSQL server of its own: data in a temporary directory, listening on 127.0.0.1 on a
+/// free port and on a socket in that directory; stopped (immediately) on drop.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+fn postgres_bin() -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (/usr/lib/postgresql): run ./scripts/setup.sh (apt package postgresql)")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop().ok_or_else(|| anyhow!("no initdb under /usr/lib/postgresql/*/bin: install the postgresql package"))
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Postgres {
+    pub fn start() -> Result<Postgres> {
+        let bin = postgres_bin()?;
+        let dir = tempfile::Builder::new().prefix("cairn-pg").tempdir()?;
+        let root = nix::unistd::geteuid().is_root();
+        // PostgreSQL refuses to run as root: as root, run it as the package's postgres user.
+        if root {
+            let pg = nix::unistd::User::from_name("postgres")?.ok_or_else(|| anyhow!("no postgres user"))?;
+            nix::unistd::chown(dir.path(), Some(pg.uid), Some(pg.gid))?;
+        }
+        let run = |program: &str, args: &[&str]| -> Result<()> {
+            let mut cmd = if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+                c
+            } else {
+                Command::new(bin.join(program))
+            };
+            let out = cmd.args(args).output().with_context(|| format!("running {program}"))?;
+            if !out.status.success() {
+                bail!(
+                    "{program} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        let data = dir.path().join("data");
+        let data_s = data.to_str().expect("utf-8 temp path");
+        run("initdb", &["-D", data_s, "-U", "cairn", "--auth=trust", "-E", "UTF8", "--no-sync"])?;
+        let port = free_port()?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=100",
+            dir.path().display()
+        );
+        let log = dir.path().join("log");
+        run("pg_ctl", &["-D", data_s, "-l", log.to_str().expect("utf-8"), "-o", &options, "-w", "-t", "60", "start"])?;
+        run("createdb", &["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "cairn", "cairn"])?;
+        Ok(Postgres { dir, bin, port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://cairn@127.0.0.1:{}/cairn", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = cmd.args(["-D"]).arg(&data).args(["-m", "immediate", "stop"]).output();
+    }
+}
+
+/// The `cairn-server` binary of this workspace, built if needed (same profile as the tests).
+pub fn server_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("odd test binary path"))?;
+    let bin = profile_dir.join("cairn-server");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "cairn-server", "--bin", "cairn-server"]).current_dir(crate::workspace());
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("cargo build -p cairn-server")?;
+    if !status.success() || !bin.exists() {
+        bail!("could not build {}", bin.display());
+    }
+    Ok(bin)
+}
+
+/// `cairn-server serve` as a process; killed on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts `cairn-server serve ARGS --listen 127.0.0.1:0` and waits for its address.
+    pub fn spawn(args: &[String]) -> Result<ServerProcess> {
+        let mut child = Command::new(server_binary()?)
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting cairn-server")?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("cairn-server listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => Ok(ServerProcess { child, url }),
+            Err(_) => {
+                let _ = child.kill();
+                bail!("cairn-server did not say where it listens within 60 s")
+            }
+        }
+    }
+
+    pub fn sigkill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("cairn-server did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `cairn-server token create ARGS`: the token it prints.
+pub fn create_token(store_args: &[String]) -> Result<String> {
+    let out = Command::new(server_binary()?).args(["token", "create"]).args(store_args).output()?;
+    if !out.status.success() {
+        bail!("token create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// A small signed release in `dir/VERSION/`: release.json, its signature and two artifacts of
+/// random bytes. Enough for the server, which checks signatures, sizes and hashes, not contents.
+pub fn fake_release(dir: &Path, version: &str, key: &SecretKey) -> Result<PathBuf> {
+    let out = dir.join(version);
+    std::fs::create_dir_all(&out)?;
+    let mut artifacts = Vec::new();
+    for (name, kind, size) in [("uki.efi", ArtifactKind::Uki, 70_000usize), ("usr.img.zst", ArtifactKind::Usr, 130_000)]
+    {
+        let mut bytes = vec![0u8; size];
+        let mut h = Sha256::digest(format!("{version}/{name}").as_bytes()).to_vec();
+        for chunk in bytes.chunks_mut(32) {
+            h = Sha256::digest(&h).to_vec();
+            chunk.copy_from_slice(&h[..chunk.len()]);
+        }
+        std::fs::write(out.join(name), &bytes)?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        artifacts.push(Artifact {
+            name: name.into(),
+            kind,
+            size: size as u64,
+            sha256: sha.clone(),
+            compression: Compression::None,
+            uncompressed_size: size as u64,
+            uncompressed_sha256: sha,
+            verity: (kind == ArtifactKind::Usr).then(|| VerityInfo {
+                root_hash: "00".repeat(32),
+                salt: "00".repeat(32),
+                data_blocks: 1,
+                hash_offset: 4096,
+            }),
+        });
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let release = Release {
+        format: FORMAT,
+        os_id: "cairn".into(),
+        version: version.into(),
+        created: now,
+        expires: now + 86400 * 30,
+        artifacts,
+    };
+    let manifest = serde_json::to_vec_pretty(&release)?;
+    std::fs::write(out.join("release.json"), &manifest)?;
+    std::fs::write(out.join("release.json.sig"), sign(&manifest, &[key]))?;
+    Ok(out)
+}
+
+/// A JSON client of the server's API.
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+    client: reqwest::blocking::Client,
+}
+
+impl Api {
+    pub fn new(base: &str, token: Option<&str>) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.map(str::to_string),
+            client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+        }
+    }
+
+    /// `(status, body as JSON or Null)`.
+    pub fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send()?;
+        let status = resp.status().as_u16();
+        let text = resp.text()?;
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Ok((status, value))
+    }
+
+    pub fn get(&self, path: &str) -> Result<(u16, Value)> {
+        self.call("GET", path, None)
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+        self.call(method, path, Some(serde_json::to_vec(body)?))
+    }
+
+    /// Like `send`, but fails unless the status is 2xx.
+    pub fn ok(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
+        let (status, value) = self.send(method, path, body)?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: {status} {value}");
+        }
+        Ok(value)
+    }
+
+    /// Uploads the release in `dir` (documents, then each artifact).
+    pub fn upload(&self, dir: &Path) -> Result<Value> {
+        let manifest = std::fs::read_to_string(dir.join("release.json"))?;
+        let signature = std::fs::read_to_string(dir.join("release.json.sig"))?;
+        let status =
+            self.ok("POST", "/v1/admin/packages", &serde_json::json!({"manifest": manifest, "signature": signature}))?;
+        let version = status["version"].as_str().ok_or_else(|| anyhow!("no version in {status}"))?.to_string();
+        let mut last = status.clone();
+        for missing in status["missing"].as_array().cloned().unwrap_or_default() {
+            let name = missing[0].as_str().ok_or_else(|| anyhow!("odd missing entry {missing}"))?;
+            let body = std::fs::read(dir.join(name))?;
+            let (code, value) =
+                self.call("PUT", &format!("/v1/admin/packages/{version}/artifacts/{name}"), Some(body))?;
+            if code != 200 {
+                bail!("uploading {name}: {code} {value}");
+            }
+            last = value;
+        }
+        Ok(last)
+    }
+}
+
+/// A check-in document.
+pub fn checkin(id: &str, group: &str, version: &str) -> Value {
+    serde_json::json!({
+        "format": 1, "instance_id": id, "group": group, "os_id": "cairn",
+        "version": version, "slot": "a", "state": "idle", "rolled_back": []
+    })
+}
+
+pub fn event(id: &str, kind: &str, version: &str) -> Value {
+    serde_json::json!({"format": 1, "instance_id": id, "kind": kind, "version": version})
+}

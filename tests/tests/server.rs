@@ -1,0 +1,459 @@
+//! cairn-server against real databases (SQLite in a temporary directory, PostgreSQL started by
+//! the test) over real HTTP on loopback: the admin and agent APIs, refusals of bad input, the
+//! rollout policy with many simulated agents and an injected clock, and durability across
+//! SIGKILL and clean shutdowns.
+
+use anyhow::Result;
+use cairn_release::keys::SecretKey;
+use cairn_server::clock::{Clock, ManualClock, SystemClock};
+use cairn_server::db::Db;
+use cairn_server::rollout::Server;
+use cairn_server::serve::{self, Running};
+use cairn_tests::server::{Api, Postgres, ServerProcess, checkin, create_token, event, fake_release};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+fn release_key() -> SecretKey {
+    SecretKey::from_seed(*b"cairn server test release key 01")
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A server in this process (so the test owns its clock), on a real socket.
+struct InProcess {
+    rt: tokio::runtime::Runtime,
+    running: Option<Running>,
+    clock: Arc<ManualClock>,
+    url: String,
+    token: String,
+    tmp: tempfile::TempDir,
+    _pg: Option<Postgres>,
+}
+
+impl InProcess {
+    fn start(backend: Backend) -> Result<InProcess> {
+        let tmp = tempfile::tempdir()?;
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Postgres::start()?),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let data = tmp.path().join("data");
+        let token = cairn_server::tokens::generate()?;
+        let running = rt.block_on(async {
+            let db = match &pg {
+                None => Db::sqlite(&data).await?,
+                Some(pg) => Db::postgres(&pg.url()).await?,
+            };
+            cairn_server::store::insert_token(&db, &cairn_server::tokens::hash(&token), "test", 0).await?;
+            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()));
+            serve::start(Arc::new(server), std::net::TcpListener::bind("127.0.0.1:0")?, None)
+        })?;
+        let url = format!("http://{}", running.addr);
+        Ok(InProcess { rt, running: Some(running), clock, url, token, tmp, _pg: pg })
+    }
+
+    fn admin(&self) -> Api {
+        Api::new(&self.url, Some(&self.token))
+    }
+
+    fn agent(&self) -> Api {
+        Api::new(&self.url, None)
+    }
+
+    /// Uploads release `version` (signed by the trusted key) and makes it the channel's.
+    fn release(&self, version: &str, channel: &str) -> Result<()> {
+        let dir = fake_release(&self.tmp.path().join("releases"), version, &release_key())?;
+        let status = self.admin().upload(&dir)?;
+        assert_eq!(status["complete"], json!(true), "{status}");
+        self.admin().ok("PUT", &format!("/v1/admin/channels/{channel}"), &json!({"version": version}))?;
+        Ok(())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = self.rt.block_on(r.shutdown());
+        }
+    }
+}
+
+fn error_of(v: &Value) -> String {
+    v["error"].as_str().unwrap_or_else(|| panic!("no JSON error in {v}")).to_string()
+}
+
+/// Every admin and agent endpoint, and a refusal of each kind of bad input with nothing changed.
+fn api_scenario(backend: Backend) -> Result<()> {
+    let s = InProcess::start(backend)?;
+    let admin = s.admin();
+    let agent = s.agent();
+
+    // Tokens.
+    let (code, body) = agent.get("/v1/admin/groups")?;
+    assert_eq!(code, 401);
+    assert!(error_of(&body).contains("token is required"));
+    let (code, body) = Api::new(&s.url, Some("cairn_wrong")).get("/v1/admin/groups")?;
+    assert_eq!((code, error_of(&body).contains("not valid")), (401, true));
+
+    // The default group follows the channel stable from the start.
+    let groups = admin.ok("GET", "/v1/admin/groups", &Value::Null)?;
+    assert_eq!(groups[0]["name"], "default");
+    assert_eq!(groups[0]["channel"], "stable");
+    assert_eq!(groups[0]["channel_version"], Value::Null);
+
+    // A package signed by another key changes nothing.
+    let releases = s.tmp.path().join("releases");
+    let foreign = fake_release(&releases.join("foreign"), "2", &SecretKey::from_seed([9; 32]))?;
+    let manifest = std::fs::read_to_string(foreign.join("release.json"))?;
+    let signature = std::fs::read_to_string(foreign.join("release.json.sig"))?;
+    let (code, body) =
+        admin.send("POST", "/v1/admin/packages", &json!({"manifest": manifest, "signature": signature}))?;
+    assert_eq!(code, 400);
+    assert!(error_of(&body).contains("signed by no trusted key"), "{body}");
+    let (code, body) = admin.send(
+        "POST",
+        "/v1/admin/packages",
+        &json!({"manifest": manifest.replace("cairn", "evil"), "signature": signature}),
+    )?;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(admin.ok("GET", "/v1/admin/packages", &Value::Null)?, json!([]));
+
+    // The real one: documents first, then artifacts, each checked against the signature.
+    let dir = fake_release(&releases, "2", &release_key())?;
+    let manifest = std::fs::read_to_string(dir.join("release.json"))?;
+    let signature = std::fs::read_to_string(dir.join("release.json.sig"))?;
+    let (code, status) =
+        admin.send("POST", "/v1/admin/packages", &json!({"manifest": manifest, "signature": signature}))?;
+    assert_eq!(code, 201, "{status}");
+    assert_eq!(status["complete"], json!(false));
+    assert_eq!(status["missing"].as_array().map(Vec::len), Some(2));
+    let put =
+        |name: &str, body: Vec<u8>| admin.call("PUT", &format!("/v1/admin/packages/2/artifacts/{name}"), Some(body));
+    let uki = std::fs::read(dir.join("uki.efi"))?;
+    let mut altered = uki.clone();
+    altered[100] ^= 1;
+    let (code, body) = put("uki.efi", altered)?;
+    assert_eq!(code, 400);
+    assert!(error_of(&body).contains("does not match the signed"), "{body}");
+    let (code, body) = put("uki.efi", [uki.clone(), vec![0]].concat())?;
+    assert_eq!((code, error_of(&body).contains("larger than")), (413, true), "{body}");
+    let (code, body) = put("..%2F..%2Fcairn-server.db", uki.clone())?;
+    assert_eq!(code, 400, "{body}");
+    assert!(error_of(&body).contains("not a plain file name"), "{body}");
+    let (code, body) = put("other.bin", uki.clone())?;
+    assert_eq!((code, error_of(&body).contains("not an artifact")), (404, true), "{body}");
+    assert!(!s.tmp.path().join("data/packages/2/uki.efi").exists(), "a refused upload left a file");
+    // Incomplete: not offered, and no channel may point at it.
+    let (code, body) = admin.send("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
+    assert_eq!((code, error_of(&body).contains("not completely uploaded")), (400, true), "{body}");
+    let status = admin.upload(&dir)?;
+    assert_eq!(status["complete"], json!(true), "{status}");
+    let (code, body) = admin.send("PUT", "/v1/admin/channels/stable", &json!({"version": "9"}))?;
+    assert_eq!((code, error_of(&body).contains("no package")), (400, true), "{body}");
+
+    // Before the channel has a version, hosts are told why there is nothing.
+    let reply = agent.ok("POST", "/v1/checkin", &checkin("h1", "default", "1"))?;
+    assert_eq!(reply["update"], Value::Null);
+    assert!(reply["reason"].as_str().unwrap_or_default().contains("no version yet"), "{reply}");
+    admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
+
+    // Malformed check-ins.
+    let (code, body) = agent.call("POST", "/v1/checkin", Some(b"{".to_vec()))?;
+    assert_eq!(code, 400);
+    assert!(error_of(&body).starts_with("check-in:"), "{body}");
+    let mut typo = checkin("h1", "default", "1");
+    typo["slott"] = json!("a");
+    let (code, body) = agent.send("POST", "/v1/checkin", &typo)?;
+    assert_eq!((code, error_of(&body).contains("slott")), (400, true), "{body}");
+    let (code, body) = agent.send("POST", "/v1/checkin", &checkin("../../etc", "default", "1"))?;
+    assert_eq!((code, error_of(&body).starts_with("instance_id")), (400, true), "{body}");
+    let (code, body) = agent.send("POST", "/v1/checkin", &checkin("h1", "nope", "1"))?;
+    assert_eq!((code, error_of(&body).contains("unknown group")), (404, true), "{body}");
+
+    // A host behind the channel is offered the release; what it fetches is what was signed.
+    let reply = agent.ok("POST", "/v1/checkin", &checkin("h1", "default", "1"))?;
+    let offer = &reply["update"];
+    assert_eq!(offer["version"], "2", "{reply}");
+    assert_eq!(offer["path"], "v1/packages/2");
+    assert_eq!(offer["manifest_sha256"], hex::encode(Sha256::digest(manifest.as_bytes())));
+    let http = reqwest::blocking::Client::new();
+    let got = http.get(format!("{}/v1/packages/2/release.json", s.url)).send()?.bytes()?;
+    assert_eq!(&got[..], manifest.as_bytes());
+    let usr = std::fs::read(dir.join("usr.img.zst"))?;
+    let part = http.get(format!("{}/v1/packages/2/usr.img.zst", s.url)).header("range", "bytes=1000-1999").send()?;
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(&part.bytes()?[..], &usr[1000..2000]);
+    let (code, _) = agent.get("/v1/packages/2/..%2F..%2Fcairn-server.db")?;
+    assert_eq!(code, 400);
+    let (code, _) = agent.get("/v1/packages/2/cairn-server.db")?;
+    assert_eq!(code, 404);
+
+    // Events.
+    let (code, body) = agent.send("POST", "/v1/events", &event("stranger", "staged", "2"))?;
+    assert_eq!((code, error_of(&body).contains("unknown instance")), (404, true), "{body}");
+    let (code, body) = agent.send(
+        "POST",
+        "/v1/events",
+        &json!({"format": 1, "instance_id": "h1", "kind": "exploded", "version": "2"}),
+    )?;
+    assert_eq!(code, 400, "{body}");
+    for kind in ["staged", "blessed"] {
+        let (code, body) = agent.send("POST", "/v1/events", &event("h1", kind, "2"))?;
+        assert_eq!(code, 204, "{body}");
+    }
+    agent.ok("POST", "/v1/checkin", &checkin("h1", "default", "2"))?;
+    let events = admin.ok("GET", "/v1/admin/events?instance=h1", &Value::Null)?;
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["granted", "staged", "blessed"]);
+    let rollout = admin.ok("GET", "/v1/admin/rollout?group=default", &Value::Null)?;
+    assert_eq!(rollout[0]["versions"], json!([["2", 1]]), "{rollout}");
+    assert_eq!((rollout[0]["succeeded"].as_u64(), rollout[0]["halted"].as_bool()), (Some(1), Some(false)));
+    let instances = admin.ok("GET", "/v1/admin/instances?version=2", &Value::Null)?;
+    assert_eq!(instances[0]["id"], "h1");
+    let (code, _) = admin.get("/v1/admin/rollout?group=nope")?;
+    assert_eq!(code, 404);
+
+    // Groups and channels: bad settings refused.
+    for (body, expect) in [
+        (json!({"name": "canary", "percentage": 150}), "percentage"),
+        (json!({"name": "canary", "channel": "nightly"}), "unknown channel"),
+        (json!({"name": "Canary"}), "group"),
+        (json!({"name": "canary", "max_per_perod": 3}), "max_per_perod"),
+    ] {
+        let (code, reply) = admin.send("POST", "/v1/admin/groups", &body)?;
+        assert_eq!(code, 400, "{body} -> {reply}");
+        assert!(error_of(&reply).contains(expect), "{body} -> {reply}");
+    }
+    let (code, _) = admin.send("POST", "/v1/admin/groups", &json!({"name": "default"}))?;
+    assert_eq!(code, 409);
+    assert_eq!(admin.ok("GET", "/v1/admin/groups", &Value::Null)?.as_array().map(Vec::len), Some(1));
+    let (code, body) = admin.send("DELETE", "/v1/admin/packages/2", &Value::Null)?;
+    assert_eq!((code, error_of(&body).contains("channel stable")), (409, true), "{body}");
+
+    // Metrics.
+    let text = http.get(format!("{}/metrics", s.url)).send()?.text()?;
+    assert!(text.contains("cairn_server_checkins_total{result=\"offer\"} 1"), "{text}");
+    assert!(text.contains("cairn_server_grants_total 1"), "{text}");
+    assert!(text.contains("cairn_server_instances{group=\"default\",version=\"2\",state=\"idle\"} 1"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn api_on_sqlite() -> Result<()> {
+    api_scenario(Backend::Sqlite)
+}
+
+#[test]
+fn api_on_postgres() -> Result<()> {
+    api_scenario(Backend::Postgres)
+}
+
+fn offered(reply: &Value) -> bool {
+    !reply["update"].is_null()
+}
+
+/// With at most 2 per hour, 50 agents checking in every minute get exactly 2 grants in the first
+/// hour, and 2 more in the next; safe mode grants one until it succeeds; 3 rollbacks halt.
+fn policy_scenario(backend: Backend) -> Result<()> {
+    let s = InProcess::start(backend)?;
+    let (admin, agent) = (s.admin(), s.agent());
+    s.release("2", "stable")?;
+    admin.ok(
+        "POST",
+        "/v1/admin/groups",
+        &json!({"name": "fleet", "max_per_period": 2, "period_s": 3600, "halt_after": 0}),
+    )?;
+    let mut granted = BTreeSet::new();
+    for _minute in 0..60 {
+        for h in 0..50 {
+            let id = format!("host-{h}");
+            if offered(&agent.ok("POST", "/v1/checkin", &checkin(&id, "fleet", "1"))?) {
+                granted.insert(id);
+            }
+        }
+        s.clock.advance_s(60);
+    }
+    assert_eq!(granted.len(), 2, "first hour: {granted:?}");
+    let status = admin.ok("GET", "/v1/admin/rollout?group=fleet", &Value::Null)?;
+    assert_eq!(status[0]["hosts"], 50, "{status}");
+    // The next hour: 2 new grants (the first two timed out unreported, so they count as failed
+    // and those hosts may be granted again).
+    let mut second_hour = 0;
+    for h in 0..50 {
+        if offered(&agent.ok("POST", "/v1/checkin", &checkin(&format!("host-{h}"), "fleet", "1"))?) {
+            second_hour += 1;
+        }
+    }
+    assert_eq!(second_hour, 2);
+    let status = admin.ok("GET", "/v1/admin/rollout?group=fleet", &Value::Null)?;
+    assert_eq!((status[0]["granted_in_period"].as_u64(), status[0]["failed"].as_u64()), (Some(2), Some(2)), "{status}");
+    let events = admin.ok("GET", "/v1/admin/events?group=fleet&limit=1000", &Value::Null)?;
+    assert_eq!(events.as_array().unwrap().iter().filter(|e| e["kind"] == "granted").count(), 4, "{events}");
+
+    // Safe mode.
+    admin.ok("POST", "/v1/admin/groups", &json!({"name": "canary", "safe_mode": true, "max_per_period": 100}))?;
+    assert!(offered(&agent.ok("POST", "/v1/checkin", &checkin("c-a", "canary", "1"))?));
+    let reply = agent.ok("POST", "/v1/checkin", &checkin("c-b", "canary", "1"))?;
+    assert!(reply["reason"].as_str().unwrap_or_default().contains("safe mode"), "{reply}");
+    assert!(
+        offered(&agent.ok("POST", "/v1/checkin", &checkin("c-a", "canary", "1"))?),
+        "the granted host keeps its offer"
+    );
+    agent.ok("POST", "/v1/events", &event("c-a", "blessed", "2"))?;
+    assert!(offered(&agent.ok("POST", "/v1/checkin", &checkin("c-b", "canary", "1"))?));
+    assert!(offered(&agent.ok("POST", "/v1/checkin", &checkin("c-c", "canary", "1"))?));
+
+    // Three rollbacks halt the group by themselves; resuming forgives them.
+    admin.ok("POST", "/v1/admin/groups", &json!({"name": "edge", "halt_after": 3, "max_per_period": 100}))?;
+    for h in ["e-a", "e-b", "e-c", "e-d"] {
+        assert!(offered(&agent.ok("POST", "/v1/checkin", &checkin(h, "edge", "1"))?));
+    }
+    for h in ["e-a", "e-b", "e-c"] {
+        agent.ok(
+            "POST",
+            "/v1/events",
+            &json!({"format": 1, "instance_id": h, "kind": "rolled-back", "version": "2", "error": "did not boot"}),
+        )?;
+    }
+    let status = admin.ok("GET", "/v1/admin/rollout?group=edge", &Value::Null)?;
+    assert_eq!(status[0]["halted"], json!(true), "{status}");
+    assert_eq!(status[0]["failed"], json!(3), "{status}");
+    assert!(status[0]["halted_reason"].as_str().unwrap_or_default().contains("3 failures"), "{status}");
+    let reply = agent.ok("POST", "/v1/checkin", &checkin("e-e", "edge", "1"))?;
+    assert!(reply["reason"].as_str().unwrap_or_default().contains("halted"), "{reply}");
+    let instance = admin.ok("GET", "/v1/admin/instances?group=edge", &Value::Null)?;
+    assert!(instance[0]["last_error"].as_str().unwrap_or_default().contains("did not boot"), "{instance}");
+    admin.ok("PATCH", "/v1/admin/groups/edge", &json!({"halted": false}))?;
+    assert!(offered(&agent.ok("POST", "/v1/checkin", &checkin("e-e", "edge", "1"))?));
+    // Pause.
+    admin.ok("PATCH", "/v1/admin/groups/edge", &json!({"updates_enabled": false}))?;
+    let reply = agent.ok("POST", "/v1/checkin", &checkin("e-f", "edge", "1"))?;
+    assert!(reply["reason"].as_str().unwrap_or_default().contains("paused"), "{reply}");
+    Ok(())
+}
+
+#[test]
+fn policy_with_simulated_agents_on_sqlite() -> Result<()> {
+    policy_scenario(Backend::Sqlite)
+}
+
+#[test]
+fn policy_with_simulated_agents_on_postgres() -> Result<()> {
+    policy_scenario(Backend::Postgres)
+}
+
+fn setup_process(data: &Path, key_file: &Path) -> Result<(ServerProcess, Api)> {
+    let store = vec!["--data".to_string(), data.display().to_string()];
+    let token = create_token(&store)?;
+    let mut args = store;
+    args.extend(["--trust".to_string(), key_file.display().to_string()]);
+    let server = ServerProcess::spawn(&args)?;
+    let api = Api::new(&server.url, Some(&token));
+    Ok((server, api))
+}
+
+/// Killed with SIGKILL mid-rollout, the server comes back with every grant and event it
+/// acknowledged; stopped with SIGTERM, with every heartbeat.
+#[test]
+fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let key_file = tmp.path().join("release.pub");
+    std::fs::write(&key_file, release_key().public().to_text())?;
+    let (mut server, admin) = setup_process(&data, &key_file)?;
+    let dir = fake_release(&tmp.path().join("releases"), "2", &release_key())?;
+    admin.upload(&dir)?;
+    admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
+    admin.ok("PATCH", "/v1/admin/groups/default", &json!({"max_per_period": 100000, "halt_after": 0}))?;
+
+    // Clean shutdown: a heartbeat (a check-in that changes nothing) is written at stop.
+    let agent = Api::new(&server.url, None);
+    agent.ok("POST", "/v1/checkin", &checkin("steady", "default", "2"))?;
+    let before = SystemClock.now_ms();
+    agent.ok("POST", "/v1/checkin", &checkin("steady", "default", "2"))?;
+    assert!(server.stop()?.success());
+    let mut server = ServerProcess::spawn(&[
+        "--data".into(),
+        data.display().to_string(),
+        "--trust".into(),
+        key_file.display().to_string(),
+    ])?;
+    let admin = Api::new(&server.url, admin.token.as_deref());
+    let steady = admin.ok("GET", "/v1/admin/instances?version=2", &Value::Null)?;
+    assert!(steady[0]["last_checkin"].as_i64().unwrap_or(0) >= before, "heartbeat lost at shutdown: {steady}");
+
+    // A rollout from 4 threads; SIGKILL once 150 operations were acknowledged.
+    let url = server.url.clone();
+    let acked = Arc::new(std::sync::Mutex::new((HashSet::new(), HashSet::new())));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (url, acked, stop) = (url.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let agent = Api::new(&url, None);
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let id = format!("t{t}-{i}");
+                    let Ok((200, reply)) = agent.send("POST", "/v1/checkin", &checkin(&id, "default", "1")) else {
+                        return;
+                    };
+                    if offered(&reply) {
+                        acked.lock().unwrap().0.insert(id.clone());
+                    }
+                    let kind = if i % 3 == 0 { "failed" } else { "staged" };
+                    let Ok((204, _)) = agent.send("POST", "/v1/events", &event(&id, kind, "2")) else { return };
+                    acked.lock().unwrap().1.insert((id, kind));
+                }
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while acked.lock().unwrap().1.len() < 150 {
+        assert!(std::time::Instant::now() < deadline, "the simulated rollout made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.sigkill()?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let (grants, events) = acked.lock().unwrap().clone();
+    assert!(grants.len() >= 150, "{} grants", grants.len());
+
+    let server = ServerProcess::spawn(&[
+        "--data".into(),
+        data.display().to_string(),
+        "--trust".into(),
+        key_file.display().to_string(),
+    ])?;
+    let admin = Api::new(&server.url, admin.token.as_deref());
+    let stored = admin.ok("GET", "/v1/admin/events?limit=100000", &Value::Null)?;
+    let stored: HashSet<(String, String)> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["instance_id"].as_str().unwrap().to_string(), e["kind"].as_str().unwrap().to_string()))
+        .collect();
+    for id in &grants {
+        assert!(stored.contains(&(id.clone(), "granted".into())), "acknowledged grant to {id} lost");
+    }
+    for (id, kind) in &events {
+        assert!(stored.contains(&(id.clone(), kind.to_string())), "acknowledged event {kind} of {id} lost");
+    }
+    let rollout = admin.ok("GET", "/v1/admin/rollout?group=default", &Value::Null)?;
+    let failed = events.iter().filter(|(_, k)| *k == "failed").count() as u64;
+    assert!(rollout[0]["failed"].as_u64().unwrap_or(0) >= failed, "{rollout}");
+    eprintln!("after SIGKILL: {} acknowledged grants and {} events all present", grants.len(), events.len());
+    Ok(())
+}
