@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
-use crate::policy::{Decision, HostView, decide, should_halt, target_version};
+use crate::policy::{Decision, GroupPolicy, HostView, RolloutCounts, decide, should_halt, target_version};
 use crate::store::{self, Group, Instance};
 use cairn_release::checkin::{CheckIn, CheckInReply, Event, EventKind, FORMAT, Offer};
 use cairn_release::keys::PublicKey;
@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 /// How long a group's settings are reused before they are read again. Changes made through this
 /// server apply at once; changes made through another replica within this time.
 const GROUP_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// How long (by the server's clock) a rollout's counts are reused to answer check-ins. They only
+/// decide whether a grant is worth trying: a grant itself counts again under the group's lock.
+const COUNTS_CACHE_MS: i64 = 250;
 
 /// A group as check-ins need it: settings and the release it installs.
 #[derive(Debug)]
@@ -37,7 +41,10 @@ pub struct Server {
     pub data_dir: Option<PathBuf>,
     pub metrics: Metrics,
     groups: Mutex<HashMap<String, (Instant, Arc<GroupView>)>>,
-    heartbeats: Mutex<HashMap<String, Instance>>,
+    /// Hosts whose check-in changed nothing but the time: id -> time, written in batches.
+    heartbeats: Mutex<HashMap<String, i64>>,
+    /// `(group, version)` -> (counted at, counts).
+    counts: Mutex<HashMap<(String, String), (i64, RolloutCounts)>>,
 }
 
 /// The path agents fetch a stored package from, relative to the server's URL.
@@ -55,6 +62,7 @@ impl Server {
             metrics: Metrics::new(),
             groups: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
+            counts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -62,9 +70,33 @@ impl Server {
         self.clock.now_ms()
     }
 
-    /// Forgets cached group settings after a change.
+    /// Forgets cached group settings and rollout counts after a change.
     pub fn invalidate_groups(&self) {
         self.groups.lock().expect("groups lock").clear();
+        self.invalidate_counts();
+    }
+
+    fn invalidate_counts(&self) {
+        self.counts.lock().expect("counts lock").clear();
+    }
+
+    /// The rollout's counts, recent enough to decide whether to try a grant.
+    async fn recent_counts(
+        &self,
+        group: &str,
+        version: &str,
+        policy: &GroupPolicy,
+        now: i64,
+    ) -> ApiResult<RolloutCounts> {
+        let key = (group.to_string(), version.to_string());
+        if let Some((at, counts)) = self.counts.lock().expect("counts lock").get(&key)
+            && (0..COUNTS_CACHE_MS).contains(&(now - at))
+        {
+            return Ok(*counts);
+        }
+        let counts = store::rollout_counts(&self.db.read, group, version, policy, now).await?;
+        self.counts.lock().expect("counts lock").insert(key, (now, counts));
+        Ok(counts)
     }
 
     pub async fn group_view(&self, name: &str) -> ApiResult<Arc<GroupView>> {
@@ -129,8 +161,7 @@ impl Server {
         let behind = target.is_some_and(|t| cairn_release::version::compare(&c.version, t) == Ordering::Less);
         let mut halted = view.group.halted;
         let mut decision = if behind {
-            let counts =
-                store::rollout_counts(&self.db.read, &view.group.name, target.unwrap_or_default(), policy, now).await?;
+            let counts = self.recent_counts(&view.group.name, target.unwrap_or_default(), policy, now).await?;
             if !halted && should_halt(policy, &counts) {
                 self.halt(&view.group.name, &format!("{} failures of {}", counts.failed, target.unwrap_or_default()))
                     .await?;
@@ -150,7 +181,7 @@ impl Server {
             self.heartbeats.lock().expect("heartbeats lock").remove(&instance.id);
             store::upsert_instance(&self.db.write, &instance).await?;
         } else {
-            self.heartbeats.lock().expect("heartbeats lock").insert(instance.id.clone(), instance);
+            self.heartbeats.lock().expect("heartbeats lock").insert(instance.id, now);
         }
 
         let reply = match decision {
@@ -194,6 +225,7 @@ impl Server {
         self.heartbeats.lock().expect("heartbeats lock").remove(&instance.id);
         store::upsert_instance(&mut *tx, instance).await?;
         tx.commit().await?;
+        self.invalidate_counts();
         if let Decision::Offer { version, new_grant: true } = &decision {
             self.metrics.grants.inc();
             tracing::info!(group = g.name, instance = instance.id, version, "granted");
@@ -262,6 +294,7 @@ impl Server {
             }
         }
         tx.commit().await?;
+        self.invalidate_counts();
         self.metrics.event(kind);
         if failure {
             tracing::warn!(
@@ -289,8 +322,8 @@ impl Server {
             return Ok(0);
         }
         let mut tx = self.db.write.begin_with(self.db.dialect.begin_write()).await?;
-        for i in batch.values() {
-            store::upsert_instance(&mut *tx, i).await?;
+        for (id, at) in &batch {
+            store::touch_instance(&mut *tx, id, *at).await?;
         }
         tx.commit().await?;
         Ok(batch.len())

@@ -4,7 +4,8 @@
 use crate::rollout::Server;
 use anyhow::{Context, Result};
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
@@ -36,9 +37,14 @@ pub fn start(server: Arc<Server>, listener: TcpListener, tls: Option<RustlsConfi
     let addr = listener.local_addr()?;
     let handle = Handle::new();
     let app = crate::api::router(server.clone()).into_make_service();
+    // TCP_NODELAY: replies are small; Nagle's algorithm would hold a body written apart from its
+    // headers until the client's delayed ACK (40 ms).
+    let http_server = axum_server::from_tcp(listener).handle(handle.clone());
     let http = match tls {
-        Some(config) => tokio::spawn(axum_server::from_tcp_rustls(listener, config).handle(handle.clone()).serve(app)),
-        None => tokio::spawn(axum_server::from_tcp(listener).handle(handle.clone()).serve(app)),
+        Some(config) => {
+            tokio::spawn(http_server.acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new())).serve(app))
+        }
+        None => tokio::spawn(http_server.acceptor(NoDelayAcceptor::new()).serve(app)),
     };
     let (stop_flusher, mut stop) = watch::channel(false);
     let flusher = tokio::spawn({

@@ -365,6 +365,16 @@ pub async fn upsert_instance<'e, E: Executor<'e, Database = Any>>(e: E, i: &Inst
     Ok(())
 }
 
+/// Records a check-in that changed nothing but the time.
+pub async fn touch_instance<'e, E: Executor<'e, Database = Any>>(e: E, id: &str, at: i64) -> Result<()> {
+    sqlx::query("UPDATE instances SET last_checkin = $2 WHERE id = $1 AND last_checkin < $2")
+        .bind(id)
+        .bind(at)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
 pub async fn instances(db: &Db, f: &InstanceFilter) -> Result<Vec<Instance>> {
     let rows = sqlx::query(&format!(
         "SELECT {INSTANCE_COLUMNS} FROM instances i WHERE ($1 IS NULL OR i.group_name = $1) \

@@ -98,7 +98,11 @@ impl Drop for Postgres {
 /// The `cairn-server` binary of this workspace, built if needed (same profile as the tests).
 pub fn server_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("odd test binary path"))?;
+    // target/PROFILE/deps/TEST for tests, target/PROFILE/BIN for benchmarks.
+    let mut profile_dir = exe.parent().ok_or_else(|| anyhow!("odd binary path"))?;
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().ok_or_else(|| anyhow!("odd test binary path"))?;
+    }
     let bin = profile_dir.join("cairn-server");
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut cmd = Command::new(env!("CARGO"));

@@ -1,0 +1,265 @@
+//! `cairn-bench-server`: check-ins per second of cairn-server with 100,000 registered hosts, on
+//! SQLite and on PostgreSQL, with p50/p99 latency and the server's memory; and, in the same run,
+//! the ceiling: a plain static file server answering every request with a file of the size of a
+//! check-in reply, loaded by the same client.
+//!
+//! The fleet: every host on version 1 while the channel offers 2 with at most 2 grants per hour,
+//! so each check-in does the full work (the host's row, the rollout's counts, the policy) and
+//! nearly all are answered "rate limit reached". The client keeps `--connections` requests in
+//! flight over keep-alive connections, on the same 2 cores as the server.
+//!
+//! Usage: cargo run --release -p cairn-tests --bin cairn-bench-server [-- --seconds S]
+//!        [--connections C] [--instances N] [--only sqlite|postgres]
+
+use anyhow::{Context, Result, bail};
+use cairn_release::keys::SecretKey;
+use cairn_server::db::Db;
+use cairn_server::store::{self, Instance};
+use cairn_tests::server::{Api, Postgres, ServerProcess, create_token, fake_release};
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Options {
+    seconds: u64,
+    connections: usize,
+    instances: usize,
+    only: Option<String>,
+}
+
+fn options() -> Result<Options> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned());
+    Ok(Options {
+        seconds: value("--seconds").map(|v| v.parse()).transpose()?.unwrap_or(10),
+        connections: value("--connections").map(|v| v.parse()).transpose()?.unwrap_or(32),
+        instances: value("--instances").map(|v| v.parse()).transpose()?.unwrap_or(100_000),
+        only: value("--only"),
+    })
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("cairn-bench-server: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+struct Figures {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+/// Keeps `connections` requests in flight for `seconds` (after 2 s of warm-up).
+fn load(
+    url: &str,
+    body_for: impl Fn(usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+    o: &Options,
+) -> Result<Figures> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(o.connections).build()?;
+    let body_for = Arc::new(body_for);
+    let (warmup, measure) = (Duration::from_secs(2), Duration::from_secs(o.seconds));
+    let results = rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..o.connections)
+            .map(|c| {
+                let (client, url, body_for) = (client.clone(), url.to_string(), body_for.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut errors = 0usize;
+                    let mut n = c.wrapping_mul(7919);
+                    while start.elapsed() < warmup + measure {
+                        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        let sent = Instant::now();
+                        let request = match body_for(n >> 20) {
+                            Some(body) => client.post(&url).header("content-type", "application/json").body(body),
+                            None => client.get(&url),
+                        };
+                        let ok = match request.send().await {
+                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if sent.duration_since(start) >= warmup {
+                            if ok {
+                                latencies.push(sent.elapsed().as_secs_f64());
+                            } else {
+                                errors += 1;
+                            }
+                        }
+                    }
+                    (latencies, errors)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await.expect("load task");
+            all.extend(l);
+            errors += e;
+        }
+        (all, errors)
+    });
+    let (mut latencies, errors) = results;
+    if latencies.is_empty() {
+        bail!("no request succeeded ({errors} errors)");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] * 1000.0;
+    Ok(Figures { per_second: latencies.len() as f64 / o.seconds as f64, p50_ms: pct(0.50), p99_ms: pct(0.99), errors })
+}
+
+fn rss_kb(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// Registers `n` hosts directly in the database (what n first check-ins would have written).
+fn register(store_args: &[String], n: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let db = match store_args[0].as_str() {
+            "--data" => Db::sqlite(std::path::Path::new(&store_args[1])).await?,
+            _ => Db::postgres(&store_args[1]).await?,
+        };
+        let now = cairn_server::clock::Clock::now_ms(&cairn_server::clock::SystemClock);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            let mut tx = db.write.begin().await?;
+            for i in chunk {
+                let instance = Instance {
+                    id: format!("host-{i:06}"),
+                    group: "default".into(),
+                    os_id: "cairn".into(),
+                    version: "1".into(),
+                    slot: "a".into(),
+                    state: "idle".into(),
+                    rolled_back: vec![],
+                    last_error: None,
+                    first_seen: now,
+                    last_checkin: now,
+                };
+                store::upsert_instance(&mut *tx, &instance).await?;
+            }
+            tx.commit().await?;
+        }
+        db.close().await;
+        anyhow::Ok(())
+    })
+}
+
+fn bench_server(name: &str, store_args: Vec<String>, o: &Options, work: &std::path::Path) -> Result<(Figures, u64)> {
+    let key = SecretKey::from_seed(*b"cairn server bench release key!!");
+    let key_file = work.join(format!("{name}.pub"));
+    std::fs::write(&key_file, key.public().to_text())?;
+    let t = Instant::now();
+    register(&store_args, o.instances)?;
+    eprintln!("{name}: registered {} hosts in {:.1} s", o.instances, t.elapsed().as_secs_f64());
+    let token = create_token(&store_args)?;
+    let mut args = store_args.clone();
+    args.extend(["--trust".into(), key_file.display().to_string()]);
+    let server = ServerProcess::spawn(&args)?;
+    let admin = Api::new(&server.url, Some(&token));
+    admin.upload(&fake_release(&work.join(format!("{name}-releases")), "2", &key)?)?;
+    admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
+    admin.ok("PATCH", "/v1/admin/groups/default", &json!({"max_per_period": 2, "halt_after": 0}))?;
+    let instances = o.instances;
+    let figures = load(
+        &format!("{}/v1/checkin", server.url),
+        move |n| {
+            let id = format!("host-{:06}", n % instances);
+            Some(serde_json::to_vec(&cairn_tests::server::checkin(&id, "default", "1")).expect("json"))
+        },
+        o,
+    )?;
+    let (rss, hwm) = rss_kb(server.child.id())?;
+    let rollout = admin.ok("GET", "/v1/admin/rollout?group=default", &serde_json::Value::Null)?;
+    if rollout[0]["hosts"].as_u64() != Some(instances as u64) || rollout[0]["granted_in_period"].as_u64() != Some(2) {
+        bail!("{name}: unexpected rollout state after the run: {rollout}");
+    }
+    eprintln!("{name}: server RSS {} MB now, {} MB peak", rss / 1024, hwm / 1024);
+    Ok((figures, hwm))
+}
+
+fn run() -> Result<()> {
+    let o = options()?;
+    let work = tempfile::Builder::new().prefix("cairn-bench-server-").tempdir_in("/var/tmp")?;
+    println!(
+        "check-ins: {} registered hosts, {} connections, {} s measured after 2 s warm-up, {} cores",
+        o.instances,
+        o.connections,
+        o.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // The reply hosts get, to size the static file.
+    let sample = serde_json::to_vec(
+        &json!({"format": 1, "update": null, "reason": "the group's rate limit is reached for this period"}),
+    )?;
+    let file = work.path().join("reply.json");
+    std::fs::write(&file, &sample)?;
+    let static_bin = cairn_tests::server::server_binary()?.with_file_name("cairn-bench-static");
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "-q", "--release", "-p", "cairn-tests", "--bin", "cairn-bench-static"])
+        .current_dir(cairn_tests::workspace())
+        .status()?;
+    if !built.success() {
+        bail!("building cairn-bench-static");
+    }
+    let mut static_server =
+        Command::new(&static_bin).arg(&file).stdout(Stdio::piped()).spawn().context("cairn-bench-static")?;
+    let line = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(static_server.stdout.take().expect("piped")).read_line(&mut line)?;
+        line
+    };
+    let static_url =
+        line.trim().strip_prefix("cairn-server listening on ").context("static server address")?.to_string();
+    let ceiling = load(&format!("{static_url}/reply.json"), |_| None, &o)?;
+    let _ = static_server.kill();
+    let _ = static_server.wait();
+    let row = |name: &str, f: &Figures, extra: &str| {
+        println!(
+            "{name:<34} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}{extra}",
+            f.per_second, f.p50_ms, f.p99_ms, f.errors
+        )
+    };
+    row(&format!("static file ({} bytes, ceiling)", sample.len()), &ceiling, "");
+
+    if o.only.as_deref() != Some("postgres") {
+        let data = work.path().join("sqlite");
+        let (f, hwm) = bench_server("sqlite", vec!["--data".into(), data.display().to_string()], &o, work.path())?;
+        row(
+            "cairn-server, SQLite",
+            &f,
+            &format!("   {:.2}x ceiling   peak RSS {:.1} MB", f.per_second / ceiling.per_second, hwm as f64 / 1024.0),
+        );
+    }
+    if o.only.as_deref() != Some("sqlite") {
+        let pg = Postgres::start()?;
+        let (f, hwm) = bench_server(
+            "postgres",
+            vec!["--database".into(), pg.url(), "--data".into(), work.path().join("pg-data").display().to_string()],
+            &o,
+            work.path(),
+        )?;
+        row(
+            "cairn-server, PostgreSQL",
+            &f,
+            &format!("   {:.2}x ceiling   peak RSS {:.1} MB", f.per_second / ceiling.per_second, hwm as f64 / 1024.0),
+        );
+    }
+    Ok(())
+}
