@@ -97,24 +97,29 @@ impl Drop for Postgres {
 
 /// The `cairn-server` binary of this workspace, built if needed (same profile as the tests).
 pub fn server_binary() -> Result<PathBuf> {
+    workspace_binary("cairn-server", "cairn-server")
+}
+
+/// A binary of this workspace, built if needed with the profile of the running test or bench.
+pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/PROFILE/deps/TEST for tests, target/PROFILE/BIN for benchmarks.
     let mut profile_dir = exe.parent().ok_or_else(|| anyhow!("odd binary path"))?;
     if profile_dir.file_name().is_some_and(|n| n == "deps") {
         profile_dir = profile_dir.parent().ok_or_else(|| anyhow!("odd test binary path"))?;
     }
-    let bin = profile_dir.join("cairn-server");
+    let path = profile_dir.join(bin);
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-q", "-p", "cairn-server", "--bin", "cairn-server"]).current_dir(crate::workspace());
+    cmd.args(["build", "-q", "-p", package, "--bin", bin]).current_dir(crate::workspace());
     if release {
         cmd.arg("--release");
     }
-    let status = cmd.status().context("cargo build -p cairn-server")?;
-    if !status.success() || !bin.exists() {
-        bail!("could not build {}", bin.display());
+    let status = cmd.status().with_context(|| format!("cargo build -p {package}"))?;
+    if !status.success() || !path.exists() {
+        bail!("could not build {}", path.display());
     }
-    Ok(bin)
+    Ok(path)
 }
 
 /// `cairn-server serve` as a process; killed on drop.

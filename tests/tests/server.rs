@@ -457,3 +457,100 @@ fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
     eprintln!("after SIGKILL: {} acknowledged grants and {} events all present", grants.len(), events.len());
     Ok(())
 }
+
+/// `updatectl` against a server: every fleet command, tables and JSON, and exit codes scripts
+/// can rely on (1 refused, 3 unreachable, 4 not authorized, 5 not found).
+#[test]
+fn updatectl_manages_channels_packages_groups_and_rollouts() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let key_file = tmp.path().join("release.pub");
+    std::fs::write(&key_file, release_key().public().to_text())?;
+    let (server, admin) = setup_process(&data, &key_file)?;
+    let token = admin.token.clone().unwrap_or_default();
+    let updatectl = cairn_tests::server::workspace_binary("updatectl", "updatectl")?;
+    let run = |args: &[&str], token: Option<&str>, url: &str| -> Result<(i32, String, String)> {
+        let mut cmd = std::process::Command::new(&updatectl);
+        cmd.args(args).env("CAIRN_SERVER", url).env("XDG_CONFIG_HOME", tmp.path().join("no-config"));
+        match token {
+            Some(t) => cmd.env("CAIRN_TOKEN", t),
+            None => cmd.env_remove("CAIRN_TOKEN"),
+        };
+        let out = cmd.output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let ok = |args: &[&str]| -> Result<String> {
+        let (code, out, err) = run(args, Some(&token), &server.url)?;
+        assert_eq!(code, 0, "updatectl {args:?}: {out}{err}");
+        Ok(out)
+    };
+    let fails = |args: &[&str], expect: i32, message: &str| -> Result<()> {
+        let (code, out, err) = run(args, Some(&token), &server.url)?;
+        assert_eq!(code, expect, "updatectl {args:?}: {out}{err}");
+        assert!(err.contains(message), "updatectl {args:?}: {err}");
+        Ok(())
+    };
+
+    let (code, _, err) = run(&["group", "list"], None, &server.url)?;
+    assert_eq!((code, err.contains("no admin token")), (4, true), "{err}");
+    let (code, _, err) = run(&["group", "list"], Some("cairn_nope"), &server.url)?;
+    assert_eq!((code, err.contains("not valid")), (4, true), "{err}");
+    let (code, _, err) = run(&["group", "list"], Some(&token), "http://127.0.0.1:9")?;
+    assert_eq!(code, 3, "{err}");
+
+    let dir = fake_release(&tmp.path().join("releases"), "2", &release_key())?;
+    let out = ok(&["package", "upload", dir.to_str().unwrap(), "--quiet"])?;
+    assert!(out.contains("package \"2\" uploaded, complete: true"), "{out}");
+    let packages: Value = serde_json::from_str(&ok(&["--json", "package", "list"])?)?;
+    assert_eq!(packages[0]["version"], "2");
+    fails(&["channel", "set-version", "stable", "9"], 1, "no package")?;
+    ok(&["channel", "set-version", "stable", "2"])?;
+    assert!(ok(&["channel", "list"])?.lines().any(|l| l.starts_with("stable") && l.contains(" 2 ")));
+
+    ok(&[
+        "group",
+        "create",
+        "canary",
+        "--channel",
+        "stable",
+        "--max-per-period",
+        "2",
+        "--period",
+        "1h",
+        "--safe-mode",
+        "--halt-after",
+        "3",
+    ])?;
+    let groups = ok(&["group", "list"])?;
+    let canary = groups.lines().find(|l| l.starts_with("canary")).unwrap_or_default().to_string();
+    assert!(canary.contains("2/1h") && canary.contains("yes") && canary.contains("active"), "{groups}");
+    fails(&["group", "update", "nope", "--halt-after", "1"], 5, "unknown group")?;
+    fails(&["group", "create", "other", "--percentage", "101"], 1, "percentage")?;
+    fails(&["group", "create", "other", "--period", "soon"], 2, "--period")?;
+    ok(&["group", "pause", "canary"])?;
+    let agent = Api::new(&server.url, None);
+    let reply = agent.ok("POST", "/v1/checkin", &checkin("h-1", "canary", "1"))?;
+    assert!(reply["reason"].as_str().unwrap_or_default().contains("paused"), "{reply}");
+    ok(&["group", "resume", "canary"])?;
+    assert!(offered(&agent.ok("POST", "/v1/checkin", &checkin("h-1", "canary", "1"))?));
+    agent.ok("POST", "/v1/events", &event("h-1", "staged", "2"))?;
+
+    let instances = ok(&["instance", "list", "--group", "canary"])?;
+    assert!(instances.lines().nth(1).unwrap_or_default().starts_with("h-1"), "{instances}");
+    let events = ok(&["events", "--instance", "h-1", "--since", "1h"])?;
+    assert!(events.contains("granted") && events.contains("staged"), "{events}");
+    let status: Value = serde_json::from_str(&ok(&["--json", "rollout", "status", "--group", "canary"])?)?;
+    assert_eq!(
+        (status[0]["in_progress"].as_u64(), status[0]["target_version"].as_str()),
+        (Some(1), Some("2")),
+        "{status}"
+    );
+    let human = ok(&["rollout", "status"])?;
+    assert!(human.contains("Group canary (channel stable): target 2, active"), "{human}");
+    fails(&["package", "delete", "2"], 1, "in use by channel stable")?;
+    Ok(())
+}

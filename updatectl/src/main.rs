@@ -1,160 +1,324 @@
-//! `updatectl`: the host's update agent from the command line, over its D-Bus API
-//! (`org.cairn.Update1` on the system bus).
+//! `updatectl`: the host's update agent (`status`, `check`, `apply`, `reboot`, over D-Bus) and the
+//! fleet's rollout server (`channel`, `package`, `group`, `instance`, `events`, `rollout`, over
+//! its admin API).
+//!
+//! Exit codes: 0 done; 1 refused (by the agent or the server) or the check failed; 2 usage or
+//! local error; 3 server unreachable or failing; 4 not authorized; 5 not found.
 
-use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
+mod agent;
+mod server;
+mod table;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use server::{Client, Failure, Settings, output};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-#[zbus::proxy(
-    interface = "org.cairn.Update1",
-    default_service = "org.cairn.Update1",
-    default_path = "/org/cairn/Update1"
-)]
-trait Update1 {
-    fn check(&self) -> zbus::Result<()>;
-    fn apply(&self) -> zbus::Result<()>;
-    fn reboot(&self) -> zbus::Result<()>;
-    #[zbus(signal, name = "StateChanged")]
-    fn phase_changed(&self, state: String, version: String, progress: f64) -> zbus::Result<()>;
-    #[zbus(property)]
-    fn state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn current_version(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn slot(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn staged_version(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn available_version(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn progress(&self) -> zbus::Result<f64>;
-    #[zbus(property)]
-    fn last_check(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn last_check_result(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn last_error(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn rolled_back(&self) -> zbus::Result<Vec<String>>;
-    #[zbus(property)]
-    fn strategy(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn source(&self) -> zbus::Result<String>;
-}
 
 #[derive(Parser)]
-#[command(name = "updatectl", about = "Control the Cairn update agent on this host")]
+#[command(name = "updatectl", about = "Control Cairn updates: this host's agent, or a fleet's rollout server")]
 struct Cli {
+    /// The rollout server's URL (for the fleet commands).
+    #[arg(long, global = true, env = "CAIRN_SERVER")]
+    server: Option<String>,
+    /// An admin token of the server (`cairn-server token create`).
+    #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// What the agent is doing, what runs, what is staged, the last check and error.
+    /// This host: what the agent is doing, what runs, what is staged, the last check and error.
     Status,
-    /// Check for an update now and wait for the outcome.
+    /// This host: check for an update now and wait for the outcome.
     Check {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
     },
-    /// Install the newest release now and reboot into it, whatever the strategy.
+    /// This host: install the newest release now and reboot into it, whatever the strategy.
     Apply,
-    /// Reboot into the staged release.
+    /// This host: reboot into the staged release.
     Reboot,
+    /// Fleet: channels (a name and its current version).
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// Fleet: signed releases on the server.
+    #[command(subcommand)]
+    Package(PackageCmd),
+    /// Fleet: groups of hosts and their rollout policy.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Fleet: hosts.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Fleet: what hosts reported, newest last.
+    Events {
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// Only events of the last DURATION (30m, 1h, 2d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Fleet: rollouts.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
 }
 
-/// States in which a check is still under way.
-const BUSY: [&str; 3] = ["checking", "downloading", "verifying"];
-
-fn or_dash(s: String) -> String {
-    if s.is_empty() { "-".into() } else { s }
+#[derive(Subcommand)]
+enum ChannelCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Point the channel at VERSION: its groups start rolling it out.
+    SetVersion {
+        name: String,
+        version: String,
+    },
 }
 
-fn ago(t: u64) -> String {
-    if t == 0 {
-        return "never".into();
+#[derive(Subcommand)]
+enum PackageCmd {
+    List,
+    /// Upload a signed release directory (release.json, its .sig and the artifacts).
+    Upload {
+        dir: PathBuf,
+        /// Do not upload artifacts: hosts fetch them from this URL (the directory of release.json).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    Delete {
+        version: String,
+    },
+}
+
+#[derive(Args, Default)]
+struct PolicyArgs {
+    #[arg(long)]
+    channel: Option<String>,
+    /// Grant at most N updates per period.
+    #[arg(long, value_name = "N")]
+    max_per_period: Option<u32>,
+    /// The rate's period (1h, 30m, 1d).
+    #[arg(long, value_name = "DURATION")]
+    period: Option<String>,
+    /// One host at a time until the first succeeds (--safe-mode=false to turn off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    safe_mode: Option<bool>,
+    /// Halt the rollout after K failures or rollbacks (0: never).
+    #[arg(long, value_name = "K")]
+    halt_after: Option<u32>,
+    /// Only this percentage of the group's hosts.
+    #[arg(long, value_name = "P")]
+    percentage: Option<u8>,
+    /// Install VERSION instead of the channel's ("" to follow the channel again).
+    #[arg(long, value_name = "VERSION")]
+    pin: Option<String>,
+    /// A grant not reported back within DURATION counts as failed.
+    #[arg(long, value_name = "DURATION")]
+    grant_timeout: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    List,
+    Show {
+        name: String,
+    },
+    Create {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    Update {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Stop granting updates in the group.
+    Pause {
+        name: String,
+    },
+    /// Grant updates again; a halted rollout restarts with its failures forgiven.
+    Resume {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum InstanceCmd {
+    List {
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Hosts per version and state, the rollout's progress and failures, halted or not.
+    Status {
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+fn seconds(flag: &str, value: &Option<String>) -> server::Result<Option<u64>> {
+    value
+        .as_ref()
+        .map(|v| {
+            cairn_release::duration::parse(v).map(|d| d.as_secs()).map_err(|e| Failure::Usage(format!("{flag}: {e}")))
+        })
+        .transpose()
+}
+
+impl PolicyArgs {
+    fn to_json(&self, name: Option<&str>) -> server::Result<Value> {
+        let mut v = json!({});
+        let mut set = |k: &str, x: Value| {
+            if !x.is_null() {
+                v[k] = x;
+            }
+        };
+        set("name", json!(name));
+        set("channel", json!(self.channel));
+        set("max_per_period", json!(self.max_per_period));
+        set("period_s", json!(seconds("--period", &self.period)?));
+        set("safe_mode", json!(self.safe_mode));
+        set("halt_after", json!(self.halt_after));
+        set("percentage", json!(self.percentage));
+        set("pinned_version", json!(self.pin));
+        set("grant_timeout_s", json!(seconds("--grant-timeout", &self.grant_timeout)?));
+        Ok(v)
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("{}s ago (unix {t})", now.saturating_sub(t))
 }
 
-async fn print_status(p: &Update1Proxy<'_>) -> zbus::Result<()> {
-    let progress = p.progress().await?;
-    let state = p.state().await?;
-    let shown = if state == "downloading" { format!("{state} ({:.0}%)", progress * 100.0) } else { state };
-    println!("State:           {shown}");
-    println!("Current version: {} (slot {})", p.current_version().await?, p.slot().await?);
-    println!("Staged version:  {}", or_dash(p.staged_version().await?));
-    println!("Available:       {}", or_dash(p.available_version().await?));
-    println!("Strategy:        {}", p.strategy().await?);
-    println!("Source:          {}", or_dash(p.source().await?));
-    println!("Last check:      {}: {}", ago(p.last_check().await?), or_dash(p.last_check_result().await?));
-    println!("Last error:      {}", or_dash(p.last_error().await?));
-    println!("Rolled back:     {}", or_dash(p.rolled_back().await?.join(" ")));
+/// `?a=b&c=d` of the parameters that are set (values are names and versions: URL-safe).
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let set: Vec<String> = params.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))).collect();
+    if set.is_empty() { String::new() } else { format!("?{}", set.join("&")) }
+}
+
+fn fleet(cli: Cli) -> server::Result<()> {
+    use reqwest::Method;
+    let as_json = cli.json;
+    let client = Client::new(Settings::load(cli.server, cli.token)?)?;
+    match cli.command {
+        Cmd::Channel(ChannelCmd::List) => output(&client.get("/channels")?, as_json, server::print_channels),
+        Cmd::Channel(ChannelCmd::Create { name, version }) => {
+            let v = client.json(Method::POST, "/channels", &json!({"name": name, "version": version}))?;
+            output(&Value::Array(vec![v]), as_json, server::print_channels)
+        }
+        Cmd::Channel(ChannelCmd::SetVersion { name, version }) => {
+            let v = client.json(Method::PUT, &format!("/channels/{name}"), &json!({"version": version}))?;
+            output(&Value::Array(vec![v]), as_json, server::print_channels)
+        }
+        Cmd::Package(PackageCmd::List) => output(&client.get("/packages")?, as_json, server::print_packages),
+        Cmd::Package(PackageCmd::Upload { dir, url, quiet }) => {
+            let v = server::upload(&client, &dir, url.as_deref(), quiet || as_json)?;
+            output(&v, as_json, |v| println!("package {} uploaded, complete: {}", v["version"], v["complete"]))
+        }
+        Cmd::Package(PackageCmd::Delete { version }) => {
+            client.json(Method::DELETE, &format!("/packages/{version}"), &Value::Null)?;
+            output(&json!({"deleted": version}), as_json, |_| println!("package {version} deleted"))
+        }
+        Cmd::Group(GroupCmd::List) => output(&client.get("/groups")?, as_json, server::print_groups),
+        Cmd::Group(GroupCmd::Show { name }) => {
+            output(&client.get(&format!("/groups/{name}"))?, as_json, server::print_groups)
+        }
+        Cmd::Group(GroupCmd::Create { name, policy }) => {
+            let v = client.json(Method::POST, "/groups", &policy.to_json(Some(&name))?)?;
+            output(&v, as_json, server::print_groups)
+        }
+        Cmd::Group(GroupCmd::Update { name, policy }) => {
+            let v = client.json(Method::PATCH, &format!("/groups/{name}"), &policy.to_json(None)?)?;
+            output(&v, as_json, server::print_groups)
+        }
+        Cmd::Group(GroupCmd::Pause { name }) => {
+            let v = client.json(Method::PATCH, &format!("/groups/{name}"), &json!({"updates_enabled": false}))?;
+            output(&v, as_json, server::print_groups)
+        }
+        Cmd::Group(GroupCmd::Resume { name }) => {
+            let v = client.json(
+                Method::PATCH,
+                &format!("/groups/{name}"),
+                &json!({"updates_enabled": true, "halted": false}),
+            )?;
+            output(&v, as_json, server::print_groups)
+        }
+        Cmd::Instance(InstanceCmd::List { group, version, state, limit }) => {
+            let q =
+                query(&[("group", group), ("version", version), ("state", state), ("limit", Some(limit.to_string()))]);
+            output(&client.get(&format!("/instances{q}"))?, as_json, server::print_instances)
+        }
+        Cmd::Events { instance, group, since, limit } => {
+            let since = seconds("--since", &since)?.map(|s| (table::now_ms() - s as i64 * 1000).to_string());
+            let q = query(&[
+                ("instance", instance),
+                ("group", group),
+                ("since", since),
+                ("limit", Some(limit.to_string())),
+            ]);
+            output(&client.get(&format!("/events{q}"))?, as_json, server::print_events)
+        }
+        Cmd::Rollout(RolloutCmd::Status { group }) => {
+            output(&client.get(&format!("/rollout{}", query(&[("group", group)])))?, as_json, server::print_rollout)
+        }
+        Cmd::Status | Cmd::Check { .. } | Cmd::Apply | Cmd::Reboot => unreachable!("host commands"),
+    }
     Ok(())
 }
 
-async fn check(p: &Update1Proxy<'_>, timeout: u64) -> zbus::Result<bool> {
-    let mut changes = p.receive_phase_changed().await?;
-    p.check().await?;
-    let wait = async {
-        let mut started = false;
-        while let Some(signal) = changes.next().await {
-            let args = signal.args()?;
-            let state = args.state().as_str();
-            started |= BUSY.contains(&state);
-            if started && !BUSY.contains(&state) {
-                return Ok::<_, zbus::Error>(state.to_string());
-            }
-            if state == "downloading" {
-                eprint!("\rdownloading {} {:.0}%", args.version(), args.progress() * 100.0);
-            }
-        }
-        Err(zbus::Error::Failure("the agent went away".into()))
-    };
-    let outcome = match tokio::time::timeout(Duration::from_secs(timeout), wait).await {
-        Ok(r) => r,
-        Err(_) => {
-            eprintln!("updatectl: no outcome within {timeout}s");
-            return Ok(false);
-        }
-    };
-    // The agent reboots right after staging with the immediate strategy; the bus may go first.
-    let state = match outcome {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("updatectl: {e}");
-            return Ok(false);
-        }
-    };
-    eprintln!();
-    print_status(p).await?;
-    Ok(state != "error")
-}
-
-async fn run(cli: Cli) -> zbus::Result<bool> {
+async fn host(command: Cmd) -> zbus::Result<bool> {
     let conn = zbus::Connection::system().await?;
-    let p = Update1Proxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await?;
-    match cli.command {
-        Cmd::Status => print_status(&p).await.map(|()| true),
-        Cmd::Check { timeout } => check(&p, timeout).await,
+    let p = agent::proxy(&conn).await?;
+    match command {
+        Cmd::Status => agent::print_status(&p).await.map(|()| true),
+        Cmd::Check { timeout } => agent::check(&p, timeout).await,
         Cmd::Apply => p.apply().await.map(|()| true),
         Cmd::Reboot => p.reboot().await.map(|()| true),
+        _ => unreachable!("fleet commands"),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-    match runtime.block_on(run(cli)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("updatectl: {e}");
-            ExitCode::from(2)
+    if matches!(cli.command, Cmd::Status | Cmd::Check { .. } | Cmd::Apply | Cmd::Reboot) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        return match runtime.block_on(host(cli.command)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("updatectl: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match fleet(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("updatectl: {}", f.message());
+            ExitCode::from(f.exit_code())
         }
     }
 }
