@@ -43,6 +43,13 @@ pub struct UpdateSettings {
     /// How long a new release must run healthy before its boot entry is blessed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bless_after: Option<String>,
+    /// A rollout server (`cairn-server`, http(s)://): the agent checks in there and installs
+    /// what it grants, instead of reading `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The host's group on the rollout server (`default` if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The settings in force.
@@ -52,6 +59,8 @@ pub struct UpdateConfig {
     pub strategy: Strategy,
     pub interval: Duration,
     pub bless_after: Duration,
+    pub server: Option<String>,
+    pub group: String,
 }
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
@@ -65,6 +74,8 @@ impl UpdateSettings {
             strategy: over.strategy.or(self.strategy),
             interval: over.interval.clone().or_else(|| self.interval.clone()),
             bless_after: over.bless_after.clone().or_else(|| self.bless_after.clone()),
+            server: over.server.clone().or_else(|| self.server.clone()),
+            group: over.group.clone().or_else(|| self.group.clone()),
         }
     }
 
@@ -84,11 +95,21 @@ impl UpdateSettings {
                 return Err(format!("source: {s:?} is not an http(s):// URL or an absolute path"));
             }
         }
+        let server = self.server.clone().filter(|s| !s.is_empty());
+        if let Some(s) = &server
+            && !(s.starts_with("http://") || s.starts_with("https://"))
+        {
+            return Err(format!("server: {s:?} is not an http(s):// URL"));
+        }
+        let group = self.group.clone().unwrap_or_else(|| "default".into());
+        crate::checkin::validate_name("group", &group, 64)?;
         Ok(UpdateConfig {
             source: self.source.clone().filter(|s| !s.is_empty()),
             strategy: self.strategy.unwrap_or(Strategy::Immediate),
             interval,
             bless_after: dur("bless_after", &self.bless_after, DEFAULT_BLESS_AFTER)?,
+            server,
+            group,
         })
     }
 }
@@ -110,5 +131,17 @@ mod tests {
         assert!(bad.resolve().unwrap_err().starts_with("interval:"));
         let bad = UpdateSettings { source: Some("ftp://x".into()), ..Default::default() };
         assert!(bad.resolve().unwrap_err().starts_with("source:"));
+        assert_eq!(c.group, "default");
+        let server = UpdateSettings {
+            server: Some("http://10.0.2.2:8270".into()),
+            group: Some("canary".into()),
+            ..Default::default()
+        };
+        let c = image.overlay(&server).resolve().unwrap();
+        assert_eq!((c.server.as_deref(), c.group.as_str()), (Some("http://10.0.2.2:8270"), "canary"));
+        let bad = UpdateSettings { group: Some("Canary Hosts".into()), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().starts_with("group"));
+        let bad = UpdateSettings { server: Some("10.0.2.2:8270".into()), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().starts_with("server:"));
     }
 }

@@ -554,3 +554,49 @@ fn updatectl_manages_channels_packages_groups_and_rollouts() -> Result<()> {
     fails(&["package", "delete", "2"], 1, "in use by channel stable")?;
     Ok(())
 }
+
+/// The agent's side of the protocol (check-in, verified fetch of what is offered, events)
+/// against a real server.
+#[test]
+fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<()> {
+    use cairn_agent::http::{HttpTransport, retryable};
+    use cairn_agent::server::HttpRolloutServer;
+    use cairn_agent::source::{RolloutServer, check_server};
+    use cairn_release::checkin::{CheckIn, Event, EventKind};
+    let s = InProcess::start(Backend::Sqlite)?;
+    s.release("2", "stable")?;
+    let server = HttpRolloutServer::new(&s.url, std::time::Duration::from_secs(10))?;
+    let transport = HttpTransport::new(&s.url, std::time::Duration::from_secs(10))?;
+    let checkin = CheckIn {
+        format: 1,
+        instance_id: "0123456789abcdef0123456789abcdef".into(),
+        group: "default".into(),
+        os_id: "cairn".into(),
+        version: "1".into(),
+        slot: "a".into(),
+        state: "idle".into(),
+        rolled_back: vec![],
+    };
+    let now = (SystemClock.now_ms() / 1000) as u64;
+    let state = cairn_agent::state::AgentState::default();
+    let candidate = check_server(&server, &transport, &[release_key().public()], now, &checkin, &state)?
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!((candidate.release.version.as_str(), candidate.path.as_str()), ("2", "v1/packages/2"));
+    // Another key: the offer is not trusted.
+    let foreign = check_server(&server, &transport, &[SecretKey::from_seed([3; 32]).public()], now, &checkin, &state);
+    assert!(foreign.is_err());
+    let event = Event {
+        format: 1,
+        instance_id: checkin.instance_id.clone(),
+        kind: EventKind::Staged,
+        version: "2".into(),
+        error: None,
+    };
+    server.report(&event)?;
+    let unknown = Event { instance_id: "nobody".into(), ..event };
+    let e = server.report(&unknown).unwrap_err();
+    assert!(e.to_string().contains("unknown instance") && !retryable(&e), "{e}");
+    let events = s.admin().ok("GET", "/v1/admin/events", &Value::Null)?;
+    assert_eq!(events.as_array().map(Vec::len), Some(2), "granted + staged: {events}");
+    Ok(())
+}

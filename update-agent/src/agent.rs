@@ -4,9 +4,11 @@
 
 use crate::entries::{self, Assessment};
 use crate::host::{Running, TargetDevice};
-use crate::source::{self, Transport};
+use crate::source::{self, RolloutServer, Transport};
 use crate::state::{self, AgentState, Phase};
+use crate::state::{MAX_UNREPORTED, PendingEvent};
 use crate::update::{self, Esp, Target};
+use cairn_release::checkin::{CheckIn, Event, EventKind};
 use cairn_release::keys::PublicKey;
 use cairn_release::update_config::{Strategy, UpdateConfig};
 use std::path::PathBuf;
@@ -81,6 +83,10 @@ pub struct Agent<H: Host, C: Clock> {
     config: UpdateConfig,
     trusted: Vec<PublicKey>,
     transport: Option<Box<dyn Transport>>,
+    /// Check in here instead of reading a feed (`transport` then fetches from the server).
+    server: Option<Box<dyn RolloutServer>>,
+    /// The host's identity for the rollout server (the machine-id).
+    instance_id: String,
     pub state: AgentState,
     state_path: PathBuf,
     /// Spreads a fleet's checks (the machine-id).
@@ -100,6 +106,8 @@ pub struct AgentParts<H, C> {
     pub config: UpdateConfig,
     pub trusted: Vec<PublicKey>,
     pub transport: Option<Box<dyn Transport>>,
+    pub server: Option<Box<dyn RolloutServer>>,
+    pub instance_id: String,
     pub state_path: PathBuf,
     pub seed: Vec<u8>,
     pub publish: Publish,
@@ -123,6 +131,8 @@ impl<H: Host, C: Clock> Agent<H, C> {
             config: p.config,
             trusted: p.trusted,
             transport: p.transport,
+            server: p.server,
+            instance_id: p.instance_id,
             state: AgentState::default(),
             state_path: p.state_path,
             seed: p.seed,
@@ -146,6 +156,10 @@ impl<H: Host, C: Clock> Agent<H, C> {
         }
         agent.state = state;
         agent.save();
+        if let (Phase::RolledBack { version }, false) = (&agent.state.phase, agent.state.phase == before) {
+            let (version, error) = (version.clone(), agent.state.last_error.clone());
+            agent.record(EventKind::RolledBack, &version, error);
+        }
         agent.publish();
         Ok(agent)
     }
@@ -168,6 +182,61 @@ impl<H: Host, C: Clock> Agent<H, C> {
         if let Err(e) = self.state.save(&self.state_path) {
             log(&format!("error: {e}"));
             self.state.last_error = Some(e);
+        }
+    }
+
+    /// Queues an event for the rollout server (if there is one) and sends what is queued.
+    fn record(&mut self, kind: EventKind, version: &str, error: Option<String>) {
+        if self.server.is_none() {
+            return;
+        }
+        let queue = &mut self.state.unreported;
+        queue.push(PendingEvent { kind, version: version.to_string(), error });
+        if queue.len() > MAX_UNREPORTED {
+            queue.drain(..queue.len() - MAX_UNREPORTED);
+        }
+        self.save();
+        self.report_pending();
+    }
+
+    /// Sends queued events in order; stops at the first that cannot be delivered now.
+    fn report_pending(&mut self) {
+        // Held apart while sending, so the state can be saved after each event.
+        let Some(server) = self.server.take() else { return };
+        while let Some(first) = self.state.unreported.first() {
+            let event = Event {
+                format: cairn_release::checkin::FORMAT,
+                instance_id: self.instance_id.clone(),
+                kind: first.kind,
+                version: first.version.clone(),
+                error: first.error.clone(),
+            };
+            match server.report(&event) {
+                Ok(()) => {}
+                // Refused (4xx): sending it again will not help.
+                Err(e) if !crate::http::retryable(&e) => log(&format!("the server refused an event: {e}")),
+                Err(e) => {
+                    log(&format!("reporting to the server: {e} (will retry)"));
+                    break;
+                }
+            }
+            self.state.unreported.remove(0);
+            self.save();
+        }
+        self.server = Some(server);
+    }
+
+    fn checkin(&self, state: &str) -> CheckIn {
+        let running = self.host.running();
+        CheckIn {
+            format: cairn_release::checkin::FORMAT,
+            instance_id: self.instance_id.clone(),
+            group: self.config.group.clone(),
+            os_id: running.os_id.clone(),
+            version: running.version.clone(),
+            slot: running.slot.letter().to_string(),
+            state: state.to_string(),
+            rolled_back: self.state.rolled_back.clone(),
         }
     }
 
@@ -194,7 +263,10 @@ impl<H: Host, C: Clock> Agent<H, C> {
             last_error: s.last_error.clone().unwrap_or_default(),
             rolled_back: s.rolled_back.clone(),
             strategy: self.config.strategy.as_str().to_string(),
-            source: self.config.source.clone().unwrap_or_default(),
+            source: match &self.config.server {
+                Some(url) => format!("{url} (group {})", self.config.group),
+                None => self.config.source.clone().unwrap_or_default(),
+            },
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status.clone();
         (self.publish)(&status);
@@ -265,11 +337,14 @@ impl<H: Host, C: Clock> Agent<H, C> {
     }
 
     fn check_and_install(&mut self, now: u64, apply: bool) {
+        // The server hears what the host was doing, not that it is checking.
+        let state_before = self.state.phase.name();
         if self.state.transition(Phase::Checking).is_err() {
             return;
         }
         self.state.last_check = Some(now);
         self.publish();
+        self.report_pending();
         let Some(transport) = self.transport.as_deref() else {
             self.last_check_result = "no update source configured".into();
             let _ = self.state.transition(Phase::Idle);
@@ -278,20 +353,25 @@ impl<H: Host, C: Clock> Agent<H, C> {
             return;
         };
         let running = self.host.running().clone();
-        let candidate =
-            match source::check(transport, &self.trusted, now, &running.os_id, &running.version, &self.state) {
-                Err(e) => return self.fail(e.to_string()),
-                Ok(Err(nothing)) => {
-                    log(&format!("checked: {nothing}"));
-                    self.last_check_result = nothing;
-                    self.available = None;
-                    let _ = self.state.transition(Phase::Idle);
-                    self.save();
-                    self.publish();
-                    return;
-                }
-                Ok(Ok(c)) => c,
-            };
+        let checked = match self.server.as_deref() {
+            Some(server) => {
+                source::check_server(server, transport, &self.trusted, now, &self.checkin(state_before), &self.state)
+            }
+            None => source::check(transport, &self.trusted, now, &running.os_id, &running.version, &self.state),
+        };
+        let candidate = match checked {
+            Err(e) => return self.fail(e.to_string()),
+            Ok(Err(nothing)) => {
+                log(&format!("checked: {nothing}"));
+                self.last_check_result = nothing;
+                self.available = None;
+                let _ = self.state.transition(Phase::Idle);
+                self.save();
+                self.publish();
+                return;
+            }
+            Ok(Ok(c)) => c,
+        };
         let version = candidate.release.version.clone();
         log(&format!("installing {version} into slot {}", running.slot.other().letter()));
         self.available = Some(version.clone());
@@ -327,9 +407,13 @@ impl<H: Host, C: Clock> Agent<H, C> {
         };
         let result = update::install(&candidate, transport, &target, &mut self.state, &self.state_path);
         match result {
-            Err(e) => self.fail(format!("installing {version}: {e}")),
+            Err(e) => {
+                self.fail(format!("installing {version}: {e}"));
+                self.record(EventKind::Failed, &version, Some(e.to_string()));
+            }
             Ok(()) => {
                 log(&format!("{version} staged in slot {}", device.slot.letter()));
+                self.record(EventKind::Staged, &version, None);
                 self.publish();
                 if apply {
                     self.reboot(&version);
@@ -365,6 +449,7 @@ impl<H: Host, C: Clock> Agent<H, C> {
                         log(&format!("{version} healthy for {}s: blessed", now - since));
                         let _ = self.state.transition(Phase::Blessed { version: version.into() });
                         self.save();
+                        self.record(EventKind::Blessed, version, None);
                         self.publish();
                         self.until_next_check(now)
                     }
@@ -468,6 +553,42 @@ mod tests {
         clock: Rc<Cell<u64>>,
         healthy: Rc<Cell<bool>>,
         reboots: Rc<Cell<u32>>,
+        server: Option<FakeServer>,
+    }
+
+    /// A rollout server that offers `offer` and records what it is told; reports fail while
+    /// `down` is set.
+    #[derive(Clone, Default)]
+    struct FakeServer {
+        offer: Arc<Mutex<Option<cairn_release::checkin::Offer>>>,
+        checkins: Arc<Mutex<Vec<CheckIn>>>,
+        events: Arc<Mutex<Vec<(EventKind, String)>>>,
+        down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl RolloutServer for FakeServer {
+        fn check_in(&self, c: &CheckIn) -> Result<cairn_release::checkin::CheckInReply, crate::source::SourceError> {
+            c.validate().expect("a valid check-in");
+            self.checkins.lock().unwrap().push(c.clone());
+            let update = self.offer.lock().unwrap().clone();
+            Ok(cairn_release::checkin::CheckInReply {
+                format: 1,
+                reason: update.is_none().then(|| "up to date".into()),
+                update,
+            })
+        }
+
+        fn report(&self, e: &Event) -> Result<(), crate::source::SourceError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::source::SourceError::Fetch {
+                    path: "/v1/events".into(),
+                    message: "connection refused".into(),
+                });
+            }
+            e.validate().expect("a valid event");
+            self.events.lock().unwrap().push((e.kind, e.version.clone()));
+            Ok(())
+        }
     }
 
     fn agent(w: &World, version: &str, slot: Slot, strategy: Strategy, rig: &Rig) -> Agent<FakeHost, FakeClock> {
@@ -483,6 +604,8 @@ mod tests {
             strategy,
             interval: Duration::from_secs(600),
             bless_after: Duration::from_secs(60),
+            server: rig.server.as_ref().map(|_| "http://server.invalid".to_string()),
+            group: "default".into(),
         };
         Agent::start(AgentParts {
             host,
@@ -490,6 +613,8 @@ mod tests {
             config,
             trusted: vec![w.key.public()],
             transport: Some(Box::new(DirTransport(w.feed.clone()))),
+            server: rig.server.clone().map(|s| Box::new(s) as Box<dyn RolloutServer>),
+            instance_id: "0123456789abcdef0123456789abcdef".into(),
             state_path: w.state.clone(),
             seed: b"machine".to_vec(),
             publish: Arc::new(|_| {}),
@@ -499,7 +624,74 @@ mod tests {
     }
 
     fn rig() -> Rig {
-        Rig { clock: Rc::new(Cell::new(500)), healthy: Rc::new(Cell::new(false)), reboots: Rc::new(Cell::new(0)) }
+        Rig {
+            clock: Rc::new(Cell::new(500)),
+            healthy: Rc::new(Cell::new(false)),
+            reboots: Rc::new(Cell::new(0)),
+            server: None,
+        }
+    }
+
+    /// A rig whose agent checks in with a rollout server offering the world's release.
+    fn server_rig(w: &World, version: &str) -> Rig {
+        let manifest = std::fs::read(w.feed.join(format!("releases/{version}/release.json"))).unwrap();
+        let server = FakeServer::default();
+        *server.offer.lock().unwrap() = Some(cairn_release::checkin::Offer {
+            version: version.into(),
+            path: format!("releases/{version}"),
+            manifest_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest)),
+        });
+        Rig { server: Some(server), ..rig() }
+    }
+
+    #[test]
+    fn with_a_rollout_server_installs_what_it_grants_and_reports_every_step() {
+        let w = world("2.0.0");
+        let r = server_rig(&w, "2.0.0");
+        let server = r.server.clone().unwrap();
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
+        a.step(Some(Command::Check));
+        assert_eq!(r.reboots.get(), 1);
+        let c = server.checkins.lock().unwrap()[0].clone();
+        assert_eq!((c.version.as_str(), c.slot.as_str(), c.group.as_str()), ("1.0.0", "a", "default"));
+        assert_eq!(*server.events.lock().unwrap(), [(EventKind::Staged, "2.0.0".to_string())]);
+
+        // Booted; the server is unreachable when the release is blessed: the event waits.
+        loader_boots(&w, "cairn-2.0.0+3.efi", "cairn-2.0.0+2-1.efi");
+        server.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut a = agent(&w, "2.0.0", Slot::B, Strategy::Immediate, &r);
+        r.healthy.set(true);
+        a.step(None);
+        r.clock.set(r.clock.get() + 60);
+        a.step(None);
+        assert_eq!(a.state.phase, Phase::Blessed { version: "2.0.0".into() });
+        assert_eq!(server.events.lock().unwrap().len(), 1);
+        assert_eq!(AgentState::load(&w.state).unwrap().unreported.len(), 1, "kept across restarts");
+        // The next check-in delivers it first; the server now says up to date.
+        server.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        *server.offer.lock().unwrap() = None;
+        a.step(Some(Command::Check));
+        assert_eq!(server.events.lock().unwrap()[1], (EventKind::Blessed, "2.0.0".to_string()));
+        assert!(a.state.unreported.is_empty());
+        assert_eq!(a.status().last_check_result, "up to date");
+        assert_eq!(server.checkins.lock().unwrap().last().unwrap().state, "blessed");
+    }
+
+    #[test]
+    fn with_a_rollout_server_a_rollback_is_reported_and_the_offer_refused() {
+        let w = world("2.0.0");
+        let r = server_rig(&w, "2.0.0");
+        let server = r.server.clone().unwrap();
+        agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r).step(Some(Command::Check));
+        loader_boots(&w, "cairn-2.0.0+3.efi", "cairn-2.0.0+0-3.efi");
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
+        assert_eq!(server.events.lock().unwrap()[1].0, EventKind::RolledBack);
+        // A server that offers it again anyway is not obeyed.
+        r.clock.set(2000);
+        a.step(Some(Command::Check));
+        assert_eq!(server.checkins.lock().unwrap().last().unwrap().rolled_back, ["2.0.0"]);
+        assert!(a.status().last_check_result.contains("rolled back"), "{:?}", a.status());
+        assert_eq!(r.reboots.get(), 1);
     }
 
     /// What systemd-boot does when it boots a counted entry: one try used.

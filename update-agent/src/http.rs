@@ -35,7 +35,9 @@ pub fn retryable(e: &SourceError) -> bool {
 
 impl Transport for HttpTransport {
     fn open(&self, path: &str, offset: u64) -> Result<Box<dyn Read + Send>, SourceError> {
-        let url = format!("{}/{path}", self.base);
+        // A rollout server may point at artifacts elsewhere by URL.
+        let absolute = path.starts_with("https://") || path.starts_with("http://");
+        let url = if absolute { path.to_string() } else { format!("{}/{path}", self.base) };
         let fail = |message: String| SourceError::Fetch { path: path.into(), message };
         let mut req = self.client.get(&url);
         if offset > 0 {

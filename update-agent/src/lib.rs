@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod host;
 pub mod http;
 pub mod initctl;
+pub mod server;
 pub mod slots;
 pub mod source;
 pub mod state;

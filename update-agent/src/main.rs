@@ -4,7 +4,7 @@
 
 use cairn_agent::agent::{Agent, AgentParts, Command, Status, SystemClock};
 use cairn_agent::host::{LinuxHost, Running};
-use cairn_agent::source::{DirTransport, Transport};
+use cairn_agent::source::{DirTransport, RolloutServer, Transport};
 use cairn_agent::{dbus, http};
 use cairn_release::keys::PublicKey;
 use cairn_release::update_config::{self, UpdateConfig, UpdateSettings};
@@ -76,13 +76,28 @@ fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Com
     let config = load_config();
     let host = LinuxHost::new(Running::detect()?)?;
     let trusted = trusted_keys(&Path::new("/").join(cairn_release::layout::TRUSTED_KEYS_DIR));
-    let transport = config.source.as_deref().map(transport).transpose()?;
+    // With a rollout server, releases come from where it says (relative to the server).
+    let (transport, server) = match &config.server {
+        Some(url) => {
+            let server = cairn_agent::server::HttpRolloutServer::new(url, READ_TIMEOUT).map_err(|e| e.to_string())?;
+            (Some(transport(url)?), Some(Box::new(server) as Box<dyn RolloutServer>))
+        }
+        None => (config.source.as_deref().map(transport).transpose()?, None),
+    };
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
+    if server.is_some() && machine_id.is_empty() {
+        return Err("a rollout server is configured but /etc/machine-id is empty: the host has no identity".into());
+    }
+    let source = match &config.server {
+        Some(url) => format!("server {url} (group {})", config.group),
+        None => config.source.clone().unwrap_or_else(|| "(none)".into()),
+    };
     eprintln!(
         "cairn-agent: running {} {} in slot {}; source {}; strategy {}; every {}s; {} trusted key(s)",
         host.running.os_id,
         host.running.version,
         host.running.slot.letter(),
-        config.source.as_deref().unwrap_or("(none)"),
+        source,
         config.strategy.as_str(),
         config.interval.as_secs(),
         trusted.len()
@@ -94,6 +109,8 @@ fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Com
         config,
         trusted,
         transport,
+        server,
+        instance_id: machine_id,
         state_path: PathBuf::from(STATE_FILE),
         seed,
         publish,

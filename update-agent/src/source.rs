@@ -4,6 +4,7 @@
 //! tests); HTTP comes with the daemon.
 
 use crate::state::{AgentState, StateError};
+use cairn_release::checkin::{CheckIn, CheckInReply, Event};
 use cairn_release::keys::PublicKey;
 use cairn_release::manifest::{FeedIndex, MANIFEST, Release, SIGNATURE_SUFFIX, VerifyError};
 use sha2::{Digest, Sha256};
@@ -86,22 +87,67 @@ pub fn check(
     if entry.path.split('/').any(|c| c == ".." || c.is_empty()) {
         return Err(SourceError::Refused(format!("release path {:?} leaves the feed", entry.path)));
     }
-    let manifest = transport.read_all(&format!("{}/{MANIFEST}", entry.path), MAX_DOCUMENT)?;
-    let sig = transport.read_all(&format!("{}/{MANIFEST}{SIGNATURE_SUFFIX}", entry.path), MAX_DOCUMENT)?;
+    fetch_release(transport, trusted, now, os_id, &entry.version, &entry.path, &entry.manifest_sha256).map(Ok)
+}
+
+/// Fetches and verifies the release at `path` (a directory of the feed, or an http(s) URL)
+/// that an index or a rollout server named as `version` with `manifest_sha256`.
+pub fn fetch_release(
+    transport: &dyn Transport,
+    trusted: &[PublicKey],
+    now: u64,
+    os_id: &str,
+    version: &str,
+    path: &str,
+    manifest_sha256: &str,
+) -> Result<Candidate, SourceError> {
+    let manifest = transport.read_all(&format!("{path}/{MANIFEST}"), MAX_DOCUMENT)?;
+    let sig = transport.read_all(&format!("{path}/{MANIFEST}{SIGNATURE_SUFFIX}"), MAX_DOCUMENT)?;
     let release = Release::verify(&manifest, &sig, trusted, now)
-        .map_err(|source| SourceError::Verify { what: format!("release {}", entry.version), source })?;
+        .map_err(|source| SourceError::Verify { what: format!("release {version}"), source })?;
     let sha = hex::encode(Sha256::digest(&manifest));
-    if sha != entry.manifest_sha256 {
+    if sha != manifest_sha256 {
         return Err(SourceError::Refused(format!(
-            "release.json of {} does not match the index's sha256",
-            entry.version
+            "release.json of {version} does not match the sha256 it was offered with"
         )));
     }
-    if release.version != entry.version || release.os_id != os_id {
+    if release.version != version || release.os_id != os_id {
         return Err(SourceError::Refused(format!(
-            "the index lists {} {} but the release is {} {}",
-            os_id, entry.version, release.os_id, release.version
+            "offered {os_id} {version} but the release is {} {}",
+            release.os_id, release.version
         )));
     }
-    Ok(Ok(Candidate { release, path: entry.path.clone() }))
+    Ok(Candidate { release, path: path.to_string() })
+}
+
+/// Asks the rollout server what to install. `Ok(Err(reason))` when there is nothing.
+pub fn check_server(
+    server: &dyn RolloutServer,
+    transport: &dyn Transport,
+    trusted: &[PublicKey],
+    now: u64,
+    checkin: &CheckIn,
+    state: &AgentState,
+) -> Result<Result<Candidate, String>, SourceError> {
+    let reply = server.check_in(checkin)?;
+    let Some(offer) = reply.update else {
+        return Ok(Err(reply.reason.unwrap_or_else(|| "the server offers no update".into())));
+    };
+    match state.may_install(&offer.version, &checkin.version) {
+        Ok(()) => {}
+        Err(e @ (StateError::NotNewer { .. } | StateError::RolledBack(_))) => return Ok(Err(e.to_string())),
+        Err(e) => return Err(SourceError::Refused(e.to_string())),
+    }
+    let absolute = offer.path.starts_with("https://") || offer.path.starts_with("http://");
+    if !absolute && offer.path.split('/').any(|c| c == ".." || c.is_empty()) {
+        return Err(SourceError::Refused(format!("release path {:?} leaves the server", offer.path)));
+    }
+    let path = offer.path.trim_end_matches('/');
+    fetch_release(transport, trusted, now, &checkin.os_id, &offer.version, path, &offer.manifest_sha256).map(Ok)
+}
+
+/// The rollout server's agent API (cairn_release::checkin).
+pub trait RolloutServer: Send + Sync {
+    fn check_in(&self, checkin: &CheckIn) -> Result<CheckInReply, SourceError>;
+    fn report(&self, event: &Event) -> Result<(), SourceError>;
 }

@@ -87,7 +87,22 @@ pub struct AgentState {
     /// Failed attempts in a row, for the backoff; reset by a check or an install that succeeds.
     #[serde(default)]
     pub failures: u32,
+    /// Events for the rollout server not yet acknowledged by it, oldest first; sent again at
+    /// the next check-in so that a network blip does not turn a success into a timeout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreported: Vec<PendingEvent>,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEvent {
+    pub kind: cairn_release::checkin::EventKind,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The most events kept for the server; older ones are dropped first.
+pub const MAX_UNREPORTED: usize = 20;
 
 impl Default for AgentState {
     fn default() -> Self {
@@ -98,6 +113,7 @@ impl Default for AgentState {
             last_check: None,
             last_error: None,
             failures: 0,
+            unreported: vec![],
         }
     }
 }
