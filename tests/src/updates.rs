@@ -34,6 +34,21 @@ pub fn configure_agent(vm: &mut Vm, server: &FileServer, strategy: &str) -> Resu
     wait_for_status(vm, |s| s.contains(&source) && s.contains(&strategy), Duration::from_secs(60))
 }
 
+/// Points the agent at the rollout server on the test machine's `port` (10.0.2.2 in the VM) in
+/// `group`, like [`configure_agent`].
+pub fn configure_agent_for_server(vm: &mut Vm, port: u16, group: &str, strategy: &str) -> Result<()> {
+    vm.run_ok(
+        &format!(
+            "mkdir -p /etc/cairn && printf 'server = \"http://10.0.2.2:{port}\"\ngroup = \"{group}\"\n\
+             strategy = \"{strategy}\"\nbless_after = \"3s\"\n' > /etc/cairn/update.toml && sync && \
+             cairnctl restart cairn-agent"
+        ),
+        CMD,
+    )?;
+    let source = format!("Source:          http://10.0.2.2:{port} (group {group})");
+    wait_for_status(vm, |s| s.contains(&source), Duration::from_secs(60))
+}
+
 /// Polls `updatectl status` until `done` holds for its output.
 pub fn wait_for_status(vm: &mut Vm, done: impl Fn(&str) -> bool, timeout: Duration) -> Result<()> {
     let start = Instant::now();

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use cairn_qemu::{Vm, VmConfig};
 use cairn_tests::http::{Fault, FileServer};
-use cairn_tests::updates::{agent_log, configure_agent, publish, wait_for_status};
+use cairn_tests::updates::{agent_log, configure_agent, configure_agent_for_server, publish, wait_for_status};
 use cairn_tests::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -305,5 +305,70 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
     wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
     let raw = disk_after(&mut vm)?;
     assert_eq!(esp_entries(&img1, &raw)?, ["cairn-1.efi", "cairn-2.efi"]);
+    Ok(())
+}
+
+/// A host checks in with cairn-server on the test machine's loopback, is granted 2 by its
+/// group's policy, installs it, boots it, reports it blessed, and the server's rollout status
+/// shows it there.
+#[test]
+fn a_host_is_granted_an_update_by_the_rollout_server() -> Result<()> {
+    use cairn_tests::server::{Api, ServerProcess, create_token, workspace_binary};
+    let (img1, img2) = (v1()?, v2()?);
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let public = tmp.path().join("release.pub");
+    std::fs::write(&public, key()?.public().to_text())?;
+    let store = vec!["--data".to_string(), data.display().to_string()];
+    let token = create_token(&store)?;
+    let mut args = store;
+    args.extend(["--trust".into(), public.display().to_string()]);
+    let server = ServerProcess::spawn(&args)?;
+    let port: u16 = server.url.rsplit(':').next().context("port")?.parse()?;
+
+    let updatectl = workspace_binary("updatectl", "updatectl")?;
+    let fleet = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(&updatectl)
+            .args(args)
+            .env("CAIRN_SERVER", &server.url)
+            .env("CAIRN_TOKEN", &token)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "updatectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    fleet(&["package", "upload", "--quiet", img2.dir.join("release").to_str().context("path")?])?;
+    fleet(&["channel", "set-version", "stable", "2"])?;
+    fleet(&["group", "create", "vms", "--max-per-period", "1", "--period", "1h", "--safe-mode"])?;
+
+    let mut vm = Vm::start(&VmConfig::uefi(img1.raw()))?;
+    vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
+    configure_agent_for_server(&mut vm, port, "vms", "immediate")?;
+    let mark = vm.console().mark();
+    vm.send(b"updatectl check\n")?;
+    vm.wait_for_line("cairn: ready version=2 slot=b", mark, READY)
+        .with_context(|| format!("the granted update did not boot: {}", vm.console().text_from(mark)))?;
+    wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
+
+    // The blessed report reaches the server (right away, or queued to the next check-in).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&fleet(&["--json", "rollout", "status", "--group", "vms"])?)?;
+        if status[0]["succeeded"] == 1 && status[0]["versions"] == serde_json::json!([["2", 1]]) {
+            break status;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the server never saw the host on 2: {status}");
+        vm.run("updatectl check --timeout 60", CMD)?;
+    };
+    assert_eq!(status[0]["failed"], 0, "{status}");
+    let human = fleet(&["rollout", "status", "--group", "vms"])?;
+    assert!(human.contains("hosts: 1 (by version: 2 1;"), "{human}");
+    let events = fleet(&["events", "--group", "vms"])?;
+    for kind in ["granted", "staged", "blessed"] {
+        assert!(events.contains(kind), "no {kind} event:\n{events}");
+    }
+    let admin = Api::new(&server.url, Some(&token));
+    let hosts = admin.ok("GET", "/v1/admin/instances?group=vms", &serde_json::Value::Null)?;
+    assert_eq!((hosts[0]["version"].as_str(), hosts[0]["slot"].as_str()), (Some("2"), Some("b")), "{hosts}");
     Ok(())
 }
