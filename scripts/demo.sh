@@ -1,9 +1,39 @@
 #!/bin/sh
-# Builds the default image and boots it in QEMU with its console on this terminal.
-# Ctrl-C powers the VM off. Extra arguments go to `cairn run` (e.g. --ssh-port 2222).
+# Builds the default image (set to check in with a local rollout server), starts cairn-server
+# with SQLite under out/demo-server on 127.0.0.1:8270, and boots the image in QEMU with its
+# console on this terminal. Ctrl-C powers the VM off and stops the server.
+# Extra arguments go to `cairn run` (e.g. --ssh-port 2222).
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --release -p cairn-image --bin cairn
-./target/release/cairn build --spec images/default.toml --out out
-exec ./target/release/cairn run --image out/disk.qcow2 --snapshot "$@"
+cargo build --release -p cairn-image --bin cairn -p cairn-server --bin cairn-server -p updatectl --bin updatectl
+bin=./target/release
+state=out/demo-server
+mkdir -p "$state"
+
+# A release key of the demo's own: the image trusts it and so does the server.
+[ -s "$state/keys/release.key" ] || "$bin/cairn" keygen --out "$state/keys"
+"$bin/cairn" build --spec images/demo.toml --out out --signing-key "$state/keys/release.key"
+
+[ -s "$state/token" ] || "$bin/cairn-server" token create --data "$state" > "$state/token"
+"$bin/cairn-server" serve --listen 127.0.0.1:8270 --data "$state" --trust "$state/keys/release.pub" \
+    > "$state/server.out" 2> "$state/server.log" &
+server=$!
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT INT TERM
+
+cat <<MSG
+
+cairn-server is running on http://127.0.0.1:8270 (log: $state/server.log); the VM's agent checks
+in every 30 s. In another terminal:
+
+    export CAIRN_SERVER=http://127.0.0.1:8270 CAIRN_TOKEN=\$(cat $state/token)
+    $bin/updatectl instance list          # the VM, once it has checked in
+    $bin/updatectl rollout status
+
+To roll out an update: build version 2 with the same key, upload it, point the channel at it:
+
+    $bin/cairn build --spec images/demo.toml --out out/v2 --version 2 --signing-key $state/keys/release.key
+    $bin/updatectl package upload out/v2/release && $bin/updatectl channel set-version stable 2
+
+MSG
+"$bin/cairn" run --image out/disk.qcow2 --snapshot "$@"

@@ -24,6 +24,7 @@ cpio:cpio
 objcopy:binutils
 dpkg-deb:dpkg
 /usr/bin/pg_ctlcluster:postgresql
+openssl:openssl
 "
 
 missing=""

@@ -178,6 +178,9 @@ impl Server {
         if let Decision::Offer { new_grant: true, .. } = decision {
             decision = self.grant(&view, &instance, now).await?;
         } else if changed {
+            if stored.is_none() {
+                tracing::info!(instance = instance.id, group = instance.group, version = instance.version, "new host");
+            }
             self.heartbeats.lock().expect("heartbeats lock").remove(&instance.id);
             store::upsert_instance(&self.db.write, &instance).await?;
         } else {

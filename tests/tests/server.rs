@@ -600,3 +600,44 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
     assert_eq!(events.as_array().map(Vec::len), Some(2), "granted + staged: {events}");
     Ok(())
 }
+
+/// With a certificate, the server speaks HTTPS (and nothing else) on its port.
+#[test]
+fn serves_https_when_given_a_certificate() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let key_file = tmp.path().join("release.pub");
+    std::fs::write(&key_file, release_key().public().to_text())?;
+    let server = ServerProcess::spawn(&[
+        "--data".into(),
+        tmp.path().join("data").display().to_string(),
+        "--trust".into(),
+        key_file.display().to_string(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ])?;
+    assert!(server.url.starts_with("https://127.0.0.1:"), "{}", server.url);
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cert)?)?)
+        .build()?;
+    let body = client.get(format!("{}/healthz", server.url)).send()?.text()?;
+    assert_eq!(body, "ok\n");
+    // Plain HTTP to the same port gets no answer it could take for one.
+    let plain = server.url.replace("https://", "http://");
+    assert!(reqwest::blocking::get(format!("{plain}/healthz")).and_then(|r| r.text()).map_or(true, |t| t != "ok\n"));
+    // And a client that does not trust the certificate refuses the connection.
+    assert!(reqwest::blocking::get(format!("{}/healthz", server.url)).is_err());
+    Ok(())
+}
