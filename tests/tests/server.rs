@@ -236,13 +236,31 @@ fn api_scenario(backend: Backend) -> Result<()> {
     let (code, _) = admin.send("POST", "/v1/admin/groups", &json!({"name": "default"}))?;
     assert_eq!(code, 409);
     assert_eq!(admin.ok("GET", "/v1/admin/groups", &Value::Null)?.as_array().map(Vec::len), Some(1));
+    // A package whose artifacts are served elsewhere: complete at once, offered by URL.
+    let elsewhere = fake_release(&releases.join("cdn"), "3", &release_key())?;
+    let (code, status) = admin.send(
+        "POST",
+        "/v1/admin/packages",
+        &json!({
+            "manifest": std::fs::read_to_string(elsewhere.join("release.json"))?,
+            "signature": std::fs::read_to_string(elsewhere.join("release.json.sig"))?,
+            "base_url": "https://cdn.example.com/releases/3",
+        }),
+    )?;
+    assert_eq!((code, &status["complete"]), (201, &json!(true)), "{status}");
+    admin.ok("POST", "/v1/admin/groups", &json!({"name": "edge", "pinned_version": "3"}))?;
+    let reply = agent.ok("POST", "/v1/checkin", &checkin("h9", "edge", "1"))?;
+    assert_eq!(reply["update"]["path"], "https://cdn.example.com/releases/3", "{reply}");
+    let (code, _) = agent.get("/v1/packages/3/uki.efi")?;
+    assert_eq!(code, 404, "not stored here");
+    admin.ok("PATCH", "/v1/admin/groups/edge", &json!({"pinned_version": ""}))?;
     let (code, body) = admin.send("DELETE", "/v1/admin/packages/2", &Value::Null)?;
     assert_eq!((code, error_of(&body).contains("channel stable")), (409, true), "{body}");
 
     // Metrics.
     let text = http.get(format!("{}/metrics", s.url)).send()?.text()?;
-    assert!(text.contains("cairn_server_checkins_total{result=\"offer\"} 1"), "{text}");
-    assert!(text.contains("cairn_server_grants_total 1"), "{text}");
+    assert!(text.contains("cairn_server_checkins_total{result=\"offer\"} 2"), "{text}");
+    assert!(text.contains("cairn_server_grants_total 2"), "{text}");
     assert!(text.contains("cairn_server_instances{group=\"default\",version=\"2\",state=\"idle\"} 1"), "{text}");
     Ok(())
 }
