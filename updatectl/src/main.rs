@@ -236,7 +236,9 @@ fn fleet(cli: Cli) -> server::Result<()> {
         Cmd::Package(PackageCmd::List) => output(&client.get("/packages")?, as_json, server::print_packages),
         Cmd::Package(PackageCmd::Upload { dir, url, quiet }) => {
             let v = server::upload(&client, &dir, url.as_deref(), quiet || as_json)?;
-            output(&v, as_json, |v| println!("package {} uploaded, complete: {}", v["version"], v["complete"]))
+            output(&v, as_json, |v| {
+                println!("package {} uploaded, complete: {}", v["version"].as_str().unwrap_or("?"), v["complete"])
+            })
         }
         Cmd::Package(PackageCmd::Delete { version }) => {
             client.json(Method::DELETE, &format!("/packages/{version}"), &Value::Null)?;
