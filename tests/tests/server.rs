@@ -659,3 +659,56 @@ fn serves_https_when_given_a_certificate() -> Result<()> {
     assert!(reqwest::blocking::get(format!("{}/healthz", server.url)).is_err());
     Ok(())
 }
+
+/// Two replicas sharing one PostgreSQL: 50 agents checking in at once through both never get
+/// more grants than the group's rate allows.
+#[test]
+fn replicas_sharing_postgres_never_grant_more_than_the_rate() -> Result<()> {
+    let pg = Postgres::start()?;
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let token = cairn_server::tokens::generate()?;
+    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+    let replicas = rt.block_on(async {
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let db = Db::postgres(&pg.url()).await?;
+            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()));
+            replicas.push(serve::start(Arc::new(server), std::net::TcpListener::bind("127.0.0.1:0")?, None)?);
+        }
+        cairn_server::store::insert_token(&replicas[0].server.db, &cairn_server::tokens::hash(&token), "t", 0).await?;
+        anyhow::Ok(replicas)
+    })?;
+    let urls: Vec<String> = replicas.iter().map(|r| format!("http://{}", r.addr)).collect();
+    let admin = Api::new(&urls[0], Some(&token));
+    admin.upload(&fake_release(tmp.path(), "2", &release_key())?)?;
+    admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
+    // Half of them may be granted: enough grant transactions overlap that any gap in the
+    // locking shows.
+    admin.ok("PATCH", "/v1/admin/groups/default", &json!({"max_per_period": 25}))?;
+
+    let barrier = Arc::new(std::sync::Barrier::new(50));
+    let offers: Vec<bool> = (0..50)
+        .map(|h| {
+            let (url, barrier) = (urls[h % 2].clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let agent = Api::new(&url, None);
+                barrier.wait();
+                offered(
+                    &agent.ok("POST", "/v1/checkin", &checkin(&format!("r-{h}"), "default", "1")).expect("check-in"),
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("agent thread"))
+        .collect();
+    assert_eq!(offers.iter().filter(|o| **o).count(), 25, "grants through both replicas");
+    let events = Api::new(&urls[1], Some(&token)).ok("GET", "/v1/admin/events?limit=1000", &Value::Null)?;
+    assert_eq!(events.as_array().map(|e| e.iter().filter(|e| e["kind"] == "granted").count()), Some(25));
+    for r in replicas {
+        rt.block_on(r.shutdown())?;
+    }
+    Ok(())
+}
