@@ -38,11 +38,17 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/instances", get(list_instances))
         .route("/events", get(list_events))
         .route("/rollout", get(rollout_status))
+        .route("/locks", get(lock_status))
+        .route("/locks/{group}", put(set_lock_slots))
+        .route("/locks/{group}/release", post(release_lock))
+        .route("/locks/{group}/token", post(new_lock_token).delete(remove_lock_token))
         .route_layer(middleware::from_fn_with_state(server.clone(), require_token));
     Router::new()
         .route(CHECKIN_PATH, post(check_in))
         .route(EVENTS_PATH, post(report))
         .route("/v1/packages/{version}/{file}", get(package_file))
+        .route(crate::fleetlock::PRE_REBOOT, post(crate::fleetlock::pre_reboot))
+        .route(crate::fleetlock::STEADY_STATE, post(crate::fleetlock::steady_state))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/v1/admin", admin)
@@ -421,4 +427,85 @@ fn add(counts: &mut Vec<(String, i64)>, key: &str, n: i64) {
         Some(entry) => entry.1 += n,
         None => counts.push((key.to_string(), n)),
     }
+}
+
+// ---- reboot locks ----
+
+#[derive(Deserialize)]
+struct LockQuery {
+    group: Option<String>,
+}
+
+fn check_lock_group(group: &str) -> ApiResult<()> {
+    if crate::fleetlock::valid_group(group) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("group {group:?}: must match ^[a-zA-Z0-9.-]+$")))
+    }
+}
+
+async fn lock_status(State(s): S, Query(q): Query<LockQuery>) -> ApiResult<Json<Vec<crate::locks::LockGroup>>> {
+    let groups = crate::locks::status(&s.db, q.group.as_deref()).await?;
+    if let Some(g) = &q.group
+        && groups.is_empty()
+    {
+        return Err(ApiError::NotFound(format!("unknown lock group {g:?}")));
+    }
+    Ok(Json(groups))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockSlots {
+    slots: i64,
+}
+
+async fn set_lock_slots(
+    State(s): S,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Vec<crate::locks::LockGroup>>> {
+    check_lock_group(&group)?;
+    let req: LockSlots = parse("lock group", &body)?;
+    if !(0..=10_000).contains(&req.slots) {
+        return Err(ApiError::BadRequest(format!("slots {}: 0 to 10000", req.slots)));
+    }
+    crate::locks::set_slots(&s.db, &group, req.slots, s.now_ms()).await?;
+    tracing::info!(group, slots = req.slots, "reboot slots set");
+    Ok(Json(crate::locks::status(&s.db, Some(&group)).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockRelease {
+    id: String,
+}
+
+async fn release_lock(State(s): S, Path(group): Path<String>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+    let req: LockRelease = parse("release", &body)?;
+    match crate::locks::unlock(&s.db, &group, &req.id, s.now_ms(), "lock-released").await? {
+        None => Err(ApiError::NotFound(format!("unknown lock group {group:?}"))),
+        Some(false) => Err(ApiError::NotFound(format!("{:?} holds no reboot slot in {group:?}", req.id))),
+        Some(true) => {
+            tracing::warn!(group, id = req.id, "reboot slot released by an operator");
+            Ok(Json(serde_json::json!({"released": req.id, "group": group})))
+        }
+    }
+}
+
+async fn new_lock_token(State(s): S, Path(group): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let token = tokens::generate()?;
+    if !crate::locks::set_token(&s.db, &group, Some(&tokens::hash(&token)), s.now_ms()).await? {
+        return Err(ApiError::NotFound(format!("unknown lock group {group:?}")));
+    }
+    tracing::info!(group, "lock token set");
+    Ok(Json(serde_json::json!({"group": group, "token": token})))
+}
+
+async fn remove_lock_token(State(s): S, Path(group): Path<String>) -> ApiResult<StatusCode> {
+    if !crate::locks::set_token(&s.db, &group, None, s.now_ms()).await? {
+        return Err(ApiError::NotFound(format!("unknown lock group {group:?}")));
+    }
+    tracing::info!(group, "lock token removed");
+    Ok(StatusCode::NO_CONTENT)
 }

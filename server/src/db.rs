@@ -53,7 +53,10 @@ pub struct Db {
 
 /// `(version, name, sql)`; `{serial_key}` is replaced per dialect. Never edit a released
 /// migration: add the next one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial schema", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial schema", include_str!("migrations/0001_initial.sql")),
+    (2, "fleetlock semaphores", include_str!("migrations/0002_fleetlock.sql")),
+];
 
 impl Db {
     pub async fn sqlite(data_dir: &Path) -> Result<Db> {

@@ -5,6 +5,8 @@ pub mod api;
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod fleetlock;
+pub mod locks;
 pub mod metrics;
 pub mod packages;
 pub mod policy;

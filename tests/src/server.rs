@@ -4,12 +4,18 @@
 use anyhow::{Context, Result, anyhow, bail};
 use cairn_release::keys::SecretKey;
 use cairn_release::manifest::{Artifact, ArtifactKind, Compression, FORMAT, Release, VerityInfo, sign};
+use cairn_server::clock::{Clock, ManualClock, SystemClock};
+use cairn_server::db::Db;
+use cairn_server::rollout::Server;
+use cairn_server::serve::{self, Running};
 use serde_json::Value;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A PostgreSQL server of its own: data in a temporary directory, listening on 127.0.0.1 on a
@@ -325,4 +331,76 @@ pub fn checkin(id: &str, group: &str, version: &str) -> Value {
 
 pub fn event(id: &str, kind: &str, version: &str) -> Value {
     serde_json::json!({"format": 1, "instance_id": id, "kind": kind, "version": version})
+}
+
+/// The release key the in-process servers trust.
+pub fn release_key() -> SecretKey {
+    SecretKey::from_seed(*b"cairn server test release key 01")
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A server in this process (so the test owns its clock), on a real socket.
+pub struct InProcess {
+    pub rt: tokio::runtime::Runtime,
+    pub running: Option<Running>,
+    pub clock: Arc<ManualClock>,
+    pub url: String,
+    pub token: String,
+    pub tmp: tempfile::TempDir,
+    _pg: Option<Postgres>,
+}
+
+impl InProcess {
+    pub fn start(backend: Backend) -> Result<InProcess> {
+        let tmp = tempfile::tempdir()?;
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Postgres::start()?),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let data = tmp.path().join("data");
+        let token = cairn_server::tokens::generate()?;
+        let running = rt.block_on(async {
+            let db = match &pg {
+                None => Db::sqlite(&data).await?,
+                Some(pg) => Db::postgres(&pg.url()).await?,
+            };
+            cairn_server::store::insert_token(&db, &cairn_server::tokens::hash(&token), "test", 0).await?;
+            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()));
+            serve::start(Arc::new(server), std::net::TcpListener::bind("127.0.0.1:0")?, None)
+        })?;
+        let url = format!("http://{}", running.addr);
+        Ok(InProcess { rt, running: Some(running), clock, url, token, tmp, _pg: pg })
+    }
+
+    pub fn admin(&self) -> Api {
+        Api::new(&self.url, Some(&self.token))
+    }
+
+    pub fn agent(&self) -> Api {
+        Api::new(&self.url, None)
+    }
+
+    /// Uploads release `version` (signed by the trusted key) and makes it the channel's.
+    pub fn release(&self, version: &str, channel: &str) -> Result<()> {
+        let dir = fake_release(&self.tmp.path().join("releases"), version, &release_key())?;
+        let status = self.admin().upload(&dir)?;
+        assert_eq!(status["complete"], json!(true), "{status}");
+        self.admin().ok("PUT", &format!("/v1/admin/channels/{channel}"), &json!({"version": version}))?;
+        Ok(())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = self.rt.block_on(r.shutdown());
+        }
+    }
 }

@@ -8,84 +8,15 @@ use cairn_release::keys::SecretKey;
 use cairn_server::clock::{Clock, ManualClock, SystemClock};
 use cairn_server::db::Db;
 use cairn_server::rollout::Server;
-use cairn_server::serve::{self, Running};
-use cairn_tests::server::{Api, Postgres, ServerProcess, checkin, create_token, event, fake_release};
+use cairn_server::serve;
+use cairn_tests::server::{
+    Api, Backend, InProcess, Postgres, ServerProcess, checkin, create_token, event, fake_release, release_key,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-
-fn release_key() -> SecretKey {
-    SecretKey::from_seed(*b"cairn server test release key 01")
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A server in this process (so the test owns its clock), on a real socket.
-struct InProcess {
-    rt: tokio::runtime::Runtime,
-    running: Option<Running>,
-    clock: Arc<ManualClock>,
-    url: String,
-    token: String,
-    tmp: tempfile::TempDir,
-    _pg: Option<Postgres>,
-}
-
-impl InProcess {
-    fn start(backend: Backend) -> Result<InProcess> {
-        let tmp = tempfile::tempdir()?;
-        let pg = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(Postgres::start()?),
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-        let data = tmp.path().join("data");
-        let token = cairn_server::tokens::generate()?;
-        let running = rt.block_on(async {
-            let db = match &pg {
-                None => Db::sqlite(&data).await?,
-                Some(pg) => Db::postgres(&pg.url()).await?,
-            };
-            cairn_server::store::insert_token(&db, &cairn_server::tokens::hash(&token), "test", 0).await?;
-            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()));
-            serve::start(Arc::new(server), std::net::TcpListener::bind("127.0.0.1:0")?, None)
-        })?;
-        let url = format!("http://{}", running.addr);
-        Ok(InProcess { rt, running: Some(running), clock, url, token, tmp, _pg: pg })
-    }
-
-    fn admin(&self) -> Api {
-        Api::new(&self.url, Some(&self.token))
-    }
-
-    fn agent(&self) -> Api {
-        Api::new(&self.url, None)
-    }
-
-    /// Uploads release `version` (signed by the trusted key) and makes it the channel's.
-    fn release(&self, version: &str, channel: &str) -> Result<()> {
-        let dir = fake_release(&self.tmp.path().join("releases"), version, &release_key())?;
-        let status = self.admin().upload(&dir)?;
-        assert_eq!(status["complete"], json!(true), "{status}");
-        self.admin().ok("PUT", &format!("/v1/admin/channels/{channel}"), &json!({"version": version}))?;
-        Ok(())
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            let _ = self.rt.block_on(r.shutdown());
-        }
-    }
-}
 
 fn error_of(v: &Value) -> String {
     v["error"].as_str().unwrap_or_else(|| panic!("no JSON error in {v}")).to_string()

@@ -72,6 +72,32 @@ enum Cmd {
     /// Fleet: rollouts.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Fleet: reboot locks (FleetLock semaphores).
+    #[command(subcommand)]
+    Lock(LockCmd),
+}
+
+#[derive(Subcommand)]
+enum LockCmd {
+    /// Slots, holders and since when.
+    Status {
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Free the slot a host holds (a host that died holding it).
+    Release {
+        id: String,
+        #[arg(long, default_value = "default")]
+        group: String,
+    },
+    /// Set how many hosts of GROUP may reboot at once (creates the group).
+    Slots { group: String, slots: u32 },
+    /// Require a token for GROUP's lock requests; prints the new token once (--remove: no token).
+    Token {
+        group: String,
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -285,6 +311,26 @@ fn fleet(cli: Cli) -> server::Result<()> {
         }
         Cmd::Rollout(RolloutCmd::Status { group }) => {
             output(&client.get(&format!("/rollout{}", query(&[("group", group)])))?, as_json, server::print_rollout)
+        }
+        Cmd::Lock(LockCmd::Status { group }) => {
+            output(&client.get(&format!("/locks{}", query(&[("group", group)])))?, as_json, server::print_locks)
+        }
+        Cmd::Lock(LockCmd::Release { id, group }) => {
+            let v = client.json(Method::POST, &format!("/locks/{group}/release"), &json!({"id": id}))?;
+            output(&v, as_json, |_| println!("released {id}'s reboot slot in {group}"))
+        }
+        Cmd::Lock(LockCmd::Slots { group, slots }) => {
+            let v = client.json(Method::PUT, &format!("/locks/{group}"), &json!({"slots": slots}))?;
+            output(&v, as_json, server::print_locks)
+        }
+        Cmd::Lock(LockCmd::Token { group, remove }) => {
+            if remove {
+                client.json(Method::DELETE, &format!("/locks/{group}/token"), &Value::Null)?;
+                output(&json!({"group": group, "token": null}), as_json, |_| println!("{group}: no token needed"))
+            } else {
+                let v = client.json(Method::POST, &format!("/locks/{group}/token"), &Value::Null)?;
+                output(&v, as_json, |v| println!("{}", v["token"].as_str().unwrap_or_default()))
+            }
         }
         Cmd::Status | Cmd::Check { .. } | Cmd::Apply | Cmd::Reboot => unreachable!("host commands"),
     }

@@ -285,6 +285,28 @@ pub fn print_rollout(v: &Value) {
     }
 }
 
+pub fn print_locks(v: &Value) {
+    let mut rows_out = Vec::new();
+    for g in rows(v) {
+        let holders = rows(&g["holders"]);
+        let token = if g["token_required"] == json!(true) { "yes" } else { "no" };
+        let used = format!("{}/{}", holders.len(), s(&g["slots"]));
+        if holders.is_empty() {
+            rows_out.push(vec![s(&g["group"]), used.clone(), token.into(), "-".into(), "-".into()]);
+        }
+        for h in holders {
+            rows_out.push(vec![
+                s(&g["group"]),
+                used.clone(),
+                token.into(),
+                s(&h["id"]),
+                age(h["since"].as_i64().unwrap_or(0)),
+            ]);
+        }
+    }
+    table::print(&["GROUP", "HELD", "TOKEN", "HOLDER", "SINCE"], &rows_out);
+}
+
 /// Uploads the release in `dir`: its signed documents, then each artifact the server is
 /// missing, with a progress bar.
 pub fn upload(client: &Client, dir: &Path, base_url: Option<&str>, quiet: bool) -> Result<Value> {

@@ -1,0 +1,276 @@
+//! The FleetLock protocol of cairn-server against real databases over real HTTP on loopback:
+//! exact statuses and error kinds, recursive lock and unlock, idempotent retries, operator
+//! recovery, per-group tokens, and a safety test where 50 clients hammer the semaphore while
+//! an observer checks that the holders never outnumber the slots.
+
+use anyhow::Result;
+use cairn_tests::server::{Backend, InProcess};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A FleetLock client: `(status, body)` of `pre-reboot` or `steady-state`.
+struct Client {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    fn new(base: &str) -> Client {
+        Client { base: base.to_string(), http: reqwest::blocking::Client::new() }
+    }
+
+    fn raw(&self, op: &str, header: Option<&str>, body: Vec<u8>, token: Option<&str>) -> Result<(u16, Value)> {
+        let mut req = self.http.post(format!("{}/v1/{op}", self.base)).body(body);
+        if let Some(h) = header {
+            req = req.header("fleet-lock-protocol", h);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send()?;
+        let status = resp.status().as_u16();
+        Ok((status, serde_json::from_str(&resp.text()?).unwrap_or(Value::Null)))
+    }
+
+    fn call(&self, op: &str, id: &str, group: &str) -> Result<(u16, Value)> {
+        let body = json!({"client_params": {"id": id, "group": group}});
+        self.raw(op, Some("true"), serde_json::to_vec(&body)?, None)
+    }
+
+    fn lock(&self, id: &str, group: &str) -> Result<(u16, Value)> {
+        self.call("pre-reboot", id, group)
+    }
+
+    fn unlock(&self, id: &str, group: &str) -> Result<(u16, Value)> {
+        self.call("steady-state", id, group)
+    }
+}
+
+fn kind(reply: &(u16, Value)) -> (u16, &str) {
+    (reply.0, reply.1["kind"].as_str().unwrap_or(""))
+}
+
+fn holders(s: &InProcess, group: &str) -> Result<Vec<String>> {
+    let status = s.admin().ok("GET", &format!("/v1/admin/locks?group={group}"), &Value::Null)?;
+    Ok(status[0]["holders"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap().to_string()).collect())
+}
+
+fn protocol(backend: Backend) -> Result<()> {
+    let s = InProcess::start(backend)?;
+    let c = Client::new(&s.url);
+    let body =
+        |id: &str, group: &str| serde_json::to_vec(&json!({"client_params": {"id": id, "group": group}})).unwrap();
+
+    // Malformed requests.
+    assert_eq!(kind(&c.raw("pre-reboot", None, body("a", "default"), None)?), (400, "invalid_request"));
+    assert_eq!(kind(&c.raw("pre-reboot", Some("false"), body("a", "default"), None)?), (400, "invalid_request"));
+    assert_eq!(kind(&c.raw("pre-reboot", Some("true"), b"{".to_vec(), None)?), (400, "invalid_request"));
+    assert_eq!(
+        kind(&c.raw("steady-state", Some("true"), b"{\"client_params\":{}}".to_vec(), None)?),
+        (400, "invalid_request")
+    );
+    assert_eq!(kind(&c.lock("", "default")?), (400, "invalid_client_identity"));
+    assert_eq!(kind(&c.lock("a", "bad_group")?), (400, "invalid_client_identity"));
+    assert_eq!(kind(&c.lock("a", "")?), (400, "invalid_client_identity"));
+    let unknown = c.lock("a", "nope")?;
+    assert_eq!(kind(&unknown), (400, "unknown_group"));
+    assert!(unknown.1["value"].as_str().unwrap().contains("nope"));
+    assert_eq!(kind(&c.unlock("a", "nope")?), (400, "unknown_group"));
+    assert!(holders(&s, "default")?.is_empty(), "bad requests changed nothing");
+
+    // One slot: recursive lock, full semaphore, idempotent unlock.
+    assert_eq!(c.lock("host-A", "default")?.0, 200);
+    assert_eq!(c.lock("host-A", "default")?.0, 200, "recursive");
+    let full = c.lock("host-b", "default")?;
+    assert_eq!(kind(&full), (500, "failed_lock"));
+    assert!(full.1["value"].as_str().unwrap().contains("host-A"), "{}", full.1);
+    assert_eq!(c.lock("host-a", "default")?.0, 500, "ids are case-sensitive");
+    assert_eq!(c.unlock("host-b", "default")?.0, 200, "releasing what you do not hold succeeds");
+    assert_eq!(holders(&s, "default")?, ["host-A"]);
+    assert_eq!(c.unlock("host-A", "default")?.0, 200);
+    assert_eq!(c.unlock("host-A", "default")?.0, 200, "idempotent");
+    assert_eq!(c.lock("host-b", "default")?.0, 200);
+
+    // The operator: more slots at any time, a new group, recovery of a dead holder.
+    let admin = s.admin();
+    admin.ok("PUT", "/v1/admin/locks/default", &json!({"slots": 2}))?;
+    assert_eq!(c.lock("host-c", "default")?.0, 200);
+    assert_eq!(kind(&c.lock("host-d", "default")?), (500, "failed_lock"));
+    assert_eq!(holders(&s, "default")?, ["host-b", "host-c"]);
+    admin.ok("POST", "/v1/admin/locks/default/release", &json!({"id": "host-b"}))?;
+    let (code, _) = admin.send("POST", "/v1/admin/locks/default/release", &json!({"id": "host-b"}))?;
+    assert_eq!(code, 404, "nothing to release");
+    assert_eq!(c.lock("host-d", "default")?.0, 200);
+    let (code, _) = admin.send("PUT", "/v1/admin/locks/bad_name", &json!({"slots": 1}))?;
+    assert_eq!(code, 400);
+    admin.ok("PUT", "/v1/admin/locks/workers.eu-1", &json!({"slots": 1}))?;
+    assert_eq!(c.lock("w1", "workers.eu-1")?.0, 200);
+
+    // A group with a token: refused without it, taken with it.
+    let token =
+        admin.ok("POST", "/v1/admin/locks/workers.eu-1/token", &Value::Null)?["token"].as_str().unwrap().to_string();
+    assert_eq!(kind(&c.raw("steady-state", Some("true"), body("w1", "workers.eu-1"), None)?), (401, "unauthorized"));
+    assert_eq!(
+        kind(&c.raw("steady-state", Some("true"), body("w1", "workers.eu-1"), Some("cairn_x"))?),
+        (401, "unauthorized")
+    );
+    assert_eq!(c.raw("steady-state", Some("true"), body("w1", "workers.eu-1"), Some(&token))?.0, 200);
+    assert_eq!(c.lock("host-c", "default")?.0, 200, "other groups need no token");
+
+    // The timeline.
+    let events = admin.ok("GET", "/v1/admin/events?group=default&limit=100", &Value::Null)?;
+    let timeline: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {}", e["kind"].as_str().unwrap(), e["instance_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            "pre-reboot host-A",
+            "steady-state host-A",
+            "pre-reboot host-b",
+            "pre-reboot host-c",
+            "lock-released host-b",
+            "pre-reboot host-d"
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn fleetlock_protocol_on_sqlite() -> Result<()> {
+    protocol(Backend::Sqlite)
+}
+
+#[test]
+fn fleetlock_protocol_on_postgres() -> Result<()> {
+    protocol(Backend::Postgres)
+}
+
+/// 50 clients take and give back slots for a while; in their critical section each counts
+/// itself, and an observer polls the server: neither ever sees more holders than slots.
+fn hammer(backend: Backend, slots: usize) -> Result<()> {
+    let s = InProcess::start(backend)?;
+    s.admin().ok("PUT", "/v1/admin/locks/default", &json!({"slots": slots}))?;
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most_inside = Arc::new(AtomicUsize::new(0));
+    let acquired = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let clients: Vec<_> = (0..50)
+        .map(|n| {
+            let (url, inside, most_inside, acquired) =
+                (s.url.clone(), inside.clone(), most_inside.clone(), acquired.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let c = Client::new(&url);
+                let id = format!("host-{n}");
+                while Instant::now() < deadline {
+                    let (code, body) = c.lock(&id, "default")?;
+                    match code {
+                        200 => {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            most_inside.fetch_max(now, Ordering::SeqCst);
+                            acquired.fetch_add(1, Ordering::SeqCst);
+                            // Long enough that holders overlap whenever the server lets them.
+                            std::thread::sleep(Duration::from_millis(20));
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            let (code, body) = c.unlock(&id, "default")?;
+                            anyhow::ensure!(code == 200, "steady-state: {code} {body}");
+                        }
+                        // Retry soon (Zincati waits minutes), spread so the clients do not march in step.
+                        500 if body["kind"] == "failed_lock" => {
+                            std::thread::sleep(Duration::from_millis(5 + n as u64 % 10))
+                        }
+                        _ => anyhow::bail!("pre-reboot: {code} {body}"),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let observer = {
+        let (stop, admin) = (stop.clone(), s.admin());
+        std::thread::spawn(move || -> Result<usize> {
+            let mut most = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let status = admin.ok("GET", "/v1/admin/locks?group=default", &Value::Null)?;
+                most = most.max(status[0]["holders"].as_array().map_or(0, Vec::len));
+            }
+            Ok(most)
+        })
+    };
+    for c in clients {
+        c.join().expect("client thread")?;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let observed = observer.join().expect("observer thread")?;
+    let (most, total) = (most_inside.load(Ordering::SeqCst), acquired.load(Ordering::SeqCst));
+    eprintln!(
+        "{backend:?}, {slots} slot(s): {total} acquisitions; at most {most} inside at once, {observed} holders seen"
+    );
+    assert!(total >= 20, "the semaphore made little progress: {total}");
+    assert!(most <= slots && observed <= slots, "more holders than slots: {most} inside, {observed} seen");
+    assert_eq!(most, slots, "the slots were all used at some point (the test could see a violation)");
+    assert!(holders(&s, "default")?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn fifty_clients_never_exceed_the_slots_on_sqlite() -> Result<()> {
+    hammer(Backend::Sqlite, 1)?;
+    hammer(Backend::Sqlite, 3)
+}
+
+#[test]
+fn fifty_clients_never_exceed_the_slots_on_postgres() -> Result<()> {
+    hammer(Backend::Postgres, 1)?;
+    hammer(Backend::Postgres, 3)
+}
+
+/// `updatectl lock status|slots|release|token` against a server.
+#[test]
+fn updatectl_shows_and_fixes_the_reboot_lock() -> Result<()> {
+    let s = InProcess::start(Backend::Sqlite)?;
+    let updatectl = cairn_tests::server::workspace_binary("updatectl", "updatectl")?;
+    let run = |args: &[&str]| -> Result<(i32, String, String)> {
+        let out = std::process::Command::new(&updatectl)
+            .args(args)
+            .env("CAIRN_SERVER", &s.url)
+            .env("CAIRN_TOKEN", &s.token)
+            .env("XDG_CONFIG_HOME", s.tmp.path().join("no-config"))
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, out, err) = run(&["lock", "slots", "default", "2"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0/2"), "{out}");
+    let c = Client::new(&s.url);
+    assert_eq!(c.lock("node-1", "default")?.0, 200);
+    let (_, out, _) = run(&["lock", "status"])?;
+    let line = out.lines().find(|l| l.starts_with("default")).unwrap_or_default().to_string();
+    assert!(line.contains("1/2") && line.contains("node-1") && line.contains("s ago"), "{out}");
+    let (_, out, _) = run(&["--json", "lock", "status", "--group", "default"])?;
+    let status: Value = serde_json::from_str(&out)?;
+    assert_eq!(status[0]["holders"][0]["id"], "node-1");
+    let (code, out, err) = run(&["lock", "release", "node-1", "--group", "default"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(&["lock", "release", "node-1", "--group", "default"])?;
+    assert_eq!((code, err.contains("holds no reboot slot")), (5, true), "{err}");
+    let (code, _, _) = run(&["lock", "status", "--group", "nope"])?;
+    assert_eq!(code, 5);
+    let (code, out, _) = run(&["lock", "token", "default"])?;
+    assert!(code == 0 && out.trim().starts_with("cairn_"), "{out}");
+    assert_eq!(kind(&c.lock("node-1", "default")?), (401, "unauthorized"));
+    let (code, _, _) = run(&["lock", "token", "default", "--remove"])?;
+    assert_eq!(code, 0);
+    assert_eq!(c.lock("node-1", "default")?.0, 200);
+    Ok(())
+}
