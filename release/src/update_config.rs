@@ -17,6 +17,10 @@ pub enum Strategy {
     Immediate,
     /// Stage, then wait for `updatectl reboot` (or the D-Bus `Reboot` method).
     Off,
+    /// Stage, then reboot once the FleetLock server (`lock_server`) grants a reboot slot; give
+    /// the slot back once the new release is blessed.
+    #[serde(rename = "fleetlock")]
+    FleetLock,
 }
 
 impl Strategy {
@@ -24,6 +28,7 @@ impl Strategy {
         match self {
             Strategy::Immediate => "immediate",
             Strategy::Off => "off",
+            Strategy::FleetLock => "fleetlock",
         }
     }
 }
@@ -50,6 +55,15 @@ pub struct UpdateSettings {
     /// The host's group on the rollout server (`default` if unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The FleetLock server of strategy `fleetlock` (default: `server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_server: Option<String>,
+    /// The host's FleetLock group (`default` if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_group: Option<String>,
+    /// How long to wait before asking again for a reboot slot (or to give one back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_retry: Option<String>,
 }
 
 /// The settings in force.
@@ -61,7 +75,12 @@ pub struct UpdateConfig {
     pub bless_after: Duration,
     pub server: Option<String>,
     pub group: String,
+    pub lock_server: Option<String>,
+    pub lock_group: String,
+    pub lock_retry: Duration,
 }
+
+pub const DEFAULT_LOCK_RETRY: Duration = Duration::from_secs(300);
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_BLESS_AFTER: Duration = Duration::from_secs(120);
@@ -76,6 +95,9 @@ impl UpdateSettings {
             bless_after: over.bless_after.clone().or_else(|| self.bless_after.clone()),
             server: over.server.clone().or_else(|| self.server.clone()),
             group: over.group.clone().or_else(|| self.group.clone()),
+            lock_server: over.lock_server.clone().or_else(|| self.lock_server.clone()),
+            lock_group: over.lock_group.clone().or_else(|| self.lock_group.clone()),
+            lock_retry: over.lock_retry.clone().or_else(|| self.lock_retry.clone()),
         }
     }
 
@@ -103,13 +125,37 @@ impl UpdateSettings {
         }
         let group = self.group.clone().unwrap_or_else(|| "default".into());
         crate::checkin::validate_name("group", &group, 64)?;
+        let strategy = self.strategy.unwrap_or(Strategy::Immediate);
+        let lock_server = self.lock_server.clone().filter(|s| !s.is_empty()).or_else(|| server.clone());
+        if let Some(s) = &lock_server
+            && !(s.starts_with("http://") || s.starts_with("https://"))
+        {
+            return Err(format!("lock_server: {s:?} is not an http(s):// URL"));
+        }
+        if strategy == Strategy::FleetLock && lock_server.is_none() {
+            return Err("strategy: fleetlock needs lock_server (or server)".into());
+        }
+        let lock_group = self.lock_group.clone().unwrap_or_else(|| "default".into());
+        let fleetlock_group = !lock_group.is_empty()
+            && lock_group.len() <= 128
+            && lock_group.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        if !fleetlock_group {
+            return Err(format!("lock_group {lock_group:?}: must match ^[a-zA-Z0-9.-]+$"));
+        }
+        let lock_retry = dur("lock_retry", &self.lock_retry, DEFAULT_LOCK_RETRY)?;
+        if lock_retry < Duration::from_secs(1) {
+            return Err("lock_retry: must be at least 1s".into());
+        }
         Ok(UpdateConfig {
             source: self.source.clone().filter(|s| !s.is_empty()),
-            strategy: self.strategy.unwrap_or(Strategy::Immediate),
+            strategy,
             interval,
             bless_after: dur("bless_after", &self.bless_after, DEFAULT_BLESS_AFTER)?,
             server,
             group,
+            lock_server,
+            lock_group,
+            lock_retry,
         })
     }
 }
@@ -143,5 +189,18 @@ mod tests {
         assert!(bad.resolve().unwrap_err().starts_with("group"));
         let bad = UpdateSettings { server: Some("10.0.2.2:8270".into()), ..Default::default() };
         assert!(bad.resolve().unwrap_err().starts_with("server:"));
+        // FleetLock: the lock server defaults to the rollout server; without either, refused.
+        let c =
+            image.overlay(&UpdateSettings { strategy: Some(Strategy::FleetLock), ..server.clone() }).resolve().unwrap();
+        assert_eq!(c.lock_server.as_deref(), Some("http://10.0.2.2:8270"));
+        assert_eq!((c.lock_group.as_str(), c.lock_retry), ("default", DEFAULT_LOCK_RETRY));
+        let bad = UpdateSettings { strategy: Some(Strategy::FleetLock), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().contains("fleetlock needs lock_server"));
+        let bad = UpdateSettings { lock_group: Some("a_b".into()), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().starts_with("lock_group"));
+        let parsed: UpdateSettings =
+            serde_json::from_str(r#"{"strategy": "fleetlock", "lock_server": "http://x", "lock_retry": "2s"}"#)
+                .unwrap();
+        assert_eq!(parsed.resolve().unwrap().lock_retry, Duration::from_secs(2));
     }
 }

@@ -274,3 +274,21 @@ fn updatectl_shows_and_fixes_the_reboot_lock() -> Result<()> {
     assert_eq!(c.lock("node-1", "default")?.0, 200);
     Ok(())
 }
+
+/// The agent's FleetLock client against the server.
+#[test]
+fn the_agent_client_takes_and_gives_back_slots() -> Result<()> {
+    use cairn_agent::fleetlock::{FleetLockClient, RebootLock};
+    let s = InProcess::start(Backend::Sqlite)?;
+    let timeout = Duration::from_secs(10);
+    let a = FleetLockClient::new(&s.url, "host-a", "default", timeout).map_err(anyhow::Error::msg)?;
+    let b = FleetLockClient::new(&s.url, "host-b", "default", timeout).map_err(anyhow::Error::msg)?;
+    a.lock().map_err(anyhow::Error::msg)?;
+    let refused = b.lock().unwrap_err();
+    assert!(refused.contains("failed_lock") && refused.contains("host-a"), "{refused}");
+    a.unlock().map_err(anyhow::Error::msg)?;
+    b.lock().map_err(anyhow::Error::msg)?;
+    let nowhere = FleetLockClient::new(&s.url, "host-c", "nope", timeout).map_err(anyhow::Error::msg)?;
+    assert!(nowhere.lock().unwrap_err().contains("unknown_group"));
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! against a disk image file and a directory for the ESP.
 
 use crate::entries::{self, Assessment};
+use crate::fleetlock::RebootLock;
 use crate::host::{Running, TargetDevice};
 use crate::source::{self, RolloutServer, Transport};
 use crate::state::{self, AgentState, Phase};
@@ -87,6 +88,10 @@ pub struct Agent<H: Host, C: Clock> {
     server: Option<Box<dyn RolloutServer>>,
     /// The host's identity for the rollout server (the machine-id).
     instance_id: String,
+    /// The reboot semaphore of strategy `fleetlock`.
+    lock: Option<Box<dyn RebootLock>>,
+    /// When to ask the lock server again (after it said no or could not be reached).
+    next_lock_attempt: u64,
     pub state: AgentState,
     state_path: PathBuf,
     /// Spreads a fleet's checks (the machine-id).
@@ -108,6 +113,7 @@ pub struct AgentParts<H, C> {
     pub transport: Option<Box<dyn Transport>>,
     pub server: Option<Box<dyn RolloutServer>>,
     pub instance_id: String,
+    pub lock: Option<Box<dyn RebootLock>>,
     pub state_path: PathBuf,
     pub seed: Vec<u8>,
     pub publish: Publish,
@@ -133,6 +139,8 @@ impl<H: Host, C: Clock> Agent<H, C> {
             transport: p.transport,
             server: p.server,
             instance_id: p.instance_id,
+            lock: p.lock,
+            next_lock_attempt: 0,
             state: AgentState::default(),
             state_path: p.state_path,
             seed: p.seed,
@@ -155,6 +163,16 @@ impl<H: Host, C: Clock> Agent<H, C> {
             log(&format!("after boot: {} -> {}", describe(&before), describe(&state.phase)));
         }
         agent.state = state;
+        // Started with nothing in flight: a slot still held (the host crashed or was rebooted by
+        // hand after taking it) is not needed any more.
+        if agent.config.strategy == Strategy::FleetLock
+            && matches!(
+                agent.state.phase,
+                Phase::Idle | Phase::Blessed { .. } | Phase::RolledBack { .. } | Phase::Error { .. }
+            )
+        {
+            agent.state.lock_to_release = true;
+        }
         agent.save();
         if let (Phase::RolledBack { version }, false) = (&agent.state.phase, agent.state.phase == before) {
             let (version, error) = (version.clone(), agent.state.last_error.clone());
@@ -292,8 +310,11 @@ impl<H: Host, C: Clock> Agent<H, C> {
                 self.assess(&version, now)
             }
             (Phase::Staged { version } | Phase::WaitingToReboot { version }, c) => {
-                if self.config.strategy == Strategy::Immediate || matches!(c, Some(Command::Apply | Command::Reboot)) {
+                let asked = matches!(c, Some(Command::Apply | Command::Reboot));
+                if self.config.strategy == Strategy::Immediate || asked {
                     self.reboot(&version);
+                } else if self.config.strategy == Strategy::FleetLock {
+                    return self.reboot_under_lock(&version, now);
                 } else if matches!(self.state.phase, Phase::Staged { .. }) {
                     let _ = self.state.transition(Phase::WaitingToReboot { version: version.clone() });
                     log(&format!("{version} is staged; reboot with `updatectl reboot` (strategy off)"));
@@ -310,8 +331,9 @@ impl<H: Host, C: Clock> Agent<H, C> {
                 self.until_next_check(now)
             }
             (_, c) => {
+                let lock_wait = self.release_lock(now);
                 if c.is_none() && now < self.next_due() {
-                    return self.until_next_check(now);
+                    return self.until_next_check(now).min(lock_wait.unwrap_or(Duration::MAX));
                 }
                 self.check_and_install(now, c == Some(Command::Apply));
                 self.next_check = state::next_check(now, self.config.interval.as_secs(), &self.seed);
@@ -422,6 +444,66 @@ impl<H: Host, C: Clock> Agent<H, C> {
         }
     }
 
+    /// Strategy `fleetlock`: reboots into `version` once the lock server grants a slot; until
+    /// then asks again every `lock_retry`.
+    fn reboot_under_lock(&mut self, version: &str, now: u64) -> Duration {
+        if let Phase::Staged { .. } = self.state.phase {
+            let _ = self.state.transition(Phase::WaitingToReboot { version: version.into() });
+            self.save();
+        }
+        let retry = self.config.lock_retry;
+        if now < self.next_lock_attempt {
+            return Duration::from_secs(self.next_lock_attempt - now);
+        }
+        let Some(lock) = self.lock.as_deref() else {
+            self.state.last_error = Some("strategy fleetlock without a lock server".into());
+            self.publish();
+            return self.config.interval;
+        };
+        match lock.lock() {
+            Ok(()) => {
+                log(&format!("reboot slot taken; rebooting into {version}"));
+                self.state.lock_to_release = true;
+                self.reboot(version);
+                Duration::from_secs(30)
+            }
+            Err(e) => {
+                self.last_check_result = format!("{version} is staged; waiting for a reboot slot ({e})");
+                log(&self.last_check_result.clone());
+                self.next_lock_attempt = now + retry.as_secs();
+                self.publish();
+                retry
+            }
+        }
+    }
+
+    /// Gives back the reboot slot once the host is steady; `Some(wait)` while it still must.
+    fn release_lock(&mut self, now: u64) -> Option<Duration> {
+        if !self.state.lock_to_release {
+            return None;
+        }
+        if now < self.next_lock_attempt {
+            return Some(Duration::from_secs(self.next_lock_attempt - now));
+        }
+        let result = match self.lock.as_deref() {
+            Some(lock) => lock.unlock(),
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                log("steady: reboot slot released");
+                self.state.lock_to_release = false;
+                self.save();
+                None
+            }
+            Err(e) => {
+                log(&format!("releasing the reboot slot: {e} (will retry)"));
+                self.next_lock_attempt = now + self.config.lock_retry.as_secs();
+                Some(self.config.lock_retry)
+            }
+        }
+    }
+
     fn reboot(&mut self, version: &str) {
         let from = self.host.running().version.clone();
         if let Err(e) = self.state.transition(Phase::Rebooting { version: version.into(), from }) {
@@ -450,6 +532,9 @@ impl<H: Host, C: Clock> Agent<H, C> {
                         let _ = self.state.transition(Phase::Blessed { version: version.into() });
                         self.save();
                         self.record(EventKind::Blessed, version, None);
+                        if let Some(wait) = self.release_lock(now) {
+                            return wait.min(self.until_next_check(now));
+                        }
                         self.publish();
                         self.until_next_check(now)
                     }
@@ -554,6 +639,30 @@ mod tests {
         healthy: Rc<Cell<bool>>,
         reboots: Rc<Cell<u32>>,
         server: Option<FakeServer>,
+        lock: Option<FakeLock>,
+    }
+
+    /// A reboot semaphore with one slot that is free or not; records the calls.
+    #[derive(Clone, Default)]
+    struct FakeLock {
+        free: Arc<std::sync::atomic::AtomicBool>,
+        calls: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl RebootLock for FakeLock {
+        fn lock(&self) -> Result<(), String> {
+            self.calls.lock().unwrap().push("lock");
+            if self.free.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("failed_lock: all 1 slot(s) held".into())
+            }
+        }
+
+        fn unlock(&self) -> Result<(), String> {
+            self.calls.lock().unwrap().push("unlock");
+            Ok(())
+        }
     }
 
     /// A rollout server that offers `offer` and records what it is told; reports fail while
@@ -606,6 +715,9 @@ mod tests {
             bless_after: Duration::from_secs(60),
             server: rig.server.as_ref().map(|_| "http://server.invalid".to_string()),
             group: "default".into(),
+            lock_server: rig.lock.as_ref().map(|_| "http://lock.invalid".to_string()),
+            lock_group: "default".into(),
+            lock_retry: Duration::from_secs(30),
         };
         Agent::start(AgentParts {
             host,
@@ -615,6 +727,7 @@ mod tests {
             transport: Some(Box::new(DirTransport(w.feed.clone()))),
             server: rig.server.clone().map(|s| Box::new(s) as Box<dyn RolloutServer>),
             instance_id: "0123456789abcdef0123456789abcdef".into(),
+            lock: rig.lock.clone().map(|l| Box::new(l) as Box<dyn RebootLock>),
             state_path: w.state.clone(),
             seed: b"machine".to_vec(),
             publish: Arc::new(|_| {}),
@@ -629,7 +742,55 @@ mod tests {
             healthy: Rc::new(Cell::new(false)),
             reboots: Rc::new(Cell::new(0)),
             server: None,
+            lock: None,
         }
+    }
+
+    #[test]
+    fn fleetlock_reboots_only_with_a_slot_and_gives_it_back_once_blessed() {
+        let w = world("2.0.0");
+        let r = Rig { lock: Some(FakeLock::default()), ..rig() };
+        let lock = r.lock.clone().unwrap();
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::FleetLock, &r);
+        assert_eq!(*lock.calls.lock().unwrap(), [] as [&str; 0], "nothing to give back before the first step");
+        lock.calls.lock().unwrap().clear();
+        // Staged; the slot is taken by another host: it waits and asks again after lock_retry.
+        assert_eq!(a.step(Some(Command::Check)), Duration::from_secs(30));
+        assert_eq!(a.state.phase, Phase::WaitingToReboot { version: "2.0.0".into() });
+        assert_eq!(r.reboots.get(), 0);
+        assert!(a.status().last_check_result.contains("waiting for a reboot slot"), "{:?}", a.status());
+        r.clock.set(r.clock.get() + 10);
+        assert_eq!(a.step(None), Duration::from_secs(20), "not asked again before lock_retry");
+        assert_eq!(lock.calls.lock().unwrap().iter().filter(|c| **c == "lock").count(), 1);
+        // Free: it takes the slot and reboots, remembering to give it back.
+        lock.free.store(true, std::sync::atomic::Ordering::SeqCst);
+        r.clock.set(r.clock.get() + 20);
+        a.step(None);
+        assert_eq!(r.reboots.get(), 1);
+        assert!(AgentState::load(&w.state).unwrap().lock_to_release);
+        // The new release boots and is blessed: the slot goes back then, not before.
+        loader_boots(&w, "cairn-2.0.0+3.efi", "cairn-2.0.0+2-1.efi");
+        lock.calls.lock().unwrap().clear();
+        let mut a = agent(&w, "2.0.0", Slot::B, Strategy::FleetLock, &r);
+        r.healthy.set(true);
+        a.step(None);
+        assert_eq!(*lock.calls.lock().unwrap(), [] as [&str; 0], "assessing: the slot is still needed");
+        r.clock.set(r.clock.get() + 60);
+        a.step(None);
+        assert_eq!(a.state.phase, Phase::Blessed { version: "2.0.0".into() });
+        assert_eq!(*lock.calls.lock().unwrap(), ["unlock"]);
+        assert!(!AgentState::load(&w.state).unwrap().lock_to_release);
+    }
+
+    #[test]
+    fn fleetlock_host_starting_idle_gives_back_a_slot_it_may_hold() {
+        let w = world("2.0.0");
+        let r = Rig { lock: Some(FakeLock::default()), ..rig() };
+        let mut a = agent(&w, "2.0.0", Slot::A, Strategy::FleetLock, &r);
+        a.step(None);
+        assert_eq!(*r.lock.as_ref().unwrap().calls.lock().unwrap(), ["unlock"]);
+        a.step(None);
+        assert_eq!(r.lock.as_ref().unwrap().calls.lock().unwrap().len(), 1, "once");
     }
 
     /// A rig whose agent checks in with a rollout server offering the world's release.

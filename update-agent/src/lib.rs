@@ -7,6 +7,7 @@ pub mod apply;
 pub mod dbus;
 pub mod entries;
 pub mod failpoint;
+pub mod fleetlock;
 pub mod host;
 pub mod http;
 pub mod initctl;

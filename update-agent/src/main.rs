@@ -3,11 +3,12 @@
 //! runtime. They share the status through a watch channel and commands through a queue.
 
 use cairn_agent::agent::{Agent, AgentParts, Command, Status, SystemClock};
+use cairn_agent::fleetlock::{FleetLockClient, RebootLock};
 use cairn_agent::host::{LinuxHost, Running};
 use cairn_agent::source::{DirTransport, RolloutServer, Transport};
 use cairn_agent::{dbus, http};
 use cairn_release::keys::PublicKey;
-use cairn_release::update_config::{self, UpdateConfig, UpdateSettings};
+use cairn_release::update_config::{self, Strategy, UpdateConfig, UpdateSettings};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -88,6 +89,16 @@ fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Com
     if server.is_some() && machine_id.is_empty() {
         return Err("a rollout server is configured but /etc/machine-id is empty: the host has no identity".into());
     }
+    let lock = match (&config.lock_server, config.strategy) {
+        (Some(url), Strategy::FleetLock) => {
+            if machine_id.is_empty() {
+                return Err("strategy fleetlock but /etc/machine-id is empty: the host has no identity".into());
+            }
+            let client = FleetLockClient::new(url, &machine_id, &config.lock_group, READ_TIMEOUT)?;
+            Some(Box::new(client) as Box<dyn RebootLock>)
+        }
+        _ => None,
+    };
     let source = match &config.server {
         Some(url) => format!("server {url} (group {})", config.group),
         None => config.source.clone().unwrap_or_else(|| "(none)".into()),
@@ -111,6 +122,7 @@ fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Com
         transport,
         server,
         instance_id: machine_id,
+        lock,
         state_path: PathBuf::from(STATE_FILE),
         seed,
         publish,

@@ -91,6 +91,9 @@ pub struct AgentState {
     /// the next check-in so that a network blip does not turn a success into a timeout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreported: Vec<PendingEvent>,
+    /// The host may hold a FleetLock reboot slot it must give back once it is steady.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lock_to_release: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +117,7 @@ impl Default for AgentState {
             last_error: None,
             failures: 0,
             unreported: vec![],
+            lock_to_release: false,
         }
     }
 }
