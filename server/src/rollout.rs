@@ -273,10 +273,16 @@ impl Server {
             EventKind::Staged => {}
             EventKind::Blessed => {
                 store::finish_grant(&mut *tx, &e.instance_id, &e.version, "succeeded", now).await?;
-                sqlx::query("UPDATE instances SET last_error = NULL WHERE id = $1")
-                    .bind(&e.instance_id)
-                    .execute(&mut *tx)
-                    .await?;
+                // The host runs the version now (an update always boots the other slot); its
+                // next check-in confirms it, possibly minutes later.
+                sqlx::query(
+                    "UPDATE instances SET last_error = NULL, state = 'blessed', version = $2, \
+                     slot = CASE WHEN version = $2 THEN slot WHEN slot = 'a' THEN 'b' ELSE 'a' END WHERE id = $1",
+                )
+                .bind(&e.instance_id)
+                .bind(&e.version)
+                .execute(&mut *tx)
+                .await?;
             }
             EventKind::RolledBack | EventKind::Failed => {
                 store::finish_grant(&mut *tx, &e.instance_id, &e.version, "failed", now).await?;

@@ -49,6 +49,20 @@ pub fn configure_agent_for_server(vm: &mut Vm, port: u16, group: &str, strategy:
     wait_for_status(vm, |s| s.contains(&source), Duration::from_secs(60))
 }
 
+/// Points the agent at the rollout server on the test machine's `port` with strategy
+/// `fleetlock` against the same server, asking for a slot every `lock_retry`.
+pub fn configure_agent_for_fleetlock(vm: &mut Vm, port: u16, lock_retry: &str) -> Result<()> {
+    vm.run_ok(
+        &format!(
+            "mkdir -p /etc/cairn && printf 'server = \"http://10.0.2.2:{port}\"\nstrategy = \"fleetlock\"\n\
+             lock_retry = \"{lock_retry}\"\nbless_after = \"3s\"\n' > /etc/cairn/update.toml && sync && \
+             cairnctl restart cairn-agent"
+        ),
+        CMD,
+    )?;
+    wait_for_status(vm, |s| s.contains("Strategy:        fleetlock"), Duration::from_secs(60))
+}
+
 /// Polls `updatectl status` until `done` holds for its output.
 pub fn wait_for_status(vm: &mut Vm, done: impl Fn(&str) -> bool, timeout: Duration) -> Result<()> {
     let start = Instant::now();

@@ -141,6 +141,12 @@ fn api_scenario(backend: Backend) -> Result<()> {
         let (code, body) = agent.send("POST", "/v1/events", &event("h1", kind, "2"))?;
         assert_eq!(code, 204, "{body}");
     }
+    // Blessed: the host runs 2 in its other slot, before it even checks in again.
+    let h1 = admin.ok("GET", "/v1/admin/instances?group=default", &Value::Null)?;
+    assert_eq!(
+        (h1[0]["version"].as_str(), h1[0]["slot"].as_str(), h1[0]["state"].as_str()),
+        (Some("2"), Some("b"), Some("blessed"))
+    );
     agent.ok("POST", "/v1/checkin", &checkin("h1", "default", "2"))?;
     let events = admin.ok("GET", "/v1/admin/events?instance=h1", &Value::Null)?;
     let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();

@@ -6,7 +6,9 @@
 use anyhow::{Context, Result};
 use cairn_qemu::{Vm, VmConfig};
 use cairn_tests::http::{Fault, FileServer};
-use cairn_tests::updates::{agent_log, configure_agent, configure_agent_for_server, publish, wait_for_status};
+use cairn_tests::updates::{
+    agent_log, configure_agent, configure_agent_for_fleetlock, configure_agent_for_server, publish, wait_for_status,
+};
 use cairn_tests::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -370,5 +372,89 @@ fn a_host_is_granted_an_update_by_the_rollout_server() -> Result<()> {
     let admin = Api::new(&server.url, Some(&token));
     let hosts = admin.ok("GET", "/v1/admin/instances?group=vms", &serde_json::Value::Null)?;
     assert_eq!((hosts[0]["version"].as_str(), hosts[0]["slot"].as_str()), (Some("2"), Some("b")), "{hosts}");
+    Ok(())
+}
+
+/// The most hosts that were ever between `pre-reboot` and `steady-state` at once, from the
+/// server's timeline (events in the order they were committed).
+fn most_rebooting_at_once(events: &serde_json::Value) -> (usize, usize) {
+    let mut holding = std::collections::HashSet::new();
+    let (mut most, mut locks) = (0, 0);
+    for e in events.as_array().into_iter().flatten() {
+        let id = e["instance_id"].as_str().unwrap_or_default().to_string();
+        match e["kind"].as_str() {
+            Some("pre-reboot") => {
+                locks += 1;
+                holding.insert(id);
+            }
+            Some("steady-state" | "lock-released") => {
+                holding.remove(&id);
+            }
+            _ => {}
+        }
+        most = most.max(holding.len());
+    }
+    (most, locks)
+}
+
+/// Three hosts on 1, given 2 by the rollout server at once, reboot one at a time under the
+/// FleetLock semaphore of the same server; all end on 2 and the timeline shows at most one host
+/// between pre-reboot and steady-state at any time.
+#[test]
+fn three_hosts_reboot_one_at_a_time_under_the_fleetlock() -> Result<()> {
+    use cairn_tests::server::{Api, ServerProcess, create_token};
+    let (img1, img2) = (v1()?, v2()?);
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let public = tmp.path().join("release.pub");
+    std::fs::write(&public, key()?.public().to_text())?;
+    let store = vec!["--data".to_string(), data.display().to_string()];
+    let token = create_token(&store)?;
+    let mut args = store;
+    args.extend(["--trust".into(), public.display().to_string()]);
+    let server = ServerProcess::spawn(&args)?;
+    let port: u16 = server.url.rsplit(':').next().context("port")?.parse()?;
+    let admin = Api::new(&server.url, Some(&token));
+    admin.upload(&img2.dir.join("release"))?;
+
+    let mut vms = Vec::new();
+    for _ in 0..3 {
+        vms.push(Vm::start(&VmConfig::uefi(img1.raw()))?);
+    }
+    for vm in &mut vms {
+        vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
+        configure_agent_for_fleetlock(vm, port, "2s")?;
+    }
+    // All three are granted 2 at once (the default group grants 10 an hour).
+    admin.ok("PUT", "/v1/admin/channels/stable", &serde_json::json!({"version": "2"}))?;
+    let started = std::time::Instant::now();
+    let mut marks = Vec::new();
+    for vm in &mut vms {
+        marks.push(vm.console().mark());
+        vm.send(b"updatectl check --timeout 600\n")?;
+    }
+    for (vm, mark) in vms.iter_mut().zip(&marks) {
+        vm.wait_for_line("cairn: ready version=2 slot=b", *mark, Duration::from_secs(900))
+            .with_context(|| format!("a host did not come up on 2: {}", vm.console().text_from(*mark)))?;
+    }
+    // The last one gives its slot back once blessed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let events = admin.ok("GET", "/v1/admin/events?group=default&limit=1000", &serde_json::Value::Null)?;
+        let steady = events.as_array().into_iter().flatten().filter(|e| e["kind"] == "steady-state").count();
+        if steady >= 3 {
+            break events;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "not every host gave its slot back: {events}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (most, locks) = most_rebooting_at_once(&events);
+    eprintln!("three hosts updated one at a time in {:.0} s ({locks} slots taken)", started.elapsed().as_secs_f64());
+    assert_eq!(locks, 3, "{events}");
+    assert_eq!(most, 1, "two hosts rebooted at once: {events}");
+    let status = admin.ok("GET", "/v1/admin/rollout?group=default", &serde_json::Value::Null)?;
+    assert_eq!(status[0]["versions"], serde_json::json!([["2", 3]]), "{status}");
+    let locks = admin.ok("GET", "/v1/admin/locks?group=default", &serde_json::Value::Null)?;
+    assert_eq!(locks[0]["holders"], serde_json::json!([]), "{locks}");
     Ok(())
 }
