@@ -256,7 +256,7 @@ fn updatectl_shows_and_fixes_the_reboot_lock() -> Result<()> {
     assert_eq!(c.lock("node-1", "default")?.0, 200);
     let (_, out, _) = run(&["lock", "status"])?;
     let line = out.lines().find(|l| l.starts_with("default")).unwrap_or_default().to_string();
-    assert!(line.contains("1/2") && line.contains("node-1") && line.contains("s ago"), "{out}");
+    assert!(line.contains("1/2") && line.contains("node-1") && line.contains(" ago"), "{out}");
     let (_, out, _) = run(&["--json", "lock", "status", "--group", "default"])?;
     let status: Value = serde_json::from_str(&out)?;
     assert_eq!(status[0]["holders"][0]["id"], "node-1");
