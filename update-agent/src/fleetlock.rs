@@ -22,12 +22,7 @@ pub struct FleetLockClient {
 
 impl FleetLockClient {
     pub fn new(base: &str, id: &str, group: &str, timeout: Duration) -> Result<FleetLockClient, String> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(timeout)
-            .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = crate::http::client(timeout).map_err(|e| e.to_string())?;
         Ok(FleetLockClient { base: base.trim_end_matches('/').into(), id: id.into(), group: group.into(), client })
     }
 

@@ -11,16 +11,21 @@ pub struct HttpTransport {
     client: reqwest::blocking::Client,
 }
 
+/// The agent's HTTP client (feeds, the rollout server, the FleetLock server). The blocking
+/// client applies `timeout` to each read and write, not to a whole body: a hung server fails the
+/// read, and the resuming reader takes it from there.
+pub fn client(timeout: Duration) -> reqwest::Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(timeout)
+        .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 impl HttpTransport {
     pub fn new(base: &str, read_timeout: Duration) -> Result<HttpTransport, SourceError> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // The blocking client applies this to each read and write, not to the whole body:
-            // a hung server fails the read, and the resuming reader takes it from there.
-            .timeout(read_timeout)
-            .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| SourceError::Fetch { path: base.into(), message: e.to_string() })?;
+        let client =
+            client(read_timeout).map_err(|e| SourceError::Fetch { path: base.into(), message: e.to_string() })?;
         Ok(HttpTransport { base: base.trim_end_matches('/').to_string(), client })
     }
 }

@@ -13,11 +13,7 @@ pub struct HttpRolloutServer {
 
 impl HttpRolloutServer {
     pub fn new(base: &str, timeout: Duration) -> Result<HttpRolloutServer, SourceError> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(timeout)
-            .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let client = crate::http::client(timeout)
             .map_err(|e| SourceError::Fetch { path: base.into(), message: e.to_string() })?;
         Ok(HttpRolloutServer { base: base.trim_end_matches('/').to_string(), client })
     }
