@@ -310,23 +310,29 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
     Ok(())
 }
 
+/// cairn-server on the test machine's loopback, its data in `dir`, trusting the test release
+/// key: the process, an admin token and its port.
+fn rollout_server(dir: &Path) -> Result<(cairn_tests::server::ServerProcess, String, u16)> {
+    let public = dir.join("release.pub");
+    std::fs::write(&public, key()?.public().to_text())?;
+    let store = vec!["--data".to_string(), dir.join("data").display().to_string()];
+    let token = cairn_tests::server::create_token(&store)?;
+    let mut args = store;
+    args.extend(["--trust".into(), public.display().to_string()]);
+    let server = cairn_tests::server::ServerProcess::spawn(&args)?;
+    let port: u16 = server.url.rsplit(':').next().context("port")?.parse()?;
+    Ok((server, token, port))
+}
+
 /// A host checks in with cairn-server on the test machine's loopback, is granted 2 by its
 /// group's policy, installs it, boots it, reports it blessed, and the server's rollout status
 /// shows it there.
 #[test]
 fn a_host_is_granted_an_update_by_the_rollout_server() -> Result<()> {
-    use cairn_tests::server::{Api, ServerProcess, create_token, workspace_binary};
+    use cairn_tests::server::{Api, workspace_binary};
     let (img1, img2) = (v1()?, v2()?);
     let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("data");
-    let public = tmp.path().join("release.pub");
-    std::fs::write(&public, key()?.public().to_text())?;
-    let store = vec!["--data".to_string(), data.display().to_string()];
-    let token = create_token(&store)?;
-    let mut args = store;
-    args.extend(["--trust".into(), public.display().to_string()]);
-    let server = ServerProcess::spawn(&args)?;
-    let port: u16 = server.url.rsplit(':').next().context("port")?.parse()?;
+    let (server, token, port) = rollout_server(tmp.path())?;
 
     let updatectl = workspace_binary("updatectl", "updatectl")?;
     let fleet = |args: &[&str]| -> Result<String> {
@@ -402,18 +408,10 @@ fn most_rebooting_at_once(events: &serde_json::Value) -> (usize, usize) {
 /// between pre-reboot and steady-state at any time.
 #[test]
 fn three_hosts_reboot_one_at_a_time_under_the_fleetlock() -> Result<()> {
-    use cairn_tests::server::{Api, ServerProcess, create_token};
+    use cairn_tests::server::Api;
     let (img1, img2) = (v1()?, v2()?);
     let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("data");
-    let public = tmp.path().join("release.pub");
-    std::fs::write(&public, key()?.public().to_text())?;
-    let store = vec!["--data".to_string(), data.display().to_string()];
-    let token = create_token(&store)?;
-    let mut args = store;
-    args.extend(["--trust".into(), public.display().to_string()]);
-    let server = ServerProcess::spawn(&args)?;
-    let port: u16 = server.url.rsplit(':').next().context("port")?.parse()?;
+    let (server, token, port) = rollout_server(tmp.path())?;
     let admin = Api::new(&server.url, Some(&token));
     admin.upload(&img2.dir.join("release"))?;
 
