@@ -25,6 +25,9 @@ objcopy:binutils
 dpkg-deb:dpkg
 /usr/bin/pg_ctlcluster:postgresql
 openssl:openssl
+/usr/bin/etcd:etcd-server
+protoc:protobuf-compiler
+/usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
 "
 
 missing=""

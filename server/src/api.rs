@@ -445,7 +445,7 @@ fn check_lock_group(group: &str) -> ApiResult<()> {
 }
 
 async fn lock_status(State(s): S, Query(q): Query<LockQuery>) -> ApiResult<Json<Vec<crate::locks::LockGroup>>> {
-    let groups = crate::locks::status(&s.db, q.group.as_deref()).await?;
+    let groups = s.locks.status(&s.db, q.group.as_deref()).await?;
     if let Some(g) = &q.group
         && groups.is_empty()
     {
@@ -470,9 +470,9 @@ async fn set_lock_slots(
     if !(0..=10_000).contains(&req.slots) {
         return Err(ApiError::BadRequest(format!("slots {}: 0 to 10000", req.slots)));
     }
-    crate::locks::set_slots(&s.db, &group, req.slots, s.now_ms()).await?;
+    s.locks.set_slots(&s.db, &group, req.slots, s.now_ms()).await?;
     tracing::info!(group, slots = req.slots, "reboot slots set");
-    Ok(Json(crate::locks::status(&s.db, Some(&group)).await?))
+    Ok(Json(s.locks.status(&s.db, Some(&group)).await?))
 }
 
 #[derive(Deserialize)]
@@ -483,7 +483,7 @@ struct LockRelease {
 
 async fn release_lock(State(s): S, Path(group): Path<String>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
     let req: LockRelease = parse("release", &body)?;
-    match crate::locks::unlock(&s.db, &group, &req.id, s.now_ms(), "lock-released").await? {
+    match s.locks.unlock(&s.db, &group, &req.id, s.now_ms(), "lock-released").await? {
         None => Err(ApiError::NotFound(format!("unknown lock group {group:?}"))),
         Some(false) => Err(ApiError::NotFound(format!("{:?} holds no reboot slot in {group:?}", req.id))),
         Some(true) => {
@@ -495,7 +495,7 @@ async fn release_lock(State(s): S, Path(group): Path<String>, body: Bytes) -> Ap
 
 async fn new_lock_token(State(s): S, Path(group): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let token = tokens::generate()?;
-    if !crate::locks::set_token(&s.db, &group, Some(&tokens::hash(&token)), s.now_ms()).await? {
+    if !s.locks.set_token(&s.db, &group, Some(&tokens::hash(&token)), s.now_ms()).await? {
         return Err(ApiError::NotFound(format!("unknown lock group {group:?}")));
     }
     tracing::info!(group, "lock token set");
@@ -503,7 +503,7 @@ async fn new_lock_token(State(s): S, Path(group): Path<String>) -> ApiResult<Jso
 }
 
 async fn remove_lock_token(State(s): S, Path(group): Path<String>) -> ApiResult<StatusCode> {
-    if !crate::locks::set_token(&s.db, &group, None, s.now_ms()).await? {
+    if !s.locks.set_token(&s.db, &group, None, s.now_ms()).await? {
         return Err(ApiError::NotFound(format!("unknown lock group {group:?}")));
     }
     tracing::info!(group, "lock token removed");

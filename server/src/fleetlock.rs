@@ -5,7 +5,7 @@
 //! `invalid_request` and `invalid_client_identity` (400), `unauthorized` (401, only for groups
 //! with a token), `unknown_group` (400), `failed_lock` (500, every slot taken), `internal` (500).
 
-use crate::locks::{self, Lock};
+use crate::locks::Lock;
 use crate::rollout::Server;
 use crate::tokens;
 use axum::Json;
@@ -84,7 +84,7 @@ async fn parse(s: &Server, headers: &HeaderMap, body: &Bytes) -> Result<(String,
             format!("group {group:?}: must match ^[a-zA-Z0-9.-]+$"),
         ));
     }
-    match locks::token_of(&s.db, &group).await.map_err(internal)? {
+    match s.locks.token_of(&s.db, &group, s.now_ms()).await.map_err(internal)? {
         None => Err(failure(StatusCode::BAD_REQUEST, "unknown_group", format!("unknown group {group:?}"))),
         Some(Some(hash)) => {
             let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(tokens::from_header);
@@ -103,7 +103,7 @@ pub async fn pre_reboot(State(s): State<Arc<Server>>, headers: HeaderMap, body: 
         Ok(p) => p,
         Err(f) => return f.into_response(),
     };
-    match locks::lock(&s.db, &group, &id, s.now_ms()).await {
+    match s.locks.lock(&s.db, &group, &id, s.now_ms()).await {
         Ok(Lock::Held { already }) => {
             if !already {
                 tracing::info!(group, id, "reboot slot taken");
@@ -128,7 +128,7 @@ pub async fn steady_state(State(s): State<Arc<Server>>, headers: HeaderMap, body
         Ok(p) => p,
         Err(f) => return f.into_response(),
     };
-    match locks::unlock(&s.db, &group, &id, s.now_ms(), "steady-state").await {
+    match s.locks.unlock(&s.db, &group, &id, s.now_ms(), "steady-state").await {
         Ok(Some(released)) => {
             if released {
                 tracing::info!(group, id, "reboot slot released");

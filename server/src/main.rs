@@ -4,6 +4,7 @@ use anyhow::{Context, Result, bail};
 use cairn_release::keys::PublicKey;
 use cairn_server::clock::{Clock, SystemClock};
 use cairn_server::db::Db;
+use cairn_server::locks::{self, Locks, etcd::EtcdSemaphores};
 use cairn_server::rollout::Server;
 use cairn_server::{serve, store, tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -82,6 +83,14 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Keep the FleetLock semaphores in etcd v3 (airlock's key layout) at these endpoints
+    /// instead of the database, e.g. http://10.0.0.5:2379 (comma-separated or repeated).
+    #[arg(long = "etcd", value_name = "URL", value_delimiter = ',', env = "CAIRN_ETCD")]
+    etcd: Vec<String>,
+    /// Create a FleetLock group (with 1 slot) the first time a host asks for its lock, instead
+    /// of refusing it as `unknown_group`.
+    #[arg(long)]
+    lock_groups_on_first_use: bool,
 }
 
 fn init_logs(format: LogFormat) {
@@ -107,7 +116,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let db = args.store.open().await?;
     let data_dir = args.store.data.clone();
-    let server = Arc::new(Server::new(db, Arc::new(SystemClock), trusted, data_dir));
+    let store = if args.etcd.is_empty() {
+        locks::Store::Database
+    } else {
+        locks::Store::Etcd(Box::new(EtcdSemaphores::connect(&args.etcd).await?))
+    };
+    let locks = Locks { store, create_on_first_use: args.lock_groups_on_first_use };
+    let server = Arc::new(Server::new(db, Arc::new(SystemClock), trusted, data_dir).with_locks(locks));
     let listener = TcpListener::bind(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let running = serve::start(server, listener, tls)?;

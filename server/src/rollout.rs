@@ -6,6 +6,7 @@
 use crate::clock::Clock;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
+use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, GroupPolicy, HostView, RolloutCounts, decide, should_halt, target_version};
 use crate::store::{self, Group, Instance};
@@ -40,6 +41,8 @@ pub struct Server {
     /// Where uploaded artifacts live (`packages/VERSION/NAME`); `None`: only URL references.
     pub data_dir: Option<PathBuf>,
     pub metrics: Metrics,
+    /// Reboot semaphores (FleetLock).
+    pub locks: Locks,
     groups: Mutex<HashMap<String, (Instant, Arc<GroupView>)>>,
     /// Hosts whose check-in changed nothing but the time: id -> time, written in batches.
     heartbeats: Mutex<HashMap<String, i64>>,
@@ -60,10 +63,16 @@ impl Server {
             trusted,
             data_dir,
             metrics: Metrics::new(),
+            locks: Locks::default(),
             groups: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             counts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Where the reboot semaphores live, and whether lock groups are created on first use.
+    pub fn with_locks(self, locks: Locks) -> Server {
+        Server { locks, ..self }
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -1,6 +1,7 @@
 //! Shared pieces of Cairn's VM tests and benchmarks: images built once and shared, disk
 //! inspection (GPT, ESP), and tampering helpers.
 
+pub mod etcd;
 pub mod http;
 pub mod server;
 pub mod updates;

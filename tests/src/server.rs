@@ -1,11 +1,13 @@
 //! Helpers for rollout-server tests and benchmarks: a PostgreSQL started in a temporary
 //! directory, `cairn-server` as a process or in-process, small signed releases, and a JSON client.
 
+use crate::etcd::Etcd;
 use anyhow::{Context, Result, anyhow, bail};
 use cairn_release::keys::SecretKey;
 use cairn_release::manifest::{Artifact, ArtifactKind, Compression, FORMAT, Release, VerityInfo, sign};
 use cairn_server::clock::{Clock, ManualClock, SystemClock};
 use cairn_server::db::Db;
+use cairn_server::locks::{self, Locks, etcd::EtcdSemaphores};
 use cairn_server::rollout::Server;
 use cairn_server::serve::{self, Running};
 use serde_json::Value;
@@ -372,6 +374,14 @@ pub fn release_key() -> SecretKey {
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// SQLite for the rollout data, etcd for the FleetLock semaphores.
+    Etcd,
+}
+
+/// How an in-process server is set up beyond its store.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    pub lock_groups_on_first_use: bool,
 }
 
 /// A server in this process (so the test owns its clock), on a real socket.
@@ -382,15 +392,25 @@ pub struct InProcess {
     pub url: String,
     pub token: String,
     pub tmp: tempfile::TempDir,
+    /// The etcd of `Backend::Etcd`, for tests that restart it.
+    pub etcd: Option<Etcd>,
     _pg: Option<Postgres>,
 }
 
 impl InProcess {
     pub fn start(backend: Backend) -> Result<InProcess> {
+        InProcess::start_with(backend, Options::default())
+    }
+
+    pub fn start_with(backend: Backend, options: Options) -> Result<InProcess> {
         let tmp = tempfile::tempdir()?;
         let pg = match backend {
-            Backend::Sqlite => None,
             Backend::Postgres => Some(Postgres::start()?),
+            Backend::Sqlite | Backend::Etcd => None,
+        };
+        let etcd = match backend {
+            Backend::Etcd => Some(Etcd::start()?),
+            Backend::Sqlite | Backend::Postgres => None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
@@ -402,11 +422,16 @@ impl InProcess {
                 Some(pg) => Db::postgres(&pg.url()).await?,
             };
             cairn_server::store::insert_token(&db, &cairn_server::tokens::hash(&token), "test", 0).await?;
+            let store = match &etcd {
+                Some(etcd) => locks::Store::Etcd(Box::new(EtcdSemaphores::connect(&[etcd.url()]).await?)),
+                None => locks::Store::Database,
+            };
+            let locks = Locks { store, create_on_first_use: options.lock_groups_on_first_use };
             let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()));
-            serve::start(Arc::new(server), std::net::TcpListener::bind("127.0.0.1:0")?, None)
+            serve::start(Arc::new(server.with_locks(locks)), std::net::TcpListener::bind("127.0.0.1:0")?, None)
         })?;
         let url = format!("http://{}", running.addr);
-        Ok(InProcess { rt, running: Some(running), clock, url, token, tmp, _pg: pg })
+        Ok(InProcess { rt, running: Some(running), clock, url, token, tmp, etcd, _pg: pg })
     }
 
     pub fn admin(&self) -> Api {

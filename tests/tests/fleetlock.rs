@@ -4,7 +4,9 @@
 //! an observer checks that the holders never outnumber the slots.
 
 use anyhow::Result;
-use cairn_tests::server::{Backend, InProcess};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cairn_tests::server::{Backend, InProcess, Options};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -151,34 +153,67 @@ fn fleetlock_protocol_on_postgres() -> Result<()> {
     protocol(Backend::Postgres)
 }
 
+#[test]
+fn fleetlock_protocol_on_etcd() -> Result<()> {
+    protocol(Backend::Etcd)
+}
+
+/// Retries `call` while the server answers `internal` (its store is down), until `deadline`.
+fn through_outage(deadline: Instant, call: impl Fn() -> Result<(u16, Value)>) -> Result<(u16, Value)> {
+    loop {
+        let reply = call()?;
+        if kind(&reply) != (500, "internal") || Instant::now() > deadline {
+            return Ok(reply);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// 50 clients take and give back slots for a while; in their critical section each counts
-/// itself, and an observer polls the server: neither ever sees more holders than slots.
-fn hammer(backend: Backend, slots: usize) -> Result<()> {
-    let s = InProcess::start(backend)?;
+/// itself and checks that the server lists it as a holder, and an observer polls the server:
+/// neither ever sees more holders than slots. With `restart_etcd`, etcd is killed and started
+/// again in the middle: clients ride through the outage (an `internal` answer to pre-reboot
+/// leaves them unsure, so they ask again), no holder is lost and no slot granted twice.
+fn hammer(backend: Backend, slots: usize, restart_etcd: bool) -> Result<()> {
+    let mut s = InProcess::start(backend)?;
     s.admin().ok("PUT", "/v1/admin/locks/default", &json!({"slots": slots}))?;
     let inside = Arc::new(AtomicUsize::new(0));
     let most_inside = Arc::new(AtomicUsize::new(0));
     let acquired = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let deadline = Instant::now() + Duration::from_secs(4);
+    let run_for = Duration::from_secs(if restart_etcd { 8 } else { 4 });
+    let deadline = Instant::now() + run_for;
+    // How long a client rides through an outage before it gives up (etcd starts in seconds).
+    let patience = deadline + Duration::from_secs(60);
     let clients: Vec<_> = (0..50)
         .map(|n| {
-            let (url, inside, most_inside, acquired) =
-                (s.url.clone(), inside.clone(), most_inside.clone(), acquired.clone());
+            let (url, inside, most_inside, acquired, admin) =
+                (s.url.clone(), inside.clone(), most_inside.clone(), acquired.clone(), s.admin());
             std::thread::spawn(move || -> Result<()> {
                 let c = Client::new(&url);
                 let id = format!("host-{n}");
                 while Instant::now() < deadline {
-                    let (code, body) = c.lock(&id, "default")?;
+                    let (code, body) = through_outage(patience, || c.lock(&id, "default"))?;
                     match code {
                         200 => {
                             let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                             most_inside.fetch_max(now, Ordering::SeqCst);
                             acquired.fetch_add(1, Ordering::SeqCst);
-                            // Long enough that holders overlap whenever the server lets them.
-                            std::thread::sleep(Duration::from_millis(20));
+                            // The server must list this holder (not lose it) while it holds; the
+                            // check also keeps the slot long enough that holders would overlap.
+                            let listed = loop {
+                                let (code, status) =
+                                    admin.send("GET", "/v1/admin/locks?group=default", &Value::Null)?;
+                                if code == 200 {
+                                    break status[0]["holders"].as_array().unwrap().iter().any(|h| h["id"] == id);
+                                }
+                                anyhow::ensure!(Instant::now() < patience, "lock status: {code} {status}");
+                                std::thread::sleep(Duration::from_millis(50));
+                            };
+                            anyhow::ensure!(listed, "{id} holds a slot the server does not list");
+                            std::thread::sleep(Duration::from_millis(10));
                             inside.fetch_sub(1, Ordering::SeqCst);
-                            let (code, body) = c.unlock(&id, "default")?;
+                            let (code, body) = through_outage(patience, || c.unlock(&id, "default"))?;
                             anyhow::ensure!(code == 200, "steady-state: {code} {body}");
                         }
                         // Retry soon (Zincati waits minutes), spread so the clients do not march in step.
@@ -194,41 +229,62 @@ fn hammer(backend: Backend, slots: usize) -> Result<()> {
         .collect();
     let observer = {
         let (stop, admin) = (stop.clone(), s.admin());
-        std::thread::spawn(move || -> Result<usize> {
-            let mut most = 0;
+        std::thread::spawn(move || -> Result<(usize, usize)> {
+            let (mut most, mut reads) = (0, 0);
             while !stop.load(Ordering::SeqCst) {
-                let status = admin.ok("GET", "/v1/admin/locks?group=default", &Value::Null)?;
-                most = most.max(status[0]["holders"].as_array().map_or(0, Vec::len));
+                let (code, status) = admin.send("GET", "/v1/admin/locks?group=default", &Value::Null)?;
+                if code == 200 {
+                    most = most.max(status[0]["holders"].as_array().map_or(0, Vec::len));
+                    reads += 1;
+                }
             }
-            Ok(most)
+            Ok((most, reads))
         })
     };
+    let mut after_restart = None;
+    if restart_etcd {
+        std::thread::sleep(run_for / 3);
+        let before = acquired.load(Ordering::SeqCst);
+        s.etcd.as_mut().expect("an etcd backend").restart()?;
+        eprintln!("etcd restarted after {before} acquisitions");
+        after_restart = Some(acquired.load(Ordering::SeqCst));
+    }
     for c in clients {
         c.join().expect("client thread")?;
     }
     stop.store(true, Ordering::SeqCst);
-    let observed = observer.join().expect("observer thread")?;
+    let (observed, reads) = observer.join().expect("observer thread")?;
     let (most, total) = (most_inside.load(Ordering::SeqCst), acquired.load(Ordering::SeqCst));
     eprintln!(
-        "{backend:?}, {slots} slot(s): {total} acquisitions; at most {most} inside at once, {observed} holders seen"
+        "{backend:?}, {slots} slot(s): {total} acquisitions; at most {most} inside at once, {observed} holders seen \
+         in {reads} reads"
     );
     assert!(total >= 20, "the semaphore made little progress: {total}");
     assert!(most <= slots && observed <= slots, "more holders than slots: {most} inside, {observed} seen");
     assert_eq!(most, slots, "the slots were all used at some point (the test could see a violation)");
+    if let Some(at) = after_restart {
+        assert!(total >= at + 10, "little progress after etcd's restart: {} acquisitions", total - at);
+    }
     assert!(holders(&s, "default")?.is_empty());
     Ok(())
 }
 
 #[test]
 fn fifty_clients_never_exceed_the_slots_on_sqlite() -> Result<()> {
-    hammer(Backend::Sqlite, 1)?;
-    hammer(Backend::Sqlite, 3)
+    hammer(Backend::Sqlite, 1, false)?;
+    hammer(Backend::Sqlite, 3, false)
 }
 
 #[test]
 fn fifty_clients_never_exceed_the_slots_on_postgres() -> Result<()> {
-    hammer(Backend::Postgres, 1)?;
-    hammer(Backend::Postgres, 3)
+    hammer(Backend::Postgres, 1, false)?;
+    hammer(Backend::Postgres, 3, false)
+}
+
+#[test]
+fn fifty_clients_never_exceed_the_slots_on_etcd_through_a_restart() -> Result<()> {
+    hammer(Backend::Etcd, 1, true)?;
+    hammer(Backend::Etcd, 3, true)
 }
 
 /// `updatectl lock status|slots|release|token` against a server.
@@ -290,5 +346,88 @@ fn the_agent_client_takes_and_gives_back_slots() -> Result<()> {
     b.lock().map_err(anyhow::Error::msg)?;
     let nowhere = FleetLockClient::new(&s.url, "host-c", "nope", timeout).map_err(anyhow::Error::msg)?;
     assert!(nowhere.lock().unwrap_err().contains("unknown_group"));
+    Ok(())
+}
+
+/// etcd's JSON gateway (`/v3/kv/...`), to read and write keys as another client would.
+struct EtcdKeys {
+    url: String,
+    http: reqwest::blocking::Client,
+}
+
+impl EtcdKeys {
+    fn call(&self, op: &str, body: Value) -> Result<Value> {
+        let reply = self.http.post(format!("{}/v3/kv/{op}", self.url)).body(body.to_string()).send()?;
+        Ok(serde_json::from_str(&reply.error_for_status()?.text()?)?)
+    }
+
+    fn put(&self, key: &str, value: &str) -> Result<()> {
+        self.call("put", json!({"key": B64.encode(key), "value": B64.encode(value)}))?;
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Value> {
+        let reply = self.call("range", json!({"key": B64.encode(key)}))?;
+        let value = reply["kvs"][0]["value"].as_str().ok_or_else(|| anyhow::anyhow!("no key {key}: {reply}"))?;
+        Ok(serde_json::from_slice(&B64.decode(value)?)?)
+    }
+}
+
+fn semaphore_key(group: &str) -> String {
+    format!("com.coreos.airlock/groups/{group}/v1/semaphore")
+}
+
+/// airlock's layout both ways: a group airlock created in etcd is served with its holders,
+/// and what Cairn writes (a new key, a slot change, a lock) is what airlock reads.
+#[test]
+fn etcd_semaphores_are_airlocks() -> Result<()> {
+    let s = InProcess::start(Backend::Etcd)?;
+    let keys = EtcdKeys { url: s.etcd.as_ref().expect("etcd").url(), http: reqwest::blocking::Client::new() };
+    let c = Client::new(&s.url);
+
+    keys.put(&semaphore_key("legacy"), r#"{"total_slots":2,"holders":["old-host"]}"#)?;
+    assert_eq!(c.lock("new-host", "legacy")?.0, 200);
+    let full = c.lock("third", "legacy")?;
+    assert_eq!(kind(&full), (500, "failed_lock"), "{}", full.1);
+    let written = keys.get(&semaphore_key("legacy"))?;
+    assert_eq!(written["total_slots"], 2);
+    assert_eq!(written["holders"], json!(["old-host", "new-host"]));
+    let status = s.admin().ok("GET", "/v1/admin/locks", &Value::Null)?;
+    let groups: Vec<(&str, i64)> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group"].as_str().unwrap(), g["slots"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(groups, [("default", 1), ("legacy", 2)]);
+    assert_eq!(holders(&s, "legacy")?, ["old-host", "new-host"], "airlock's holder has no time: listed first");
+
+    // The default group's key appears on first use, with the registered slot count.
+    assert_eq!(c.lock("a", "default")?.0, 200);
+    assert_eq!(keys.get(&semaphore_key("default"))?["holders"], json!(["a"]));
+    s.admin().ok("PUT", "/v1/admin/locks/default", &json!({"slots": 4}))?;
+    assert_eq!(keys.get(&semaphore_key("default"))?["total_slots"], 4);
+    assert_eq!(c.unlock("a", "default")?.0, 200);
+    assert_eq!(keys.get(&semaphore_key("default"))?, json!({"total_slots": 4, "holders": []}));
+
+    // An operator's release of airlock's stuck holder.
+    s.admin().ok("POST", "/v1/admin/locks/legacy/release", &json!({"id": "old-host"}))?;
+    assert_eq!(keys.get(&semaphore_key("legacy"))?["holders"], json!(["new-host"]));
+    Ok(())
+}
+
+/// With `--lock-groups-on-first-use`, a host's first pre-reboot creates its group (1 slot).
+#[test]
+fn lock_groups_are_created_on_first_use_when_allowed() -> Result<()> {
+    let s = InProcess::start_with(Backend::Sqlite, Options { lock_groups_on_first_use: true })?;
+    let c = Client::new(&s.url);
+    assert_eq!(c.lock("a", "edge-7")?.0, 200);
+    assert_eq!(kind(&c.lock("b", "edge-7")?), (500, "failed_lock"));
+    assert_eq!(holders(&s, "edge-7")?, ["a"]);
+    assert_eq!(c.unlock("b", "edge-9")?.0, 200, "steady-state creates a group too: nothing to release");
+    assert_eq!(kind(&c.lock("a", "bad_name")?), (400, "invalid_client_identity"));
+    let status = s.admin().ok("GET", "/v1/admin/locks", &Value::Null)?;
+    let groups: Vec<&str> = status.as_array().unwrap().iter().map(|g| g["group"].as_str().unwrap()).collect();
+    assert_eq!(groups, ["default", "edge-7", "edge-9"]);
     Ok(())
 }

@@ -1,42 +1,12 @@
-//! Reboot semaphores in the server's database: per group, a slot count (changeable at any time)
-//! and the holders. Every change runs in one write transaction that locks the group's row, so
-//! the holders never outnumber the slots, across replicas too. Owned and recursive, as
-//! FleetLock wants: taking a slot you hold succeeds, releasing one you do not hold succeeds.
+//! Reboot semaphores in the server's database (the default store): the holders live in
+//! `lock_holders` beside their group's row in `lock_groups`. Every change runs in one write
+//! transaction that locks the group's row, so the holders never outnumber the slots, across
+//! replicas too.
 
+use super::{Holder, Lock, LockGroup};
 use crate::db::Db;
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Lock {
-    /// The caller holds a slot (`already`: it held it before this request).
-    Held {
-        already: bool,
-    },
-    /// Every slot is taken.
-    Full {
-        slots: i64,
-        holders: Vec<String>,
-    },
-    UnknownGroup,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
-    pub id: String,
-    /// Unix milliseconds.
-    pub since: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockGroup {
-    pub group: String,
-    pub slots: i64,
-    pub holders: Vec<Holder>,
-    /// Whether lock requests of the group need its token.
-    pub token_required: bool,
-}
 
 /// The group's slot count and token hash, with its row locked for the transaction.
 async fn group_row(tx: &mut sqlx::AnyConnection, db: &Db, group: &str) -> Result<Option<(i64, Option<String>)>> {
@@ -58,15 +28,6 @@ async fn holders(tx: &mut sqlx::AnyConnection, group: &str) -> Result<Vec<Holder
 
 async fn event(tx: &mut sqlx::AnyConnection, now: i64, id: &str, group: &str, kind: &str) -> Result<()> {
     crate::store::insert_event(&mut *tx, now, id, Some(group), kind, "", None).await
-}
-
-/// The token hash a group's lock requests must match, if any; `None` for an unknown group.
-pub async fn token_of(db: &Db, group: &str) -> Result<Option<Option<String>>> {
-    let row = sqlx::query("SELECT token_sha256 FROM lock_groups WHERE name = $1")
-        .bind(group)
-        .fetch_optional(&db.read)
-        .await?;
-    row.map(|r| Ok(r.try_get(0)?)).transpose()
 }
 
 /// `pre-reboot`: takes a slot for `id` if one is free.
@@ -127,32 +88,6 @@ pub async fn unlock(db: &Db, group: &str, id: &str, now: i64, kind: &str) -> Res
     }
     tx.commit().await?;
     Ok(Some(released))
-}
-
-/// Sets the group's slot count, creating the group if needed. Fewer slots than holders is
-/// allowed: nobody is evicted, and no new slot is granted until enough are released.
-pub async fn set_slots(db: &Db, group: &str, slots: i64, now: i64) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO lock_groups (name, slots, token_sha256, updated_at) VALUES ($1, $2, NULL, $3) \
-         ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, updated_at = excluded.updated_at",
-    )
-    .bind(group)
-    .bind(slots)
-    .bind(now)
-    .execute(&db.write)
-    .await?;
-    Ok(())
-}
-
-/// Sets (or with `None`, removes) the token the group's lock requests need. `false`: no group.
-pub async fn set_token(db: &Db, group: &str, token_sha256: Option<&str>, now: i64) -> Result<bool> {
-    let done = sqlx::query("UPDATE lock_groups SET token_sha256 = $2, updated_at = $3 WHERE name = $1")
-        .bind(group)
-        .bind(token_sha256)
-        .bind(now)
-        .execute(&db.write)
-        .await?;
-    Ok(done.rows_affected() > 0)
 }
 
 pub async fn status(db: &Db, group: Option<&str>) -> Result<Vec<LockGroup>> {

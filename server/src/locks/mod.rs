@@ -1,0 +1,223 @@
+//! Reboot semaphores (FleetLock): per group, a slot count an operator can change at any time,
+//! and the holders. Owned and recursive, as FleetLock wants: taking a slot you hold succeeds,
+//! releasing one you do not hold succeeds.
+//!
+//! Groups are registered in the server's database (`lock_groups`: slots, optional token). The
+//! holders live in the database too (the default store) or in etcd v3 (airlock's layout), where
+//! the key's `total_slots` counts once it exists. Every lock and unlock is an event.
+
+pub mod database;
+pub mod etcd;
+
+use crate::db::Db;
+use anyhow::Result;
+use etcd::EtcdSemaphores;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lock {
+    /// The caller holds a slot (`already`: it held it before this request).
+    Held {
+        already: bool,
+    },
+    /// Every slot is taken.
+    Full {
+        slots: i64,
+        holders: Vec<String>,
+    },
+    UnknownGroup,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub id: String,
+    /// Unix milliseconds (0: unknown, for a slot airlock granted).
+    pub since: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockGroup {
+    pub group: String,
+    pub slots: i64,
+    pub holders: Vec<Holder>,
+    /// Whether lock requests of the group need its token.
+    pub token_required: bool,
+}
+
+/// Slot count of a group created on first use.
+pub const FIRST_USE_SLOTS: i64 = 1;
+
+pub enum Store {
+    Database,
+    Etcd(Box<EtcdSemaphores>),
+}
+
+pub struct Locks {
+    pub store: Store,
+    /// Create a group the first time a host asks for its lock (with `FIRST_USE_SLOTS`),
+    /// instead of answering `unknown_group`.
+    pub create_on_first_use: bool,
+}
+
+impl Default for Locks {
+    fn default() -> Locks {
+        Locks { store: Store::Database, create_on_first_use: false }
+    }
+}
+
+/// A registered group: (slots, token hash).
+async fn registered(db: &Db, group: &str) -> Result<Option<(i64, Option<String>)>> {
+    let row = sqlx::query("SELECT slots, token_sha256 FROM lock_groups WHERE name = $1")
+        .bind(group)
+        .fetch_optional(&db.read)
+        .await?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+}
+
+async fn register(db: &Db, group: &str, slots: i64, now: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO lock_groups (name, slots, token_sha256, updated_at) VALUES ($1, $2, NULL, $3) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(group)
+    .bind(slots)
+    .bind(now)
+    .execute(&db.write)
+    .await?;
+    Ok(())
+}
+
+async fn event(db: &Db, now: i64, id: &str, group: &str, kind: &str) -> Result<()> {
+    crate::store::insert_event(&db.write, now, id, Some(group), kind, "", None).await
+}
+
+impl Locks {
+    /// The token hash a group's lock requests must match, if any; `None` for an unknown group
+    /// (unless groups are created on first use: then it is created here).
+    pub async fn token_of(&self, db: &Db, group: &str, now: i64) -> Result<Option<Option<String>>> {
+        if let Some((_, token)) = registered(db, group).await? {
+            return Ok(Some(token));
+        }
+        if let Store::Etcd(etcd) = &self.store
+            && etcd.semaphore(group).await?.is_some()
+        {
+            return Ok(Some(None));
+        }
+        if self.create_on_first_use {
+            register(db, group, FIRST_USE_SLOTS, now).await?;
+            tracing::info!(group, slots = FIRST_USE_SLOTS, "lock group created on first use");
+            return Ok(Some(None));
+        }
+        Ok(None)
+    }
+
+    /// `pre-reboot`: takes a slot for `id` if one is free.
+    pub async fn lock(&self, db: &Db, group: &str, id: &str, now: i64) -> Result<Lock> {
+        match &self.store {
+            Store::Database => database::lock(db, group, id, now).await,
+            Store::Etcd(etcd) => {
+                let initial = registered(db, group).await?.map(|(slots, _)| slots);
+                let lock = etcd.lock(group, id, now, initial).await?;
+                if lock == (Lock::Held { already: false }) {
+                    event(db, now, id, group, "pre-reboot").await?;
+                }
+                Ok(lock)
+            }
+        }
+    }
+
+    /// `steady-state` (`kind`), or an operator's release (`lock-released`): frees `id`'s slot.
+    /// `None` for an unknown group, else whether it held one.
+    pub async fn unlock(&self, db: &Db, group: &str, id: &str, now: i64, kind: &str) -> Result<Option<bool>> {
+        match &self.store {
+            Store::Database => database::unlock(db, group, id, now, kind).await,
+            Store::Etcd(etcd) => {
+                let released = etcd.unlock(group, id).await?;
+                if released == Some(true) {
+                    event(db, now, id, group, kind).await?;
+                }
+                if released.is_none() && registered(db, group).await?.is_some() {
+                    // Registered, but no host has locked it yet: nothing to release.
+                    return Ok(Some(false));
+                }
+                Ok(released)
+            }
+        }
+    }
+
+    /// Sets the group's slot count, creating the group if needed. Fewer slots than holders is
+    /// allowed: nobody is evicted, and no new slot is granted until enough are released.
+    pub async fn set_slots(&self, db: &Db, group: &str, slots: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO lock_groups (name, slots, token_sha256, updated_at) VALUES ($1, $2, NULL, $3) \
+             ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, updated_at = excluded.updated_at",
+        )
+        .bind(group)
+        .bind(slots)
+        .bind(now)
+        .execute(&db.write)
+        .await?;
+        if let Store::Etcd(etcd) = &self.store {
+            etcd.set_slots(group, slots).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets (or with `None`, removes) the token the group's lock requests need. `false`: no group.
+    pub async fn set_token(&self, db: &Db, group: &str, token_sha256: Option<&str>, now: i64) -> Result<bool> {
+        if let Store::Etcd(etcd) = &self.store
+            && let Some(semaphore) = etcd.semaphore(group).await?
+        {
+            // A group only airlock knew: register it to hold the token.
+            register(db, group, semaphore.total_slots as i64, now).await?;
+        }
+        let done = sqlx::query("UPDATE lock_groups SET token_sha256 = $2, updated_at = $3 WHERE name = $1")
+            .bind(group)
+            .bind(token_sha256)
+            .bind(now)
+            .execute(&db.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every group (or one), with its slots and holders.
+    pub async fn status(&self, db: &Db, group: Option<&str>) -> Result<Vec<LockGroup>> {
+        let etcd = match &self.store {
+            Store::Database => return database::status(db, group).await,
+            Store::Etcd(etcd) => etcd,
+        };
+        let rows = sqlx::query(
+            "SELECT name, slots, token_sha256 FROM lock_groups WHERE ($1 IS NULL OR name = $1) ORDER BY name",
+        )
+        .bind(group)
+        .fetch_all(&db.read)
+        .await?;
+        let mut groups: BTreeMap<String, LockGroup> = BTreeMap::new();
+        for r in rows {
+            let name: String = r.try_get(0)?;
+            let token: Option<String> = r.try_get(2)?;
+            let slots = r.try_get(1)?;
+            groups.insert(
+                name.clone(),
+                LockGroup { group: name, slots, holders: vec![], token_required: token.is_some() },
+            );
+        }
+        let semaphores = match group {
+            Some(g) => etcd.semaphore(g).await?.map(|s| (g.to_string(), s)).into_iter().collect(),
+            None => etcd.all().await?,
+        };
+        for (name, semaphore) in semaphores {
+            let entry = groups.entry(name.clone()).or_insert_with(|| LockGroup {
+                group: name,
+                slots: 0,
+                holders: vec![],
+                token_required: false,
+            });
+            entry.slots = semaphore.total_slots as i64;
+            entry.holders = semaphore.holders();
+        }
+        Ok(groups.into_values().collect())
+    }
+}
