@@ -279,6 +279,21 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_windows_go_into_the_images_update_toml() {
+        let window = "\n[update.maintenance]\ntime_zone = \"Europe/Berlin\"\n[[update.maintenance.window]]\n\
+                      days = [\"Sat\"]\nstart_time = \"22:30\"\nlength_minutes = 60\n";
+        let s = Spec::parse(&format!("{DEFAULT}{window}")).unwrap();
+        let written = toml::to_string(&s.update).unwrap();
+        let read: cairn_release::update_config::UpdateSettings = toml::from_str(&written).unwrap();
+        assert_eq!(read, s.update, "{written}");
+        let maintenance = read.resolve().unwrap().maintenance.unwrap();
+        assert_eq!((maintenance.time_zone_name.as_str(), maintenance.windows[0].hour), ("Europe/Berlin", 22));
+        let typo = window.replace("start_time", "start");
+        let e = format!("{:#}", Spec::parse(&format!("{DEFAULT}{typo}")).unwrap_err());
+        assert!(e.contains("start"), "{e}");
+    }
+
+    #[test]
     fn versions_with_plus_are_refused() {
         assert!(validate_version("1.0.0").is_ok());
         assert!(validate_version("1.0+3").is_err());

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod gpt;
 pub mod keys;
 pub mod layout;
+pub mod maintenance;
 pub mod manifest;
 pub mod update_config;
 pub mod verity;

@@ -3,6 +3,7 @@
 //! (the host's own, written by cloud-config's `cairn: {update: ...}`), whose keys win.
 
 use crate::duration;
+use crate::maintenance::{Maintenance, MaintenanceSettings};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -64,6 +65,10 @@ pub struct UpdateSettings {
     /// How long to wait before asking again for a reboot slot (or to give one back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_retry: Option<String>,
+    /// When a staged update may reboot the host (strategies `immediate` and `fleetlock`);
+    /// unset: at any time. Last: a TOML table follows the plain keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceSettings>,
 }
 
 /// The settings in force.
@@ -78,6 +83,7 @@ pub struct UpdateConfig {
     pub lock_server: Option<String>,
     pub lock_group: String,
     pub lock_retry: Duration,
+    pub maintenance: Option<Maintenance>,
 }
 
 pub const DEFAULT_LOCK_RETRY: Duration = Duration::from_secs(300);
@@ -98,6 +104,7 @@ impl UpdateSettings {
             lock_server: over.lock_server.clone().or_else(|| self.lock_server.clone()),
             lock_group: over.lock_group.clone().or_else(|| self.lock_group.clone()),
             lock_retry: over.lock_retry.clone().or_else(|| self.lock_retry.clone()),
+            maintenance: over.maintenance.clone().or_else(|| self.maintenance.clone()),
         }
     }
 
@@ -156,6 +163,7 @@ impl UpdateSettings {
             lock_server,
             lock_group,
             lock_retry,
+            maintenance: self.maintenance.as_ref().map(MaintenanceSettings::resolve).transpose()?,
         })
     }
 }

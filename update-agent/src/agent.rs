@@ -11,6 +11,7 @@ use crate::state::{MAX_UNREPORTED, PendingEvent};
 use crate::update::{self, Esp, Target};
 use cairn_release::checkin::{CheckIn, Event, EventKind};
 use cairn_release::keys::PublicKey;
+use cairn_release::maintenance::Now;
 use cairn_release::update_config::{Strategy, UpdateConfig};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -311,6 +312,12 @@ impl<H: Host, C: Clock> Agent<H, C> {
             }
             (Phase::Staged { version } | Phase::WaitingToReboot { version }, c) => {
                 let asked = matches!(c, Some(Command::Apply | Command::Reboot));
+                if !asked
+                    && self.config.strategy != Strategy::Off
+                    && let Some(wait) = self.wait_for_window(&version, now)
+                {
+                    return wait;
+                }
                 if self.config.strategy == Strategy::Immediate || asked {
                     self.reboot(&version);
                 } else if self.config.strategy == Strategy::FleetLock {
@@ -442,6 +449,26 @@ impl<H: Host, C: Clock> Agent<H, C> {
                 }
             }
         }
+    }
+
+    /// With maintenance windows, `Some(wait)` while all are closed: the staged `version` waits
+    /// (and under `fleetlock` does not ask for a slot) until one opens.
+    fn wait_for_window(&mut self, version: &str, now: u64) -> Option<Duration> {
+        let maintenance = self.config.maintenance.as_ref()?;
+        let Now::Closed { opens } = maintenance.at(now as i64) else { return None };
+        let message =
+            format!("{version} is staged; waiting for the maintenance window at {}", maintenance.local(opens));
+        if let Phase::Staged { .. } = self.state.phase {
+            let _ = self.state.transition(Phase::WaitingToReboot { version: version.into() });
+            self.save();
+        }
+        if self.last_check_result != message {
+            log(&message);
+            self.last_check_result = message;
+            self.publish();
+        }
+        // Woken at the opening, or sooner after a clock change: the interval bounds the sleep.
+        Some(Duration::from_secs((opens - now as i64).max(1) as u64).min(self.config.interval))
     }
 
     /// Strategy `fleetlock`: reboots into `version` once the lock server grants a slot; until
@@ -588,6 +615,7 @@ mod tests {
     use crate::testkit::{World, esp_names, world};
     use crate::update::EntriesDir;
     use cairn_release::gpt::Slot;
+    use cairn_release::maintenance::{Maintenance, MaintenanceSettings, WindowSettings};
     use std::cell::Cell;
     use std::rc::Rc;
 
@@ -640,6 +668,7 @@ mod tests {
         reboots: Rc<Cell<u32>>,
         server: Option<FakeServer>,
         lock: Option<FakeLock>,
+        maintenance: Option<Maintenance>,
     }
 
     /// A reboot semaphore with one slot that is free or not; records the calls.
@@ -718,6 +747,7 @@ mod tests {
             lock_server: rig.lock.as_ref().map(|_| "http://lock.invalid".to_string()),
             lock_group: "default".into(),
             lock_retry: Duration::from_secs(30),
+            maintenance: rig.maintenance.clone(),
         };
         Agent::start(AgentParts {
             host,
@@ -743,6 +773,7 @@ mod tests {
             reboots: Rc::new(Cell::new(0)),
             server: None,
             lock: None,
+            maintenance: None,
         }
     }
 
@@ -924,6 +955,71 @@ mod tests {
         assert!(a.status().last_check_result.contains("rolled back"), "{:?}", a.status());
         assert_eq!(r.reboots.get(), 1, "no second attempt");
         assert_eq!(a.state.rolled_back, ["2.0.0"], "kept after the check");
+    }
+
+    /// Saturdays 22:00-23:00 in New York (UTC-5 in November).
+    fn saturday_evenings() -> Maintenance {
+        let window = WindowSettings { days: vec!["Sat".into()], start_time: "22:00".into(), length_minutes: 60 };
+        MaintenanceSettings { time_zone: Some("America/New_York".into()), windows: vec![window] }.resolve().unwrap()
+    }
+
+    fn unix(text: &str) -> u64 {
+        text.parse::<jiff::Timestamp>().unwrap().as_second() as u64
+    }
+
+    #[test]
+    fn a_staged_update_waits_for_the_maintenance_window_then_reboots() {
+        let w = world("2.0.0");
+        let r = Rig { maintenance: Some(saturday_evenings()), ..rig() };
+        // The rig's clock (and its feed) live in 1970: now is Wednesday evening in New York.
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
+        let wait = a.step(Some(Command::Check));
+        assert_eq!(a.state.phase, Phase::WaitingToReboot { version: "2.0.0".into() });
+        assert_eq!(r.reboots.get(), 0, "outside the window: no reboot");
+        assert!(
+            a.status().last_check_result.contains("maintenance window at Sat 1970-01-03 22:00 America/New_York"),
+            "{:?}",
+            a.status()
+        );
+        assert_eq!(wait, Duration::from_secs(600), "sleeps at most the interval");
+        // Saturday 21:59 local: still closed, and it wakes right at the opening.
+        r.clock.set(unix("1970-01-04T02:59:00Z"));
+        assert_eq!(a.step(None), Duration::from_secs(60));
+        assert_eq!(r.reboots.get(), 0);
+        // 22:00 local: open.
+        r.clock.set(unix("1970-01-04T03:00:00Z"));
+        a.step(None);
+        assert_eq!(r.reboots.get(), 1, "inside the window: rebooted");
+    }
+
+    #[test]
+    fn under_fleetlock_no_slot_is_asked_for_outside_the_window_and_reboot_overrides_it() {
+        let w = world("2.0.0");
+        let r = Rig { maintenance: Some(saturday_evenings()), lock: Some(FakeLock::default()), ..rig() };
+        let lock = r.lock.clone().unwrap();
+        lock.free.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::FleetLock, &r);
+        a.step(Some(Command::Check));
+        r.clock.set(unix("1970-01-04T04:00:00Z")); // Saturday 23:00 local: just closed.
+        a.step(None);
+        let asked = lock.calls.lock().unwrap().iter().filter(|c| **c == "lock").count();
+        assert_eq!((r.reboots.get(), asked), (0, 0), "closed: no slot asked for");
+        // Inside the window it asks, gets the slot and reboots.
+        r.clock.set(unix("1970-01-11T03:30:00Z"));
+        a.step(None);
+        assert_eq!(*lock.calls.lock().unwrap().last().unwrap(), "lock");
+        assert_eq!(r.reboots.get(), 1);
+    }
+
+    #[test]
+    fn an_operators_reboot_is_not_held_back_by_maintenance_windows() {
+        let w = world("2.0.0");
+        let r = Rig { maintenance: Some(saturday_evenings()), ..rig() };
+        let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
+        a.step(Some(Command::Check));
+        assert_eq!(r.reboots.get(), 0);
+        a.step(Some(Command::Reboot));
+        assert_eq!(r.reboots.get(), 1);
     }
 
     #[test]
