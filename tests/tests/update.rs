@@ -6,6 +6,7 @@
 use anyhow::{Context, Result};
 use cairn_qemu::{Vm, VmConfig};
 use cairn_tests::http::{Fault, FileServer};
+use cairn_tests::rolling::{from_lock, most_rebooting_at_once, roll, rollout_server};
 use cairn_tests::updates::{
     agent_log, configure_agent, configure_agent_for_fleetlock, configure_agent_for_server, publish, wait_for_status,
 };
@@ -21,6 +22,10 @@ fn v1() -> Result<Image> {
 }
 fn v2() -> Result<Image> {
     signed_image("update-2", "images/dev.toml", "2")
+}
+/// A second good update, after 2 (3 is the bad one).
+fn v4() -> Result<Image> {
+    signed_image("update-4", "images/dev.toml", "4")
 }
 fn v3_never_ready() -> Result<Image> {
     signed_image("update-3", "images/test-bad-update.toml", "3")
@@ -310,20 +315,6 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
     Ok(())
 }
 
-/// cairn-server on the test machine's loopback, its data in `dir`, trusting the test release
-/// key: the process, an admin token and its port.
-fn rollout_server(dir: &Path) -> Result<(cairn_tests::server::ServerProcess, String, u16)> {
-    let public = dir.join("release.pub");
-    std::fs::write(&public, key()?.public().to_text())?;
-    let store = vec!["--data".to_string(), dir.join("data").display().to_string()];
-    let token = cairn_tests::server::create_token(&store)?;
-    let mut args = store;
-    args.extend(["--trust".into(), public.display().to_string()]);
-    let server = cairn_tests::server::ServerProcess::spawn(&args)?;
-    let port: u16 = server.url.rsplit(':').next().context("port")?.parse()?;
-    Ok((server, token, port))
-}
-
 /// A host checks in with cairn-server on the test machine's loopback, is granted 2 by its
 /// group's policy, installs it, boots it, reports it blessed, and the server's rollout status
 /// shows it there.
@@ -381,39 +372,19 @@ fn a_host_is_granted_an_update_by_the_rollout_server() -> Result<()> {
     Ok(())
 }
 
-/// The most hosts that were ever between `pre-reboot` and `steady-state` at once, from the
-/// server's timeline (events in the order they were committed).
-fn most_rebooting_at_once(events: &serde_json::Value) -> (usize, usize) {
-    let mut holding = std::collections::HashSet::new();
-    let (mut most, mut locks) = (0, 0);
-    for e in events.as_array().into_iter().flatten() {
-        let id = e["instance_id"].as_str().unwrap_or_default().to_string();
-        match e["kind"].as_str() {
-            Some("pre-reboot") => {
-                locks += 1;
-                holding.insert(id);
-            }
-            Some("steady-state" | "lock-released") => {
-                holding.remove(&id);
-            }
-            _ => {}
-        }
-        most = most.max(holding.len());
-    }
-    (most, locks)
-}
-
 /// Three hosts on 1, given 2 by the rollout server at once, reboot one at a time under the
-/// FleetLock semaphore of the same server; all end on 2 and the timeline shows at most one host
-/// between pre-reboot and steady-state at any time.
+/// FleetLock semaphore of the same server (slots=1); all end on 2 and the timeline shows at most
+/// one host between pre-reboot and steady-state at any time. Then, with slots=2, the same hosts
+/// are given 4: at most two (and at some point two) reboot at once.
 #[test]
-fn three_hosts_reboot_one_at_a_time_under_the_fleetlock() -> Result<()> {
+fn three_hosts_reboot_n_at_a_time_under_the_fleetlock() -> Result<()> {
     use cairn_tests::server::Api;
-    let (img1, img2) = (v1()?, v2()?);
+    let (img1, img2, img4) = (v1()?, v2()?, v4()?);
     let tmp = tempfile::tempdir()?;
     let (server, token, port) = rollout_server(tmp.path())?;
     let admin = Api::new(&server.url, Some(&token));
     admin.upload(&img2.dir.join("release"))?;
+    admin.upload(&img4.dir.join("release"))?;
 
     let mut vms = Vec::new();
     for _ in 0..3 {
@@ -424,34 +395,24 @@ fn three_hosts_reboot_one_at_a_time_under_the_fleetlock() -> Result<()> {
         configure_agent_for_fleetlock(vm, port, "2s")?;
     }
     // All three are granted 2 at once (the default group grants 10 an hour).
-    admin.ok("PUT", "/v1/admin/channels/stable", &serde_json::json!({"version": "2"}))?;
     let started = std::time::Instant::now();
-    let mut marks = Vec::new();
-    for vm in &mut vms {
-        marks.push(vm.console().mark());
-        vm.send(b"updatectl check --timeout 600\n")?;
-    }
-    for (vm, mark) in vms.iter_mut().zip(&marks) {
-        vm.wait_for_line("cairn: ready version=2 slot=b", *mark, Duration::from_secs(900))
-            .with_context(|| format!("a host did not come up on 2: {}", vm.console().text_from(*mark)))?;
-    }
-    // The last one gives its slot back once blessed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let events = loop {
-        let events = admin.ok("GET", "/v1/admin/events?group=default&limit=1000", &serde_json::Value::Null)?;
-        let steady = events.as_array().into_iter().flatten().filter(|e| e["kind"] == "steady-state").count();
-        if steady >= 3 {
-            break events;
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "not every host gave its slot back: {events}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let events = roll(&mut vms.iter_mut().collect::<Vec<_>>(), &admin, "2", Some("b"), 3)?;
     let (most, locks) = most_rebooting_at_once(&events);
-    eprintln!("three hosts updated one at a time in {:.0} s ({locks} slots taken)", started.elapsed().as_secs_f64());
+    eprintln!("slots=1: three hosts updated in {:.0} s ({locks} slots taken)", started.elapsed().as_secs_f64());
     assert_eq!(locks, 3, "{events}");
     assert_eq!(most, 1, "two hosts rebooted at once: {events}");
     let status = admin.ok("GET", "/v1/admin/rollout?group=default", &serde_json::Value::Null)?;
     assert_eq!(status[0]["versions"], serde_json::json!([["2", 3]]), "{status}");
+
+    admin.ok("PUT", "/v1/admin/locks/default", &serde_json::json!({"slots": 2}))?;
+    let started = std::time::Instant::now();
+    let events = from_lock(&roll(&mut vms.iter_mut().collect::<Vec<_>>(), &admin, "4", Some("a"), 6)?, 3);
+    let (most, locks) = most_rebooting_at_once(&events);
+    eprintln!("slots=2: three hosts updated in {:.0} s ({locks} slots taken)", started.elapsed().as_secs_f64());
+    assert_eq!(locks, 3, "{events}");
+    assert_eq!(most, 2, "slots=2: at most two hosts at once, and two did overlap: {events}");
+    let status = admin.ok("GET", "/v1/admin/rollout?group=default", &serde_json::Value::Null)?;
+    assert_eq!(status[0]["versions"], serde_json::json!([["4", 3]]), "{status}");
     let locks = admin.ok("GET", "/v1/admin/locks?group=default", &serde_json::Value::Null)?;
     assert_eq!(locks[0]["holders"], serde_json::json!([]), "{locks}");
     Ok(())
