@@ -43,6 +43,19 @@ enum ReleaseCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a #cloud-config file as a host would read it at boot. Exit status: 0 valid, 1
+    /// valid with warnings, 2 refused (a host would apply nothing from it).
+    Validate {
+        /// The file (`-`: standard input); gzip-compressed is fine.
+        file: PathBuf,
+        /// One JSON document: {"file", "valid", "diagnostics": [{severity, line, column, path, message}]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Build a disk image from a spec.
     Build {
@@ -80,6 +93,9 @@ enum Command {
     /// Signed releases and static feeds.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Host configuration (#cloud-config).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Boot an image in QEMU with its serial console on this terminal. Ctrl-C powers it off.
     Run {
         #[arg(long, default_value = "out/disk.qcow2")]
@@ -135,8 +151,52 @@ fn source_date_epoch() -> Result<u64> {
     }
 }
 
+/// `cairn config validate`: prints every diagnostic as FILE:LINE:COLUMN: severity: path: message.
+fn validate(file: &std::path::Path, json: bool) -> Result<i32> {
+    use cairn_config::{Parsed, Severity};
+    let data = if file.as_os_str() == "-" {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)?;
+        data
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let (valid, diagnostics) = match cairn_config::parse(&data) {
+        Parsed::Config(_, diagnostics) => (true, diagnostics),
+        Parsed::Empty => (true, Vec::new()),
+        Parsed::Invalid(diagnostics) => (false, diagnostics),
+    };
+    let name = file.display().to_string();
+    if json {
+        let doc = serde_json::json!({"file": name, "valid": valid, "diagnostics": diagnostics});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for d in &diagnostics {
+            println!("{name}:{d}");
+        }
+        let warnings = diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();
+        let errors = diagnostics.len() - warnings;
+        match (valid, warnings) {
+            (true, 0) => println!("{name}: valid"),
+            (true, w) => println!("{name}: valid, {w} warning(s)"),
+            (false, _) => {
+                println!("{name}: refused: {errors} error(s), {warnings} warning(s); a host would apply none of it")
+            }
+        }
+    }
+    Ok(match (valid, diagnostics.is_empty()) {
+        (false, _) => 2,
+        (true, false) => 1,
+        (true, true) => 0,
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Config(ConfigCommand::Validate { file, json }) => {
+            let code = validate(&file, json)?;
+            std::process::exit(code);
+        }
         Command::Keygen { out } => {
             let pk = cairn_image::release::keygen(&out)?;
             println!(
