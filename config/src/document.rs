@@ -17,10 +17,10 @@ pub const HEADER: &str = "#cloud-config";
 /// User data larger than this is refused (and, gzip-compressed, once decompressed).
 pub const MAX_SIZE: u64 = 16 << 20;
 
-const KEYS: &[&str] =
+pub const KEYS: &[&str] =
     &["hostname", "ssh_authorized_keys", "users", "write_files", "manage_etc_hosts", "coreos", "cairn"];
-const COREOS_KEYS: &[&str] = &["update", "locksmith", "units", "etcd", "etcd2", "fleet", "flannel", "oem"];
-const UNIT_KEYS: &[&str] = &["name", "content", "enable", "mask", "runtime", "command", "drop_ins"];
+pub const COREOS_KEYS: &[&str] = &["update", "locksmith", "units", "etcd", "etcd2", "fleet", "flannel", "oem"];
+pub const UNIT_KEYS: &[&str] = &["name", "content", "enable", "mask", "runtime", "command", "drop_ins"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CloudConfig {

@@ -29,8 +29,8 @@ pub const CAIRN_UPDATE_KEYS: &[&str] = &[
     "lock_retry",
     "maintenance",
 ];
-const MAINTENANCE_KEYS: &[&str] = &["time_zone", "window"];
-const WINDOW_KEYS: &[&str] = &["days", "start_time", "length_minutes"];
+pub const MAINTENANCE_KEYS: &[&str] = &["time_zone", "window"];
+pub const WINDOW_KEYS: &[&str] = &["days", "start_time", "length_minutes"];
 
 /// CoreOS's and Fedora CoreOS's reboot strategies, as Cairn's.
 fn strategy(w: &mut Walker, v: Value, path: &str) -> Option<Strategy> {
