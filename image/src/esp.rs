@@ -18,6 +18,20 @@ pub struct EspFile<'a> {
 /// Writes a FAT32 file system of `size` bytes to `out` holding `files`. Each file's
 /// modification time is kept, so sources should have pinned times.
 pub fn build(out: &Path, size: u64, volume_id: u32, epoch: u64, files: &[EspFile]) -> Result<()> {
+    build_fat(out, size, Some(32), "EFI-SYSTEM", volume_id, epoch, files)
+}
+
+/// A FAT file system labelled `label` (FAT12/16/32 by `fat_bits`, or mkfs.vfat's choice for
+/// the size), reproducible like the ESP.
+pub fn build_fat(
+    out: &Path,
+    size: u64,
+    fat_bits: Option<u8>,
+    label: &str,
+    volume_id: u32,
+    epoch: u64,
+    files: &[EspFile],
+) -> Result<()> {
     let _ = std::fs::remove_file(out);
     let img = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     img.set_len(size)?;
@@ -25,12 +39,12 @@ pub fn build(out: &Path, size: u64, volume_id: u32, epoch: u64, files: &[EspFile
     let epoch = epoch.to_string();
     // No -n: mkfs.vfat stamps the label's directory entry with the wall clock; mlabel below
     // honours SOURCE_DATE_EPOCH.
-    run(Command::new("mkfs.vfat")
-        .env("SOURCE_DATE_EPOCH", &epoch)
-        .args(["-F", "32", "-i"])
-        .arg(format!("{volume_id:08x}"))
-        .arg(out))
-    .context("formatting the ESP")?;
+    let mut mkfs = Command::new("mkfs.vfat");
+    mkfs.env("SOURCE_DATE_EPOCH", &epoch);
+    if let Some(bits) = fat_bits {
+        mkfs.arg("-F").arg(bits.to_string());
+    }
+    run(mkfs.arg("-i").arg(format!("{volume_id:08x}")).arg(out)).with_context(|| format!("formatting {label}"))?;
 
     let mut dirs: Vec<String> = Vec::new();
     for f in files {
@@ -47,14 +61,14 @@ pub fn build(out: &Path, size: u64, volume_id: u32, epoch: u64, files: &[EspFile
         c.env("SOURCE_DATE_EPOCH", &epoch).env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(out);
         c
     };
-    run(mtools("mlabel").arg("::EFI-SYSTEM")).context("labelling the ESP")?;
+    run(mtools("mlabel").arg(format!("::{label}"))).with_context(|| format!("labelling {label}"))?;
     if !dirs.is_empty() {
-        run(mtools("mmd").args(dirs.iter().map(|d| format!("::/{d}")))).context("creating ESP directories")?;
+        run(mtools("mmd").args(dirs.iter().map(|d| format!("::/{d}")))).context("creating directories")?;
     }
     for f in files {
         // -m: the entry's time is the source's, which callers pin to SOURCE_DATE_EPOCH.
         run(mtools("mcopy").arg("-m").arg(f.source).arg(format!("::/{}", f.path)))
-            .with_context(|| format!("copying {} to the ESP", f.path))?;
+            .with_context(|| format!("copying {} to {label}", f.path))?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod apt;
 pub mod binaries;
 pub mod build;
+pub mod configdrive;
 pub mod deb;
 pub mod disk;
 pub mod esp;

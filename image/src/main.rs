@@ -117,6 +117,12 @@ enum Command {
         /// Give up if the host is not ready within this many seconds (with --exit-on-ready).
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// User data (#cloud-config) for the host, through QEMU's fw_cfg.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Hand --config over on a config drive (a `config-2` volume) instead of fw_cfg.
+        #[arg(long, requires = "config")]
+        config_drive: bool,
     },
 }
 
@@ -255,21 +261,50 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run { image, mem, cpus, ssh_port, snapshot, exit_on_ready, timeout } => {
-            run_vm(image, mem, cpus, ssh_port, snapshot, exit_on_ready, Duration::from_secs(timeout))
+        Command::Run { image, mem, cpus, ssh_port, snapshot, exit_on_ready, timeout, config, config_drive } => {
+            let user_data = config.map(|file| UserData { file, drive: config_drive });
+            let options =
+                RunOptions { mem, cpus, ssh_port, snapshot, exit_on_ready, timeout: Duration::from_secs(timeout) };
+            run_vm(image, options, user_data)
         }
     }
 }
 
-fn run_vm(
-    image: PathBuf,
+struct RunOptions {
     mem: u32,
     cpus: u32,
     ssh_port: Option<u16>,
     snapshot: bool,
     exit_on_ready: bool,
     timeout: Duration,
-) -> Result<()> {
+}
+
+/// `--config FILE [--config-drive]`.
+struct UserData {
+    file: PathBuf,
+    drive: bool,
+}
+
+/// Shows what the host will think of the user data; it is handed over either way (the host
+/// refuses a bad document itself, which is worth being able to try).
+fn check_user_data(file: &std::path::Path) -> Result<()> {
+    let data = std::fs::read(file).with_context(|| format!("--config {}", file.display()))?;
+    let diagnostics = match cairn_config::parse(&data) {
+        cairn_config::Parsed::Config(_, d) => d,
+        cairn_config::Parsed::Empty => Vec::new(),
+        cairn_config::Parsed::Invalid(d) => {
+            eprintln!("cairn run: {} will be refused by the host:", file.display());
+            d
+        }
+    };
+    for d in diagnostics {
+        eprintln!("{}:{d}", file.display());
+    }
+    Ok(())
+}
+
+fn run_vm(image: PathBuf, o: RunOptions, user_data: Option<UserData>) -> Result<()> {
+    let RunOptions { mem, cpus, ssh_port, snapshot, exit_on_ready, timeout } = o;
     if !image.exists() {
         bail!("no image at {} (build one with `cairn build`)", image.display());
     }
@@ -279,6 +314,18 @@ fn run_vm(
     cfg.cpus = cpus;
     cfg.ssh_port = ssh_port;
     cfg.echo_console = true;
+    // Lives until QEMU exits (it reads the drive while the guest runs).
+    let scratch = tempfile::tempdir()?;
+    if let Some(UserData { file, drive }) = user_data {
+        check_user_data(&file)?;
+        if drive {
+            let img = scratch.path().join("config-2.img");
+            cairn_image::configdrive::build(&file, &img)?;
+            cfg.extra_disks.push(img);
+        } else {
+            cfg.fw_cfg.push((cairn_image::configdrive::FW_CFG_NAME.to_string(), file));
+        }
+    }
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook_flag(&interrupted)?;
     let mut vm = cairn_qemu::Vm::start(&cfg)?;

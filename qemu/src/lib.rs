@@ -46,6 +46,8 @@ pub struct VmConfig {
     pub disk_size: Option<u64>,
     /// More disks (raw, read-only), e.g. an archive handed to the guest as /dev/vdb.
     pub extra_disks: Vec<PathBuf>,
+    /// fw_cfg entries the guest reads under /sys/firmware/qemu_fw_cfg: (name, file).
+    pub fw_cfg: Vec<(String, PathBuf)>,
     pub extra_args: Vec<String>,
 }
 
@@ -62,6 +64,7 @@ impl VmConfig {
             accel: None,
             disk_size: None,
             extra_disks: Vec::new(),
+            fw_cfg: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -175,6 +178,9 @@ impl Vm {
         }
         for (i, d) in cfg.extra_disks.iter().enumerate() {
             cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={},id=extra{i}", d.display()));
+        }
+        for (name, file) in &cfg.fw_cfg {
+            cmd.arg("-fw_cfg").arg(format!("name={name},file={}", file.display()));
         }
         cmd.args(&cfg.extra_args);
         let log = std::fs::File::create(dir.path().join("qemu.log"))?;
