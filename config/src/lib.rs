@@ -4,6 +4,8 @@
 //! underscores in keys are the same. A document is read whole: every error and warning comes
 //! with its line, column and key path, and a document with an error yields nothing.
 
+pub mod accounts;
+pub mod apply;
 pub mod cairn;
 pub mod diag;
 pub mod document;

@@ -1,0 +1,316 @@
+//! Making a host what its `CloudConfig` says, idempotently: every file is compared first and
+//! replaced whole only when it differs (temporary file, fsync, rename), so applying the same
+//! document at every boot changes nothing and a crash leaves old or new files, never torn ones.
+//! Paths are under `root` (`/` on a host, a temporary directory in tests).
+
+use crate::accounts::Accounts;
+use crate::document::CloudConfig;
+use crate::users::DEFAULT_USER;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Services and containers from cloud-config live beside the user's own files, marked so a
+/// later config can remove the ones it no longer names without touching the user's.
+pub const SERVICES_DIR: &str = "etc/cairn/services";
+pub const CONTAINERS_DIR: &str = "etc/cairn/containers";
+const MARK: &str = "# Written by cairn from cloud-config; changes are replaced at boot.\n";
+
+#[derive(Debug)]
+pub struct ApplyError {
+    pub what: String,
+    pub error: std::io::Error,
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.error)
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+type Result<T> = std::result::Result<T, ApplyError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ApplyError {
+    let what = what.into();
+    move |error| ApplyError { what, error }
+}
+
+/// Where a host's files are, and who owns what it writes.
+pub struct Host {
+    pub root: PathBuf,
+    /// Whether to chown what is written (only root can; tests as a user check the rest).
+    pub chown: bool,
+}
+
+impl Host {
+    fn path(&self, p: &str) -> PathBuf {
+        self.root.join(p.trim_start_matches('/'))
+    }
+
+    /// Writes `content` at `p` with exactly `mode` and owner, unless it is already so.
+    /// Returns whether anything changed.
+    fn install(&self, p: &str, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<bool> {
+        let path = self.path(p);
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::MetadataExt;
+            let same_owner = !self.chown || (meta.uid() == uid && meta.gid() == gid);
+            if meta.is_file()
+                && meta.mode() & 0o7777 == mode
+                && same_owner
+                && std::fs::read(&path).is_ok_and(|c| c == content)
+            {
+                return Ok(false);
+            }
+        }
+        let dir = path.parent().expect("a file under root");
+        self.mkdirs(dir)?;
+        let tmp = dir.join(format!(".{}.cairn-tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+        let what = || format!("writing {p}");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(what()))?;
+        f.write_all(content).map_err(io(what()))?;
+        if self.chown {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io(what()))?;
+        }
+        // After chown (which clears set-id bits), and exact: no umask.
+        f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io(what()))?;
+        f.sync_all().map_err(io(what()))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io(what()))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(what()))?;
+        Ok(true)
+    }
+
+    /// Creates missing directories (0755, root's).
+    fn mkdirs(&self, dir: &Path) -> Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io(format!("creating {}", dir.display())))
+    }
+
+    /// A directory owned by `uid:gid` with `mode`, created if missing.
+    fn owned_dir(&self, p: &str, mode: u32, uid: u32, gid: u32) -> Result<()> {
+        let path = self.path(p);
+        if let Some(parent) = path.parent() {
+            self.mkdirs(parent)?;
+        }
+        if !path.is_dir() {
+            std::fs::DirBuilder::new().mode(mode).create(&path).map_err(io(format!("creating {p}")))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {p}")))?;
+            if self.chown {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io(format!("chown {p}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, p: &str) -> String {
+        std::fs::read_to_string(self.path(p)).unwrap_or_default()
+    }
+}
+
+fn hosts_file(hostname: &str) -> String {
+    format!(
+        "# Written by cairn from cloud-config (manage_etc_hosts: localhost).\n\
+         127.0.0.1 localhost {hostname}\n::1 localhost ip6-localhost ip6-loopback {hostname}\n"
+    )
+}
+
+/// Removes marked files in `dir` that `keep` does not name.
+fn prune(host: &Host, dir: &str, keep: &[String], changed: &mut Vec<String>) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(host.path(dir)) else { return Ok(()) };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(stem) = name.strip_suffix(".toml") else { continue };
+        let ours = std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with(MARK));
+        if ours && !keep.iter().any(|k| k == stem) {
+            std::fs::remove_file(e.path()).map_err(io(format!("removing {dir}/{name}")))?;
+            changed.push(format!("{dir}/{name} removed"));
+        }
+    }
+    Ok(())
+}
+
+/// Applies `c` to the host; returns what changed (empty when it already was so).
+pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    let mut note = |did: bool, what: String| {
+        if did {
+            changed.push(what);
+        }
+    };
+    if let Some(h) = &c.hostname {
+        note(host.install("/etc/hostname", format!("{h}\n").as_bytes(), 0o644, 0, 0)?, "/etc/hostname".into());
+    }
+    if c.manage_etc_hosts {
+        let h = c.hostname.clone().unwrap_or_else(|| host.read("/etc/hostname").trim().to_string());
+        note(host.install("/etc/hosts", hosts_file(&h).as_bytes(), 0o644, 0, 0)?, "/etc/hosts".into());
+    }
+
+    // Accounts: the default user when it has keys, then the listed users.
+    let mut accounts = Accounts::parse(&host.read("/etc/passwd"), &host.read("/etc/group"), &host.read("/etc/shadow"));
+    let mut users = Vec::new();
+    if !c.ssh_authorized_keys.is_empty() {
+        let core = crate::users::User {
+            name: DEFAULT_USER.into(),
+            ssh_authorized_keys: c.ssh_authorized_keys.clone(),
+            ..Default::default()
+        };
+        users.push(core);
+    }
+    users.extend(c.users.iter().cloned());
+    let mut homes = Vec::new();
+    for u in &users {
+        let entry = accounts.ensure_user(u);
+        homes.push((u, entry));
+    }
+    let (passwd, group, shadow) = accounts.render();
+    note(host.install("/etc/passwd", passwd.as_bytes(), 0o644, 0, 0)?, "/etc/passwd".into());
+    note(host.install("/etc/group", group.as_bytes(), 0o644, 0, 0)?, "/etc/group".into());
+    note(host.install("/etc/shadow", shadow.as_bytes(), 0o600, 0, 0)?, "/etc/shadow".into());
+    for (u, e) in homes {
+        if !u.no_create_home {
+            host.owned_dir(&e.home, 0o755, e.uid, e.gid)?;
+        }
+        if !u.ssh_authorized_keys.is_empty() {
+            host.owned_dir(&format!("{}/.ssh", e.home), 0o700, e.uid, e.gid)?;
+            let keys = u.ssh_authorized_keys.join("\n") + "\n";
+            let file = format!("{}/.ssh/authorized_keys", e.home);
+            note(host.install(&file, keys.as_bytes(), 0o600, e.uid, e.gid)?, file);
+        }
+    }
+
+    for f in &c.write_files {
+        let uid = accounts.user(&f.owner).map(|p| p.uid);
+        let gid = accounts.group_id(&f.group);
+        let (Some(uid), Some(gid)) = (uid, gid) else {
+            return Err(ApplyError {
+                what: format!("write_files {}", f.path),
+                error: std::io::Error::other(format!("no user {:?} or group {:?} on this host", f.owner, f.group)),
+            });
+        };
+        note(host.install(&f.path, &f.content, f.permissions, uid, gid)?, f.path.clone());
+    }
+
+    let file = cairn_release::update_config::HOST_FILE;
+    match &c.update {
+        Some(settings) => {
+            let text = format!("{MARK}{}", toml::to_string(settings).expect("update settings serialize"));
+            note(host.install(file, text.as_bytes(), 0o644, 0, 0)?, file.into());
+        }
+        // Settings an earlier config wrote go with it; a file the user wrote stays.
+        None if host.read(file).starts_with(MARK) => {
+            std::fs::remove_file(host.path(file)).map_err(io(format!("removing {file}")))?;
+            note(true, format!("{file} removed"));
+        }
+        None => {}
+    }
+
+    for s in &c.services {
+        let text = format!("{MARK}{}", toml::to_string(&s.file).expect("a TOML table serializes"));
+        let file = format!("/{SERVICES_DIR}/{}.toml", s.name);
+        note(host.install(&file, text.as_bytes(), 0o644, 0, 0)?, file);
+    }
+    let services: Vec<String> = c.services.iter().map(|s| s.name.clone()).collect();
+    for k in &c.containers {
+        let text = format!("{MARK}{}", toml::to_string(k).expect("a container serializes"));
+        let file = format!("/{CONTAINERS_DIR}/{}.toml", k.name);
+        note(host.install(&file, text.as_bytes(), 0o644, 0, 0)?, file);
+    }
+    let containers: Vec<String> = c.containers.iter().map(|k| k.name.clone()).collect();
+    prune(host, SERVICES_DIR, &services, &mut changed)?;
+    prune(host, CONTAINERS_DIR, &containers, &mut changed)?;
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{Parsed, parse};
+
+    fn config(text: &str) -> CloudConfig {
+        match parse(text.as_bytes()) {
+            Parsed::Config(c, _) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn host() -> (tempfile::TempDir, Host) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        std::fs::write(t.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(t.path().join("etc/group"), "root:x:0:\n").unwrap();
+        let chown = nix_is_root();
+        let h = Host { root: t.path().to_path_buf(), chown };
+        (t, h)
+    }
+
+    fn nix_is_root() -> bool {
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    }
+
+    const DOC: &str = "#cloud-config
+hostname: node-1
+manage_etc_hosts: localhost
+ssh_authorized_keys:
+  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH9Lk3ryv0PmxVxZHd0ch4u0 core@example
+users:
+  - name: ops
+    groups: [wheel]
+    ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps ops@example]
+write_files:
+  - path: /etc/app/config
+    permissions: \"0640\"
+    owner: ops:wheel
+    content: |
+      key=value
+cairn:
+  update: {strategy: off}
+  services:
+    - {name: hello, command: [/bin/busybox, sleep, \"1000\"]}
+";
+
+    #[test]
+    fn applies_everything_then_nothing_the_second_time() {
+        let (t, h) = host();
+        let changed = apply(&config(DOC), &h).unwrap();
+        let read = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap();
+        assert_eq!(read("etc/hostname"), "node-1\n");
+        assert!(read("etc/hosts").contains("127.0.0.1 localhost node-1"));
+        assert!(read("etc/passwd").contains("core:x:1000:1000::/home/core:/bin/sh"), "{}", read("etc/passwd"));
+        assert!(read("etc/passwd").contains("ops:x:1001:1001::/home/ops:/bin/sh"));
+        assert!(read("home/ops/.ssh/authorized_keys").contains("ops@example"));
+        assert!(read("home/core/.ssh/authorized_keys").contains("core@example"));
+        assert_eq!(read("etc/app/config"), "key=value\n");
+        let mode = |p: &str| std::fs::metadata(t.path().join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!((mode("etc/app/config"), mode("etc/shadow"), mode("home/ops/.ssh")), (0o640, 0o600, 0o700));
+        if h.chown {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(t.path().join("etc/app/config")).unwrap();
+            assert_eq!((m.uid(), m.gid()), (1001, 1002), "ops:wheel (wheel created as 1002)");
+        }
+        assert!(read("etc/cairn/update.toml").contains("strategy = \"off\""));
+        assert!(read("etc/cairn/services/hello.toml").contains("command = [\"/bin/busybox\", \"sleep\", \"1000\"]"));
+        assert!(changed.len() >= 9, "{changed:?}");
+        assert_eq!(apply(&config(DOC), &h).unwrap(), Vec::<String>::new(), "the second time changes nothing");
+    }
+
+    #[test]
+    fn services_a_later_config_drops_are_removed_but_the_users_own_stay() {
+        let (t, h) = host();
+        apply(&config(DOC), &h).unwrap();
+        std::fs::write(t.path().join("etc/cairn/services/mine.toml"), "command = [\"/bin/true\"]\n").unwrap();
+        let changed = apply(&config("#cloud-config\nhostname: node-1\n"), &h).unwrap();
+        assert_eq!(changed, ["/etc/cairn/update.toml removed", "etc/cairn/services/hello.toml removed"]);
+        assert!(t.path().join("etc/cairn/services/mine.toml").exists());
+    }
+}
