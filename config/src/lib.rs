@@ -10,6 +10,8 @@ pub mod cairn;
 pub mod diag;
 pub mod document;
 pub mod files;
+pub mod metadata;
+pub mod platform;
 pub mod update;
 pub mod users;
 pub mod walk;

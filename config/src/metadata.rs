@@ -1,0 +1,136 @@
+//! User data from a cloud's metadata service or a URL, each request bounded by a deadline so
+//! a missing service costs no more than that. `Ok(None)`: the service answered that this
+//! instance has no user data (404), which is not an error.
+//!
+//! - EC2: IMDSv2 (`PUT /latest/api/token` with a TTL header, then `GET /latest/user-data` with
+//!   the token); IMDSv1 (the GET without a token) when the PUT is refused with 403/404/405.
+//! - GCE: `GET /computeMetadata/v1/instance/attributes/user-data` with `Metadata-Flavor: Google`.
+//! - OpenStack: `GET /openstack/latest/user_data`.
+//! - A URL (`cairn.config_url=` on the kernel command line): `GET` it.
+
+use std::time::{Duration, Instant};
+
+/// Where the link-local metadata services listen.
+pub const LINK_LOCAL: &str = "http://169.254.169.254";
+
+const TOKEN_TTL: &str = "21600";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Ec2,
+    Gce,
+    OpenStack,
+    Url,
+}
+
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// User data larger than this is refused while it downloads.
+const MAX_USER_DATA: u64 = crate::document::MAX_SIZE;
+
+struct Client {
+    http: reqwest::blocking::Client,
+    deadline: Instant,
+}
+
+impl Client {
+    fn new(deadline: Instant) -> Result<Client, Error> {
+        let http = reqwest::blocking::Client::builder()
+            // Metadata services are plain HTTP on a link-local address; never go through a proxy.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| Error(format!("HTTP client: {e}")))?;
+        Ok(Client { http, deadline })
+    }
+
+    fn left(&self) -> Result<Duration, Error> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error("deadline passed".into()));
+        }
+        Ok(left)
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder, what: &str) -> Result<reqwest::blocking::Response, Error> {
+        req.timeout(self.left()?).send().map_err(|e| {
+            let why = if e.is_timeout() { "no answer before the deadline".to_string() } else { e.to_string() };
+            Error(format!("{what}: {why}"))
+        })
+    }
+
+    /// The body of a 200, `None` for a 404, an error otherwise.
+    fn body(&self, resp: reqwest::blocking::Response, what: &str) -> Result<Option<Vec<u8>>, Error> {
+        use std::io::Read;
+        match resp.status().as_u16() {
+            200 => {
+                let mut body = Vec::new();
+                resp.take(MAX_USER_DATA + 1).read_to_end(&mut body).map_err(|e| Error(format!("{what}: {e}")))?;
+                if body.len() as u64 > MAX_USER_DATA {
+                    return Err(Error(format!("{what}: user data over {} MiB", MAX_USER_DATA >> 20)));
+                }
+                Ok(Some(body))
+            }
+            404 => Ok(None),
+            status => Err(Error(format!("{what}: HTTP {status}"))),
+        }
+    }
+}
+
+/// Fetches the user data of `service` at `base` (`LINK_LOCAL`, or the URL itself for
+/// `Service::Url`) before `deadline`.
+pub fn fetch(service: Service, base: &str, deadline: Instant) -> Result<Option<Vec<u8>>, Error> {
+    let c = Client::new(deadline)?;
+    let base = base.trim_end_matches('/');
+    match service {
+        Service::Ec2 => {
+            let what = "EC2 IMDSv2 token";
+            let put = c
+                .http
+                .put(format!("{base}/latest/api/token"))
+                .header("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL);
+            let resp = c.send(put, what)?;
+            let get = c.http.get(format!("{base}/latest/user-data"));
+            let get = match resp.status().as_u16() {
+                200 => {
+                    let token = resp.text().map_err(|e| Error(format!("{what}: {e}")))?;
+                    get.header("X-aws-ec2-metadata-token", token.trim())
+                }
+                // IMDSv1 only (or v2 disabled for PUT): ask without a token.
+                403..=405 => get,
+                status => return Err(Error(format!("{what}: HTTP {status}"))),
+            };
+            let what = "EC2 user-data";
+            let resp = c.send(get, what)?;
+            c.body(resp, what)
+        }
+        Service::Gce => {
+            let what = "GCE user-data";
+            let get = c
+                .http
+                .get(format!("{base}/computeMetadata/v1/instance/attributes/user-data"))
+                .header("Metadata-Flavor", "Google");
+            let resp = c.send(get, what)?;
+            c.body(resp, what)
+        }
+        Service::OpenStack => {
+            let what = "OpenStack user_data";
+            let resp = c.send(c.http.get(format!("{base}/openstack/latest/user_data")), what)?;
+            c.body(resp, what)
+        }
+        Service::Url => {
+            let what = format!("config URL {base}");
+            let resp = c.send(c.http.get(base), &what)?;
+            c.body(resp, &what)
+        }
+    }
+}
