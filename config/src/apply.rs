@@ -37,6 +37,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ApplyError {
     move |error| ApplyError { what, error }
 }
 
+/// A file written beside its target, waiting for `Host::commit`.
+struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    name: String,
+}
+
 /// Where a host's files are, and who owns what it writes.
 pub struct Host {
     pub root: PathBuf,
@@ -49,9 +56,9 @@ impl Host {
         self.root.join(p.trim_start_matches('/'))
     }
 
-    /// Writes `content` at `p` with exactly `mode` and owner, unless it is already so.
-    /// Returns whether anything changed.
-    fn install(&self, p: &str, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<bool> {
+    /// Stages `content` for `p` with exactly `mode` and owner, unless it is already so: a
+    /// temporary file beside it, made durable and renamed by `commit`. `None`: no change.
+    fn stage(&self, p: &str, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<Option<Staged>> {
         let path = self.path(p);
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
             use std::os::unix::fs::MetadataExt;
@@ -61,7 +68,7 @@ impl Host {
                 && same_owner
                 && std::fs::read(&path).is_ok_and(|c| c == content)
             {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let dir = path.parent().expect("a file under root");
@@ -81,11 +88,34 @@ impl Host {
         }
         // After chown (which clears set-id bits), and exact: no umask.
         f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io(what()))?;
-        f.sync_all().map_err(io(what()))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io(what()))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(what()))?;
-        Ok(true)
+        Ok(Some(Staged { tmp, path, name: p.to_string() }))
+    }
+
+    /// Makes the staged files durable, renames them into place, and makes that durable: one
+    /// `syncfs` per file system before and after instead of two fsyncs per file. A crash
+    /// leaves each file old or new (never torn); the next boot's apply finishes the rest.
+    fn commit(&self, staged: &[Staged]) -> Result<()> {
+        let sync = |what: &str| -> Result<()> {
+            let mut devices = std::collections::BTreeSet::new();
+            for s in staged {
+                let dir = s.path.parent().expect("a file under root");
+                let d = std::fs::File::open(dir).map_err(io(format!("{what} {}", dir.display())))?;
+                let dev = std::os::unix::fs::MetadataExt::dev(&d.metadata().map_err(io(what.to_string()))?);
+                if devices.insert(dev) {
+                    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d))
+                        .map_err(|e| ApplyError { what: format!("{what} {}", dir.display()), error: e.into() })?;
+                }
+            }
+            Ok(())
+        };
+        if staged.is_empty() {
+            return Ok(());
+        }
+        sync("syncing")?;
+        for s in staged {
+            std::fs::rename(&s.tmp, &s.path).map_err(io(format!("writing {}", s.name)))?;
+        }
+        sync("syncing")
     }
 
     /// Creates missing directories (0755, root's).
@@ -143,17 +173,19 @@ fn prune(host: &Host, dir: &str, keep: &[String], changed: &mut Vec<String>) -> 
 /// Applies `c` to the host; returns what changed (empty when it already was so).
 pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
     let mut changed = Vec::new();
-    let mut note = |did: bool, what: String| {
-        if did {
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut note = |s: Option<Staged>, what: String| {
+        if let Some(s) = s {
+            staged.push(s);
             changed.push(what);
         }
     };
     if let Some(h) = &c.hostname {
-        note(host.install("/etc/hostname", format!("{h}\n").as_bytes(), 0o644, 0, 0)?, "/etc/hostname".into());
+        note(host.stage("/etc/hostname", format!("{h}\n").as_bytes(), 0o644, 0, 0)?, "/etc/hostname".into());
     }
     if c.manage_etc_hosts {
         let h = c.hostname.clone().unwrap_or_else(|| host.read("/etc/hostname").trim().to_string());
-        note(host.install("/etc/hosts", hosts_file(&h).as_bytes(), 0o644, 0, 0)?, "/etc/hosts".into());
+        note(host.stage("/etc/hosts", hosts_file(&h).as_bytes(), 0o644, 0, 0)?, "/etc/hosts".into());
     }
 
     // Accounts: the default user when it has keys, then the listed users.
@@ -174,9 +206,9 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         homes.push((u, entry));
     }
     let (passwd, group, shadow) = accounts.render();
-    note(host.install("/etc/passwd", passwd.as_bytes(), 0o644, 0, 0)?, "/etc/passwd".into());
-    note(host.install("/etc/group", group.as_bytes(), 0o644, 0, 0)?, "/etc/group".into());
-    note(host.install("/etc/shadow", shadow.as_bytes(), 0o600, 0, 0)?, "/etc/shadow".into());
+    note(host.stage("/etc/passwd", passwd.as_bytes(), 0o644, 0, 0)?, "/etc/passwd".into());
+    note(host.stage("/etc/group", group.as_bytes(), 0o644, 0, 0)?, "/etc/group".into());
+    note(host.stage("/etc/shadow", shadow.as_bytes(), 0o600, 0, 0)?, "/etc/shadow".into());
     for (u, e) in homes {
         if !u.no_create_home {
             host.owned_dir(&e.home, 0o755, e.uid, e.gid)?;
@@ -185,7 +217,7 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
             host.owned_dir(&format!("{}/.ssh", e.home), 0o700, e.uid, e.gid)?;
             let keys = u.ssh_authorized_keys.join("\n") + "\n";
             let file = format!("{}/.ssh/authorized_keys", e.home);
-            note(host.install(&file, keys.as_bytes(), 0o600, e.uid, e.gid)?, file);
+            note(host.stage(&file, keys.as_bytes(), 0o600, e.uid, e.gid)?, file);
         }
     }
 
@@ -198,19 +230,20 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
                 error: std::io::Error::other(format!("no user {:?} or group {:?} on this host", f.owner, f.group)),
             });
         };
-        note(host.install(&f.path, &f.content, f.permissions, uid, gid)?, f.path.clone());
+        note(host.stage(&f.path, &f.content, f.permissions, uid, gid)?, f.path.clone());
     }
 
     let file = cairn_release::update_config::HOST_FILE;
+    let mut removed = Vec::new();
     match &c.update {
         Some(settings) => {
             let text = format!("{MARK}{}", toml::to_string(settings).expect("update settings serialize"));
-            note(host.install(file, text.as_bytes(), 0o644, 0, 0)?, file.into());
+            note(host.stage(file, text.as_bytes(), 0o644, 0, 0)?, file.into());
         }
         // Settings an earlier config wrote go with it; a file the user wrote stays.
         None if host.read(file).starts_with(MARK) => {
             std::fs::remove_file(host.path(file)).map_err(io(format!("removing {file}")))?;
-            note(true, format!("{file} removed"));
+            removed.push(format!("{file} removed"));
         }
         None => {}
     }
@@ -218,15 +251,17 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
     for s in &c.services {
         let text = format!("{MARK}{}", toml::to_string(&s.file).expect("a TOML table serializes"));
         let file = format!("/{SERVICES_DIR}/{}.toml", s.name);
-        note(host.install(&file, text.as_bytes(), 0o644, 0, 0)?, file);
+        note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
     }
     let services: Vec<String> = c.services.iter().map(|s| s.name.clone()).collect();
     for k in &c.containers {
         let text = format!("{MARK}{}", toml::to_string(k).expect("a container serializes"));
         let file = format!("/{CONTAINERS_DIR}/{}.toml", k.name);
-        note(host.install(&file, text.as_bytes(), 0o644, 0, 0)?, file);
+        note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
     }
     let containers: Vec<String> = c.containers.iter().map(|k| k.name.clone()).collect();
+    host.commit(&staged)?;
+    changed.extend(removed);
     prune(host, SERVICES_DIR, &services, &mut changed)?;
     prune(host, CONTAINERS_DIR, &containers, &mut changed)?;
     Ok(changed)
