@@ -10,6 +10,7 @@ pub mod cairn;
 pub mod diag;
 pub mod document;
 pub mod files;
+pub mod local;
 pub mod metadata;
 pub mod platform;
 pub mod update;
