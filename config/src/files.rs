@@ -55,7 +55,7 @@ fn permissions(w: &mut Walker, v: Value, path: &str) -> Option<u32> {
 }
 
 /// Base64 text (line breaks allowed) to bytes.
-fn decode(w: &mut Walker, content: &str, _encoding: &str, at: Value, path: &str) -> Option<Vec<u8>> {
+fn base64_decode(w: &mut Walker, content: &str, at: Value, path: &str) -> Option<Vec<u8>> {
     let cleaned: String = content.chars().filter(|c| !c.is_whitespace()).collect();
     match base64::engine::general_purpose::STANDARD.decode(cleaned) {
         Ok(b) => Some(b),
@@ -83,7 +83,7 @@ fn decode_bytes(
     };
     let mut bytes = bytes;
     if b64 && !binary {
-        bytes = decode(w, &String::from_utf8_lossy(&bytes), "base64", at, path)?;
+        bytes = base64_decode(w, &String::from_utf8_lossy(&bytes), at, path)?;
     }
     if gz {
         let mut out = Vec::new();
@@ -173,7 +173,7 @@ pub fn write_file(w: &mut Walker, f: &Fields, item_at: Value, item_path: &str) -
             // `content: !!binary |`: the block's text starts on the line after the tag's.
             let binary = w.binary_lines.contains(&v.at.line) || w.binary_lines.contains(&(v.at.line - 1));
             w.string(v, &p)
-                .and_then(|c| if binary { decode(w, &c, "base64", v, &p) } else { Some(c.into_bytes()) })
+                .and_then(|c| if binary { base64_decode(w, &c, v, &p) } else { Some(c.into_bytes()) })
                 .and_then(|bytes| decode_bytes(w, bytes, encoding.as_deref().unwrap_or(""), binary, v, &p))
         }
         None => Some(Vec::new()),
