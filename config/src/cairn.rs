@@ -82,17 +82,6 @@ fn command(w: &mut Walker, v: Value, path: &str) -> Option<Vec<String>> {
     Some(c)
 }
 
-fn duration(w: &mut Walker, v: Value, path: &str) -> Option<String> {
-    let d = w.text(v, path)?;
-    match cairn_release::duration::parse(&d) {
-        Ok(_) => Some(d),
-        Err(e) => {
-            w.error(v.at, path, e);
-            None
-        }
-    }
-}
-
 pub fn service(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Option<Service> {
     let before = w.diagnostics.len();
     let name = name(w, f, item, item_path);
@@ -116,13 +105,9 @@ pub fn service(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Opti
         }
     }
     if let Some((v, p)) = f.get("working_directory")
-        && let Some(d) = w.text(v, &p)
+        && let Some(d) = w.absolute_path(v, &p)
     {
-        if d.starts_with('/') {
-            put("working_directory", d.into());
-        } else {
-            w.error(v.at, &p, format!("{d:?} is not an absolute path"));
-        }
+        put("working_directory", d.into());
     }
     if let Some((v, p)) = f.get("environment")
         && let Some(env) = w.string_map(v, &p)
@@ -136,7 +121,7 @@ pub fn service(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Opti
     }
     for key in ["restart_delay", "restart_delay_max", "stop_timeout"] {
         if let Some((v, p)) = f.get(key)
-            && let Some(d) = duration(w, v, &p)
+            && let Some(d) = w.duration(v, &p)
         {
             put(key, d.into());
         }

@@ -207,13 +207,7 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
         }
     }
     if let Some((v, p)) = f.get("write_files") {
-        for (item, item_path) in w.list(v, &p).unwrap_or_default() {
-            if let Some(ff) = w.mapping(item, &item_path, files::KEYS)
-                && let Some(file) = files::write_file(w, &ff, item, &item_path)
-            {
-                c.write_files.push(file);
-            }
-        }
+        c.write_files = w.records(v, &p, files::KEYS, files::write_file);
     }
     if let Some((v, p)) = f.get("manage_etc_hosts") {
         match w.string(v, &p).as_deref() {
@@ -241,19 +235,14 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
             update_at.get_or_insert((v.at, p));
         }
         if let Some((v, p)) = cf.get("units") {
-            for (item, item_path) in w.list(v, &p).unwrap_or_default() {
-                if let Some(uf) = w.mapping(item, &item_path, UNIT_KEYS) {
-                    let name = uf.get("name").and_then(|(v, p)| w.string(v, &p)).unwrap_or_default();
-                    w.warn(
-                        item.at,
-                        &item_path,
-                        format!(
-                            "systemd unit {name:?} ignored: Cairn has no systemd; run it with cairn.services or \
-                             cairn.containers"
-                        ),
-                    );
-                }
-            }
+            w.records(v, &p, UNIT_KEYS, |w, uf, item, item_path| {
+                let name = uf.get("name").and_then(|(v, p)| w.string(v, &p)).unwrap_or_default();
+                let message = format!(
+                    "systemd unit {name:?} ignored: Cairn has no systemd; run it with cairn.services or cairn.containers"
+                );
+                w.warn(item.at, item_path, message);
+                None::<()>
+            });
         }
         for key in ["etcd", "etcd2", "fleet", "flannel", "oem"] {
             if let Some((v, p)) = cf.get(key) {
@@ -271,22 +260,10 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
             update_at = Some((v.at, p));
         }
         if let Some((v, p)) = cf.get("services") {
-            for (item, item_path) in w.list(v, &p).unwrap_or_default() {
-                if let Some(sf) = w.mapping(item, &item_path, cairn::SERVICE_KEYS)
-                    && let Some(s) = cairn::service(w, &sf, item, &item_path)
-                {
-                    c.services.push(s);
-                }
-            }
+            c.services = w.records(v, &p, cairn::SERVICE_KEYS, cairn::service);
         }
         if let Some((v, p)) = cf.get("containers") {
-            for (item, item_path) in w.list(v, &p).unwrap_or_default() {
-                if let Some(kf) = w.mapping(item, &item_path, cairn::CONTAINER_KEYS)
-                    && let Some(k) = cairn::container(w, &kf, item, &item_path)
-                {
-                    c.containers.push(k);
-                }
-            }
+            c.containers = w.records(v, &p, cairn::CONTAINER_KEYS, cairn::container);
         }
         unique(w, c.services.iter().map(|s| s.name.as_str()), v, &p, "services");
         unique(w, c.containers.iter().map(|k| k.name.as_str()), v, &p, "containers");

@@ -148,11 +148,9 @@ pub fn locksmith(w: &mut Walker, f: &Fields, into: &mut UpdateSettings) {
 fn maintenance(w: &mut Walker, v: Value, path: &str) -> Option<MaintenanceSettings> {
     let (m, nodes) = maintenance_fields(w, v, path)?;
     let Err(e) = m.resolve() else { return Some(m) };
-    // "maintenance.window[1].days: ..." -> the node of that key.
-    let (key, rest) = e.split_once(": ").unwrap_or(("", e.as_str()));
-    let key = key.strip_prefix("maintenance.").unwrap_or(key);
-    let at = nodes.iter().find(|(k, _)| k == key).map_or(v.at, |(_, at)| *at);
-    w.error(at, &crate::walk::child(path, key), rest);
+    let at = nodes.iter().find(|(k, _)| *k == e.key).map_or(v.at, |(_, at)| *at);
+    let key_path = if e.key.is_empty() { path.to_string() } else { crate::walk::child(path, &e.key) };
+    w.error(at, &key_path, e.message);
     None
 }
 
@@ -203,12 +201,9 @@ pub fn cairn_update(w: &mut Walker, f: &Fields, into: &mut UpdateSettings) {
         [("interval", &mut into.interval), ("bless_after", &mut into.bless_after), ("lock_retry", &mut into.lock_retry)]
     {
         if let Some((v, p)) = f.get(key)
-            && let Some(d) = w.text(v, &p)
+            && let Some(d) = w.duration(v, &p)
         {
-            match cairn_release::duration::parse(&d) {
-                Ok(_) => *slot = Some(d),
-                Err(e) => w.error(v.at, &p, e),
-            }
+            *slot = Some(d);
         }
     }
     if let Some((v, p)) = f.get("strategy") {

@@ -97,15 +97,6 @@ fn name(w: &mut Walker, v: Value, path: &str) -> Option<String> {
     None
 }
 
-fn absolute(w: &mut Walker, v: Value, path: &str) -> Option<String> {
-    let p = w.text(v, path)?;
-    if p.starts_with('/') {
-        return Some(p);
-    }
-    w.error(v.at, path, format!("{p:?} is not an absolute path"));
-    None
-}
-
 pub fn user(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Option<User> {
     let before = w.diagnostics.len();
     let mut u = User::default();
@@ -129,10 +120,10 @@ pub fn user(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Option<
         }
     }
     if let Some((v, p)) = f.get("homedir") {
-        u.homedir = absolute(w, v, &p);
+        u.homedir = w.absolute_path(v, &p);
     }
     if let Some((v, p)) = f.get("shell") {
-        u.shell = absolute(w, v, &p);
+        u.shell = w.absolute_path(v, &p);
     }
     if let Some((v, p)) = f.get("primary_group") {
         u.primary_group = name(w, v, &p);

@@ -152,6 +152,26 @@ impl Walker {
         Some(items.iter().enumerate().map(|(i, node)| (Value { node, at: at(node, v.at) }, index(path, i))).collect())
     }
 
+    /// A list whose items are mappings with `keys`, each read by `read` (which reports its own
+    /// problems and returns `None` for an item it refuses).
+    pub fn records<'n, T>(
+        &mut self,
+        v: Value<'n>,
+        path: &str,
+        keys: &[&str],
+        mut read: impl FnMut(&mut Walker, &Fields<'n>, Value<'n>, &str) -> Option<T>,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        for (item, item_path) in self.list(v, path).unwrap_or_default() {
+            if let Some(fields) = self.mapping(item, &item_path, keys)
+                && let Some(record) = read(self, &fields, item, &item_path)
+            {
+                out.push(record);
+            }
+        }
+        out
+    }
+
     /// A scalar as text (numbers and booleans too: CoreOS read them as strings).
     pub fn string(&mut self, v: Value, path: &str) -> Option<String> {
         match v.node {
@@ -171,6 +191,28 @@ impl Walker {
             return None;
         }
         Some(s)
+    }
+
+    /// An absolute path.
+    pub fn absolute_path(&mut self, v: Value, path: &str) -> Option<String> {
+        let p = self.text(v, path)?;
+        if p.starts_with('/') {
+            return Some(p);
+        }
+        self.error(v.at, path, format!("{p:?} is not an absolute path"));
+        None
+    }
+
+    /// A duration as update.toml and service files write it (`100ms`, `5s`, `2m`, `1h`).
+    pub fn duration(&mut self, v: Value, path: &str) -> Option<String> {
+        let d = self.text(v, path)?;
+        match cairn_release::duration::parse(&d) {
+            Ok(_) => Some(d),
+            Err(e) => {
+                self.error(v.at, path, e);
+                None
+            }
+        }
     }
 
     /// `true`/`false` (and YAML 1.1's `yes`/`no`/`on`/`off`, which CoreOS accepted).

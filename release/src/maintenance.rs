@@ -91,34 +91,70 @@ fn start_time(text: &str) -> Option<(i8, i8)> {
 
 impl MaintenanceSettings {
     /// Checks every value; errors name the key (`maintenance.window[1].days: ...`).
-    pub fn resolve(&self) -> Result<Maintenance, String> {
+    pub fn resolve(&self) -> Result<Maintenance, KeyError> {
         let time_zone_name = self.time_zone.clone().unwrap_or_else(|| "UTC".into());
         let time_zone = jiff::tz::db().get(&time_zone_name).map_err(|e| {
-            format!("maintenance.time_zone: {time_zone_name:?} is not a known time zone (an IANA name like Europe/Berlin): {e}")
+            KeyError::new(
+                "time_zone",
+                format!("{time_zone_name:?} is not a known time zone (an IANA name like Europe/Berlin): {e}"),
+            )
         })?;
         if self.windows.is_empty() {
-            return Err("maintenance: no window (add at least one [[maintenance.window]])".into());
+            return Err(KeyError::new("", "no window (add at least one [[maintenance.window]])"));
         }
         let mut windows = Vec::new();
         for (i, w) in self.windows.iter().enumerate() {
-            let at = |key: &str| format!("maintenance.window[{i}].{key}");
+            let key = |name: &str| format!("window[{i}].{name}");
             if w.days.is_empty() {
-                return Err(format!("{}: empty", at("days")));
+                return Err(KeyError::new(key("days"), "empty"));
             }
             let days = w
                 .days
                 .iter()
-                .map(|d| weekday(d).ok_or_else(|| format!("{}: {d:?} is not a day (Mon, Tue, ... Sun)", at("days"))))
+                .map(|d| {
+                    weekday(d)
+                        .ok_or_else(|| KeyError::new(key("days"), format!("{d:?} is not a day (Mon, Tue, ... Sun)")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let (hour, minute) = start_time(&w.start_time).ok_or_else(|| {
-                format!("{}: {:?} is not a time of day (HH:MM, 24-hour)", at("start_time"), w.start_time)
+                KeyError::new(key("start_time"), format!("{:?} is not a time of day (HH:MM, 24-hour)", w.start_time))
             })?;
             if !(1..=MAX_LENGTH_MINUTES).contains(&w.length_minutes) {
-                return Err(format!("{}: {} is not 1 to {MAX_LENGTH_MINUTES}", at("length_minutes"), w.length_minutes));
+                let message = format!("{} is not 1 to {MAX_LENGTH_MINUTES}", w.length_minutes);
+                return Err(KeyError::new(key("length_minutes"), message));
             }
             windows.push(Window { days, hour, minute, length_minutes: w.length_minutes });
         }
         Ok(Maintenance { time_zone, time_zone_name, windows })
+    }
+}
+
+/// A bad value and its key inside `[maintenance]` (`window[1].days`; empty: the table itself).
+/// Shown as `maintenance.window[1].days: message`; a cloud-config points at the key's node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl KeyError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> KeyError {
+        KeyError { key: key.into(), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.key.as_str() {
+            "" => write!(f, "maintenance: {}", self.message),
+            key => write!(f, "maintenance.{key}: {}", self.message),
+        }
+    }
+}
+
+impl From<KeyError> for String {
+    fn from(e: KeyError) -> String {
+        e.to_string()
     }
 }
 
@@ -190,6 +226,7 @@ mod tests {
                 .collect(),
         }
         .resolve()
+        .map_err(String::from)
     }
 
     fn utc(text: &str) -> i64 {
