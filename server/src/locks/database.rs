@@ -3,7 +3,7 @@
 //! transaction that locks the group's row, so the holders never outnumber the slots, across
 //! replicas too.
 
-use super::{Holder, Lock, LockGroup};
+use super::{Holder, Lock};
 use crate::db::Db;
 use anyhow::Result;
 use sqlx::Row;
@@ -90,23 +90,7 @@ pub async fn unlock(db: &Db, group: &str, id: &str, now: i64, kind: &str) -> Res
     Ok(Some(released))
 }
 
-pub async fn status(db: &Db, group: Option<&str>) -> Result<Vec<LockGroup>> {
-    let mut conn = db.read.acquire().await?;
-    let rows =
-        sqlx::query("SELECT name, slots, token_sha256 FROM lock_groups WHERE ($1 IS NULL OR name = $1) ORDER BY name")
-            .bind(group)
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut out = Vec::new();
-    for r in rows {
-        let name: String = r.try_get(0)?;
-        let token: Option<String> = r.try_get(2)?;
-        out.push(LockGroup {
-            holders: holders(&mut conn, &name).await?,
-            group: name,
-            slots: r.try_get(1)?,
-            token_required: token.is_some(),
-        });
-    }
-    Ok(out)
+/// The holders of `group`, oldest first.
+pub async fn holders_of(db: &Db, group: &str) -> Result<Vec<Holder>> {
+    holders(&mut *db.read.acquire().await?, group).await
 }

@@ -76,6 +76,26 @@ async fn registered(db: &Db, group: &str) -> Result<Option<(i64, Option<String>)
     row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
 }
 
+/// Registered groups (one, or all), by name, without holders.
+async fn registered_groups(db: &Db, group: Option<&str>) -> Result<Vec<LockGroup>> {
+    let rows =
+        sqlx::query("SELECT name, slots, token_sha256 FROM lock_groups WHERE ($1 IS NULL OR name = $1) ORDER BY name")
+            .bind(group)
+            .fetch_all(&db.read)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let token: Option<String> = r.try_get(2)?;
+            Ok(LockGroup {
+                group: r.try_get(0)?,
+                slots: r.try_get(1)?,
+                holders: Vec::new(),
+                token_required: token.is_some(),
+            })
+        })
+        .collect()
+}
+
 async fn register(db: &Db, group: &str, slots: i64, now: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO lock_groups (name, slots, token_sha256, updated_at) VALUES ($1, $2, NULL, $3) \
@@ -118,8 +138,14 @@ impl Locks {
         match &self.store {
             Store::Database => database::lock(db, group, id, now).await,
             Store::Etcd(etcd) => {
-                let initial = registered(db, group).await?.map(|(slots, _)| slots);
-                let lock = etcd.lock(group, id, now, initial).await?;
+                // The registry is read only for a group whose key does not exist yet (its first
+                // lock), not on every request.
+                let mut lock = etcd.lock(group, id, now, None).await?;
+                if lock == Lock::UnknownGroup
+                    && let Some((slots, _)) = registered(db, group).await?
+                {
+                    lock = etcd.lock(group, id, now, Some(slots)).await?;
+                }
                 if lock == (Lock::Held { already: false }) {
                     event(db, now, id, group, "pre-reboot").await?;
                 }
@@ -185,25 +211,17 @@ impl Locks {
     /// Every group (or one), with its slots and holders.
     pub async fn status(&self, db: &Db, group: Option<&str>) -> Result<Vec<LockGroup>> {
         let etcd = match &self.store {
-            Store::Database => return database::status(db, group).await,
+            Store::Database => {
+                let mut groups = registered_groups(db, group).await?;
+                for g in &mut groups {
+                    g.holders = database::holders_of(db, &g.group).await?;
+                }
+                return Ok(groups);
+            }
             Store::Etcd(etcd) => etcd,
         };
-        let rows = sqlx::query(
-            "SELECT name, slots, token_sha256 FROM lock_groups WHERE ($1 IS NULL OR name = $1) ORDER BY name",
-        )
-        .bind(group)
-        .fetch_all(&db.read)
-        .await?;
-        let mut groups: BTreeMap<String, LockGroup> = BTreeMap::new();
-        for r in rows {
-            let name: String = r.try_get(0)?;
-            let token: Option<String> = r.try_get(2)?;
-            let slots = r.try_get(1)?;
-            groups.insert(
-                name.clone(),
-                LockGroup { group: name, slots, holders: vec![], token_required: token.is_some() },
-            );
-        }
+        let mut groups: BTreeMap<String, LockGroup> =
+            registered_groups(db, group).await?.into_iter().map(|g| (g.group.clone(), g)).collect();
         let semaphores = match group {
             Some(g) => etcd.semaphore(g).await?.map(|s| (g.to_string(), s)).into_iter().collect(),
             None => etcd.all().await?,
