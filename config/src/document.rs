@@ -49,6 +49,21 @@ pub enum Parsed {
 }
 
 /// A problem with the document as a whole (reported at its start).
+impl Parsed {
+    /// Whether a host would apply nothing from the document.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Parsed::Invalid(_))
+    }
+
+    /// The errors and warnings, in document order.
+    pub fn into_diagnostics(self) -> Vec<Diagnostic> {
+        match self {
+            Parsed::Config(_, d) | Parsed::Invalid(d) => d,
+            Parsed::Empty => Vec::new(),
+        }
+    }
+}
+
 fn whole(message: impl Into<String>) -> Parsed {
     Parsed::Invalid(vec![Diagnostic {
         severity: diag::Severity::Error,

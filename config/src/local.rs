@@ -8,6 +8,14 @@ use std::path::{Path, PathBuf};
 
 /// Where fw_cfg entries appear (the kernel's `qemu_fw_cfg` module).
 pub const FW_CFG_DIR: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+/// The fw_cfg entry Cairn hosts read user data from (`-fw_cfg name=...,file=...`).
+pub const FW_CFG_NAME: &str = "opt/cairn/user-data";
+/// An OpenStack config drive: its label and where the user data is on it.
+pub const CONFIG_DRIVE_LABEL: &str = "config-2";
+pub const CONFIG_DRIVE_USER_DATA: &str = "openstack/latest/user_data";
+/// A NoCloud volume: its label and where the user data is on it.
+pub const NOCLOUD_LABEL: &str = "cidata";
+pub const NOCLOUD_USER_DATA: &str = "user-data";
 
 /// The user data in fw_cfg entry `name` under `dir`; `None` if there is no such entry.
 pub fn fw_cfg(dir: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {

@@ -5,18 +5,23 @@ use crate::esp::{EspFile, build_fat};
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// The fw_cfg entry Cairn hosts read user data from (`-fw_cfg name=...,file=...`).
-pub const FW_CFG_NAME: &str = "opt/cairn/user-data";
-pub const LABEL: &str = "config-2";
-pub const USER_DATA: &str = "openstack/latest/user_data";
+use cairn_config::local::{CONFIG_DRIVE_LABEL, CONFIG_DRIVE_USER_DATA};
 
 /// Writes a config drive holding `user_data` to `out`.
 pub fn build(user_data: &Path, out: &Path) -> Result<()> {
     let len = std::fs::metadata(user_data).with_context(|| format!("reading {}", user_data.display()))?.len();
     // Room for the file and FAT's overhead, in whole MiB.
     let size = ((len * 2 + (1 << 20)) >> 20 << 20).max(2 << 20);
-    build_fat(out, size, None, LABEL, 0x0c0f_1602, 1_700_000_000, &[EspFile { path: USER_DATA, source: user_data }])
-        .context("building the config drive")
+    build_fat(
+        out,
+        size,
+        None,
+        CONFIG_DRIVE_LABEL,
+        0x0c0f_1602,
+        1_700_000_000,
+        &[EspFile { path: CONFIG_DRIVE_USER_DATA, source: user_data }],
+    )
+    .context("building the config drive")
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ fn source_date_epoch() -> Result<u64> {
 
 /// `cairn config validate`: prints every diagnostic as FILE:LINE:COLUMN: severity: path: message.
 fn validate(file: &std::path::Path, json: bool) -> Result<i32> {
-    use cairn_config::{Parsed, Severity};
+    use cairn_config::Severity;
     let data = if file.as_os_str() == "-" {
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)?;
@@ -167,11 +167,9 @@ fn validate(file: &std::path::Path, json: bool) -> Result<i32> {
     } else {
         std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
     };
-    let (valid, diagnostics) = match cairn_config::parse(&data) {
-        Parsed::Config(_, diagnostics) => (true, diagnostics),
-        Parsed::Empty => (true, Vec::new()),
-        Parsed::Invalid(diagnostics) => (false, diagnostics),
-    };
+    let parsed = cairn_config::parse(&data);
+    let valid = !parsed.is_refused();
+    let diagnostics = parsed.into_diagnostics();
     let name = file.display().to_string();
     if json {
         let doc = serde_json::json!({"file": name, "valid": valid, "diagnostics": diagnostics});
@@ -289,15 +287,11 @@ struct UserData {
 /// refuses a bad document itself, which is worth being able to try).
 fn check_user_data(file: &std::path::Path) -> Result<()> {
     let data = std::fs::read(file).with_context(|| format!("--config {}", file.display()))?;
-    let diagnostics = match cairn_config::parse(&data) {
-        cairn_config::Parsed::Config(_, d) => d,
-        cairn_config::Parsed::Empty => Vec::new(),
-        cairn_config::Parsed::Invalid(d) => {
-            eprintln!("cairn run: {} will be refused by the host:", file.display());
-            d
-        }
-    };
-    for d in diagnostics {
+    let parsed = cairn_config::parse(&data);
+    if parsed.is_refused() {
+        eprintln!("cairn run: {} will be refused by the host:", file.display());
+    }
+    for d in parsed.into_diagnostics() {
         eprintln!("{}:{d}", file.display());
     }
     Ok(())
@@ -323,7 +317,7 @@ fn run_vm(image: PathBuf, o: RunOptions, user_data: Option<UserData>) -> Result<
             cairn_image::configdrive::build(&file, &img)?;
             cfg.extra_disks.push(img);
         } else {
-            cfg.fw_cfg.push((cairn_image::configdrive::FW_CFG_NAME.to_string(), file));
+            cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), file));
         }
     }
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
