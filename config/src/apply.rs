@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 /// later config can remove the ones it no longer names without touching the user's.
 pub const SERVICES_DIR: &str = "etc/cairn/services";
 pub const CONTAINERS_DIR: &str = "etc/cairn/containers";
+/// The program that runs a container for init (`cairn-cloud-config container NAME`).
+pub const RUN_CONTAINER: &str = "/usr/sbin/cairn-cloud-config";
 const MARK: &str = "# Written by cairn from cloud-config; changes are replaced at boot.\n";
 
 #[derive(Debug)]
@@ -155,6 +157,18 @@ fn hosts_file(hostname: &str) -> String {
     )
 }
 
+/// The init service that runs container `k` (see `crate::container`).
+fn container_service(k: &crate::cairn::Container) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("description".into(), format!("container {} ({})", k.name, k.image).into());
+    let command = [RUN_CONTAINER, "container", k.name.as_str()].map(toml::Value::from);
+    t.insert("command".into(), toml::Value::Array(command.to_vec()));
+    t.insert("after".into(), toml::Value::Array(vec!["containerd".into()]));
+    t.insert("restart".into(), k.restart.clone().into());
+    t.insert("stop_timeout".into(), "10s".into());
+    t
+}
+
 /// Removes marked files in `dir` that `keep` does not name.
 fn prune(host: &Host, dir: &str, keep: &[String], changed: &mut Vec<String>) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(host.path(dir)) else { return Ok(()) };
@@ -253,11 +267,16 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         let file = format!("/{SERVICES_DIR}/{}.toml", s.name);
         note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
     }
-    let services: Vec<String> = c.services.iter().map(|s| s.name.clone()).collect();
+    let mut services: Vec<String> = c.services.iter().map(|s| s.name.clone()).collect();
     for k in &c.containers {
         let text = format!("{MARK}{}", toml::to_string(k).expect("a container serializes"));
         let file = format!("/{CONTAINERS_DIR}/{}.toml", k.name);
         note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
+        let name = crate::cairn::container_service(&k.name);
+        let text = format!("{MARK}{}", toml::to_string(&container_service(k)).expect("a TOML table serializes"));
+        let file = format!("/{SERVICES_DIR}/{name}.toml");
+        note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
+        services.push(name);
     }
     let containers: Vec<String> = c.containers.iter().map(|k| k.name.clone()).collect();
     host.commit(&staged)?;

@@ -2,7 +2,7 @@
 //! `containers` (for containerd).
 
 use crate::walk::{Fields, Value, Walker};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const KEYS: &[&str] = &["update", "services", "containers"];
@@ -37,7 +37,7 @@ pub struct Service {
     pub file: toml::Table,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     pub name: String,
     /// An OCI archive: an absolute path on the host, or an http(s) URL to fetch it from.
@@ -45,6 +45,11 @@ pub struct Container {
     pub command: Vec<String>,
     pub environment: BTreeMap<String, String>,
     pub restart: String,
+}
+
+/// The name of the init service that runs container `name`.
+pub fn container_service(name: &str) -> String {
+    format!("container-{name}")
 }
 
 /// A service or container name: it becomes a file name and a containerd id.

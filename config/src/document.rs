@@ -282,6 +282,14 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
         }
         unique(w, c.services.iter().map(|s| s.name.as_str()), v, &p, "services");
         unique(w, c.containers.iter().map(|k| k.name.as_str()), v, &p, "containers");
+        let containers: Vec<String> = c.containers.iter().map(|k| cairn::container_service(&k.name)).collect();
+        unique(
+            w,
+            c.services.iter().map(|s| s.name.as_str()).chain(containers.iter().map(String::as_str)),
+            v,
+            &p,
+            "services and containers' services",
+        );
     }
     if let Some((at, path)) = update_at {
         update::check(w, &settings, at, &path);

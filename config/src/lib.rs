@@ -6,7 +6,9 @@
 
 pub mod accounts;
 pub mod apply;
+pub mod boot;
 pub mod cairn;
+pub mod container;
 pub mod diag;
 pub mod document;
 pub mod files;

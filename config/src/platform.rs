@@ -47,6 +47,25 @@ pub enum Source {
     OpenStackMetadata,
 }
 
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::KernelUrl => "url",
+            Source::FwCfg => "fw_cfg",
+            Source::ConfigDrive => "config-2",
+            Source::NoCloud => "cidata",
+            Source::Ec2 => "ec2",
+            Source::Gce => "gce",
+            Source::OpenStackMetadata => "openstack",
+        }
+    }
+
+    /// Whether reading it needs the network up.
+    pub fn needs_network(self) -> bool {
+        matches!(self, Source::KernelUrl | Source::Ec2 | Source::Gce | Source::OpenStackMetadata)
+    }
+}
+
 impl Platform {
     pub fn name(self) -> &'static str {
         match self {

@@ -4,6 +4,7 @@
 //! root into the real system; there it is stage 2. Invoked as `cairnctl`, `reboot` or
 //! `poweroff` it talks to the running PID 1 over its control socket.
 
+mod cloudconfig;
 mod console;
 mod control;
 mod disks;

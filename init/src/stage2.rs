@@ -7,7 +7,7 @@ use crate::power::{self, Action};
 use crate::service::spawn::ProcessSpawner;
 use crate::service::spec::{self, Ready, Restart, ServiceSpec};
 use crate::service::supervisor::{ExitHow, Supervisor};
-use crate::{firstboot, say, system};
+use crate::{cloudconfig, firstboot, say, system};
 use cairn_release::cmdline;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -58,11 +58,13 @@ pub fn run() -> Result<std::convert::Infallible, String> {
         say!("machine-id: {e}");
     }
     let first_boot_ms = ms_now() - first_boot_start;
-    system::set_hostname();
     if let Err(e) = system::loopback_up() {
         say!("loopback: {e}");
     }
     system::load_listed_modules();
+    // Before the hostname and the services: cloud-config may set both.
+    cloudconfig::run();
+    system::set_hostname();
 
     let (mut specs, errors) = spec::load(&[Path::new(spec::IMAGE_DIR), Path::new(spec::USER_DIR)]);
     for e in &errors {

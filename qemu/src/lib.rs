@@ -37,6 +37,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Forward this host loopback port to the guest's port 22.
     pub ssh_port: Option<u16>,
+    /// More TCP forwards: (host loopback port, guest port).
+    pub forwards: Vec<(u16, u16)>,
     /// Copy the console to our stdout as it arrives.
     pub echo_console: bool,
     /// Let QEMU exit instead of resetting when the guest reboots.
@@ -59,6 +61,7 @@ impl VmConfig {
             mem_mib: 1024,
             cpus: 1,
             ssh_port: None,
+            forwards: Vec::new(),
             echo_console: false,
             no_reboot: false,
             accel: None,
@@ -140,6 +143,9 @@ impl Vm {
         let mut netdev = "user,id=net0".to_string();
         if let Some(p) = cfg.ssh_port {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
+        }
+        for (host, guest) in &cfg.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         cmd.arg("-netdev").arg(netdev).args(["-device", "virtio-net-pci,netdev=net0"]);
         if cfg.no_reboot {

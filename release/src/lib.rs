@@ -5,6 +5,7 @@
 
 pub mod checkin;
 pub mod cmdline;
+pub mod config_status;
 pub mod control;
 pub mod durable;
 pub mod duration;

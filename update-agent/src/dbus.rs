@@ -15,6 +15,8 @@ pub const OBJECT_PATH: &str = "/org/cairn/Update1";
 pub struct UpdateApi {
     status: watch::Receiver<Status>,
     commands: Sender<Command>,
+    /// What this boot made of its cloud-config (fixed for the boot).
+    cloud_config: String,
 }
 
 impl UpdateApi {
@@ -100,11 +102,21 @@ impl UpdateApi {
     async fn source(&self) -> String {
         self.now().source
     }
+    /// This boot's cloud-config: applied (from where), refused (the errors, and what is in
+    /// effect instead), none found; empty when the host has no cloud-config step.
+    #[zbus(property)]
+    async fn cloud_config(&self) -> String {
+        self.cloud_config.clone()
+    }
 }
 
 /// Serves the API until the bus goes away; every status change is signalled.
-pub async fn serve(mut status: watch::Receiver<Status>, commands: Sender<Command>) -> zbus::Result<()> {
-    let api = UpdateApi { status: status.clone(), commands };
+pub async fn serve(
+    mut status: watch::Receiver<Status>,
+    commands: Sender<Command>,
+    cloud_config: String,
+) -> zbus::Result<()> {
+    let api = UpdateApi { status: status.clone(), commands, cloud_config };
     let conn = zbus::connection::Builder::system()?.name(BUS_NAME)?.serve_at(OBJECT_PATH, api)?.build().await?;
     let iface = conn.object_server().interface::<_, UpdateApi>(OBJECT_PATH).await?;
     let mut last = status.borrow_and_update().clone();

@@ -159,11 +159,12 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         // The bus may start after us or restart: keep trying, the worker runs regardless.
         let mut delay = Duration::from_millis(250);
+        let cloud_config = cairn_release::config_status::ConfigStatus::read().map(|s| s.summary()).unwrap_or_default();
         loop {
             if worker.is_finished() {
                 return;
             }
-            match dbus::serve(status_rx.clone(), command_tx.clone()).await {
+            match dbus::serve(status_rx.clone(), command_tx.clone(), cloud_config.clone()).await {
                 Ok(()) => return,
                 Err(e) if delay >= Duration::from_secs(4) => eprintln!("D-Bus: {e}; retrying"),
                 Err(_) => {}

@@ -38,6 +38,8 @@ pub trait Update1 {
     fn strategy(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn source(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn cloud_config(&self) -> zbus::Result<String>;
 }
 
 /// States in which a check is still under way.
@@ -68,6 +70,10 @@ pub async fn print_status(p: &Update1Proxy<'_>) -> zbus::Result<()> {
     println!("Last check:      {}: {}", ago(p.last_check().await?), or_dash(p.last_check_result().await?));
     println!("Last error:      {}", or_dash(p.last_error().await?));
     println!("Rolled back:     {}", or_dash(p.rolled_back().await?.join(" ")));
+    // An older agent has no such property: say nothing rather than fail.
+    if let Ok(c) = p.cloud_config().await {
+        println!("Cloud-config:    {}", or_dash(c));
+    }
     Ok(())
 }
 

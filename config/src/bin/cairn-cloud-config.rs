@@ -1,0 +1,130 @@
+//! `cairn-cloud-config`: cloud-config on a Cairn host.
+//!
+//! - `boot`: run once by cairn-init before services start: find the user data, apply it (or
+//!   keep the last good config when it has errors), say so on the console, and leave the
+//!   report for `updatectl status` in `/run/cairn/cloud-config.json`.
+//! - `container NAME`: run container NAME of `cairn.containers` (the init service
+//!   `container-NAME`), see `cairn_config::container`.
+
+use cairn_config::apply::Host;
+use cairn_config::boot::{Machine, configure, find};
+use cairn_config::container;
+use cairn_config::platform::Platform;
+use cairn_release::config_status;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a network source (and bringing the network up for it) may take.
+const NETWORK_DEADLINE: Duration = Duration::from_secs(30);
+const DHCP_SCRIPT: &str = "/etc/udhcpc/default.script";
+
+fn say(msg: &str) {
+    println!("cairn: cloud-config: {msg}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["boot"] => boot(),
+        ["container", name] => run_container(name),
+        _ => {
+            eprintln!("usage: cairn-cloud-config boot | container NAME");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn boot() -> i32 {
+    let machine = Machine::this_host();
+    let platform = Platform::detect(&machine.cmdline, &machine.dmi);
+    let start = Instant::now();
+    let (found, attempts) = find(&machine, NETWORK_DEADLINE, &mut dhcp);
+    let find_ms = start.elapsed().as_millis() as u64;
+    for a in &attempts {
+        say(&format!("{}: {} ({} ms)", a.source.name(), a.result, a.elapsed.as_millis()));
+    }
+    let report = configure(&Host { root: "/".into(), chown: true }, found, find_ms);
+    for line in &report.lines {
+        say(line);
+    }
+    let s = &report.status;
+    say(&format!(
+        "platform={} source={} outcome={} find_ms={} apply_ms={}",
+        platform.name(),
+        attempts.last().filter(|_| !s.source.is_empty()).map_or("none", |a| a.source.name()),
+        serde_json::to_value(s.outcome).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        s.find_ms,
+        s.apply_ms
+    ));
+    let path = Path::new(config_status::PATH);
+    let written = std::fs::create_dir_all(path.parent().expect("a parent")).and_then(|()| {
+        cairn_release::durable::write_atomic(path, &serde_json::to_vec_pretty(s).expect("serializes"), 0o644)
+    });
+    if let Err(e) = written {
+        say(&format!("writing {}: {e}", path.display()));
+    }
+    0
+}
+
+/// Brings the first Ethernet interface up with a DHCP lease (busybox udhcpc, which quits once
+/// it has one; init's DHCP service takes over later) before `until`.
+fn dhcp(until: Instant) -> Result<(), String> {
+    let iface = ethernet_interfaces().into_iter().next().ok_or("no Ethernet interface")?;
+    let mut child = Command::new("/usr/bin/busybox")
+        .args(["udhcpc", "-q", "-n", "-f", "-t", "30", "-T", "1", "-i", &iface, "-s", DHCP_SCRIPT])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting udhcpc: {e}"))?;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return if status.success() { Ok(()) } else { Err(format!("no DHCP lease on {iface}")) };
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no DHCP lease on {iface} before the deadline"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ethernet_interfaces() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    out.retain(|i| {
+        let dir = Path::new("/sys/class/net").join(i);
+        std::fs::read_to_string(dir.join("type")).is_ok_and(|t| t.trim() == "1") && dir.join("device").exists()
+    });
+    out.sort();
+    out
+}
+
+fn run_container(name: &str) -> i32 {
+    let fail = |e: String| {
+        eprintln!("container {name}: {e}");
+        1
+    };
+    let spec = match container::load(Path::new(container::SPECS_DIR), name) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let archive = match container::archive(&spec.image, Path::new(container::IMAGES_DIR)) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    match Command::new(container::CTR).args(container::import_args(name, &archive)).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => return fail(format!("importing {}: ctr {s}", archive.display())),
+        Err(e) => return fail(format!("running {}: {e}", container::CTR)),
+    }
+    for args in container::cleanup_args(name) {
+        let _ = Command::new(container::CTR).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+    let e = Command::new(container::CTR).args(container::run_args(&spec)).exec();
+    fail(format!("running {}: {e}", container::CTR))
+}

@@ -1,0 +1,357 @@
+//! A host's cloud-config at boot: find the user data (the platform's sources in order, each
+//! within the deadline), then apply it, or, when it has errors, apply nothing from it and
+//! re-apply the last good document kept on ROOT instead. What happened is returned as console
+//! lines and a [`ConfigStatus`] for `updatectl status`.
+//!
+//! The machine (firmware tables, block devices, the metadata address, the clock) sits behind
+//! [`Machine`] so tests run all of this against a temporary directory and loopback servers.
+
+use crate::apply::{Host, apply};
+use crate::diag::Severity;
+use crate::document::{Parsed, parse};
+use crate::local;
+use crate::metadata::{self, Service};
+use crate::platform::{Dmi, Platform, Source, config_url};
+use cairn_release::config_status::{ConfigStatus, Outcome};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the last document that applied cleanly is kept (under the host's root, on ROOT).
+pub const LAST_GOOD: &str = "var/lib/cairn/cloud-config/user-data";
+/// Where it came from, beside it.
+pub const LAST_GOOD_SOURCE: &str = "var/lib/cairn/cloud-config/source";
+
+/// What the host looks like to the finder.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub cmdline: String,
+    pub dmi: Dmi,
+    /// `/sys/firmware/qemu_fw_cfg/by_name`.
+    pub fw_cfg_dir: PathBuf,
+    /// `/sys/class/block` and `/dev`.
+    pub sys_block: PathBuf,
+    pub dev: PathBuf,
+    /// `http://169.254.169.254` on a cloud.
+    pub metadata_base: String,
+}
+
+impl Machine {
+    /// The running host.
+    pub fn this_host() -> Machine {
+        Machine {
+            cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            dmi: Dmi::read(Path::new("/sys/class/dmi/id")),
+            fw_cfg_dir: PathBuf::from(local::FW_CFG_DIR),
+            sys_block: PathBuf::from("/sys/class/block"),
+            dev: PathBuf::from("/dev"),
+            metadata_base: metadata::LINK_LOCAL.to_string(),
+        }
+    }
+}
+
+/// User data and where it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// `fw_cfg opt/cairn/user-data`, `config-2 /dev/vdb`, `ec2 http://169.254.169.254`, ...
+    pub source: String,
+    pub data: Vec<u8>,
+}
+
+/// One source tried: what it said and how long it took.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub source: Source,
+    pub result: String,
+    pub elapsed: Duration,
+}
+
+/// Tries the platform's sources in order until one has user data. Each network source gets
+/// `deadline` (from when it is tried); `network_up` is called once, before the first of them,
+/// to bring an interface up within its deadline. A source that fails is noted and the next is
+/// tried: a broken config drive must not hide the metadata service behind it.
+pub fn find(
+    m: &Machine,
+    deadline: Duration,
+    network_up: &mut dyn FnMut(Instant) -> Result<(), String>,
+) -> (Option<Found>, Vec<Attempt>) {
+    let platform = Platform::detect(&m.cmdline, &m.dmi);
+    let mut attempts = Vec::new();
+    let mut network: Option<Result<(), String>> = None;
+    let mut devices: Option<Vec<PathBuf>> = None;
+    for source in platform.sources(&m.cmdline) {
+        let start = Instant::now();
+        let until = start + deadline;
+        if source.needs_network() {
+            let up = network.get_or_insert_with(|| network_up(until));
+            if let Err(e) = up {
+                attempts.push(Attempt { source, result: format!("no network: {e}"), elapsed: start.elapsed() });
+                continue;
+            }
+        }
+        let result: Result<Option<Found>, String> = match source {
+            Source::FwCfg => local::fw_cfg(&m.fw_cfg_dir, local::FW_CFG_NAME)
+                .map(|d| d.map(|data| Found { source: format!("fw_cfg {}", local::FW_CFG_NAME), data }))
+                .map_err(|e| e.to_string()),
+            Source::ConfigDrive | Source::NoCloud => {
+                let devices = devices.get_or_insert_with(|| local::block_devices(&m.sys_block, &m.dev));
+                let (label, path) = if source == Source::ConfigDrive {
+                    (local::CONFIG_DRIVE_LABEL, local::CONFIG_DRIVE_USER_DATA)
+                } else {
+                    (local::NOCLOUD_LABEL, local::NOCLOUD_USER_DATA)
+                };
+                match local::labelled_volume(devices, label, path) {
+                    Ok(Some((dev, Some(data)))) => {
+                        Ok(Some(Found { source: format!("{label} {}", dev.display()), data }))
+                    }
+                    Ok(Some((dev, None))) => Err(format!("{} has no {path}", dev.display())),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Source::KernelUrl | Source::Ec2 | Source::Gce | Source::OpenStackMetadata => {
+                let (service, base) = match source {
+                    Source::KernelUrl => (Service::Url, config_url(&m.cmdline).unwrap_or_default().to_string()),
+                    Source::Ec2 => (Service::Ec2, m.metadata_base.clone()),
+                    Source::Gce => (Service::Gce, m.metadata_base.clone()),
+                    _ => (Service::OpenStack, m.metadata_base.clone()),
+                };
+                metadata::fetch(service, &base, until)
+                    .map(|d| d.map(|data| Found { source: format!("{} {base}", source.name()), data }))
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let elapsed = start.elapsed();
+        match result {
+            Ok(Some(found)) => {
+                attempts.push(Attempt { source, result: "user data".into(), elapsed });
+                return (Some(found), attempts);
+            }
+            Ok(None) => attempts.push(Attempt { source, result: "no user data".into(), elapsed }),
+            Err(e) => attempts.push(Attempt { source, result: format!("error: {e}"), elapsed }),
+        }
+    }
+    (None, attempts)
+}
+
+/// What configuring did: the lines for the console, and the status for `updatectl`.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub lines: Vec<String>,
+    pub status: ConfigStatus,
+}
+
+/// Applies `found` (or, when it is refused, the last good document) to `host`.
+pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    let mut status = ConfigStatus {
+        outcome: Outcome::None,
+        source: String::new(),
+        diagnostics: Vec::new(),
+        last_good: None,
+        find_ms,
+        apply_ms: 0,
+    };
+    let Some(found) = found else {
+        lines.push("no user data: nothing to apply".to_string());
+        return Report { lines, status };
+    };
+    status.source = found.source.clone();
+    let parsed = parse(&found.data);
+    let refused = parsed.is_refused();
+    match parsed {
+        Parsed::Empty => lines.push(format!("{}: empty user data: nothing to apply", found.source)),
+        Parsed::Config(config, warnings) => {
+            for w in &warnings {
+                lines.push(format!("{}: {w}", found.source));
+                status.diagnostics.push(w.to_string());
+            }
+            match apply(&config, host) {
+                Ok(changed) => {
+                    status.outcome = Outcome::Applied;
+                    lines.push(format!("{}: applied ({})", found.source, changes(&changed)));
+                    if let Err(e) = save_last_good(&host.root, &found) {
+                        lines.push(format!("keeping the config as the last good one: {e}"));
+                    }
+                }
+                Err(e) => {
+                    status.outcome = Outcome::Failed;
+                    status.diagnostics.push(e.to_string());
+                    lines.push(format!("{}: applying failed: {e}", found.source));
+                }
+            }
+        }
+        Parsed::Invalid(diagnostics) => {
+            status.outcome = Outcome::Refused;
+            let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+            lines.push(format!("{}: refused, {errors} error(s); nothing from it is applied", found.source));
+            for d in &diagnostics {
+                lines.push(format!("{}: {d}", found.source));
+                status.diagnostics.push(d.to_string());
+            }
+        }
+    }
+    if refused {
+        match load_last_good(&host.root) {
+            Some(last) => {
+                status.last_good = Some(format!("the last good config (from {})", last.source));
+                match parse(&last.data) {
+                    Parsed::Config(config, _) => match apply(&config, host) {
+                        Ok(changed) => lines.push(format!(
+                            "the last good config (from {}) stays in effect ({})",
+                            last.source,
+                            changes(&changed)
+                        )),
+                        Err(e) => lines.push(format!("re-applying the last good config: {e}")),
+                    },
+                    _ => lines.push("the last good config no longer parses; left as it is".to_string()),
+                }
+            }
+            None => lines.push("no earlier good config: the host keeps what it has".to_string()),
+        }
+    }
+    status.apply_ms = start.elapsed().as_millis() as u64;
+    Report { lines, status }
+}
+
+fn changes(changed: &[String]) -> String {
+    match changed.len() {
+        0 => "no changes".to_string(),
+        n => format!("{n} change(s): {}", changed.join(", ")),
+    }
+}
+
+fn save_last_good(root: &Path, found: &Found) -> std::io::Result<()> {
+    let data = root.join(LAST_GOOD);
+    std::fs::create_dir_all(data.parent().expect("a parent"))?;
+    let source = root.join(LAST_GOOD_SOURCE);
+    if std::fs::read(&data).is_ok_and(|d| d == found.data)
+        && std::fs::read_to_string(&source).is_ok_and(|s| s == found.source)
+    {
+        return Ok(());
+    }
+    // The data first: a crash between the two leaves a good document with a stale label.
+    cairn_release::durable::write_atomic(&data, &found.data, 0o600)?;
+    cairn_release::durable::write_atomic(&source, found.source.as_bytes(), 0o600)
+}
+
+fn load_last_good(root: &Path) -> Option<Found> {
+    let data = std::fs::read(root.join(LAST_GOOD)).ok()?;
+    let source = std::fs::read_to_string(root.join(LAST_GOOD_SOURCE)).unwrap_or_else(|_| "unknown".into());
+    Some(Found { source, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> (tempfile::TempDir, Host) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        std::fs::write(t.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(t.path().join("etc/group"), "root:x:0:\n").unwrap();
+        let h = Host { root: t.path().to_path_buf(), chown: false };
+        (t, h)
+    }
+
+    fn found(text: &str) -> Option<Found> {
+        Some(Found { source: "fw_cfg test".into(), data: text.as_bytes().to_vec() })
+    }
+
+    #[test]
+    fn a_refused_document_changes_nothing_and_the_last_good_one_stays() {
+        let (t, h) = host();
+        let good = "#cloud-config\nhostname: good\nssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH9Lk3ryv0PmxVxZHd0ch4u0 good@x]\n";
+        let r = configure(&h, found(good), 1);
+        assert_eq!(r.status.outcome, Outcome::Applied, "{:?}", r.lines);
+        let bad = "#cloud-config\nhostname: bad\nssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH9Lk3ryv0PmxVxZHd0ch4u0 bad@x]\nusers: {name: x}\n";
+        let r = configure(&h, found(bad), 1);
+        assert_eq!(r.status.outcome, Outcome::Refused);
+        assert!(r.lines.iter().any(|l| l.contains("4:8: error: users: ")), "{:?}", r.lines);
+        assert!(r.status.summary().contains("4:8: error: users:"), "{}", r.status.summary());
+        assert!(r.status.summary().contains("in effect: the last good config (from fw_cfg test)"));
+        let read = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap();
+        assert_eq!(read("etc/hostname"), "good\n");
+        assert!(read("home/core/.ssh/authorized_keys").contains("good@x"));
+        assert_eq!(read(LAST_GOOD), good, "the refused document is not kept");
+    }
+
+    #[test]
+    fn the_last_good_config_is_reapplied_when_a_refused_one_arrives() {
+        let (t, h) = host();
+        configure(&h, found("#cloud-config\nhostname: good\n"), 1);
+        // Someone changed the hostname by hand; a refused config does not leave it so.
+        std::fs::write(t.path().join("etc/hostname"), "drifted\n").unwrap();
+        let r = configure(&h, found("#cloud-config\nhostname: [not, a, name]\n"), 1);
+        assert_eq!(r.status.outcome, Outcome::Refused);
+        assert_eq!(std::fs::read_to_string(t.path().join("etc/hostname")).unwrap(), "good\n");
+    }
+
+    #[test]
+    fn without_a_last_good_config_a_refused_one_applies_nothing() {
+        let (t, h) = host();
+        let r =
+            configure(&h, found("#cloud-config\nhostname: 7\nwrite_files: [{path: /etc/x, content: y}]\nbad: 1\n"), 1);
+        assert_eq!(r.status.outcome, Outcome::Applied, "an unknown key is a warning: {:?}", r.lines);
+        let (t2, h2) = host();
+        let r = configure(&h2, found("#cloud-config\nwrite_files: [{path: relative, content: y}]\n"), 1);
+        assert_eq!(r.status.outcome, Outcome::Refused);
+        assert!(r.status.summary().contains("nothing (no earlier good config)"), "{}", r.status.summary());
+        assert!(!t2.path().join(LAST_GOOD).exists());
+        drop(t);
+    }
+
+    #[test]
+    fn no_source_and_empty_user_data_apply_nothing() {
+        let (t, h) = host();
+        assert_eq!(configure(&h, None, 0).status.outcome, Outcome::None);
+        let r = configure(&h, found(""), 0);
+        assert_eq!(r.status.outcome, Outcome::None, "{:?}", r.lines);
+        assert!(!t.path().join("etc/hostname").exists());
+    }
+
+    fn machine(dir: &Path, cmdline: &str) -> Machine {
+        Machine {
+            cmdline: cmdline.into(),
+            dmi: Dmi::default(),
+            fw_cfg_dir: dir.join("fw_cfg"),
+            sys_block: dir.join("sys"),
+            dev: dir.join("dev"),
+            metadata_base: "http://127.0.0.1:9".into(),
+        }
+    }
+
+    #[test]
+    fn fw_cfg_is_found_first_on_qemu() {
+        let t = tempfile::tempdir().unwrap();
+        let entry = t.path().join("fw_cfg").join(local::FW_CFG_NAME);
+        std::fs::create_dir_all(&entry).unwrap();
+        std::fs::write(entry.join("raw"), "#cloud-config\n").unwrap();
+        let mut network = |_| -> Result<(), String> { panic!("a local source needs no network") };
+        let (found, attempts) = find(&machine(t.path(), "cairn.platform=qemu"), Duration::from_secs(1), &mut network);
+        assert_eq!(found.unwrap().source, "fw_cfg opt/cairn/user-data");
+        assert_eq!(attempts.len(), 1);
+    }
+
+    #[test]
+    fn nothing_anywhere_is_not_an_error_and_an_unreachable_network_costs_its_deadline() {
+        let t = tempfile::tempdir().unwrap();
+        let mut calls = 0;
+        let mut network = |_| -> Result<(), String> {
+            calls += 1;
+            Err("no interface".into())
+        };
+        let (found, attempts) = find(
+            &machine(t.path(), "cairn.platform=ec2 cairn.config_url=http://127.0.0.1:9/u"),
+            Duration::from_millis(200),
+            &mut network,
+        );
+        assert!(found.is_none());
+        assert_eq!(calls, 1, "the network is brought up once");
+        let sources: Vec<_> = attempts.iter().map(|a| (a.source, a.result.as_str())).collect();
+        assert_eq!(
+            sources,
+            [(Source::KernelUrl, "no network: no interface"), (Source::Ec2, "no network: no interface")]
+        );
+    }
+}

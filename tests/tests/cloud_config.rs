@@ -1,0 +1,270 @@
+//! VM tests of cloud-config at boot: a document through QEMU's fw_cfg and, separately, on a
+//! `config-2` config drive configures the host (hostname, a user who logs in over ssh with
+//! the given key, a file with its mode and owner, a container from an OCI archive answering on
+//! a forwarded port, update settings in `updatectl status`); a document with a type error
+//! changes nothing, the console names the error by line and column, and the last good config
+//! (and its ssh key) stays in effect.
+
+use anyhow::{Context, Result, bail};
+use cairn_qemu::{Vm, VmConfig};
+use cairn_tests::http::FileServer;
+use cairn_tests::server::free_port;
+use cairn_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(300);
+const CMD: Duration = Duration::from_secs(120);
+/// Importing and starting a container under TCG takes a while.
+const CONTAINER: Duration = Duration::from_secs(240);
+const WEB_PORT: u16 = 8080;
+
+/// An ed25519 key pair made by ssh-keygen: (private key file, public key line).
+fn key(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let path = dir.join(name);
+    let ok =
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&path).status()?;
+    if !ok.success() {
+        bail!("ssh-keygen failed");
+    }
+    let public = std::fs::read_to_string(path.with_extension("pub"))?.trim().to_string();
+    Ok((path, public))
+}
+
+/// Runs `remote` over ssh as `user` with `key`; (success, stdout, stderr).
+fn ssh(port: u16, user: &str, key: &Path, remote: &str) -> Result<(bool, String, String)> {
+    let out = Command::new("ssh")
+        .args(["-p", &port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "ConnectTimeout=60", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .arg("-i")
+        .arg(key)
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(remote)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The body of `GET /` on the host's `port`, retried until `deadline` (the container starts
+/// after the host is ready).
+fn http_get_until(port: u16, deadline: Duration) -> Result<String> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: cairn\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if body.starts_with("HTTP/1.") && body.contains(" 200 ") => return Ok(body),
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        // QEMU accepts a forwarded connection even when nothing listens in the guest; pace
+        // the retries rather than spin.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("nothing answered on forwarded port {port} within {deadline:?}; last: {last}")
+}
+
+/// A web server container: busybox httpd serving a page made from its environment.
+fn web_container(image: &str) -> String {
+    format!(
+        r#"  containers:
+    - name: web
+      image: {image}
+      command: [/bin/busybox, sh, -c, "mkdir -p /www && echo \"$GREETING\" > /www/index.html && exec /bin/busybox httpd -f -p {WEB_PORT} -h /www"]
+      environment:
+        GREETING: hello from a cairn container
+      restart: always
+"#
+    )
+}
+
+/// A fresh qcow2 overlay over `image` that outlives one VM (for a second boot on the same disk).
+fn disk_over(image: &Path, dir: &Path) -> Result<PathBuf> {
+    let disk = dir.join("disk.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(image)
+        .arg(&disk)
+        .output()?;
+    if !out.status.success() {
+        bail!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(disk)
+}
+
+fn start(cfg: &VmConfig) -> Result<Vm> {
+    let mut vm = Vm::start(cfg)?;
+    vm.wait_for_line("cairn: ready", 0, READY)?;
+    Ok(vm)
+}
+
+#[test]
+fn fw_cfg_configures_the_host_and_a_bad_config_leaves_the_last_good_one_in_effect() -> Result<()> {
+    let img = dev_image()?;
+    let dir = tempfile::tempdir()?;
+    let (alice_key, alice_pub) = key(dir.path(), "alice")?;
+    let (_, mallory_pub) = key(dir.path(), "mallory")?;
+    let images = dir.path().join("served");
+    std::fs::create_dir_all(&images)?;
+    let archive = oci_archive(&dir.path().join("oci"), "docker.io/library/web:1")?;
+    std::fs::copy(&archive, images.join("web.tar"))?;
+    let server = FileServer::start(&images)?;
+
+    let good = format!(
+        r#"#cloud-config
+hostname: cc-fwcfg
+manage_etc_hosts: localhost
+users:
+  - name: alice
+    groups: [wheel]
+    ssh_authorized_keys:
+      - {alice_pub}
+write_files:
+  - path: /etc/app/settings.conf
+    permissions: "0640"
+    owner: alice:wheel
+    content: |
+      written by cloud-config
+cairn:
+  update:
+    server: http://10.0.2.2:9
+    group: canary
+    strategy: "off"
+{}"#,
+        web_container(&format!("http://10.0.2.2:{}/web.tar", server.port))
+    );
+    let config = dir.path().join("user-data");
+    std::fs::write(&config, &good)?;
+    let disk = disk_over(&img.raw(), dir.path())?;
+    let (ssh_port, web_port) = (free_port()?, free_port()?);
+    let mut cfg = VmConfig { persistent: true, ssh_port: Some(ssh_port), ..VmConfig::uefi(&disk) };
+    cfg.forwards.push((web_port, WEB_PORT));
+    cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), config.clone()));
+
+    let mut vm = start(&cfg)?;
+    let console = vm.console().text();
+    assert!(console.contains("cairn: cloud-config: fw_cfg: user data"), "{console}");
+    assert!(console.contains("cairn: cloud-config: fw_cfg opt/cairn/user-data: applied"), "{console}");
+    assert_eq!(vm.run_ok("hostname", CMD)?.trim(), "cc-fwcfg");
+    assert!(vm.run_ok("cat /etc/hosts", CMD)?.contains("127.0.0.1 localhost cc-fwcfg"));
+
+    let (ok, out, err) = ssh(
+        ssh_port,
+        "alice",
+        &alice_key,
+        "id -un; id -Gn; stat -c '%a %U %G' /etc/app/settings.conf; cat /etc/app/settings.conf",
+    )?;
+    assert!(ok, "alice's key login failed: {err}\n{}", vm.console().text());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "alice");
+    assert!(lines[1].split_whitespace().any(|g| g == "wheel"), "{out}");
+    assert_eq!(lines[2], "640 alice wheel");
+    assert_eq!(lines[3], "written by cloud-config");
+
+    let status = vm.run_ok("updatectl status", CMD)?;
+    assert!(status.contains("Strategy:        off"), "{status}");
+    assert!(status.contains("http://10.0.2.2:9 (group canary)"), "{status}");
+    assert!(status.contains("Cloud-config:    applied from fw_cfg opt/cairn/user-data"), "{status}");
+
+    let page = http_get_until(web_port, CONTAINER)
+        .with_context(|| vm.run("cairnctl log container-web -n 50", CMD).map(|o| o.output).unwrap_or_default())?;
+    assert!(page.contains("hello from a cairn container"), "{page}");
+
+    // Second boot, same disk, a document with a type error (and another key): refused whole.
+    vm.run_ok("sync", CMD)?;
+    vm.send(b"poweroff\n")?;
+    vm.wait_exit(Duration::from_secs(120))?;
+    drop(vm);
+    let bad = format!("#cloud-config\nhostname: {{name: cc-bad}}\nssh_authorized_keys: [{mallory_pub}]\n");
+    std::fs::write(&config, bad)?;
+    let mut vm = start(&cfg)?;
+    let console = vm.console().text();
+    assert!(
+        console.contains(
+            "cairn: cloud-config: fw_cfg opt/cairn/user-data: 2:11: error: hostname: expected a string, found a mapping"
+        ),
+        "the console names the error by line and column:\n{console}"
+    );
+    assert!(console.contains("the last good config (from fw_cfg opt/cairn/user-data) stays in effect"), "{console}");
+    assert_eq!(vm.run_ok("hostname", CMD)?.trim(), "cc-fwcfg");
+    assert!(!vm.run_ok("cat /etc/passwd", CMD)?.contains("core:"), "nothing of the refused document applied");
+    let (ok, out, err) = ssh(ssh_port, "alice", &alice_key, "id -un")?;
+    assert!(ok && out.trim() == "alice", "the previous key no longer works: {err}");
+    let status = vm.run_ok("updatectl status", CMD)?;
+    assert!(
+        status.contains("Cloud-config:    refused from fw_cfg opt/cairn/user-data (2:11: error: hostname:"),
+        "{status}"
+    );
+    assert!(status.contains("http://10.0.2.2:9 (group canary)"), "the previous update settings stay: {status}");
+    Ok(())
+}
+
+#[test]
+fn a_config_drive_configures_the_host() -> Result<()> {
+    let img = dev_image()?;
+    let dir = tempfile::tempdir()?;
+    let (core_key, core_pub) = key(dir.path(), "core")?;
+    let archive = oci_archive(&dir.path().join("oci"), "docker.io/library/web:1")?;
+    let doc = format!(
+        r#"#cloud-config
+hostname: cc-drive
+ssh_authorized_keys:
+  - {core_pub}
+write_files:
+  - path: /home/core/notes.txt
+    permissions: "0600"
+    owner: core
+    encoding: b64
+    content: {}
+cairn:
+  update:
+    strategy: immediate
+    source: http://10.0.2.2:9/stable/
+{}"#,
+        base64_of("from the config drive\n"),
+        web_container("/dev/vdc")
+    );
+    let config = dir.path().join("user-data");
+    std::fs::write(&config, doc)?;
+    let drive = dir.path().join("config-2.img");
+    cairn_image::configdrive::build(&config, &drive)?;
+    let (ssh_port, web_port) = (free_port()?, free_port()?);
+    let mut cfg = VmConfig { ssh_port: Some(ssh_port), ..VmConfig::uefi(img.raw()) };
+    cfg.forwards.push((web_port, WEB_PORT));
+    // vdb: the config drive; vdc: the container's OCI archive.
+    cfg.extra_disks = vec![drive, archive];
+
+    let mut vm = start(&cfg)?;
+    let console = vm.console().text();
+    assert!(console.contains("cairn: cloud-config: config-2 /dev/vdb: applied"), "{console}");
+    assert_eq!(vm.run_ok("hostname", CMD)?.trim(), "cc-drive");
+    let (ok, out, err) =
+        ssh(ssh_port, "core", &core_key, "id -un; stat -c '%a %U' /home/core/notes.txt; cat /home/core/notes.txt")?;
+    assert!(ok, "core's key login failed: {err}\n{}", vm.console().text());
+    assert_eq!(out, "core\n600 core\nfrom the config drive\n");
+    let status = vm.run_ok("updatectl status", CMD)?;
+    assert!(status.contains("Strategy:        immediate"), "{status}");
+    assert!(status.contains("Source:          http://10.0.2.2:9/stable/"), "{status}");
+    assert!(status.contains("Cloud-config:    applied from config-2 /dev/vdb"), "{status}");
+    let page = http_get_until(web_port, CONTAINER)
+        .with_context(|| vm.run("cairnctl log container-web -n 50", CMD).map(|o| o.output).unwrap_or_default())?;
+    assert!(page.contains("hello from a cairn container"), "{page}");
+    Ok(())
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
