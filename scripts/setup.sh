@@ -28,6 +28,9 @@ openssl:openssl
 /usr/bin/etcd:etcd-server
 protoc:protobuf-compiler
 /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
+genisoimage:genisoimage
+ssh:openssh-client
+ssh-keygen:openssh-client
 "
 
 missing=""

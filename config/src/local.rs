@@ -1,7 +1,8 @@
 //! User data the machine carries: QEMU's fw_cfg entry, and volumes labelled `config-2`
 //! (OpenStack config drive: `openstack/latest/user_data`) or `cidata` (NoCloud: `user-data`).
-//! Volumes are found by reading their labels from the block devices and read in user space
-//! (FAT through the `fatfs` crate): nothing is mounted, no file system module is needed.
+//! Volumes (FAT, or ISO 9660 as OpenStack and `cloud-localds` make them) are found by reading
+//! their labels from the block devices and read in user space (the `fatfs` and `hadris-iso`
+//! crates): nothing is mounted, no file system module is needed.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -67,6 +68,59 @@ pub fn fat_file(dev: std::fs::File, path: &str) -> std::io::Result<Option<Vec<u8
     Ok(Some(data))
 }
 
+/// ISO 9660: the primary volume descriptor is sector 16 (2048-byte sectors).
+const ISO_PVD: u64 = 16 * 2048;
+
+/// The volume identifier of an ISO 9660 file system (its label), if `dev` holds one.
+pub fn iso_label(dev: &mut (impl Read + Seek)) -> Option<String> {
+    let mut pvd = [0u8; 72];
+    dev.seek(SeekFrom::Start(ISO_PVD)).ok()?;
+    dev.read_exact(&mut pvd).ok()?;
+    if pvd[0] != 1 || &pvd[1..6] != b"CD001" {
+        return None;
+    }
+    let label = String::from_utf8_lossy(&pvd[40..72]).trim_end().to_string();
+    (!label.is_empty()).then_some(label)
+}
+
+/// Reads `path` from the ISO 9660 file system on `dev`: by its Rock Ridge or Joliet name (as
+/// `genisoimage -r` / `-J` write them), trying each directory tree the image has.
+pub fn iso_file(dev: std::fs::File, path: &str) -> std::io::Result<Option<Vec<u8>>> {
+    use hadris_iso::sync::read::IsoImage;
+    let bad = |e: hadris_iso::sync::Error| std::io::Error::other(format!("ISO 9660: {e:?}"));
+    let image = IsoImage::open(dev).map_err(bad)?;
+    let parts: Vec<&str> = path.split('/').collect();
+    for root in image.root_dirs().iter() {
+        let mut dir = root.dir_ref();
+        for (i, part) in parts.iter().enumerate() {
+            let mut found = None;
+            for e in image.open_dir(dir).entries() {
+                let e = e.map_err(bad)?;
+                if !e.is_special() && e.matches_name(part) {
+                    found = Some(e);
+                    break;
+                }
+            }
+            let Some(e) = found else { break };
+            if i + 1 < parts.len() {
+                if !e.is_directory() {
+                    break;
+                }
+                dir = e.as_dir_ref(&image).map_err(bad)?;
+                continue;
+            }
+            if e.is_directory() {
+                break;
+            }
+            if e.total_size() > crate::document::MAX_SIZE {
+                return Err(std::io::Error::other(format!("{path}: over 16 MiB")));
+            }
+            return image.read_file(&e).map(Some).map_err(bad);
+        }
+    }
+    Ok(None)
+}
+
 /// The block devices to look at: whole disks and partitions under `/sys/class/block`, as
 /// `/dev` paths (`dev_dir` and `sys_dir` are seams for tests).
 pub fn block_devices(sys_dir: &Path, dev_dir: &Path) -> Vec<PathBuf> {
@@ -82,18 +136,22 @@ pub fn block_devices(sys_dir: &Path, dev_dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The first device among `devices` whose FAT label is `label` (case-insensitive: FAT labels
-/// are stored upper-case), and the file `path` on it. `None` if no such volume.
+/// The first device among `devices` whose FAT or ISO 9660 label is `label` (case-insensitive:
+/// FAT labels are stored upper-case), and the file `path` on it. `None` if no such volume.
 pub fn labelled_volume(
     devices: &[PathBuf],
     label: &str,
     path: &str,
 ) -> std::io::Result<Option<(PathBuf, Option<Vec<u8>>)>> {
+    let is = |l: Option<String>| l.is_some_and(|l| l.eq_ignore_ascii_case(label));
     for dev in devices {
         let Ok(mut f) = std::fs::File::open(dev) else { continue };
-        if fat_label(&mut f).is_some_and(|l| l.eq_ignore_ascii_case(label)) {
+        if is(fat_label(&mut f)) {
             f.seek(SeekFrom::Start(0))?;
             return Ok(Some((dev.clone(), fat_file(f, path)?)));
+        }
+        if is(iso_label(&mut f)) {
+            return Ok(Some((dev.clone(), iso_file(f, path)?)));
         }
     }
     Ok(None)
@@ -176,6 +234,53 @@ mod tests {
         let not_fat = t.path().join("zeros");
         std::fs::write(&not_fat, vec![0u8; 4096]).unwrap();
         assert_eq!(fat_label(&mut std::fs::File::open(&not_fat).unwrap()), None);
+    }
+
+    /// An ISO 9660 volume made by genisoimage with `flags`, holding `files`.
+    fn iso(dir: &Path, name: &str, flags: &[&str], files: &[(&str, &str)]) -> PathBuf {
+        let tree = dir.join(format!("{name}.tree"));
+        for (path, content) in files {
+            std::fs::create_dir_all(tree.join(path).parent().unwrap()).unwrap();
+            std::fs::write(tree.join(path), content).unwrap();
+        }
+        std::fs::create_dir_all(&tree).unwrap();
+        let img = dir.join(name);
+        let out = Command::new("genisoimage")
+            .arg("-quiet")
+            .args(flags)
+            .arg("-o")
+            .arg(&img)
+            .arg(&tree)
+            .output()
+            .expect("genisoimage (package genisoimage; ./scripts/setup.sh installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        img
+    }
+
+    #[test]
+    fn finds_iso9660_config_drives_as_openstack_and_cloud_localds_write_them() {
+        let t = tempfile::tempdir().unwrap();
+        let user_data = "#cloud-config\nhostname: iso\n";
+        // Nova's flags; cloud-localds's; Rock Ridge only; Joliet only.
+        let nova = ["-ldots", "-allow-lowercase", "-allow-multidot", "-l", "-J", "-r", "-V", "config-2"];
+        let drive = iso(t.path(), "nova.iso", &nova, &[("openstack/latest/user_data", user_data)]);
+        let seed = [("user-data", user_data), ("meta-data", "instance-id: i-1\n")];
+        let localds = iso(t.path(), "localds.iso", &["-volid", "cidata", "-joliet", "-rock"], &seed);
+        let rock = iso(t.path(), "rock.iso", &["-V", "cidata", "-r"], &seed);
+        let joliet = iso(t.path(), "joliet.iso", &["-V", "CIDATA", "-J"], &seed);
+        assert_eq!(iso_label(&mut std::fs::File::open(&drive).unwrap()).as_deref(), Some("config-2"));
+        let (dev, data) =
+            labelled_volume(std::slice::from_ref(&drive), "config-2", CONFIG_DRIVE_USER_DATA).unwrap().unwrap();
+        assert_eq!((dev, data.unwrap()), (drive, user_data.as_bytes().to_vec()));
+        for v in [localds, rock, joliet] {
+            let (_, data) =
+                labelled_volume(std::slice::from_ref(&v), NOCLOUD_LABEL, NOCLOUD_USER_DATA).unwrap().unwrap();
+            assert_eq!(data.as_deref(), Some(user_data.as_bytes()), "{}", v.display());
+            let (_, data) = labelled_volume(std::slice::from_ref(&v), NOCLOUD_LABEL, "vendor-data").unwrap().unwrap();
+            assert_eq!(data, None, "{}: no such file", v.display());
+        }
+        let fat = volume(t.path(), "fat", "config-2", 2, false, &[]);
+        assert_eq!(iso_label(&mut std::fs::File::open(&fat).unwrap()), None);
     }
 
     #[test]
