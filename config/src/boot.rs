@@ -8,7 +8,8 @@
 
 use crate::apply::{Host, apply};
 use crate::diag::Severity;
-use crate::document::{Parsed, parse};
+use crate::document::{CloudConfig, Parsed, parse};
+use crate::instance::{self, InstanceMetadata};
 use crate::local;
 use crate::metadata::{self, Service};
 use crate::platform::{Dmi, Platform, Source, config_url};
@@ -49,12 +50,22 @@ impl Machine {
     }
 }
 
-/// User data and where it was found.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// User data (possibly empty) and instance metadata, and where they were found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Found {
     /// `fw_cfg opt/cairn/user-data`, `config-2 /dev/vdb`, `ec2 http://169.254.169.254`, ...
     pub source: String,
     pub data: Vec<u8>,
+    /// The platform's hostname and launch SSH keys, added to whatever config is applied.
+    pub instance: InstanceMetadata,
+    /// Problems with the metadata beside the user data (the user data is used regardless).
+    pub warnings: Vec<String>,
+}
+
+impl Found {
+    fn user_data(source: String, data: Vec<u8>) -> Found {
+        Found { source, data, ..Default::default() }
+    }
 }
 
 /// One source tried: what it said and how long it took.
@@ -90,23 +101,11 @@ pub fn find(
         }
         let result: Result<Option<Found>, String> = match source {
             Source::FwCfg => local::fw_cfg(&m.fw_cfg_dir, local::FW_CFG_NAME)
-                .map(|d| d.map(|data| Found { source: format!("fw_cfg {}", local::FW_CFG_NAME), data }))
+                .map(|d| d.map(|data| Found::user_data(format!("fw_cfg {}", local::FW_CFG_NAME), data)))
                 .map_err(|e| e.to_string()),
             Source::ConfigDrive | Source::NoCloud => {
                 let devices = devices.get_or_insert_with(|| local::block_devices(&m.sys_block, &m.dev));
-                let (label, path) = if source == Source::ConfigDrive {
-                    (local::CONFIG_DRIVE_LABEL, local::CONFIG_DRIVE_USER_DATA)
-                } else {
-                    (local::NOCLOUD_LABEL, local::NOCLOUD_USER_DATA)
-                };
-                match local::labelled_volume(devices, label, path) {
-                    Ok(Some((dev, Some(data)))) => {
-                        Ok(Some(Found { source: format!("{label} {}", dev.display()), data }))
-                    }
-                    Ok(Some((dev, None))) => Err(format!("{} has no {path}", dev.display())),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(e.to_string()),
-                }
+                volume(devices, source)
             }
             Source::KernelUrl | Source::Ec2 | Source::Gce | Source::OpenStackMetadata => {
                 let (service, base) = match source {
@@ -115,9 +114,7 @@ pub fn find(
                     Source::Gce => (Service::Gce, m.metadata_base.clone()),
                     _ => (Service::OpenStack, m.metadata_base.clone()),
                 };
-                metadata::fetch(service, &base, until)
-                    .map(|d| d.map(|data| Found { source: format!("{} {base}", source.name()), data }))
-                    .map_err(|e| e.to_string())
+                metadata_service(source, service, &base, until)
             }
         };
         let elapsed = start.elapsed();
@@ -133,6 +130,49 @@ pub fn find(
     (None, attempts)
 }
 
+/// A config drive or NoCloud volume: its user data and its instance metadata.
+fn volume(devices: &[PathBuf], source: Source) -> Result<Option<Found>, String> {
+    let (label, user_data, meta_data) = if source == Source::ConfigDrive {
+        (local::CONFIG_DRIVE_LABEL, local::CONFIG_DRIVE_USER_DATA, local::CONFIG_DRIVE_META_DATA)
+    } else {
+        (local::NOCLOUD_LABEL, local::NOCLOUD_USER_DATA, local::NOCLOUD_META_DATA)
+    };
+    let Some((dev, mut files)) =
+        local::labelled_volume(devices, label, &[user_data, meta_data]).map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let (meta, data) = (files.pop().flatten(), files.pop().flatten());
+    if data.is_none() && meta.is_none() {
+        return Err(format!("{} (labelled {label}) has neither {user_data} nor {meta_data}", dev.display()));
+    }
+    let mut found = Found::user_data(format!("{label} {}", dev.display()), data.unwrap_or_default());
+    if let Some(meta) = meta {
+        let parsed = if source == Source::ConfigDrive {
+            instance::from_openstack_json(&meta)
+        } else {
+            instance::from_nocloud_yaml(&meta)
+        };
+        match parsed {
+            Ok(i) => found.instance = i,
+            Err(e) => found.warnings.push(format!("{}: {e}", dev.display())),
+        }
+    }
+    Ok(Some(found))
+}
+
+/// A metadata service (or the URL): user data, then the instance's hostname and keys. A
+/// failure of the second is a warning: the user data is used regardless.
+fn metadata_service(source: Source, service: Service, base: &str, until: Instant) -> Result<Option<Found>, String> {
+    let data = metadata::fetch(service, base, until).map_err(|e| e.to_string())?;
+    let mut found = Found::user_data(format!("{} {base}", source.name()), data.clone().unwrap_or_default());
+    match metadata::fetch_instance(service, base, until) {
+        Ok(i) => found.instance = i,
+        Err(e) => found.warnings.push(format!("instance metadata: {e}")),
+    }
+    Ok((data.is_some() || !found.instance.is_empty()).then_some(found))
+}
+
 /// What configuring did: the lines for the console, and the status for `updatectl`.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -140,7 +180,8 @@ pub struct Report {
     pub status: ConfigStatus,
 }
 
-/// Applies `found` (or, when it is refused, the last good document) to `host`.
+/// Applies `found` (or, when it is refused, the last good document) to `host`, with the
+/// instance's metadata added either way.
 pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
     let start = Instant::now();
     let mut lines = Vec::new();
@@ -157,58 +198,74 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
         return Report { lines, status };
     };
     status.source = found.source.clone();
-    let parsed = parse(&found.data);
-    let refused = parsed.is_refused();
-    match parsed {
-        Parsed::Empty => lines.push(format!("{}: empty user data: nothing to apply", found.source)),
+    let src = &found.source;
+    for w in &found.warnings {
+        lines.push(format!("{src}: warning: {w}"));
+        status.diagnostics.push(format!("warning: {w}"));
+    }
+    let with_instance = |mut c: CloudConfig| {
+        found.instance.merge_into(&mut c);
+        c
+    };
+    let instance_only = (!found.instance.is_empty()).then(|| with_instance(CloudConfig::default()));
+    // What to apply, what to call it, and whether it becomes the last good document.
+    let (config, what, keep) = match parse(&found.data) {
+        Parsed::Empty => (instance_only, "instance metadata".to_string(), false),
         Parsed::Config(config, warnings) => {
             for w in &warnings {
-                lines.push(format!("{}: {w}", found.source));
+                lines.push(format!("{src}: {w}"));
                 status.diagnostics.push(w.to_string());
             }
-            match apply(&config, host) {
-                Ok(changed) => {
-                    status.outcome = Outcome::Applied;
-                    lines.push(format!("{}: applied ({})", found.source, changes(&changed)));
-                    if let Err(e) = save_last_good(&host.root, &found) {
-                        lines.push(format!("keeping the config as the last good one: {e}"));
-                    }
-                }
-                Err(e) => {
-                    status.outcome = Outcome::Failed;
-                    status.diagnostics.push(e.to_string());
-                    lines.push(format!("{}: applying failed: {e}", found.source));
-                }
-            }
+            (Some(with_instance(*config)), src.clone(), true)
         }
         Parsed::Invalid(diagnostics) => {
             status.outcome = Outcome::Refused;
             let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-            lines.push(format!("{}: refused, {errors} error(s); nothing from it is applied", found.source));
+            lines.push(format!("{src}: refused, {errors} error(s); nothing from it is applied"));
             for d in &diagnostics {
-                lines.push(format!("{}: {d}", found.source));
+                lines.push(format!("{src}: {d}"));
                 status.diagnostics.push(d.to_string());
             }
-        }
-    }
-    if refused {
-        match load_last_good(&host.root) {
-            Some(last) => {
-                status.last_good = Some(format!("the last good config (from {})", last.source));
-                match parse(&last.data) {
-                    Parsed::Config(config, _) => match apply(&config, host) {
-                        Ok(changed) => lines.push(format!(
-                            "the last good config (from {}) stays in effect ({})",
-                            last.source,
-                            changes(&changed)
-                        )),
-                        Err(e) => lines.push(format!("re-applying the last good config: {e}")),
-                    },
-                    _ => lines.push("the last good config no longer parses; left as it is".to_string()),
+            match load_last_good(&host.root) {
+                Some(last) => {
+                    let what = format!("the last good config (from {})", last.source);
+                    status.last_good = Some(what.clone());
+                    match parse(&last.data) {
+                        Parsed::Config(config, _) => (Some(with_instance(*config)), what, false),
+                        _ => {
+                            lines.push(format!("{what} no longer parses; left as it is"));
+                            (instance_only, "instance metadata".to_string(), false)
+                        }
+                    }
+                }
+                None => {
+                    lines.push("no earlier good config".to_string());
+                    (instance_only, "instance metadata".to_string(), false)
                 }
             }
-            None => lines.push("no earlier good config: the host keeps what it has".to_string()),
         }
+    };
+    match config {
+        None if status.outcome == Outcome::Refused => lines.push("the host keeps what it has".to_string()),
+        None => lines.push(format!("{src}: empty user data: nothing to apply")),
+        Some(config) => match apply(&config, host) {
+            Ok(changed) if status.outcome == Outcome::Refused => {
+                lines.push(format!("{what} stays in effect ({})", changes(&changed)))
+            }
+            Ok(changed) => {
+                status.outcome = Outcome::Applied;
+                lines.push(format!("{what}: applied ({})", changes(&changed)));
+                if keep && let Err(e) = save_last_good(&host.root, &found) {
+                    lines.push(format!("keeping the config as the last good one: {e}"));
+                }
+            }
+            Err(e) if status.outcome == Outcome::Refused => lines.push(format!("applying {what}: {e}")),
+            Err(e) => {
+                status.outcome = Outcome::Failed;
+                status.diagnostics.push(e.to_string());
+                lines.push(format!("{src}: applying failed: {e}"));
+            }
+        },
     }
     status.apply_ms = start.elapsed().as_millis() as u64;
     Report { lines, status }
@@ -238,7 +295,7 @@ fn save_last_good(root: &Path, found: &Found) -> std::io::Result<()> {
 fn load_last_good(root: &Path) -> Option<Found> {
     let data = std::fs::read(root.join(LAST_GOOD)).ok()?;
     let source = std::fs::read_to_string(root.join(LAST_GOOD_SOURCE)).unwrap_or_else(|_| "unknown".into());
-    Some(Found { source, data })
+    Some(Found::user_data(source, data))
 }
 
 #[cfg(test)]
@@ -255,7 +312,7 @@ mod tests {
     }
 
     fn found(text: &str) -> Option<Found> {
-        Some(Found { source: "fw_cfg test".into(), data: text.as_bytes().to_vec() })
+        Some(Found::user_data("fw_cfg test".into(), text.as_bytes().to_vec()))
     }
 
     #[test]
@@ -299,6 +356,41 @@ mod tests {
         assert!(r.status.summary().contains("nothing (no earlier good config)"), "{}", r.status.summary());
         assert!(!t2.path().join(LAST_GOOD).exists());
         drop(t);
+    }
+
+    const CLOUD_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH9Lk3ryv0PmxVxZHd0ch4u0 launch@cloud";
+
+    fn with_instance(text: &str) -> Option<Found> {
+        let mut f = found(text)?;
+        f.instance = InstanceMetadata { hostname: Some("from-cloud".into()), ssh_keys: vec![CLOUD_KEY.into()] };
+        Some(f)
+    }
+
+    #[test]
+    fn the_platforms_keys_and_hostname_apply_with_or_without_user_data() {
+        let (t, h) = host();
+        let read = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap_or_default();
+        // Only metadata (an EC2 key pair, no user data): the key for core, the cloud's hostname.
+        let r = configure(&h, with_instance(""), 0);
+        assert_eq!(r.status.outcome, Outcome::Applied, "{:?}", r.lines);
+        assert_eq!(read("etc/hostname"), "from-cloud\n");
+        assert!(read("home/core/.ssh/authorized_keys").contains("launch@cloud"));
+        assert!(!t.path().join(LAST_GOOD).exists(), "metadata alone is not a last good document");
+        // User data names a hostname: it wins; the key is still added.
+        configure(&h, with_instance("#cloud-config\nhostname: mine\n"), 0);
+        assert_eq!(read("etc/hostname"), "mine\n");
+        assert!(read("home/core/.ssh/authorized_keys").contains("launch@cloud"));
+    }
+
+    #[test]
+    fn a_refused_document_without_a_last_good_one_still_gets_the_launch_key() {
+        let (t, h) = host();
+        let r = configure(&h, with_instance("#cloud-config\nhostname: [x]\n"), 0);
+        assert_eq!(r.status.outcome, Outcome::Refused);
+        assert!(
+            std::fs::read_to_string(t.path().join("home/core/.ssh/authorized_keys")).unwrap().contains("launch@cloud")
+        );
+        assert_eq!(std::fs::read_to_string(t.path().join("etc/hostname")).unwrap(), "from-cloud\n");
     }
 
     #[test]

@@ -181,17 +181,21 @@ fn strip_binary_tags(text: &str) -> (String, std::collections::BTreeSet<usize>) 
     (out, lines)
 }
 
-fn hostname(w: &mut Walker, v: Value, path: &str) -> Option<String> {
-    let h = w.text(v, path)?;
-    let ok = h.len() <= 64
+/// Letters, digits and '-', dot-separated labels, at most 64 (the kernel's limit).
+pub fn is_hostname(h: &str) -> bool {
+    h.len() <= 64
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok {
+        })
+}
+
+fn hostname(w: &mut Walker, v: Value, path: &str) -> Option<String> {
+    let h = w.text(v, path)?;
+    if is_hostname(&h) {
         return Some(h);
     }
     w.error(v.at, path, format!("{h:?} is not a hostname (letters, digits and '-', dot-separated, at most 64)"));

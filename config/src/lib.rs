@@ -12,6 +12,7 @@ pub mod container;
 pub mod diag;
 pub mod document;
 pub mod files;
+pub mod instance;
 pub mod local;
 pub mod metadata;
 pub mod platform;

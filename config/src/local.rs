@@ -14,9 +14,11 @@ pub const FW_CFG_NAME: &str = "opt/cairn/user-data";
 /// An OpenStack config drive: its label and where the user data is on it.
 pub const CONFIG_DRIVE_LABEL: &str = "config-2";
 pub const CONFIG_DRIVE_USER_DATA: &str = "openstack/latest/user_data";
+pub const CONFIG_DRIVE_META_DATA: &str = "openstack/latest/meta_data.json";
 /// A NoCloud volume: its label and where the user data is on it.
 pub const NOCLOUD_LABEL: &str = "cidata";
 pub const NOCLOUD_USER_DATA: &str = "user-data";
+pub const NOCLOUD_META_DATA: &str = "meta-data";
 
 /// The user data in fw_cfg entry `name` under `dir`; `None` if there is no such entry.
 pub fn fw_cfg(dir: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
@@ -137,25 +139,32 @@ pub fn block_devices(sys_dir: &Path, dev_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The first device among `devices` whose FAT or ISO 9660 label is `label` (case-insensitive:
-/// FAT labels are stored upper-case), and the file `path` on it. `None` if no such volume.
-pub fn labelled_volume(
-    devices: &[PathBuf],
-    label: &str,
-    path: &str,
-) -> std::io::Result<Option<(PathBuf, Option<Vec<u8>>)>> {
+/// FAT labels are stored upper-case), and the files `paths` on it (`None` for one it lacks).
+/// `None` if no such volume.
+pub fn labelled_volume(devices: &[PathBuf], label: &str, paths: &[&str]) -> std::io::Result<Option<(PathBuf, Files)>> {
     let is = |l: Option<String>| l.is_some_and(|l| l.eq_ignore_ascii_case(label));
     for dev in devices {
         let Ok(mut f) = std::fs::File::open(dev) else { continue };
-        if is(fat_label(&mut f)) {
-            f.seek(SeekFrom::Start(0))?;
-            return Ok(Some((dev.clone(), fat_file(f, path)?)));
+        let read: fn(std::fs::File, &str) -> std::io::Result<Option<Vec<u8>>> = if is(fat_label(&mut f)) {
+            fat_file
+        } else if is(iso_label(&mut f)) {
+            iso_file
+        } else {
+            continue;
+        };
+        let mut files = Vec::new();
+        for path in paths {
+            let mut handle = f.try_clone()?;
+            handle.seek(SeekFrom::Start(0))?;
+            files.push(read(handle, path)?);
         }
-        if is(iso_label(&mut f)) {
-            return Ok(Some((dev.clone(), iso_file(f, path)?)));
-        }
+        return Ok(Some((dev.clone(), files)));
     }
     Ok(None)
 }
+
+/// The contents of the files asked for, in order.
+pub type Files = Vec<Option<Vec<u8>>>;
 
 #[cfg(test)]
 mod tests {
@@ -215,11 +224,11 @@ mod tests {
         let nocloud = volume(t.path(), "c-cidata", "cidata", 2, false, &[("meta-data", "instance-id: i-1\n")]);
         let devices = vec![other.clone(), drive.clone(), nocloud.clone()];
         assert_eq!(fat_label(&mut std::fs::File::open(&other).unwrap()).as_deref(), Some("EFI-SYSTEM"), "FAT32");
-        let (dev, data) = labelled_volume(&devices, "config-2", "openstack/latest/user_data").unwrap().unwrap();
-        assert_eq!((dev, data.unwrap()), (drive, b"#cloud-config\nhostname: d\n".to_vec()));
-        let (dev, data) = labelled_volume(&devices, "cidata", "user-data").unwrap().unwrap();
-        assert_eq!((dev, data), (nocloud, None), "the volume is there, its user-data is not");
-        assert!(labelled_volume(&devices[..1], "config-2", "x").unwrap().is_none());
+        let (dev, data) = labelled_volume(&devices, "config-2", &["openstack/latest/user_data"]).unwrap().unwrap();
+        assert_eq!((dev, data), (drive, vec![Some(b"#cloud-config\nhostname: d\n".to_vec())]));
+        let (dev, data) = labelled_volume(&devices, "cidata", &["user-data", "meta-data"]).unwrap().unwrap();
+        assert_eq!((dev, data), (nocloud, vec![None, Some(b"instance-id: i-1\n".to_vec())]), "no user-data");
+        assert!(labelled_volume(&devices[..1], "config-2", &["x"]).unwrap().is_none());
         // Labelled afterwards with mlabel, as `cairn run --config-drive` does.
         let relabelled = volume(t.path(), "d-mlabel", "", 2, false, &[]);
         let out = Command::new("mlabel")
@@ -270,14 +279,13 @@ mod tests {
         let joliet = iso(t.path(), "joliet.iso", &["-V", "CIDATA", "-J"], &seed);
         assert_eq!(iso_label(&mut std::fs::File::open(&drive).unwrap()).as_deref(), Some("config-2"));
         let (dev, data) =
-            labelled_volume(std::slice::from_ref(&drive), "config-2", CONFIG_DRIVE_USER_DATA).unwrap().unwrap();
-        assert_eq!((dev, data.unwrap()), (drive, user_data.as_bytes().to_vec()));
+            labelled_volume(std::slice::from_ref(&drive), "config-2", &[CONFIG_DRIVE_USER_DATA]).unwrap().unwrap();
+        assert_eq!((dev, data), (drive, vec![Some(user_data.as_bytes().to_vec())]));
         for v in [localds, rock, joliet] {
-            let (_, data) =
-                labelled_volume(std::slice::from_ref(&v), NOCLOUD_LABEL, NOCLOUD_USER_DATA).unwrap().unwrap();
-            assert_eq!(data.as_deref(), Some(user_data.as_bytes()), "{}", v.display());
-            let (_, data) = labelled_volume(std::slice::from_ref(&v), NOCLOUD_LABEL, "vendor-data").unwrap().unwrap();
-            assert_eq!(data, None, "{}: no such file", v.display());
+            let paths = [NOCLOUD_USER_DATA, "vendor-data", NOCLOUD_META_DATA];
+            let (_, data) = labelled_volume(std::slice::from_ref(&v), NOCLOUD_LABEL, &paths).unwrap().unwrap();
+            let want = vec![Some(user_data.as_bytes().to_vec()), None, Some(b"instance-id: i-1\n".to_vec())];
+            assert_eq!(data, want, "{}", v.display());
         }
         let fat = volume(t.path(), "fat", "config-2", 2, false, &[]);
         assert_eq!(iso_label(&mut std::fs::File::open(&fat).unwrap()), None);

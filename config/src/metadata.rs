@@ -8,6 +8,7 @@
 //! - OpenStack: `GET /openstack/latest/user_data`.
 //! - A URL (`cairn.config_url=` on the kernel command line): `GET` it.
 
+use crate::instance::{self, InstanceMetadata};
 use std::time::{Duration, Instant};
 
 /// Where the link-local metadata services listen.
@@ -68,6 +69,34 @@ impl Client {
         })
     }
 
+    /// An IMDSv2 session token; `None` where only IMDSv1 answers (the PUT refused).
+    fn ec2_token(&self, base: &str) -> Result<Option<String>, Error> {
+        let what = "EC2 IMDSv2 token";
+        let put =
+            self.http.put(format!("{base}/latest/api/token")).header("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL);
+        let resp = self.send(put, what)?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(resp.text().map_err(|e| Error(format!("{what}: {e}")))?.trim().to_string())),
+            // IMDSv1 only (or v2 disabled for PUT): ask without a token.
+            403..=405 => Ok(None),
+            status => Err(Error(format!("{what}: HTTP {status}"))),
+        }
+    }
+
+    fn ec2_get(&self, base: &str, token: Option<&str>, path: &str) -> reqwest::blocking::RequestBuilder {
+        let get = self.http.get(format!("{base}/{path}"));
+        match token {
+            Some(t) => get.header("X-aws-ec2-metadata-token", t),
+            None => get,
+        }
+    }
+
+    /// A text attribute: `None` for a 404.
+    fn text(&self, req: reqwest::blocking::RequestBuilder, what: &str) -> Result<Option<String>, Error> {
+        let resp = self.send(req, what)?;
+        Ok(self.body(resp, what)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
     /// The body of a 200, `None` for a 404, an error otherwise.
     fn body(&self, resp: reqwest::blocking::Response, what: &str) -> Result<Option<Vec<u8>>, Error> {
         use std::io::Read;
@@ -93,22 +122,7 @@ pub fn fetch(service: Service, base: &str, deadline: Instant) -> Result<Option<V
     let base = base.trim_end_matches('/');
     match service {
         Service::Ec2 => {
-            let what = "EC2 IMDSv2 token";
-            let put = c
-                .http
-                .put(format!("{base}/latest/api/token"))
-                .header("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL);
-            let resp = c.send(put, what)?;
-            let get = c.http.get(format!("{base}/latest/user-data"));
-            let get = match resp.status().as_u16() {
-                200 => {
-                    let token = resp.text().map_err(|e| Error(format!("{what}: {e}")))?;
-                    get.header("X-aws-ec2-metadata-token", token.trim())
-                }
-                // IMDSv1 only (or v2 disabled for PUT): ask without a token.
-                403..=405 => get,
-                status => return Err(Error(format!("{what}: HTTP {status}"))),
-            };
+            let get = c.ec2_get(base, c.ec2_token(base)?.as_deref(), "latest/user-data");
             let what = "EC2 user-data";
             let resp = c.send(get, what)?;
             c.body(resp, what)
@@ -132,5 +146,51 @@ pub fn fetch(service: Service, base: &str, deadline: Instant) -> Result<Option<V
             let resp = c.send(c.http.get(base), &what)?;
             c.body(resp, &what)
         }
+    }
+}
+
+/// The instance's hostname and launch SSH keys from the metadata service (`Service::Url` has
+/// none): EC2 `meta-data/hostname` and `meta-data/public-keys/N/openssh-key`; GCE
+/// `instance/hostname` and the instance's and project's `ssh-keys` (unless the instance blocks
+/// project keys); OpenStack `meta_data.json`.
+pub fn fetch_instance(service: Service, base: &str, deadline: Instant) -> Result<InstanceMetadata, Error> {
+    let c = Client::new(deadline)?;
+    let base = base.trim_end_matches('/');
+    match service {
+        Service::Ec2 => {
+            let token = c.ec2_token(base)?;
+            let get = |path: &str| c.text(c.ec2_get(base, token.as_deref(), path), &format!("EC2 {path}"));
+            let hostname = get("latest/meta-data/hostname")?;
+            let mut keys = Vec::new();
+            // "0=my-key-pair" per line.
+            for line in get("latest/meta-data/public-keys/")?.unwrap_or_default().lines() {
+                let index = line.split('=').next().unwrap_or("").trim().trim_end_matches('/');
+                if !index.is_empty() && index.chars().all(|ch| ch.is_ascii_digit()) {
+                    keys.extend(get(&format!("latest/meta-data/public-keys/{index}/openssh-key"))?);
+                }
+            }
+            Ok(instance::from_parts(hostname.as_deref(), &keys))
+        }
+        Service::Gce => {
+            let get = |path: &str| {
+                let req = c.http.get(format!("{base}/computeMetadata/v1/{path}")).header("Metadata-Flavor", "Google");
+                c.text(req, &format!("GCE {path}"))
+            };
+            let hostname = get("instance/hostname")?;
+            let mut keys = instance::gce_keys(&get("instance/attributes/ssh-keys")?.unwrap_or_default());
+            if get("instance/attributes/block-project-ssh-keys")?.is_none_or(|b| b.trim() != "true") {
+                keys.extend(instance::gce_keys(&get("project/attributes/ssh-keys")?.unwrap_or_default()));
+            }
+            Ok(instance::from_parts(hostname.as_deref(), &keys))
+        }
+        Service::OpenStack => {
+            let what = "OpenStack meta_data.json";
+            let resp = c.send(c.http.get(format!("{base}/openstack/latest/meta_data.json")), what)?;
+            match c.body(resp, what)? {
+                Some(json) => instance::from_openstack_json(&json).map_err(Error),
+                None => Ok(InstanceMetadata::default()),
+            }
+        }
+        Service::Url => Ok(InstanceMetadata::default()),
     }
 }

@@ -51,7 +51,7 @@ const KEY_TYPES: &[&str] = &[
 
 /// An authorized_keys line: optional options, a key type, base64 key data (which starts with
 /// the length of the type name: `AAAA`), a comment.
-fn looks_like_key(line: &str) -> bool {
+pub(crate) fn looks_like_key(line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     words.windows(2).any(|pair| KEY_TYPES.contains(&pair[0]) && pair[1].len() >= 12 && pair[1].starts_with("AAAA"))
 }

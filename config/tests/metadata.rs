@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
-use cairn_config::metadata::{Service, fetch};
+use cairn_config::metadata::{Service, fetch, fetch_instance};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -124,4 +124,67 @@ fn slow_failing_and_absent_services_cost_no_more_than_the_deadline() {
     let started = Instant::now();
     assert!(fetch(Service::Gce, &format!("http://127.0.0.1:{port}"), soon()).is_err());
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH9Lk3ryv0PmxVxZHd0ch4u0 pair-a";
+const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH9Lk3ryv0PmxVxZHd0ch4u1 pair-b";
+
+#[test]
+fn ec2_launch_keys_and_hostname_with_the_token() {
+    let needs_token = |h: &HeaderMap| h.get("x-aws-ec2-metadata-token").and_then(|v| v.to_str().ok()) == Some("tok-9");
+    let app = Router::new()
+        .route("/latest/api/token", put(|| async { "tok-9" }))
+        .route(
+            "/latest/meta-data/hostname",
+            get(move |h: HeaderMap| async move {
+                if needs_token(&h) {
+                    (StatusCode::OK, "ip-10-0-0-7.ec2.internal")
+                } else {
+                    (StatusCode::UNAUTHORIZED, "")
+                }
+            }),
+        )
+        .route("/latest/meta-data/public-keys/", get(|| async { "0=pair-a\n1=pair-b" }))
+        .route("/latest/meta-data/public-keys/0/openssh-key", get(|| async { format!("{KEY_A}\n") }))
+        .route("/latest/meta-data/public-keys/1/openssh-key", get(|| async { KEY_B }));
+    let base = serve(app);
+    let m = fetch_instance(Service::Ec2, &base, soon()).unwrap();
+    assert_eq!(m.hostname.as_deref(), Some("ip-10-0-0-7.ec2.internal"));
+    assert_eq!(m.ssh_keys, [KEY_A, KEY_B]);
+    // An instance launched without a key pair: 404s, not errors.
+    let bare = serve(Router::new().route("/latest/api/token", put(|| async { "t" })));
+    assert!(fetch_instance(Service::Ec2, &bare, soon()).unwrap().is_empty());
+}
+
+#[test]
+fn gce_keys_honour_block_project_keys_and_openstack_reads_meta_data_json() {
+    let flavor = |h: &HeaderMap| h.get("metadata-flavor").and_then(|v| v.to_str().ok()) == Some("Google");
+    let gce = |block: bool| {
+        Router::new()
+            .route(
+                "/computeMetadata/v1/instance/hostname",
+                get(move |h: HeaderMap| async move {
+                    if flavor(&h) { (StatusCode::OK, "vm-1.c.proj.internal") } else { (StatusCode::FORBIDDEN, "") }
+                }),
+            )
+            .route("/computeMetadata/v1/instance/attributes/ssh-keys", get(|| async { format!("alice:{KEY_A}") }))
+            .route("/computeMetadata/v1/project/attributes/ssh-keys", get(|| async { format!("bob:{KEY_B}") }))
+            .route(
+                "/computeMetadata/v1/instance/attributes/block-project-ssh-keys",
+                get(move || async move { if block { (StatusCode::OK, "true") } else { (StatusCode::NOT_FOUND, "") } }),
+            )
+    };
+    let m = fetch_instance(Service::Gce, &serve(gce(false)), soon()).unwrap();
+    assert_eq!(
+        (m.hostname.as_deref(), m.ssh_keys),
+        (Some("vm-1.c.proj.internal"), vec![KEY_A.to_string(), KEY_B.into()])
+    );
+    let m = fetch_instance(Service::Gce, &serve(gce(true)), soon()).unwrap();
+    assert_eq!(m.ssh_keys, [KEY_A], "project keys blocked");
+
+    let json = format!(r#"{{"hostname": "nova-1", "public_keys": {{"k": "{KEY_A}"}}}}"#);
+    let os = serve(Router::new().route("/openstack/latest/meta_data.json", get(move || async move { json })));
+    let m = fetch_instance(Service::OpenStack, &os, soon()).unwrap();
+    assert_eq!((m.hostname.as_deref(), m.ssh_keys), (Some("nova-1"), vec![KEY_A.to_string()]));
+    assert!(fetch_instance(Service::OpenStack, &serve(Router::new()), soon()).unwrap().is_empty());
 }
