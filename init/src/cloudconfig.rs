@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub const PROGRAM: &str = "/usr/sbin/cairn-cloud-config";
-/// Its sources have deadlines of their own; this bounds the step whatever happens, well within
-/// the boot deadline.
+/// Its sources have deadlines of their own; this bounds the step whatever happens (the boot
+/// deadline is extended by the time it took).
 const DEADLINE: Duration = Duration::from_secs(90);
 
 pub fn run() {

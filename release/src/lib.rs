@@ -14,6 +14,7 @@ pub mod keys;
 pub mod layout;
 pub mod maintenance;
 pub mod manifest;
+pub mod net;
 pub mod update_config;
 pub mod verity;
 pub mod version;

@@ -1,7 +1,9 @@
 //! VM tests of cloud-config at boot: a document through QEMU's fw_cfg and, separately, on a
-//! `config-2` config drive configures the host (hostname, a user who logs in over ssh with
+//! `config-2` config drive (ISO 9660, with the instance's launch key in its metadata)
+//! configures the host (hostname, a user who logs in over ssh with
 //! the given key, a file with its mode and owner, a container from an OCI archive answering on
-//! a forwarded port, update settings in `updatectl status`); a document with a type error
+//! a forwarded port, update settings in `updatectl status`; passwords never log in, even with
+//! a hash set); a document with a type error
 //! changes nothing, the console names the error by line and column, and the last good config
 //! (and its ssh key) stays in effect.
 
@@ -116,6 +118,8 @@ fn fw_cfg_configures_the_host_and_a_bad_config_leaves_the_last_good_one_in_effec
     let dir = tempfile::tempdir()?;
     let (alice_key, alice_pub) = key(dir.path(), "alice")?;
     let (_, mallory_pub) = key(dir.path(), "mallory")?;
+    let hash = Command::new("openssl").args(["passwd", "-6", "hunter2"]).output()?;
+    let hash = String::from_utf8(hash.stdout)?.trim().to_string();
     let images = dir.path().join("served");
     std::fs::create_dir_all(&images)?;
     let archive = oci_archive(&dir.path().join("oci"), "docker.io/library/web:1")?;
@@ -129,6 +133,7 @@ manage_etc_hosts: localhost
 users:
   - name: alice
     groups: [wheel]
+    passwd: "{hash}"
     ssh_authorized_keys:
       - {alice_pub}
 write_files:
@@ -173,6 +178,29 @@ cairn:
     assert_eq!(lines[2], "640 alice wheel");
     assert_eq!(lines[3], "written by cloud-config");
 
+    // The password hash is set, and still no password gets anyone in: keys only.
+    assert!(vm.run_ok("grep ^alice: /etc/shadow", CMD)?.contains(&hash));
+    let pw = Command::new("ssh")
+        .args([
+            "-v",
+            "-p",
+            &ssh_port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"])
+        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=60", "alice@127.0.0.1", "true"])
+        .output()?;
+    let err = String::from_utf8_lossy(&pw.stderr);
+    assert!(!pw.status.success(), "a password-only login succeeded");
+    assert!(
+        err.contains("Authentications that can continue: publickey\n")
+            || err.contains("Authentications that can continue: publickey\r"),
+        "the server offers more than keys:\n{err}"
+    );
+
     let status = vm.run_ok("updatectl status", CMD)?;
     assert!(status.contains("Strategy:        off"), "{status}");
     assert!(status.contains("http://10.0.2.2:9 (group canary)"), "{status}");
@@ -211,11 +239,33 @@ cairn:
     Ok(())
 }
 
+/// An ISO 9660 config drive as OpenStack Nova makes it (genisoimage, Rock Ridge and Joliet),
+/// holding `openstack/latest/user_data` and `meta_data.json` with the instance's launch key.
+fn nova_config_drive(dir: &Path, user_data: &str, meta_data: &serde_json::Value) -> Result<PathBuf> {
+    let tree = dir.join("config-drive");
+    let latest = tree.join("openstack/latest");
+    std::fs::create_dir_all(&latest)?;
+    std::fs::write(latest.join("user_data"), user_data)?;
+    std::fs::write(latest.join("meta_data.json"), meta_data.to_string())?;
+    let iso = dir.join("config-2.iso");
+    let out = Command::new("genisoimage")
+        .args(["-quiet", "-ldots", "-allow-lowercase", "-allow-multidot", "-l", "-J", "-r", "-V", "config-2", "-o"])
+        .arg(&iso)
+        .arg(&tree)
+        .output()
+        .context("genisoimage (./scripts/setup.sh installs it)")?;
+    if !out.status.success() {
+        bail!("genisoimage: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(iso)
+}
+
 #[test]
-fn a_config_drive_configures_the_host() -> Result<()> {
+fn a_config_drive_configures_the_host_with_its_instance_metadata() -> Result<()> {
     let img = dev_image()?;
     let dir = tempfile::tempdir()?;
     let (core_key, core_pub) = key(dir.path(), "core")?;
+    let (launch_key, launch_pub) = key(dir.path(), "launch")?;
     let archive = oci_archive(&dir.path().join("oci"), "docker.io/library/web:1")?;
     let doc = format!(
         r#"#cloud-config
@@ -236,10 +286,12 @@ cairn:
         base64_of("from the config drive\n"),
         web_container("/dev/vdc")
     );
-    let config = dir.path().join("user-data");
-    std::fs::write(&config, doc)?;
-    let drive = dir.path().join("config-2.img");
-    cairn_image::configdrive::build(&config, &drive)?;
+    let meta = serde_json::json!({
+        "uuid": "0b6f5b4e-1d3c-4d4e-9a55-3f2f0c6b7a10",
+        "hostname": "nova-name",
+        "public_keys": { "launch": launch_pub },
+    });
+    let drive = nova_config_drive(dir.path(), &doc, &meta)?;
     let (ssh_port, web_port) = (free_port()?, free_port()?);
     let mut cfg = VmConfig { ssh_port: Some(ssh_port), ..VmConfig::uefi(img.raw()) };
     cfg.forwards.push((web_port, WEB_PORT));
@@ -249,11 +301,13 @@ cairn:
     let mut vm = start(&cfg)?;
     let console = vm.console().text();
     assert!(console.contains("cairn: cloud-config: config-2 /dev/vdb: applied"), "{console}");
-    assert_eq!(vm.run_ok("hostname", CMD)?.trim(), "cc-drive");
+    assert_eq!(vm.run_ok("hostname", CMD)?.trim(), "cc-drive", "the user data's hostname wins");
     let (ok, out, err) =
         ssh(ssh_port, "core", &core_key, "id -un; stat -c '%a %U' /home/core/notes.txt; cat /home/core/notes.txt")?;
     assert!(ok, "core's key login failed: {err}\n{}", vm.console().text());
     assert_eq!(out, "core\n600 core\nfrom the config drive\n");
+    let (ok, out, err) = ssh(ssh_port, "core", &launch_key, "id -un")?;
+    assert!(ok && out.trim() == "core", "the instance's launch key (meta_data.json) does not log in: {err}");
     let status = vm.run_ok("updatectl status", CMD)?;
     assert!(status.contains("Strategy:        immediate"), "{status}");
     assert!(status.contains("Source:          http://10.0.2.2:9/stable/"), "{status}");

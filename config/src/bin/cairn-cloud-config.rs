@@ -72,7 +72,10 @@ fn boot() -> i32 {
 /// Brings the first Ethernet interface up with a DHCP lease (busybox udhcpc, which quits once
 /// it has one; init's DHCP service takes over later) before `until`.
 fn dhcp(until: Instant) -> Result<(), String> {
-    let iface = ethernet_interfaces().into_iter().next().ok_or("no Ethernet interface")?;
+    let iface = cairn_release::net::ethernet_interfaces(Path::new(cairn_release::net::SYS_CLASS_NET))
+        .into_iter()
+        .next()
+        .ok_or("no Ethernet interface")?;
     let mut child = Command::new("/usr/bin/busybox")
         .args(["udhcpc", "-q", "-n", "-f", "-t", "30", "-T", "1", "-i", &iface, "-s", DHCP_SCRIPT])
         .stdout(Stdio::null())
@@ -90,18 +93,6 @@ fn dhcp(until: Instant) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn ethernet_interfaces() -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    out.retain(|i| {
-        let dir = Path::new("/sys/class/net").join(i);
-        std::fs::read_to_string(dir.join("type")).is_ok_and(|t| t.trim() == "1") && dir.join("device").exists()
-    });
-    out.sort();
-    out
 }
 
 fn run_container(name: &str) -> i32 {
