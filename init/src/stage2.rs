@@ -38,7 +38,7 @@ pub fn run() -> Result<std::convert::Infallible, String> {
     let stage2_start = ms_now();
     // A clock in boot time: Instant is CLOCK_MONOTONIC, which does not count suspend; fine here.
     let boot_start = Instant::now() - Duration::from_millis(stage2_start);
-    let mut deadline = cmdline::value(&kernel_cmdline, "cairn.boot_deadline")
+    let deadline = cmdline::value(&kernel_cmdline, "cairn.boot_deadline")
         .and_then(|v| v.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_BOOT_DEADLINE);
@@ -67,7 +67,7 @@ pub fn run() -> Result<std::convert::Infallible, String> {
     // boot deadline (the step is bounded on its own).
     let config_start = Instant::now();
     cloudconfig::run();
-    deadline += config_start.elapsed();
+    let ready_by = deadline + config_start.elapsed();
     system::set_hostname();
 
     let (mut specs, errors) = spec::load(&[Path::new(spec::IMAGE_DIR), Path::new(spec::USER_DIR)]);
@@ -121,14 +121,14 @@ pub fn run() -> Result<std::convert::Infallible, String> {
             );
             say!("ready version={version} slot={slot} boot_ms={}", ms_now());
         }
-        if !ready_printed && now.duration_since(boot_start) > deadline {
+        if !ready_printed && now.duration_since(boot_start) > ready_by {
             say!("boot failed: not ready within {} s; waiting for: {}", deadline.as_secs(), sup.not_ready().join(", "));
             power::shutdown(&mut sup, Action::Reboot);
         }
 
         let mut timeout = sup.next_wakeup(now).unwrap_or(Duration::from_secs(60));
         if !ready_printed {
-            timeout = timeout.min((boot_start + deadline).saturating_duration_since(now) + Duration::from_millis(1));
+            timeout = timeout.min((boot_start + ready_by).saturating_duration_since(now) + Duration::from_millis(1));
         }
         if network_up_ms.is_none() && now.duration_since(boot_start) < Duration::from_secs(120) {
             timeout = timeout.min(Duration::from_millis(100));
