@@ -46,6 +46,18 @@ struct Staged {
     name: String,
 }
 
+/// The files staged so far. A document that fails part-way (a missing owner, a full disk)
+/// leaves nothing behind: the temporary files go when this does; committed ones were renamed.
+struct StagedSet(Vec<Staged>);
+
+impl Drop for StagedSet {
+    fn drop(&mut self) {
+        for s in &self.0 {
+            let _ = std::fs::remove_file(&s.tmp);
+        }
+    }
+}
+
 /// Where a host's files are, and who owns what it writes.
 pub struct Host {
     pub root: PathBuf,
@@ -187,10 +199,10 @@ fn prune(host: &Host, dir: &str, keep: &[String], changed: &mut Vec<String>) -> 
 /// Applies `c` to the host; returns what changed (empty when it already was so).
 pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
     let mut changed = Vec::new();
-    let mut staged: Vec<Staged> = Vec::new();
+    let mut staged = StagedSet(Vec::new());
     let mut note = |s: Option<Staged>, what: String| {
         if let Some(s) = s {
-            staged.push(s);
+            staged.0.push(s);
             changed.push(what);
         }
     };
@@ -247,20 +259,13 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         note(host.stage(&f.path, &f.content, f.permissions, uid, gid)?, f.path.clone());
     }
 
-    let file = cairn_release::update_config::HOST_FILE;
-    let mut removed = Vec::new();
-    match &c.update {
-        Some(settings) => {
-            let text = format!("{MARK}{}", toml::to_string(settings).expect("update settings serialize"));
-            note(host.stage(file, text.as_bytes(), 0o644, 0, 0)?, file.into());
-        }
-        // Settings an earlier config wrote go with it; a file the user wrote stays.
-        None if host.read(file).starts_with(MARK) => {
-            std::fs::remove_file(host.path(file)).map_err(io(format!("removing {file}")))?;
-            removed.push(format!("{file} removed"));
-        }
-        None => {}
+    let update_file = cairn_release::update_config::HOST_FILE;
+    if let Some(settings) = &c.update {
+        let text = format!("{MARK}{}", toml::to_string(settings).expect("update settings serialize"));
+        note(host.stage(update_file, text.as_bytes(), 0o644, 0, 0)?, update_file.into());
     }
+    // Settings an earlier config wrote go with it (after the commit); a file the user wrote stays.
+    let drop_update_file = c.update.is_none() && host.read(update_file).starts_with(MARK);
 
     for s in &c.services {
         let text = format!("{MARK}{}", toml::to_string(&s.file).expect("a TOML table serializes"));
@@ -279,8 +284,11 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         services.push(name);
     }
     let containers: Vec<String> = c.containers.iter().map(|k| k.name.clone()).collect();
-    host.commit(&staged)?;
-    changed.extend(removed);
+    host.commit(&staged.0)?;
+    if drop_update_file {
+        std::fs::remove_file(host.path(update_file)).map_err(io(format!("removing {update_file}")))?;
+        changed.push(format!("{update_file} removed"));
+    }
     prune(host, SERVICES_DIR, &services, &mut changed)?;
     prune(host, CONTAINERS_DIR, &containers, &mut changed)?;
     Ok(changed)
@@ -356,6 +364,27 @@ cairn:
         assert!(read("etc/cairn/services/hello.toml").contains("command = [\"/bin/busybox\", \"sleep\", \"1000\"]"));
         assert!(changed.len() >= 9, "{changed:?}");
         assert_eq!(apply(&config(DOC), &h).unwrap(), Vec::<String>::new(), "the second time changes nothing");
+    }
+
+    #[test]
+    fn a_document_that_fails_part_way_changes_nothing() {
+        let (t, h) = host();
+        apply(&config(DOC), &h).unwrap();
+        let before = |p: &str| std::fs::read(t.path().join(p)).unwrap();
+        let (hostname, update) = (before("etc/hostname"), before("etc/cairn/update.toml"));
+        // A new hostname and no update settings, then a file for an owner the host lacks.
+        let failing =
+            "#cloud-config\nhostname: other\nwrite_files:\n  - {path: /etc/x, owner: nobody-here, content: x}\n";
+        let err = apply(&config(failing), &h).unwrap_err();
+        assert!(err.to_string().contains("nobody-here"), "{err}");
+        assert_eq!(before("etc/hostname"), hostname);
+        assert_eq!(before("etc/cairn/update.toml"), update, "not removed before the commit");
+        let leftovers: Vec<_> = std::fs::read_dir(t.path().join("etc"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cairn-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

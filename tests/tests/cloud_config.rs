@@ -236,6 +236,10 @@ cairn:
         "{status}"
     );
     assert!(status.contains("http://10.0.2.2:9 (group canary)"), "the previous update settings stay: {status}");
+    // Each boot's config and its source are logged on ROOT too.
+    let log = vm.run_ok("cat /var/log/cairn/cloud-config.log", CMD)?;
+    assert_eq!(log.matches("== boot at unix ").count(), 2, "{log}");
+    assert!(log.contains("fw_cfg opt/cairn/user-data: applied") && log.contains("2:11: error: hostname:"), "{log}");
     Ok(())
 }
 

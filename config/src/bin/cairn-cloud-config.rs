@@ -20,8 +20,39 @@ use std::time::{Duration, Instant};
 const NETWORK_DEADLINE: Duration = Duration::from_secs(30);
 const DHCP_SCRIPT: &str = "/etc/udhcpc/default.script";
 
-fn say(msg: &str) {
-    println!("cairn: cloud-config: {msg}");
+/// Each boot's lines are also appended here (beside init's service logs), kept to about
+/// `LOG_MAX` plus one older file.
+const LOG: &str = "/var/log/cairn/cloud-config.log";
+const LOG_MAX: u64 = 256 << 10;
+
+/// The console (and, at the end, the log).
+struct Say(Vec<String>);
+
+impl Say {
+    fn line(&mut self, msg: &str) {
+        println!("cairn: cloud-config: {msg}");
+        self.0.push(msg.to_string());
+    }
+
+    /// Appends this boot's lines to `LOG` under a header with the time; a full log becomes
+    /// `LOG.1` first.
+    fn keep(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = Path::new(LOG);
+        std::fs::create_dir_all(path.parent().expect("a parent"))?;
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_MAX) {
+            std::fs::rename(path, path.with_extension("log.1"))?;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut text = format!("== boot at unix {now}\n");
+        for l in &self.0 {
+            text.push_str(l);
+            text.push('\n');
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    }
 }
 
 fn main() {
@@ -38,20 +69,21 @@ fn main() {
 }
 
 fn boot() -> i32 {
+    let mut say = Say(Vec::new());
     let machine = Machine::this_host();
     let platform = Platform::detect(&machine.cmdline, &machine.dmi);
     let start = Instant::now();
     let (found, attempts) = find(&machine, NETWORK_DEADLINE, &mut dhcp);
     let find_ms = start.elapsed().as_millis() as u64;
     for a in &attempts {
-        say(&format!("{}: {} ({} ms)", a.source.name(), a.result, a.elapsed.as_millis()));
+        say.line(&format!("{}: {} ({} ms)", a.source.name(), a.result, a.elapsed.as_millis()));
     }
     let report = configure(&Host { root: "/".into(), chown: true }, found, find_ms);
     for line in &report.lines {
-        say(line);
+        say.line(line);
     }
     let s = &report.status;
-    say(&format!(
+    say.line(&format!(
         "platform={} source={} outcome={} find_ms={} apply_ms={}",
         platform.name(),
         attempts.last().filter(|_| !s.source.is_empty()).map_or("none", |a| a.source.name()),
@@ -64,7 +96,10 @@ fn boot() -> i32 {
         cairn_release::durable::write_atomic(path, &serde_json::to_vec_pretty(s).expect("serializes"), 0o644)
     });
     if let Err(e) = written {
-        say(&format!("writing {}: {e}", path.display()));
+        say.line(&format!("writing {}: {e}", path.display()));
+    }
+    if let Err(e) = say.keep() {
+        say.line(&format!("writing {LOG}: {e}"));
     }
     0
 }
