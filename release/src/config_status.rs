@@ -15,7 +15,8 @@ pub enum Outcome {
     None,
     /// The document found had errors: nothing from it applied; the last good one was.
     Refused,
-    /// Applying failed part-way (an I/O error, a missing owner): see `errors`.
+    /// Applying failed (an I/O error, an owner the host lacks): nothing from the document was
+    /// committed; the host keeps what it has. See `diagnostics`.
     Failed,
 }
 
