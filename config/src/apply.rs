@@ -294,6 +294,23 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
     Ok(changed)
 }
 
+/// A scratch host for tests: a temporary root with only `root` in its account files; owners
+/// are set when the tests run as root.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Host;
+
+    pub fn host() -> (tempfile::TempDir, Host) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        std::fs::write(t.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(t.path().join("etc/group"), "root:x:0:\n").unwrap();
+        let chown = nix::unistd::geteuid().is_root();
+        let h = Host { root: t.path().to_path_buf(), chown };
+        (t, h)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,19 +323,7 @@ mod tests {
         }
     }
 
-    fn host() -> (tempfile::TempDir, Host) {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("etc")).unwrap();
-        std::fs::write(t.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        std::fs::write(t.path().join("etc/group"), "root:x:0:\n").unwrap();
-        let chown = nix_is_root();
-        let h = Host { root: t.path().to_path_buf(), chown };
-        (t, h)
-    }
-
-    fn nix_is_root() -> bool {
-        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
-    }
+    use crate::apply::testing::host;
 
     const DOC: &str = "#cloud-config
 hostname: node-1

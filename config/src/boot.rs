@@ -161,16 +161,16 @@ fn volume(devices: &[PathBuf], source: Source) -> Result<Option<Found>, String> 
     Ok(Some(found))
 }
 
-/// A metadata service (or the URL): user data, then the instance's hostname and keys. A
-/// failure of the second is a warning: the user data is used regardless.
+/// A metadata service (or the URL): user data and the instance's hostname and keys.
 fn metadata_service(source: Source, service: Service, base: &str, until: Instant) -> Result<Option<Found>, String> {
-    let data = metadata::fetch(service, base, until).map_err(|e| e.to_string())?;
-    let mut found = Found::user_data(format!("{} {base}", source.name()), data.clone().unwrap_or_default());
-    match metadata::fetch_instance(service, base, until) {
+    let fetched = metadata::fetch(service, base, until).map_err(|e| e.to_string())?;
+    let has_user_data = fetched.user_data.is_some();
+    let mut found = Found::user_data(format!("{} {base}", source.name()), fetched.user_data.unwrap_or_default());
+    match fetched.instance {
         Ok(i) => found.instance = i,
         Err(e) => found.warnings.push(format!("instance metadata: {e}")),
     }
-    Ok((data.is_some() || !found.instance.is_empty()).then_some(found))
+    Ok((has_user_data || !found.instance.is_empty()).then_some(found))
 }
 
 /// What configuring did: the lines for the console, and the status for `updatectl`.
@@ -188,7 +188,8 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
     let mut status = ConfigStatus {
         outcome: Outcome::None,
         source: String::new(),
-        diagnostics: Vec::new(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
         last_good: None,
         find_ms,
         apply_ms: 0,
@@ -201,7 +202,7 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
     let src = &found.source;
     for w in &found.warnings {
         lines.push(format!("{src}: warning: {w}"));
-        status.diagnostics.push(format!("warning: {w}"));
+        status.warnings.push(w.clone());
     }
     let with_instance = |mut c: CloudConfig| {
         found.instance.merge_into(&mut c);
@@ -214,7 +215,7 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
         Parsed::Config(config, warnings) => {
             for w in &warnings {
                 lines.push(format!("{src}: {w}"));
-                status.diagnostics.push(w.to_string());
+                status.warnings.push(w.to_string());
             }
             (Some(with_instance(*config)), src.clone(), true)
         }
@@ -224,7 +225,8 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
             lines.push(format!("{src}: refused, {errors} error(s); nothing from it is applied"));
             for d in &diagnostics {
                 lines.push(format!("{src}: {d}"));
-                status.diagnostics.push(d.to_string());
+                let kind = if d.severity == Severity::Error { &mut status.errors } else { &mut status.warnings };
+                kind.push(d.to_string());
             }
             match load_last_good(&host.root) {
                 Some(last) => {
@@ -262,7 +264,7 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
             Err(e) if status.outcome == Outcome::Refused => lines.push(format!("applying {what}: {e}")),
             Err(e) => {
                 status.outcome = Outcome::Failed;
-                status.diagnostics.push(e.to_string());
+                status.errors.push(e.to_string());
                 lines.push(format!("{src}: applying failed: {e}"));
             }
         },
@@ -302,14 +304,7 @@ fn load_last_good(root: &Path) -> Option<Found> {
 mod tests {
     use super::*;
 
-    fn host() -> (tempfile::TempDir, Host) {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("etc")).unwrap();
-        std::fs::write(t.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        std::fs::write(t.path().join("etc/group"), "root:x:0:\n").unwrap();
-        let h = Host { root: t.path().to_path_buf(), chown: false };
-        (t, h)
-    }
+    use crate::apply::testing::host;
 
     fn found(text: &str) -> Option<Found> {
         Some(Found::user_data("fw_cfg test".into(), text.as_bytes().to_vec()))
@@ -351,8 +346,10 @@ mod tests {
             configure(&h, found("#cloud-config\nhostname: 7\nwrite_files: [{path: /etc/x, content: y}]\nbad: 1\n"), 1);
         assert_eq!(r.status.outcome, Outcome::Applied, "an unknown key is a warning: {:?}", r.lines);
         let (t2, h2) = host();
-        let r = configure(&h2, found("#cloud-config\nwrite_files: [{path: relative, content: y}]\n"), 1);
+        let r = configure(&h2, found("#cloud-config\nwrite_files: [{path: relative, content: y}]\nhostnme: x\n"), 1);
         assert_eq!(r.status.outcome, Outcome::Refused);
+        assert_eq!((r.status.errors.len(), r.status.warnings.len()), (1, 1), "{:?}", r.status);
+        assert!(!r.status.summary().contains("hostnme"), "warnings stay out of the summary");
         assert!(r.status.summary().contains("nothing (no earlier good config)"), "{}", r.status.summary());
         assert!(!t2.path().join(LAST_GOOD).exists());
         drop(t);

@@ -9,7 +9,6 @@
 
 use crate::cairn::Container;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -80,14 +79,7 @@ pub fn archive(image: &str, images_dir: &Path) -> Result<PathBuf, String> {
     }
     let tmp = file.with_extension("partial");
     let mut out = std::fs::File::create(&tmp).map_err(|e| what(&e))?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = resp.read(&mut buf).map_err(|e| what(&e))?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).map_err(|e| what(&e))?;
-    }
+    std::io::copy(&mut resp, &mut out).map_err(|e| what(&e))?;
     out.sync_all().map_err(|e| what(&e))?;
     std::fs::rename(&tmp, &file).map_err(|e| what(&e))?;
     Ok(file)

@@ -91,6 +91,11 @@ impl Client {
         }
     }
 
+    /// GCE's metadata server wants its flavour header on every request.
+    fn gce_get(&self, base: &str, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http.get(format!("{base}/computeMetadata/v1/{path}")).header("Metadata-Flavor", "Google")
+    }
+
     /// A text attribute: `None` for a 404.
     fn text(&self, req: reqwest::blocking::RequestBuilder, what: &str) -> Result<Option<String>, Error> {
         let resp = self.send(req, what)?;
@@ -115,51 +120,49 @@ impl Client {
     }
 }
 
-/// Fetches the user data of `service` at `base` (`LINK_LOCAL`, or the URL itself for
-/// `Service::Url`) before `deadline`.
-pub fn fetch(service: Service, base: &str, deadline: Instant) -> Result<Option<Vec<u8>>, Error> {
-    let c = Client::new(deadline)?;
-    let base = base.trim_end_matches('/');
-    match service {
-        Service::Ec2 => {
-            let get = c.ec2_get(base, c.ec2_token(base)?.as_deref(), "latest/user-data");
-            let what = "EC2 user-data";
-            let resp = c.send(get, what)?;
-            c.body(resp, what)
-        }
-        Service::Gce => {
-            let what = "GCE user-data";
-            let get = c
-                .http
-                .get(format!("{base}/computeMetadata/v1/instance/attributes/user-data"))
-                .header("Metadata-Flavor", "Google");
-            let resp = c.send(get, what)?;
-            c.body(resp, what)
-        }
-        Service::OpenStack => {
-            let what = "OpenStack user_data";
-            let resp = c.send(c.http.get(format!("{base}/openstack/latest/user_data")), what)?;
-            c.body(resp, what)
-        }
-        Service::Url => {
-            let what = format!("config URL {base}");
-            let resp = c.send(c.http.get(base), &what)?;
-            c.body(resp, &what)
-        }
-    }
+/// What a metadata service (or the URL) said: its user data (`None`: it has none, a 404) and
+/// the instance's hostname and launch keys. A failure of the second is kept apart: the user
+/// data is used regardless.
+#[derive(Debug)]
+pub struct Fetched {
+    pub user_data: Option<Vec<u8>>,
+    pub instance: Result<InstanceMetadata, Error>,
 }
 
-/// The instance's hostname and launch SSH keys from the metadata service (`Service::Url` has
-/// none): EC2 `meta-data/hostname` and `meta-data/public-keys/N/openssh-key`; GCE
-/// `instance/hostname` and the instance's and project's `ssh-keys` (unless the instance blocks
-/// project keys); OpenStack `meta_data.json`.
-pub fn fetch_instance(service: Service, base: &str, deadline: Instant) -> Result<InstanceMetadata, Error> {
+/// Fetches from `service` at `base` (`LINK_LOCAL`, or the URL itself for `Service::Url`)
+/// before `deadline`: the user data, then the instance metadata, in one session (one EC2 token).
+pub fn fetch(service: Service, base: &str, deadline: Instant) -> Result<Fetched, Error> {
     let c = Client::new(deadline)?;
     let base = base.trim_end_matches('/');
+    let token = match service {
+        Service::Ec2 => c.ec2_token(base)?,
+        _ => None,
+    };
+    let user_data = user_data(&c, service, base, token.as_deref())?;
+    Ok(Fetched { user_data, instance: instance(&c, service, base, token.as_deref()) })
+}
+
+fn user_data(c: &Client, service: Service, base: &str, token: Option<&str>) -> Result<Option<Vec<u8>>, Error> {
+    let (req, what) = match service {
+        Service::Ec2 => (c.ec2_get(base, token, "latest/user-data"), "EC2 user-data".to_string()),
+        Service::Gce => (c.gce_get(base, "instance/attributes/user-data"), "GCE user-data".to_string()),
+        Service::OpenStack => {
+            (c.http.get(format!("{base}/openstack/latest/user_data")), "OpenStack user_data".to_string())
+        }
+        Service::Url => (c.http.get(base), format!("config URL {base}")),
+    };
+    let resp = c.send(req, &what)?;
+    c.body(resp, &what)
+}
+
+/// The instance's hostname and launch SSH keys (`Service::Url` has none): EC2
+/// `meta-data/hostname` and `meta-data/public-keys/N/openssh-key`; GCE `instance/hostname` and
+/// the instance's and project's `ssh-keys` (unless the instance blocks project keys);
+/// OpenStack `meta_data.json`.
+fn instance(c: &Client, service: Service, base: &str, token: Option<&str>) -> Result<InstanceMetadata, Error> {
     match service {
         Service::Ec2 => {
-            let token = c.ec2_token(base)?;
-            let get = |path: &str| c.text(c.ec2_get(base, token.as_deref(), path), &format!("EC2 {path}"));
+            let get = |path: &str| c.text(c.ec2_get(base, token, path), &format!("EC2 {path}"));
             let hostname = get("latest/meta-data/hostname")?;
             let mut keys = Vec::new();
             // "0=my-key-pair" per line.
@@ -172,10 +175,7 @@ pub fn fetch_instance(service: Service, base: &str, deadline: Instant) -> Result
             Ok(instance::from_parts(hostname.as_deref(), &keys))
         }
         Service::Gce => {
-            let get = |path: &str| {
-                let req = c.http.get(format!("{base}/computeMetadata/v1/{path}")).header("Metadata-Flavor", "Google");
-                c.text(req, &format!("GCE {path}"))
-            };
+            let get = |path: &str| c.text(c.gce_get(base, path), &format!("GCE {path}"));
             let hostname = get("instance/hostname")?;
             let mut keys = instance::gce_keys(&get("instance/attributes/ssh-keys")?.unwrap_or_default());
             if get("instance/attributes/block-project-ssh-keys")?.is_none_or(|b| b.trim() != "true") {

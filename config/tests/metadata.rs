@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
-use cairn_config::metadata::{Service, fetch, fetch_instance};
+use cairn_config::metadata::{Service, fetch};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -64,11 +64,11 @@ fn ec2(v2: bool, user_data: Option<&'static str>) -> Router {
 #[test]
 fn ec2_uses_the_imdsv2_token_and_falls_back_to_v1() {
     let v2 = serve(ec2(true, Some(USER_DATA)));
-    assert_eq!(fetch(Service::Ec2, &v2, soon()).unwrap().unwrap(), USER_DATA.as_bytes());
+    assert_eq!(fetch(Service::Ec2, &v2, soon()).unwrap().user_data.unwrap(), USER_DATA.as_bytes());
     let v1 = serve(ec2(false, Some(USER_DATA)));
-    assert_eq!(fetch(Service::Ec2, &v1, soon()).unwrap().unwrap(), USER_DATA.as_bytes());
+    assert_eq!(fetch(Service::Ec2, &v1, soon()).unwrap().user_data.unwrap(), USER_DATA.as_bytes());
     let none = serve(ec2(true, None));
-    assert_eq!(fetch(Service::Ec2, &none, soon()).unwrap(), None, "404: no user data, not an error");
+    assert_eq!(fetch(Service::Ec2, &none, soon()).unwrap().user_data, None, "404: no user data, not an error");
 }
 
 #[test]
@@ -83,13 +83,13 @@ fn gce_needs_its_header_and_openstack_its_path() {
             }
         }),
     ));
-    assert_eq!(fetch(Service::Gce, &gce, soon()).unwrap().unwrap(), USER_DATA.as_bytes());
+    assert_eq!(fetch(Service::Gce, &gce, soon()).unwrap().user_data.unwrap(), USER_DATA.as_bytes());
     let openstack = serve(Router::new().route("/openstack/latest/user_data", get(|| async { USER_DATA })));
-    assert_eq!(fetch(Service::OpenStack, &openstack, soon()).unwrap().unwrap(), USER_DATA.as_bytes());
+    assert_eq!(fetch(Service::OpenStack, &openstack, soon()).unwrap().user_data.unwrap(), USER_DATA.as_bytes());
     let empty = serve(Router::new());
-    assert_eq!(fetch(Service::OpenStack, &empty, soon()).unwrap(), None);
+    assert_eq!(fetch(Service::OpenStack, &empty, soon()).unwrap().user_data, None);
     assert_eq!(
-        fetch(Service::Url, &format!("{openstack}/openstack/latest/user_data"), soon()).unwrap().unwrap(),
+        fetch(Service::Url, &format!("{openstack}/openstack/latest/user_data"), soon()).unwrap().user_data.unwrap(),
         USER_DATA.as_bytes()
     );
 }
@@ -132,8 +132,16 @@ const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH9Lk3ryv0PmxVxZHd0ch4u
 #[test]
 fn ec2_launch_keys_and_hostname_with_the_token() {
     let needs_token = |h: &HeaderMap| h.get("x-aws-ec2-metadata-token").and_then(|v| v.to_str().ok()) == Some("tok-9");
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let counted = tokens.clone();
     let app = Router::new()
-        .route("/latest/api/token", put(|| async { "tok-9" }))
+        .route(
+            "/latest/api/token",
+            put(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { "tok-9" }
+            }),
+        )
         .route(
             "/latest/meta-data/hostname",
             get(move |h: HeaderMap| async move {
@@ -148,12 +156,13 @@ fn ec2_launch_keys_and_hostname_with_the_token() {
         .route("/latest/meta-data/public-keys/0/openssh-key", get(|| async { format!("{KEY_A}\n") }))
         .route("/latest/meta-data/public-keys/1/openssh-key", get(|| async { KEY_B }));
     let base = serve(app);
-    let m = fetch_instance(Service::Ec2, &base, soon()).unwrap();
+    let m = fetch(Service::Ec2, &base, soon()).unwrap().instance.unwrap();
     assert_eq!(m.hostname.as_deref(), Some("ip-10-0-0-7.ec2.internal"));
     assert_eq!(m.ssh_keys, [KEY_A, KEY_B]);
+    assert_eq!(tokens.load(Ordering::SeqCst), 1, "user data and metadata share one IMDSv2 session");
     // An instance launched without a key pair: 404s, not errors.
     let bare = serve(Router::new().route("/latest/api/token", put(|| async { "t" })));
-    assert!(fetch_instance(Service::Ec2, &bare, soon()).unwrap().is_empty());
+    assert!(fetch(Service::Ec2, &bare, soon()).unwrap().instance.unwrap().is_empty());
 }
 
 #[test]
@@ -174,17 +183,17 @@ fn gce_keys_honour_block_project_keys_and_openstack_reads_meta_data_json() {
                 get(move || async move { if block { (StatusCode::OK, "true") } else { (StatusCode::NOT_FOUND, "") } }),
             )
     };
-    let m = fetch_instance(Service::Gce, &serve(gce(false)), soon()).unwrap();
+    let m = fetch(Service::Gce, &serve(gce(false)), soon()).unwrap().instance.unwrap();
     assert_eq!(
         (m.hostname.as_deref(), m.ssh_keys),
         (Some("vm-1.c.proj.internal"), vec![KEY_A.to_string(), KEY_B.into()])
     );
-    let m = fetch_instance(Service::Gce, &serve(gce(true)), soon()).unwrap();
+    let m = fetch(Service::Gce, &serve(gce(true)), soon()).unwrap().instance.unwrap();
     assert_eq!(m.ssh_keys, [KEY_A], "project keys blocked");
 
     let json = format!(r#"{{"hostname": "nova-1", "public_keys": {{"k": "{KEY_A}"}}}}"#);
     let os = serve(Router::new().route("/openstack/latest/meta_data.json", get(move || async move { json })));
-    let m = fetch_instance(Service::OpenStack, &os, soon()).unwrap();
+    let m = fetch(Service::OpenStack, &os, soon()).unwrap().instance.unwrap();
     assert_eq!((m.hostname.as_deref(), m.ssh_keys), (Some("nova-1"), vec![KEY_A.to_string()]));
-    assert!(fetch_instance(Service::OpenStack, &serve(Router::new()), soon()).unwrap().is_empty());
+    assert!(fetch(Service::OpenStack, &serve(Router::new()), soon()).unwrap().instance.unwrap().is_empty());
 }

@@ -261,7 +261,7 @@ fn default_route() -> bool {
 
 /// One DHCP client per Ethernet interface (busybox udhcpc: leases, renewal, routes, resolv.conf).
 fn network_services() -> Vec<ServiceSpec> {
-    let script = "/etc/udhcpc/default.script";
+    let script = cairn_release::net::DHCP_SCRIPT;
     if !Path::new(script).exists() {
         return Vec::new();
     }

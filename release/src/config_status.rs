@@ -16,7 +16,7 @@ pub enum Outcome {
     /// The document found had errors: nothing from it applied; the last good one was.
     Refused,
     /// Applying failed (an I/O error, an owner the host lacks): nothing from the document was
-    /// committed; the host keeps what it has. See `diagnostics`.
+    /// committed; the host keeps what it has. See `errors`.
     Failed,
 }
 
@@ -25,9 +25,13 @@ pub struct ConfigStatus {
     pub outcome: Outcome,
     /// Where the document came from (`fw_cfg opt/cairn/user-data`, `config-2 /dev/vdb`, ...).
     pub source: String,
-    /// Errors (`line:column: error: path: message`) and warnings, in document order.
+    /// Why the document was refused (`line:column: error: path: message`, in document order),
+    /// or why applying it failed.
     #[serde(default)]
-    pub diagnostics: Vec<String>,
+    pub errors: Vec<String>,
+    /// Warnings about the document (unknown keys, ...) and about the instance metadata.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// What is in effect instead when the document was refused: the last good one's source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_good: Option<String>,
@@ -39,18 +43,16 @@ pub struct ConfigStatus {
 impl ConfigStatus {
     /// One line for `updatectl status`.
     pub fn summary(&self) -> String {
-        let errors: Vec<&str> =
-            self.diagnostics.iter().map(String::as_str).filter(|d| d.contains(": error: ")).collect();
         match self.outcome {
             Outcome::Applied => format!("applied from {}", self.source),
             Outcome::None => "none found".to_string(),
             Outcome::Refused => format!(
                 "refused from {} ({}); in effect: {}",
                 self.source,
-                errors.join("; "),
+                self.errors.join("; "),
                 self.last_good.as_deref().unwrap_or("nothing (no earlier good config)")
             ),
-            Outcome::Failed => format!("failed to apply from {}: {}", self.source, self.diagnostics.join("; ")),
+            Outcome::Failed => format!("failed to apply from {}: {}", self.source, self.errors.join("; ")),
         }
     }
 

@@ -2,6 +2,9 @@
 
 use std::path::Path;
 
+/// The script busybox udhcpc runs on lease events (addresses, routes, resolv.conf).
+pub const DHCP_SCRIPT: &str = "/etc/udhcpc/default.script";
+
 /// Where the kernel lists network interfaces.
 pub const SYS_CLASS_NET: &str = "/sys/class/net";
 

@@ -34,12 +34,23 @@ fn key(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
     Ok((path, public))
 }
 
+/// An ssh client for the forwarded `port` (options only; the caller adds its own, then
+/// `user@127.0.0.1` and the command): no host key checks, never prompts.
+fn ssh_client(port: u16) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(["-p", &port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]).args([
+        "-o",
+        "ConnectTimeout=60",
+        "-o",
+        "BatchMode=yes",
+    ]);
+    c
+}
+
 /// Runs `remote` over ssh as `user` with `key`; (success, stdout, stderr).
 fn ssh(port: u16, user: &str, key: &Path, remote: &str) -> Result<(bool, String, String)> {
-    let out = Command::new("ssh")
-        .args(["-p", &port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-        .args(["-o", "ConnectTimeout=60", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-        .arg("-i")
+    let out = ssh_client(port)
+        .args(["-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-i"])
         .arg(key)
         .arg(format!("{user}@127.0.0.1"))
         .arg(remote)
@@ -180,18 +191,9 @@ cairn:
 
     // The password hash is set, and still no password gets anyone in: keys only.
     assert!(vm.run_ok("grep ^alice: /etc/shadow", CMD)?.contains(&hash));
-    let pw = Command::new("ssh")
-        .args([
-            "-v",
-            "-p",
-            &ssh_port.to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"])
-        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=60", "alice@127.0.0.1", "true"])
+    let pw = ssh_client(ssh_port)
+        .args(["-v", "-o", "PubkeyAuthentication=no"])
+        .args(["-o", "PreferredAuthentications=password,keyboard-interactive", "alice@127.0.0.1", "true"])
         .output()?;
     let err = String::from_utf8_lossy(&pw.stderr);
     assert!(!pw.status.success(), "a password-only login succeeded");

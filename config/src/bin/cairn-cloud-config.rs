@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 /// How long a network source (and bringing the network up for it) may take.
 const NETWORK_DEADLINE: Duration = Duration::from_secs(30);
-const DHCP_SCRIPT: &str = "/etc/udhcpc/default.script";
 
 /// Each boot's lines are also appended here (beside init's service logs), kept to about
 /// `LOG_MAX` plus one older file.
@@ -112,7 +111,7 @@ fn dhcp(until: Instant) -> Result<(), String> {
         .next()
         .ok_or("no Ethernet interface")?;
     let mut child = Command::new("/usr/bin/busybox")
-        .args(["udhcpc", "-q", "-n", "-f", "-t", "30", "-T", "1", "-i", &iface, "-s", DHCP_SCRIPT])
+        .args(["udhcpc", "-q", "-n", "-f", "-t", "30", "-T", "1", "-i", &iface, "-s", cairn_release::net::DHCP_SCRIPT])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

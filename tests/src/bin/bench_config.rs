@@ -57,11 +57,7 @@ fn main() -> Result<()> {
     let lines = doc.lines().count();
     let (mut parse_t, mut first_t, mut again_t) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let root = tempfile::tempdir()?;
-        std::fs::create_dir_all(root.path().join("etc"))?;
-        std::fs::write(root.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-        std::fs::write(root.path().join("etc/group"), "root:x:0:\n")?;
-        let host = Host { root: root.path().to_path_buf(), chown: nix::unistd::geteuid().is_root() };
+        let (_root, host) = scratch_root()?;
         let started = Instant::now();
         let Parsed::Config(config, _) = parse(doc.as_bytes()) else { bail!("the benchmark's document is refused") };
         parse_t.push(started.elapsed());
@@ -73,12 +69,8 @@ fn main() -> Result<()> {
         again_t.push(started.elapsed());
         anyhow::ensure!(changed.len() > 175 && again.is_empty(), "{} changes, then {}", changed.len(), again.len());
     }
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2].as_secs_f64() * 1000.0
-    };
     println!("== cloud-config: {lines} lines (20 users, 175 files, 20 services), median of {runs} runs");
-    let (p, f, a) = (median(&mut parse_t), median(&mut first_t), median(&mut again_t));
+    let (p, f, a) = (median_ms(&mut parse_t), median_ms(&mut first_t), median_ms(&mut again_t));
     println!("validate (parse + check):             {p:7.2} ms");
     println!("apply, first boot (writes, fsyncs):   {f:7.2} ms   validate + apply {:.2} ms (target < 50 ms)", p + f);
     println!("apply again (nothing changes):        {a:7.2} ms   validate + apply {:.2} ms", p + a);
@@ -130,6 +122,7 @@ fn attach(dir: &Path, name: &str, image: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A root with only `root` in its account files, for `apply` to write into.
 fn scratch_root() -> Result<(tempfile::TempDir, Host)> {
     let root = tempfile::tempdir()?;
     std::fs::create_dir_all(root.path().join("etc"))?;
