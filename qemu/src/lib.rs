@@ -39,6 +39,8 @@ pub struct VmConfig {
     pub ssh_port: Option<u16>,
     /// More TCP forwards: (host loopback port, guest port).
     pub forwards: Vec<(u16, u16)>,
+    /// More options of the user-mode network (`net=...`, `guestfwd=...`).
+    pub net_options: Vec<String>,
     /// Copy the console to our stdout as it arrives.
     pub echo_console: bool,
     /// Let QEMU exit instead of resetting when the guest reboots.
@@ -62,6 +64,7 @@ impl VmConfig {
             cpus: 1,
             ssh_port: None,
             forwards: Vec::new(),
+            net_options: Vec::new(),
             echo_console: false,
             no_reboot: false,
             accel: None,
@@ -146,6 +149,10 @@ impl Vm {
         }
         for (host, guest) in &cfg.forwards {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        for option in &cfg.net_options {
+            netdev.push(',');
+            netdev.push_str(option);
         }
         cmd.arg("-netdev").arg(netdev).args(["-device", "virtio-net-pci,netdev=net0"]);
         if cfg.no_reboot {

@@ -1,6 +1,6 @@
-//! VM tests of cloud-config at boot: a document through QEMU's fw_cfg and, separately, on a
-//! `config-2` config drive (ISO 9660, with the instance's launch key in its metadata)
-//! configures the host (hostname, a user who logs in over ssh with
+//! VM tests of cloud-config at boot: a document through QEMU's fw_cfg, on a `config-2` config
+//! drive (ISO 9660, with the instance's launch key in its metadata) and from an EC2 metadata
+//! service (DHCP first; IMDSv2) configures the host (hostname, a user who logs in over ssh with
 //! the given key, a file with its mode and owner, a container from an OCI archive answering on
 //! a forwarded port, update settings in `updatectl status`; passwords never log in, even with
 //! a hash set); a document with a type error
@@ -321,6 +321,73 @@ cairn:
     let page = http_get_until(web_port, CONTAINER)
         .with_context(|| vm.run("cairnctl log container-web -n 50", CMD).map(|o| o.output).unwrap_or_default())?;
     assert!(page.contains("hello from a cairn container"), "{page}");
+    Ok(())
+}
+
+/// An EC2 instance metadata service (IMDSv2: a token from PUT, required on every GET) on
+/// loopback with `user_data` and one launch key; returns its port. Serves until the process ends.
+fn imds(user_data: String, launch_key: String) -> Result<u16> {
+    use axum::Router;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, put};
+    let authorized = |h: &HeaderMap| h.get("x-aws-ec2-metadata-token").is_some_and(|t| t == "cairn-test-token");
+    let answer = move |h: HeaderMap, body: String| async move {
+        if authorized(&h) { (StatusCode::OK, body) } else { (StatusCode::UNAUTHORIZED, String::new()) }
+    };
+    let app = Router::new()
+        .route(
+            "/latest/api/token",
+            put(|h: HeaderMap| async move {
+                match h.get("x-aws-ec2-metadata-token-ttl-seconds") {
+                    Some(_) => (StatusCode::OK, "cairn-test-token"),
+                    None => (StatusCode::BAD_REQUEST, ""),
+                }
+            }),
+        )
+        .route("/latest/user-data", get(move |h| answer(h, user_data.clone())))
+        .route("/latest/meta-data/hostname", get(move |h| answer(h, "ip-169-254-0-15.ec2.internal".into())))
+        .route("/latest/meta-data/public-keys/", get(move |h| answer(h, "0=launch".into())))
+        .route("/latest/meta-data/public-keys/0/openssh-key", get(move |h| answer(h, launch_key.clone())));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
+            axum::serve(listener, app).await.expect("serving");
+        });
+    });
+    Ok(port)
+}
+
+/// On EC2 (as the firmware's DMI strings say), the host brings the network up with DHCP, asks
+/// the metadata service at 169.254.169.254 (IMDSv2) for its user data and its launch key, and
+/// applies both. QEMU's user network is set to 169.254.0.0/16 and forwards the metadata address
+/// to the loopback service above (through busybox nc, one process per connection).
+#[test]
+fn on_ec2_the_metadata_service_configures_the_host() -> Result<()> {
+    let img = dev_image()?;
+    let dir = tempfile::tempdir()?;
+    let (launch_key, launch_pub) = key(dir.path(), "launch")?;
+    let doc = "#cloud-config\nwrite_files:\n  - {path: /etc/from-imds, content: \"user data from IMDS\\n\"}\n";
+    let port = imds(doc.to_string(), launch_pub)?;
+    let ssh_port = free_port()?;
+    let mut cfg = VmConfig { ssh_port: Some(ssh_port), ..VmConfig::uefi(img.raw()) };
+    cfg.net_options = vec![
+        "net=169.254.0.0/16".into(),
+        format!("guestfwd=tcp:169.254.169.254:80-cmd:/bin/busybox nc 127.0.0.1 {port}"),
+    ];
+    cfg.extra_args.extend(["-smbios".into(), "type=1,manufacturer=Amazon EC2,product=t3.micro".into()]);
+
+    let mut vm = start(&cfg)?;
+    let console = vm.console().text();
+    assert!(console.contains("cairn: cloud-config: ec2: user data"), "{console}");
+    assert!(console.contains("platform=ec2 source=ec2 outcome=applied"), "{console}");
+    assert_eq!(vm.run_ok("cat /etc/from-imds", CMD)?.trim(), "user data from IMDS");
+    assert_eq!(vm.run_ok("hostname", CMD)?.trim(), "ip-169-254-0-15.ec2.internal", "the metadata's hostname");
+    let (ok, out, err) = ssh(ssh_port, "core", &launch_key, "id -un")?;
+    assert!(ok && out.trim() == "core", "the EC2 launch key does not log in as core: {err}");
     Ok(())
 }
 
