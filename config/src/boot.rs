@@ -273,6 +273,26 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
     Report { lines, status }
 }
 
+/// Appends one boot's `lines` to the log at `path` under a header with the time; a log over
+/// `max` bytes becomes `path.1` first (one older file is kept).
+pub fn append_log(path: &Path, max: u64, unix_now: u64, lines: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().expect("a parent"))?;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > max) {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        std::fs::rename(path, old)?;
+    }
+    let mut text = format!("== boot at unix {unix_now}\n");
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
 fn changes(changed: &[String]) -> String {
     match changed.len() {
         0 => "no changes".to_string(),
@@ -397,6 +417,18 @@ mod tests {
         let r = configure(&h, found(""), 0);
         assert_eq!(r.status.outcome, Outcome::None, "{:?}", r.lines);
         assert!(!t.path().join("etc/hostname").exists());
+    }
+
+    #[test]
+    fn each_boot_is_appended_to_the_log_and_a_full_log_rolls_over() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("log/cloud-config.log");
+        append_log(&log, 100, 1, &["first".into()]).unwrap();
+        append_log(&log, 100, 2, &["second".into()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "== boot at unix 1\nfirst\n== boot at unix 2\nsecond\n");
+        append_log(&log, 10, 3, &["third".into()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "== boot at unix 3\nthird\n");
+        assert!(std::fs::read_to_string(t.path().join("log/cloud-config.log.1")).unwrap().contains("second"));
     }
 
     fn machine(dir: &Path, cmdline: &str) -> Machine {

@@ -33,24 +33,9 @@ impl Say {
         self.0.push(msg.to_string());
     }
 
-    /// Appends this boot's lines to `LOG` under a header with the time; a full log becomes
-    /// `LOG.1` first.
     fn keep(&self) -> std::io::Result<()> {
-        use std::io::Write;
-        let path = Path::new(LOG);
-        std::fs::create_dir_all(path.parent().expect("a parent"))?;
-        if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_MAX) {
-            std::fs::rename(path, path.with_extension("log.1"))?;
-        }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let mut text = format!("== boot at unix {now}\n");
-        for l in &self.0 {
-            text.push_str(l);
-            text.push('\n');
-        }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
+        cairn_config::boot::append_log(Path::new(LOG), LOG_MAX, now, &self.0)
     }
 }
 
