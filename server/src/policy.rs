@@ -65,6 +65,14 @@ pub struct HostView<'a> {
     /// The version this host was granted and has not reported on yet, if any.
     pub outstanding_grant: Option<&'a str>,
     pub rolled_back: &'a [String],
+    /// The agent's state as the host reported it (`idle`, `assessing`, ...).
+    pub state: &'a str,
+}
+
+/// States in which a host is busy with a release already (staged, rebooting into it, or
+/// assessing it): it reports them without asking for another, so none is granted.
+pub fn busy(state: &str) -> bool {
+    matches!(state, "downloading" | "verifying" | "staged" | "waiting-to-reboot" | "rebooting" | "assessing")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +121,9 @@ pub fn decide(
     // A host that holds a grant gets the same offer again (its download may have broken).
     if host.outstanding_grant == Some(target) {
         return Decision::Offer { version: target.to_string(), new_grant: false };
+    }
+    if busy(host.state) {
+        return no("the host is busy with another release");
     }
     if halted {
         return no("the group's rollout is halted");
@@ -175,7 +186,8 @@ mod tests {
                 Some((_, Outcome::Pending)) => Some("2"),
                 _ => None,
             };
-            let host = HostView { instance_id: id, version, outstanding_grant: outstanding, rolled_back: &[] };
+            let host =
+                HostView { instance_id: id, version, outstanding_grant: outstanding, rolled_back: &[], state: "idle" };
             let d = decide(p, self.halted, Some("2"), &counts, &host);
             if let Decision::Offer { new_grant: true, .. } = d {
                 self.grants.insert(id.to_string(), (now, Outcome::Pending));
@@ -265,7 +277,8 @@ mod tests {
     #[test]
     fn paused_pinned_percentage_and_up_to_date() {
         let counts = RolloutCounts::default();
-        let host = |v| HostView { instance_id: "h", version: v, outstanding_grant: None, rolled_back: &[] };
+        let host =
+            |v| HostView { instance_id: "h", version: v, outstanding_grant: None, rolled_back: &[], state: "idle" };
         let paused = GroupPolicy { updates_enabled: false, ..Default::default() };
         assert!(!offered(&decide(&paused, false, Some("2"), &counts, &host("1"))));
         assert!(!offered(&decide(&GroupPolicy::default(), false, Some("2"), &counts, &host("2"))));
@@ -275,6 +288,14 @@ mod tests {
         let rolled = vec!["2".to_string()];
         let h = HostView { rolled_back: &rolled, ..host("1") };
         assert!(!offered(&decide(&GroupPolicy::default(), false, Some("2"), &counts, &h)));
+        // A host assessing (or waiting to reboot into) a release reports it; it gets no new grant.
+        for state in ["assessing", "waiting-to-reboot"] {
+            let h = HostView { state, ..host("1") };
+            assert_eq!(
+                decide(&GroupPolicy::default(), false, Some("2"), &counts, &h),
+                Decision::NoUpdate("the host is busy with another release".into())
+            );
+        }
         // 30%: roughly 30 of 1000 hosts per 100, stably, and 60% keeps every one of them.
         let in30: Vec<String> = (0..1000).map(|i| format!("h{i}")).filter(|id| in_percentage(id, 30)).collect();
         assert!((250..350).contains(&in30.len()), "{}", in30.len());

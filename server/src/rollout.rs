@@ -159,6 +159,7 @@ impl Server {
             version: &c.version,
             outstanding_grant: outstanding.as_deref(),
             rolled_back: &c.rolled_back,
+            state: &c.state,
         };
 
         let (target, offer) = match &view.target {
@@ -228,6 +229,7 @@ impl Server {
             version: &instance.version,
             outstanding_grant: None,
             rolled_back: &instance.rolled_back,
+            state: &instance.state,
         };
         let decision = decide(&g.policy, halted != 0, target, &counts, &host);
         if let Decision::Offer { version, new_grant: true } = &decision {

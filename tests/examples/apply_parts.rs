@@ -1,6 +1,6 @@
 //! Times each part of the apply pipeline alone on the bench-apply image (run cairn-bench-apply
 //! first): where the time goes. A debugging aid, not a benchmark of record.
-use cairn_agent::source::Transport;
+use cairn_agent::ports::Transport;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::time::{Duration, Instant};

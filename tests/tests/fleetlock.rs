@@ -346,18 +346,22 @@ fn updatectl_shows_and_fixes_the_reboot_lock() -> Result<()> {
 /// The agent's FleetLock client against the server.
 #[test]
 fn the_agent_client_takes_and_gives_back_slots() -> Result<()> {
-    use cairn_agent::fleetlock::{FleetLockClient, RebootLock};
+    use cairn_agent::fleetlock::FleetLockClient;
+    use cairn_agent::ports::{LockError, RebootLock};
     let s = InProcess::start(Backend::Sqlite)?;
     let timeout = Duration::from_secs(10);
-    let a = FleetLockClient::new(&s.url, "host-a", "default", timeout).map_err(anyhow::Error::msg)?;
-    let b = FleetLockClient::new(&s.url, "host-b", "default", timeout).map_err(anyhow::Error::msg)?;
-    a.lock().map_err(anyhow::Error::msg)?;
+    let a = FleetLockClient::new(&s.url, "host-a", "default", timeout)?;
+    let b = FleetLockClient::new(&s.url, "host-b", "default", timeout)?;
+    a.lock()?;
     let refused = b.lock().unwrap_err();
-    assert!(refused.contains("failed_lock") && refused.contains("host-a"), "{refused}");
-    a.unlock().map_err(anyhow::Error::msg)?;
-    b.lock().map_err(anyhow::Error::msg)?;
-    let nowhere = FleetLockClient::new(&s.url, "host-c", "nope", timeout).map_err(anyhow::Error::msg)?;
-    assert!(nowhere.lock().unwrap_err().contains("unknown_group"));
+    assert!(
+        matches!(&refused, LockError::Refused { kind, value, .. } if kind == "failed_lock" && value.contains("host-a")),
+        "{refused}"
+    );
+    a.unlock()?;
+    b.lock()?;
+    let nowhere = FleetLockClient::new(&s.url, "host-c", "nope", timeout)?;
+    assert!(matches!(nowhere.lock(), Err(LockError::Refused { kind, .. }) if kind == "unknown_group"));
     Ok(())
 }
 

@@ -514,14 +514,18 @@ fn updatectl_manages_channels_packages_groups_and_rollouts() -> Result<()> {
 /// against a real server.
 #[test]
 fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<()> {
-    use cairn_agent::http::{HttpTransport, retryable};
+    use cairn_agent::http::HttpTransport;
+    use cairn_agent::ports::{Offered, ReleaseSource, RolloutServer};
     use cairn_agent::server::HttpRolloutServer;
-    use cairn_agent::source::{RolloutServer, check_server};
+    use cairn_agent::source::ServerSource;
     use cairn_release::checkin::{CheckIn, Event, EventKind};
     let s = InProcess::start(Backend::Sqlite)?;
     s.release("2", "stable")?;
-    let server = HttpRolloutServer::new(&s.url, std::time::Duration::from_secs(10))?;
-    let transport = HttpTransport::new(&s.url, std::time::Duration::from_secs(10))?;
+    let server = std::sync::Arc::new(HttpRolloutServer::new(&s.url, std::time::Duration::from_secs(10))?);
+    let source = |key: &SecretKey| -> Result<ServerSource> {
+        let transport = Box::new(HttpTransport::new(&s.url, std::time::Duration::from_secs(10))?);
+        Ok(ServerSource { server: server.clone(), transport, trusted: vec![key.public()] })
+    };
     let checkin = CheckIn {
         format: 1,
         instance_id: "0123456789abcdef0123456789abcdef".into(),
@@ -533,13 +537,12 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
         rolled_back: vec![],
     };
     let now = (SystemClock.now_ms() / 1000) as u64;
-    let state = cairn_agent::state::AgentState::default();
-    let candidate = check_server(&server, &transport, &[release_key().public()], now, &checkin, &state)?
-        .map_err(anyhow::Error::msg)?;
+    let trusted = source(&release_key())?;
+    let Offered::Release(offer) = trusted.offer(&checkin, now)? else { anyhow::bail!("no offer") };
+    let candidate = trusted.fetch(&offer, "cairn", now)?;
     assert_eq!((candidate.release.version.as_str(), candidate.path.as_str()), ("2", "v1/packages/2"));
     // Another key: the offer is not trusted.
-    let foreign = check_server(&server, &transport, &[SecretKey::from_seed([3; 32]).public()], now, &checkin, &state);
-    assert!(foreign.is_err());
+    assert!(source(&SecretKey::from_seed([3; 32]))?.fetch(&offer, "cairn", now).is_err());
     let event = Event {
         format: 1,
         instance_id: checkin.instance_id.clone(),
@@ -550,7 +553,7 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
     server.report(&event)?;
     let unknown = Event { instance_id: "nobody".into(), ..event };
     let e = server.report(&unknown).unwrap_err();
-    assert!(e.to_string().contains("unknown instance") && !retryable(&e), "{e}");
+    assert!(e.to_string().contains("unknown instance") && !e.is_transient(), "{e}");
     let events = s.admin().ok("GET", "/v1/admin/events", &Value::Null)?;
     assert_eq!(events.as_array().map(Vec::len), Some(2), "granted + staged: {events}");
     Ok(())

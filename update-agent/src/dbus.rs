@@ -3,7 +3,8 @@
 //! every change. The bus policy (/usr/share/dbus-1/system.d/org.cairn.Update1.conf) lets only
 //! root call methods; anyone may read.
 
-use crate::agent::{Command, Status};
+use crate::core::Command;
+use crate::core::status::Status;
 use std::sync::mpsc::Sender;
 use tokio::sync::watch;
 use zbus::fdo;

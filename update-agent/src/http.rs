@@ -2,7 +2,7 @@
 //! download where it broke (a reset, a hang past the read timeout, a 5xx), waiting longer after
 //! each failure. The wait is a parameter so tests do not sleep.
 
-use crate::source::{SourceError, Transport};
+use crate::ports::{FetchError, SourceError, Transport};
 use std::io::Read;
 use std::time::Duration;
 
@@ -24,18 +24,20 @@ pub fn client(timeout: Duration) -> reqwest::Result<reqwest::blocking::Client> {
 
 impl HttpTransport {
     pub fn new(base: &str, read_timeout: Duration) -> Result<HttpTransport, SourceError> {
-        let client =
-            client(read_timeout).map_err(|e| SourceError::Fetch { path: base.into(), message: e.to_string() })?;
+        let client = client(read_timeout).map_err(|e| SourceError::fetch(base)(network(e)))?;
         Ok(HttpTransport { base: base.trim_end_matches('/').to_string(), client })
     }
 }
 
-/// Whether a failure is worth retrying (the network or the server's side, not a refusal).
-pub fn retryable(e: &SourceError) -> bool {
-    match e {
-        SourceError::Fetch { message, .. } => !message.starts_with("HTTP 4"),
-        _ => false,
+/// A client-side failure (no connection, a reset, a timeout), with its causes.
+pub fn network(e: reqwest::Error) -> FetchError {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
     }
+    FetchError::Network(text)
 }
 
 impl Transport for HttpTransport {
@@ -43,22 +45,22 @@ impl Transport for HttpTransport {
         // A rollout server may point at artifacts elsewhere by URL.
         let absolute = path.starts_with("https://") || path.starts_with("http://");
         let url = if absolute { path.to_string() } else { format!("{}/{path}", self.base) };
-        let fail = |message: String| SourceError::Fetch { path: path.into(), message };
+        let fail = SourceError::fetch(path);
         let mut req = self.client.get(&url);
         if offset > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }
-        let resp = req.send().map_err(|e| fail(e.to_string()))?;
+        let resp = req.send().map_err(|e| fail(network(e)))?;
         let status = resp.status();
         match (status.as_u16(), offset) {
             (200, 0) | (206, _) => Ok(Box::new(resp)),
             // A server without range support: skip what we have.
             (200, _) => {
                 let mut r = resp;
-                std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(|e| fail(e.to_string()))?;
+                std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(|e| fail(e.into()))?;
                 Ok(Box::new(r))
             }
-            (code, _) => Err(fail(format!("HTTP {code}"))),
+            (code, _) => Err(fail(FetchError::Status(code))),
         }
     }
 }
@@ -105,11 +107,11 @@ impl Read for ResumingReader<'_> {
             if self.inner.is_none() {
                 match self.transport.open(&self.path, self.offset) {
                     Ok(r) => self.inner = Some(r),
-                    Err(e) if retryable(&e) => {
-                        self.give_up_or_wait(std::io::Error::other(e.to_string()))?;
+                    Err(e) if e.is_transient() => {
+                        self.give_up_or_wait(std::io::Error::other(e))?;
                         continue;
                     }
-                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                    Err(e) => return Err(std::io::Error::other(e)),
                 }
             }
             match self.inner.as_mut().expect("opened").read(buf) {
@@ -140,6 +142,7 @@ mod tests {
         /// Send half the body, then reset the connection.
         CutHalfway,
         Status500,
+        Status404,
         /// Ignore Range and send the whole file with 200.
         NoRanges,
         /// Send half the body, then stall with the connection open.
@@ -175,6 +178,10 @@ mod tests {
                     Some(Fault::Status500) => {
                         let _ =
                             stream.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    }
+                    Some(Fault::Status404) => {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                     }
                     Some(Fault::NoRanges) => {
                         let _ = write!(
@@ -270,6 +277,11 @@ mod tests {
         let e = ResumingReader::new(&t, "x", 2, &wait).read_to_end(&mut got).unwrap_err();
         assert!(e.to_string().contains("HTTP 500"), "{e}");
         assert_eq!(log.lock().unwrap().len(), 3);
-        assert!(!retryable(&SourceError::Fetch { path: "x".into(), message: "HTTP 404".into() }));
+        // A refusal is final: one request, no retry.
+        let (base, log) = serve(body(), vec![Fault::Status404]);
+        let t = HttpTransport::new(&base, Duration::from_secs(10)).unwrap();
+        let e = ResumingReader::new(&t, "x", 2, &wait).read_to_end(&mut got).unwrap_err();
+        assert!(e.to_string().contains("HTTP 404"), "{e}");
+        assert_eq!(log.lock().unwrap().len(), 1, "not retried");
     }
 }

@@ -1,20 +1,23 @@
-//! The Cairn update agent: the streaming apply pipeline, boot entries on the ESP, the update
-//! state machine, the agent's decisions and the host and D-Bus around them. `cairn-agent`
-//! (src/main.rs) is the service.
+//! The Cairn update agent. `core` decides (no I/O); `driver` carries its requests out through
+//! the traits in `ports`; the rest implements those ports: `source` (feeds and rollout
+//! servers), `http`, `server` and `fleetlock` (the network), `update` with `apply`, `slots` and
+//! `entries` (writing a release), `store` (the state file), `linux` (the real host), `dbus`
+//! (`org.cairn.Update1`). `cairn-agent` (src/main.rs) is the service.
 
-pub mod agent;
 pub mod apply;
+pub mod core;
 pub mod dbus;
+pub mod driver;
 pub mod entries;
 pub mod failpoint;
 pub mod fleetlock;
-pub mod host;
 pub mod http;
-pub mod initctl;
+pub mod linux;
+pub mod ports;
 pub mod server;
 pub mod slots;
 pub mod source;
-pub mod state;
+pub mod store;
 pub mod update;
 
 #[cfg(test)]

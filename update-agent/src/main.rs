@@ -2,10 +2,15 @@
 //! I/O: downloads, partition writes); the main thread serves the D-Bus API on a small tokio
 //! runtime. They share the status through a watch channel and commands through a queue.
 
-use cairn_agent::agent::{Agent, AgentParts, Command, Status, SystemClock};
-use cairn_agent::fleetlock::{FleetLockClient, RebootLock};
-use cairn_agent::host::{LinuxHost, Running};
-use cairn_agent::source::{DirTransport, RolloutServer, Transport};
+use anyhow::{Context, bail};
+use cairn_agent::core::status::Status;
+use cairn_agent::core::{Command, Identity};
+use cairn_agent::driver::{Driver, Ports, Publish};
+use cairn_agent::fleetlock::FleetLockClient;
+use cairn_agent::linux::host::{LinuxHost, detect_running};
+use cairn_agent::ports::{RebootLock, ReleaseSource, RolloutServer, SystemClock, Transport};
+use cairn_agent::source::{DirTransport, Feed, ServerSource};
+use cairn_agent::store::StateFile;
 use cairn_agent::{dbus, http};
 use cairn_release::keys::PublicKey;
 use cairn_release::update_config::{self, Strategy, UpdateConfig, UpdateSettings};
@@ -18,11 +23,13 @@ use std::time::Duration;
 const STATE_FILE: &str = "/var/lib/cairn/agent.json";
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn settings_file(path: &str) -> Result<UpdateSettings, String> {
+fn settings_file(path: &str) -> anyhow::Result<UpdateSettings> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| format!("{path}: {}", e.to_string().trim().replace('\n', " "))),
+        Ok(text) => {
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{path}: {}", e.to_string().trim().replace('\n', " ")))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UpdateSettings::default()),
-        Err(e) => Err(format!("{path}: {e}")),
+        Err(e) => Err(e).context(path.to_string()),
     }
 }
 
@@ -35,11 +42,11 @@ fn load_config() -> UpdateConfig {
     });
     let host = settings_file(update_config::HOST_FILE).and_then(|h| {
         let merged = image.overlay(&h);
-        merged.resolve().map_err(|e| format!("{}: {e}", update_config::HOST_FILE))?;
+        merged.resolve().map_err(|e| anyhow::anyhow!("{}: {e}", update_config::HOST_FILE))?;
         Ok(merged)
     });
     let merged = host.unwrap_or_else(|e| {
-        eprintln!("error: {e}; using the image's settings");
+        eprintln!("error: {e:#}; using the image's settings");
         image.clone()
     });
     merged.resolve().unwrap_or_else(|e| {
@@ -54,8 +61,8 @@ fn trusted_keys(dir: &Path) -> Vec<PublicKey> {
         let path = e.path();
         if path.extension().is_some_and(|x| x == "pub") {
             match std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| PublicKey::parse(&t).map_err(|e| e.to_string()))
+                .map_err(anyhow::Error::from)
+                .and_then(|t| PublicKey::parse(&t).map_err(|e| anyhow::anyhow!("{e}")))
             {
                 Ok(k) => keys.push(k),
                 Err(e) => eprintln!("error: {}: {e}", path.display()),
@@ -65,41 +72,46 @@ fn trusted_keys(dir: &Path) -> Vec<PublicKey> {
     keys
 }
 
-fn transport(source: &str) -> Result<Box<dyn Transport>, String> {
+fn transport(source: &str) -> anyhow::Result<Box<dyn Transport>> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        Ok(Box::new(http::HttpTransport::new(source, READ_TIMEOUT).map_err(|e| e.to_string())?))
+        Ok(Box::new(http::HttpTransport::new(source, READ_TIMEOUT)?))
     } else {
         Ok(Box::new(DirTransport(PathBuf::from(source.strip_prefix("file://").unwrap_or(source)))))
     }
 }
 
-fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Command>) -> Result<(), String> {
+fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Result<()> {
     let config = load_config();
-    let host = LinuxHost::new(Running::detect()?)?;
+    let host = LinuxHost::new(detect_running()?).context("finding this host's disk")?;
     let trusted = trusted_keys(&Path::new("/").join(cairn_release::layout::TRUSTED_KEYS_DIR));
-    // With a rollout server, releases come from where it says (relative to the server).
-    let (transport, server) = match &config.server {
-        Some(url) => {
-            let server = cairn_agent::server::HttpRolloutServer::new(url, READ_TIMEOUT).map_err(|e| e.to_string())?;
-            (Some(transport(url)?), Some(Box::new(server) as Box<dyn RolloutServer>))
-        }
-        None => (config.source.as_deref().map(transport).transpose()?, None),
-    };
     let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
-    if server.is_some() && machine_id.is_empty() {
-        return Err("a rollout server is configured but /etc/machine-id is empty: the host has no identity".into());
-    }
+    // With a rollout server, releases come from where it says (relative to the server).
+    let (source, server): (Option<Box<dyn ReleaseSource>>, _) = match &config.server {
+        Some(url) => {
+            if machine_id.is_empty() {
+                bail!("a rollout server is configured but /etc/machine-id is empty: the host has no identity");
+            }
+            let server: Arc<dyn RolloutServer> =
+                Arc::new(cairn_agent::server::HttpRolloutServer::new(url, READ_TIMEOUT)?);
+            let source = ServerSource { server: server.clone(), transport: transport(url)?, trusted: trusted.clone() };
+            (Some(Box::new(source)), Some(server))
+        }
+        None => match &config.source {
+            Some(s) => (Some(Box::new(Feed { transport: transport(s)?, trusted: trusted.clone() })), None),
+            None => (None, None),
+        },
+    };
     let lock = match (&config.lock_server, config.strategy) {
         (Some(url), Strategy::FleetLock) => {
             if machine_id.is_empty() {
-                return Err("strategy fleetlock but /etc/machine-id is empty: the host has no identity".into());
+                bail!("strategy fleetlock but /etc/machine-id is empty: the host has no identity");
             }
             let client = FleetLockClient::new(url, &machine_id, &config.lock_group, READ_TIMEOUT)?;
             Some(Box::new(client) as Box<dyn RebootLock>)
         }
         _ => None,
     };
-    let source = match &config.server {
+    let described = match &config.server {
         Some(url) => format!("server {url} (group {})", config.group),
         None => config.source.clone().unwrap_or_else(|| "(none)".into()),
     };
@@ -108,29 +120,26 @@ fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Com
         host.running.os_id,
         host.running.version,
         host.running.slot.letter(),
-        source,
+        described,
         config.strategy.as_str(),
         config.interval.as_secs(),
         trusted.len()
     );
     let seed = std::fs::read("/etc/machine-id").unwrap_or_default();
-    let mut agent = Agent::start(AgentParts {
+    let ports = Ports {
         host,
         clock: SystemClock,
-        config,
-        trusted,
-        transport,
+        source,
         server,
-        instance_id: machine_id,
         lock,
-        state_path: PathBuf::from(STATE_FILE),
-        seed,
+        state_file: StateFile(PathBuf::from(STATE_FILE)),
         publish,
         wait: Box::new(std::thread::sleep),
-    })?;
+    };
+    let mut driver = Driver::start(ports, config, Identity { instance_id: machine_id, seed })?;
     let mut command = None;
     loop {
-        let wait = agent.step(command.take());
+        let wait = driver.step(command.take());
         command = match commands.recv_timeout(wait) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
@@ -141,7 +150,7 @@ fn run_worker(publish: cairn_agent::agent::Publish, commands: mpsc::Receiver<Com
 
 fn main() -> ExitCode {
     let (status_tx, status_rx) = tokio::sync::watch::channel(Status::default());
-    let publish: cairn_agent::agent::Publish = Arc::new(move |s: &Status| {
+    let publish: Publish = Arc::new(move |s: &Status| {
         status_tx.send_replace(s.clone());
     });
     let (command_tx, command_rx) = mpsc::channel();
@@ -176,7 +185,7 @@ fn main() -> ExitCode {
     match worker.join() {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
         Err(_) => ExitCode::FAILURE,

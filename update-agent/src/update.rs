@@ -1,14 +1,14 @@
-//! One update, from a verified candidate to a staged boot entry: the `/usr` image streamed into
-//! the inactive partition and verified, the partition bound to the release, the UKI verified and
-//! installed as a counted entry. State is saved at each step; a crash anywhere leaves the
-//! running slot and its entry untouched, and the next attempt starts over cleanly.
+//! One update, from a verified candidate to a staged boot entry, in two steps the core asks for
+//! one after the other (saving its phase in between): `write_usr` streams the `/usr` image into
+//! the inactive partition and verifies it; `install_entry` binds the partition to the release
+//! and installs the verified UKI as a counted entry. A crash anywhere leaves the running slot
+//! and its entry untouched, and the next attempt starts over cleanly.
 
 use crate::apply::{self, ApplyError};
 use crate::entries;
 use crate::http::ResumingReader;
+use crate::ports::{Candidate, Esp, EspError, SourceError, Transport};
 use crate::slots::{self, SlotError};
-use crate::source::{Candidate, SourceError, Transport};
-use crate::state::{AgentState, Phase, StateError};
 use cairn_release::gpt::Slot;
 use cairn_release::manifest::ArtifactKind;
 
@@ -24,10 +24,16 @@ pub enum UpdateError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Slot(#[from] SlotError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("{0}")]
-    Io(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("writing the boot entry: {0}")]
+    Esp(#[from] EspError),
+    #[error("finding the inactive slot: {0}")]
+    Host(#[from] crate::ports::HostError),
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> UpdateError {
+    move |source| UpdateError::Io { what, source }
 }
 
 /// Where the update goes on this host.
@@ -59,11 +65,11 @@ fn stage_file(
     dest: &Path,
     wait: &(dyn Fn(std::time::Duration) + Sync),
 ) -> Result<(), UpdateError> {
-    let io = |e: std::io::Error| UpdateError::Io(format!("staging {} in {}: {e}", artifact.name, dest.display()));
-    std::fs::create_dir_all(dest.parent().unwrap_or(Path::new("/"))).map_err(io)?;
+    let what = || format!("staging {} in {}", artifact.name, dest.display());
+    std::fs::create_dir_all(dest.parent().unwrap_or(Path::new("/"))).map_err(io(what()))?;
     let stream = ResumingReader::new(transport, path, DOWNLOAD_RETRIES, wait).take(artifact.size + 1);
     let mut stream = apply::HashingReader::new(stream);
-    let mut f = File::create(dest).map_err(io)?;
+    let mut f = File::create(dest).map_err(io(what()))?;
     std::io::copy(&mut stream, &mut f).map_err(|e| UpdateError::Apply(ApplyError::Read(e)))?;
     let (sha, count) = stream.finish();
     if count != artifact.size || sha != artifact.sha256 {
@@ -79,20 +85,6 @@ fn stage_file(
 
 /// Broken downloads are resumed this many times before the attempt fails.
 const DOWNLOAD_RETRIES: u32 = 6;
-
-/// The ESP's `EFI/Linux` directory, made available for `f` (a host mounts the ESP around it).
-pub trait Esp {
-    fn with_entries(&self, f: &mut dyn FnMut(&Path) -> std::io::Result<()>) -> Result<(), String>;
-}
-
-/// An ESP that is a directory already (tests, or an ESP mounted by the administrator).
-pub struct EntriesDir(pub std::path::PathBuf);
-
-impl Esp for EntriesDir {
-    fn with_entries(&self, f: &mut dyn FnMut(&Path) -> std::io::Result<()>) -> Result<(), String> {
-        f(&self.0).map_err(|e| format!("{}: {e}", self.0.display()))
-    }
-}
 
 /// The download stream, counted for progress; stops at the `mid-download` failpoint halfway.
 struct Progress<'a, R> {
@@ -150,69 +142,58 @@ impl Seek for Window {
     }
 }
 
-/// Installs `candidate` into `target`, saving `state` to `state_path` at each step. Ends in
-/// `Staged`; rebooting is the caller's (strategy's) decision.
-pub fn install(
-    candidate: &Candidate,
-    transport: &dyn Transport,
-    target: &Target,
-    state: &mut AgentState,
-    state_path: &Path,
-) -> Result<(), UpdateError> {
-    let r = &candidate.release;
-    let version = r.version.clone();
-    let save = |s: &AgentState| s.save(state_path).map_err(UpdateError::Io);
-    state.transition(Phase::Downloading { version: version.clone() })?;
-    save(state)?;
-
-    // /usr into the inactive partition, checked as it streams and re-read afterwards.
-    let usr = r.artifact(ArtifactKind::Usr);
+/// Streams the candidate's `/usr` into the target partition, checking it as it streams.
+pub fn write_usr(candidate: &Candidate, transport: &dyn Transport, target: &Target) -> Result<(), UpdateError> {
+    let usr = candidate.release.artifact(ArtifactKind::Usr);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(target.partition)
-        .map_err(|e| UpdateError::Io(format!("opening {}: {e}", target.partition.display())))?;
+        .map_err(io(format!("opening {}", target.partition.display())))?;
     let mut window = Window { file, start: target.partition_offset, len: target.partition_size, pos: 0 };
-    let stream =
-        ResumingReader::new(transport, &format!("{}/{}", candidate.path, usr.name), DOWNLOAD_RETRIES, target.wait);
+    let path = format!("{}/{}", candidate.path, usr.name);
+    let stream = ResumingReader::new(transport, &path, DOWNLOAD_RETRIES, target.wait);
     let stream = Progress { inner: stream, done: 0, total: usr.size, report: target.progress };
-    let written = apply::write_usr(stream, usr, &mut window, target.partition_size)?;
-    state.transition(Phase::Verifying { version: version.clone() })?;
-    save(state)?;
+    apply::write_usr(stream, usr, &mut window, target.partition_size)?;
+    Ok(())
+}
 
-    // Bind the partition to the release: now stage 1 can find it by the root hash.
+/// After `write_usr`: binds the partition to the release (stage 1 then finds it by the root
+/// hash) and installs the release's UKI, verified on ROOT first, as a counted boot entry.
+pub fn install_entry(candidate: &Candidate, transport: &dyn Transport, target: &Target) -> Result<(), UpdateError> {
+    let r = &candidate.release;
+    let root_hash: [u8; 32] = (r.artifact(ArtifactKind::Usr).verity.as_ref())
+        .and_then(|v| hex::decode(&v.root_hash).ok())
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ApplyError::Verity("the release names no 32-byte verity root hash".into()))?;
     let mut disk = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(target.disk)
-        .map_err(|e| UpdateError::Io(format!("opening {}: {e}", target.disk.display())))?;
-    slots::bind(&mut disk, target.slot, target.running_slot, &written.root_hash)?;
+        .map_err(io(format!("opening {}", target.disk.display())))?;
+    slots::bind(&mut disk, target.slot, target.running_slot, &root_hash)?;
     // The new GPT sits in the block device's page cache until synced; the entry written next
     // must never reach the disk before it does.
-    disk.sync_all().map_err(|e| UpdateError::Io(format!("syncing the GPT of {}: {e}", target.disk.display())))?;
+    disk.sync_all().map_err(io(format!("syncing the GPT of {}", target.disk.display())))?;
     crate::failpoint::hit("after-usr");
 
-    // The UKI: small, fetched whole, verified before it touches the ESP.
-    // The UKI: staged on ROOT and verified before anything touches the ESP, then copied there.
     let uki = r.artifact(ArtifactKind::Uki);
     let staged = target.staging_dir.join("uki.efi.partial");
     stage_file(transport, &format!("{}/{}", candidate.path, uki.name), uki, &staged, target.wait)?;
-    let installed = target
-        .esp
-        .with_entries(&mut |dir| entries::install(dir, &r.os_id, &version, &staged, target.running_version).map(drop))
-        .map_err(|e| UpdateError::Io(format!("writing the boot entry: {e}")));
+    let installed = target.esp.with_entries(&mut |dir| {
+        entries::install(dir, &r.os_id, &r.version, &staged, target.running_version).map(drop)
+    });
     let _ = std::fs::remove_file(&staged);
-    installed?;
-    state.transition(Phase::Staged { version })?;
-    save(state)?;
-    Ok(())
+    Ok(installed?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{DirTransport, check};
+    use crate::ports::{EntriesDir, Offered, ReleaseSource};
+    use crate::source::{DirTransport, Feed};
     use crate::testkit::{World, esp_names, world};
+    use cairn_release::checkin::CheckIn;
     use cairn_release::keys::SecretKey;
 
     fn target<'a>(w: &'a World, esp: &'a EntriesDir) -> (slots::UsrPartition, Target<'a>) {
@@ -234,45 +215,50 @@ mod tests {
         (b, t)
     }
 
-    /// The feed of `w` checked by a host running 1.0.0: the candidate, in the checking state.
-    fn checked(w: &World) -> (DirTransport, AgentState, crate::source::Candidate) {
-        let transport = DirTransport(w.feed.clone());
-        let mut state = AgentState::default();
-        state.transition(Phase::Checking).unwrap();
-        let c = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap();
-        (transport, state, c)
+    fn feed(w: &World, key: &SecretKey) -> Feed {
+        Feed { transport: Box::new(DirTransport(w.feed.clone())), trusted: vec![key.public()] }
+    }
+
+    fn checkin() -> CheckIn {
+        CheckIn {
+            format: 1,
+            instance_id: "m".into(),
+            group: "default".into(),
+            os_id: "cairn".into(),
+            version: "1.0.0".into(),
+            slot: "a".into(),
+            state: "idle".into(),
+            rolled_back: vec![],
+        }
+    }
+
+    /// The feed of `w` checked at time `now`: the verified candidate.
+    fn candidate(feed: &Feed, now: u64) -> Result<Candidate, SourceError> {
+        match feed.offer(&checkin(), now)? {
+            Offered::Release(offer) => feed.fetch(&offer, "cairn", now),
+            Offered::Nothing(why) => panic!("nothing offered: {why}"),
+        }
+    }
+
+    fn install(c: &Candidate, transport: &dyn Transport, t: &Target) -> Result<(), UpdateError> {
+        write_usr(c, transport, t)?;
+        install_entry(c, transport, t)
     }
 
     #[test]
     fn a_verified_release_is_staged_into_the_other_slot() {
         let w = world("2.0.0");
-        let (transport, mut state, c) = checked(&w);
+        let feed = feed(&w, &w.key);
+        let c = candidate(&feed, 500).unwrap();
         let esp = EntriesDir(w.esp.clone());
         let (_, t) = target(&w, &esp);
-        install(&c, &transport, &t, &mut state, &w.state).unwrap();
-        assert_eq!(state.phase, Phase::Staged { version: "2.0.0".into() });
-        assert_eq!(AgentState::load(&w.state).unwrap().phase, state.phase, "persisted");
+        install(&c, feed.transport(), &t).unwrap();
         // USR-B now carries the release's identity; USR-A and the running entry are untouched.
         let root = c.release.artifact(ArtifactKind::Usr).verity.as_ref().unwrap().root_hash.clone();
         let mut f = File::open(&w.disk).unwrap();
         assert_eq!(slots::find(&mut f, Slot::B).unwrap().uuid.to_string().replace('-', ""), root[..32]);
         assert_eq!(slots::find(&mut f, Slot::A).unwrap().uuid, cairn_release::gpt::Guid::from_gpt_bytes([2; 16]));
         assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
-    }
-
-    #[test]
-    fn nothing_newer_or_a_rolled_back_version_installs_nothing() {
-        let w = world("1.0.0");
-        let transport = DirTransport(w.feed.clone());
-        let state = AgentState::default();
-        let why = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap_err();
-        assert!(why.contains("not newer"), "{why}");
-        let w = world("3.0.0");
-        let transport = DirTransport(w.feed.clone());
-        let mut state = AgentState::default();
-        state.rolled_back.push("3.0.0".into());
-        let why = check(&transport, &[w.key.public()], 500, "cairn", "1.0.0", &state).unwrap().unwrap_err();
-        assert!(why.contains("rolled back"), "{why}");
     }
 
     #[test]
@@ -284,10 +270,11 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&usr, bytes).unwrap();
-        let (transport, mut state, c) = checked(&w);
+        let feed_ = feed(&w, &w.key);
+        let c = candidate(&feed_, 500).unwrap();
         let esp = EntriesDir(w.esp.clone());
         let (before, t) = target(&w, &esp);
-        assert!(install(&c, &transport, &t, &mut state, &w.state).is_err());
+        assert!(matches!(write_usr(&c, feed_.transport(), &t), Err(UpdateError::Apply(_))));
         let mut f = File::open(&w.disk).unwrap();
         assert_eq!(slots::find(&mut f, Slot::B).unwrap().uuid, before.uuid, "USR-B not bound");
         assert_eq!(esp_names(&w), ["cairn-1.0.0.efi"], "ESP unchanged");
@@ -295,19 +282,19 @@ mod tests {
         // A tampered UKI: refused before the ESP is written.
         let w = world("2.0.0");
         std::fs::write(w.feed.join("releases/2.0.0/cairn-2.0.0.efi"), b"evil uki!!").unwrap();
-        let (transport, mut state, c) = checked(&w);
+        let feed_ = feed(&w, &w.key);
+        let c = candidate(&feed_, 500).unwrap();
         let esp = EntriesDir(w.esp.clone());
         let (_, t) = target(&w, &esp);
-        let e = install(&c, &transport, &t, &mut state, &w.state).unwrap_err().to_string();
+        let e = install(&c, feed_.transport(), &t).unwrap_err().to_string();
         assert!(e.contains("UKI"), "{e}");
         assert_eq!(esp_names(&w), ["cairn-1.0.0.efi"], "ESP unchanged");
 
         // An index signed by another key, and an expired one: refused at the first step.
         let w = world("2.0.0");
-        let transport = DirTransport(w.feed.clone());
         let other = SecretKey::from_seed([8; 32]);
-        assert!(check(&transport, &[other.public()], 500, "cairn", "1.0.0", &AgentState::default()).is_err());
-        let e = check(&transport, &[w.key.public()], 20_000, "cairn", "1.0.0", &AgentState::default()).unwrap_err();
+        assert!(matches!(candidate(&feed(&w, &other), 500), Err(SourceError::Verify { .. })));
+        let e = candidate(&feed(&w, &w.key), 20_000).unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
     }
 }

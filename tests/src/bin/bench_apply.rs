@@ -11,7 +11,7 @@
 use anyhow::{Context, Result, bail};
 use cairn_agent::apply::write_usr;
 use cairn_agent::http::{HttpTransport, ResumingReader};
-use cairn_agent::source::Transport;
+use cairn_agent::ports::Transport;
 use cairn_release::manifest::{ArtifactKind, Release};
 use std::time::{Duration, Instant};
 

@@ -1,10 +1,11 @@
-//! The update state machine. Each state carries its data; transitions check their allowed
-//! predecessors; time is passed in (Unix seconds), never read here. The state is persisted as
-//! JSON under /var/lib/cairn (temp file, fsync, rename) so a crash or a reboot resumes it.
+//! The persisted part of the agent: the phase (each variant carries its data), the versions
+//! rolled back here, the backoff counter, the outbox and a held reboot slot. Transitions check
+//! their allowed predecessors in one table; time is passed in (Unix seconds), never read here.
+//! `crate::store` writes it to disk.
 
+use super::outbox::Outbox;
 use crate::entries::Assessment;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case", deny_unknown_fields)]
@@ -63,6 +64,45 @@ impl Phase {
             Phase::Error { .. } => "error",
         }
     }
+
+    /// The version this phase is in the middle of installing or booting, if any.
+    pub fn in_flight(&self) -> Option<&str> {
+        match self {
+            Phase::Downloading { version }
+            | Phase::Verifying { version }
+            | Phase::Staged { version }
+            | Phase::WaitingToReboot { version }
+            | Phase::Rebooting { version, .. }
+            | Phase::Assessing { version, .. } => Some(version),
+            _ => None,
+        }
+    }
+
+    /// A release is staged: its entry is on the ESP, waiting for (or past) the reboot.
+    pub fn staged(&self) -> Option<&str> {
+        match self {
+            Phase::Staged { version } | Phase::WaitingToReboot { version } | Phase::Rebooting { version, .. } => {
+                Some(version)
+            }
+            _ => None,
+        }
+    }
+
+    /// Nothing in flight: the host runs what it will keep running.
+    pub fn settled(&self) -> bool {
+        matches!(self, Phase::Idle | Phase::Blessed { .. } | Phase::RolledBack { .. } | Phase::Error { .. })
+    }
+
+    /// The phase and the version it is about, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Phase::Blessed { version } | Phase::RolledBack { version } => format!("{} {version}", self.name()),
+            _ => match self.in_flight() {
+                Some(v) => format!("{} {v}", self.name()),
+                None => self.name().to_string(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,23 +129,12 @@ pub struct AgentState {
     pub failures: u32,
     /// Events for the rollout server not yet acknowledged by it, oldest first; sent again at
     /// the next check-in so that a network blip does not turn a success into a timeout.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unreported: Vec<PendingEvent>,
+    #[serde(default, skip_serializing_if = "Outbox::is_empty")]
+    pub unreported: Outbox,
     /// The host may hold a FleetLock reboot slot it must give back once it is steady.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lock_to_release: bool,
 }
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingEvent {
-    pub kind: cairn_release::checkin::EventKind,
-    pub version: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The most events kept for the server; older ones are dropped first.
-pub const MAX_UNREPORTED: usize = 20;
 
 impl Default for AgentState {
     fn default() -> Self {
@@ -116,43 +145,13 @@ impl Default for AgentState {
             last_check: None,
             last_error: None,
             failures: 0,
-            unreported: vec![],
+            unreported: Outbox::default(),
             lock_to_release: false,
         }
     }
 }
 
-/// Retry delay after `attempts` consecutive errors: 30 s doubling to 1 h.
-pub fn backoff_secs(attempts: u32) -> u64 {
-    (30u64 << attempts.min(7)).min(3600)
-}
-
-/// When to check next: `interval` plus up to 10% jitter, derived from `seed` (the machine-id)
-/// and `now`, so a fleet does not check in lock-step.
-pub fn next_check(now: u64, interval: u64, seed: &[u8]) -> u64 {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::new().chain_update(seed).chain_update(now.to_le_bytes()).finalize();
-    let r = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
-    let jitter = interval / 10;
-    now + interval + if jitter == 0 { 0 } else { r % (jitter + 1) }
-}
-
 impl AgentState {
-    pub fn load(path: &Path) -> Result<AgentState, String> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
-    }
-
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        let err = |e: std::io::Error| format!("saving {}: {e}", path.display());
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(err)?;
-        let json = serde_json::to_vec_pretty(self).expect("serializable");
-        cairn_release::durable::write_atomic(path, &json, 0o600).map_err(err)
-    }
-
     /// Moves to `to` if the current state allows it.
     pub fn transition(&mut self, to: Phase) -> Result<(), StateError> {
         use Phase::*;
@@ -189,9 +188,10 @@ impl AgentState {
     /// Records a failure; the next attempt waits longer each time.
     pub fn fail(&mut self, message: String, now: u64) {
         let attempts = self.failures;
+        let retry_at = now + super::schedule::backoff_secs(attempts);
+        self.transition(Phase::Error { message: message.clone(), attempts, retry_at }).expect("every phase may fail");
         self.failures += 1;
-        self.last_error = Some(message.clone());
-        self.phase = Phase::Error { message, attempts, retry_at: now + backoff_secs(attempts) };
+        self.last_error = Some(message);
     }
 
     /// At the agent's start (after a boot, or a crash of the agent): where an update left off.
@@ -331,26 +331,10 @@ mod tests {
     }
 
     #[test]
-    fn errors_back_off_and_persisted_state_round_trips() {
+    fn errors_back_off() {
         let mut s = AgentState::default();
         s.fail("server hung".into(), 1000);
         s.fail("server hung".into(), 1030);
         assert_eq!(s.phase, Phase::Error { message: "server hung".into(), attempts: 1, retry_at: 1030 + 60 });
-        assert_eq!(backoff_secs(20), 3600);
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("state.json");
-        s.save(&p).unwrap();
-        assert_eq!(AgentState::load(&p).unwrap(), s);
-        assert_eq!(AgentState::load(&t.path().join("none.json")).unwrap(), AgentState::default());
-        std::fs::write(&p, b"{\"format\":1,\"bogus\":true}").unwrap();
-        assert!(AgentState::load(&p).is_err());
-    }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        for now in 0..200 {
-            let t = next_check(now, 600, b"machine");
-            assert!((now + 600..=now + 660).contains(&t), "{t}");
-        }
     }
 }

@@ -1,25 +1,27 @@
 //! cairn-init's control socket, as the agent uses it: is the host healthy (every required
 //! service running), and reboot (cairn_release::control).
 
+use crate::ports::HostError;
 use cairn_release::control::{Request, Response, call};
 use std::path::Path;
 
-fn ok(socket: &Path, req: &Request) -> Result<Response, String> {
-    let r = call(socket, req)?;
+fn ok(socket: &Path, req: &Request) -> Result<Response, HostError> {
+    let r = call(socket, req).map_err(HostError::Init)?;
     if !r.ok {
-        return Err(format!("cairn-init refused: {}", r.error.as_deref().unwrap_or("no reason given")));
+        return Err(HostError::Init(format!("refused: {}", r.error.as_deref().unwrap_or("no reason given"))));
     }
     Ok(r)
 }
 
 /// Healthy: every service marked required is running (what the ready line waits for).
-pub fn healthy(socket: &Path) -> Result<bool, String> {
+pub fn healthy(socket: &Path) -> Result<bool, HostError> {
     let r = ok(socket, &Request::Status)?;
-    let services = r.services.as_ref().and_then(|s| s.as_array()).ok_or("cairn-init's status lists no services")?;
+    let services = (r.services.as_ref().and_then(|s| s.as_array()))
+        .ok_or_else(|| HostError::Init("its status lists no services".into()))?;
     Ok(services.iter().filter(|s| s["required"] == true).all(|s| s["state"] == "running"))
 }
 
-pub fn reboot(socket: &Path) -> Result<(), String> {
+pub fn reboot(socket: &Path) -> Result<(), HostError> {
     ok(socket, &Request::Reboot).map(drop)
 }
 
@@ -48,12 +50,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let ok = r#"{"ok":true,"services":[{"name":"a","state":"running","required":true},{"name":"b","state":"backoff","required":false}]}
 "#;
-        assert_eq!(healthy(&serve_once(t.path(), ok)), Ok(true));
+        assert!(healthy(&serve_once(t.path(), ok)).unwrap());
         let bad = r#"{"ok":true,"services":[{"name":"a","state":"starting","required":true}]}
 "#;
-        assert_eq!(healthy(&serve_once(t.path(), bad)), Ok(false));
+        assert!(!healthy(&serve_once(t.path(), bad)).unwrap());
         let refused = "{\"ok\":false,\"error\":\"shutting down\"}\n";
-        assert!(reboot(&serve_once(t.path(), refused)).unwrap_err().contains("shutting down"));
-        assert!(healthy(&t.path().join("none.sock")).unwrap_err().contains("connecting"));
+        assert!(reboot(&serve_once(t.path(), refused)).unwrap_err().to_string().contains("shutting down"));
+        assert!(healthy(&t.path().join("none.sock")).unwrap_err().to_string().contains("connecting"));
     }
 }
