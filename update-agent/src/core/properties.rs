@@ -7,7 +7,9 @@
 
 use super::*;
 use crate::entries::Assessment;
-use crate::ports::FetchError;
+use crate::ports::{FetchError, SourceError};
+use crate::update::UpdateError;
+use cairn_release::checkin::Offer;
 use cairn_release::gpt::Slot;
 use cairn_release::manifest::Release;
 use cairn_release::version::compare;
