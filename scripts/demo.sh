@@ -6,7 +6,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --release -p cairn-image --bin cairn -p cairn-server --bin cairn-server -p updatectl --bin updatectl
+cargo build --release -p cairn-cli --bin cairn -p cairn-server --bin cairn-server -p updatectl --bin updatectl
 bin=./target/release
 state=out/demo-server
 mkdir -p "$state"

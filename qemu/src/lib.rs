@@ -3,6 +3,7 @@
 //! console, wait for a console line with a deadline, power it off, kill it, and always clean up.
 
 pub mod accel;
+pub mod attended;
 mod console;
 mod qmp;
 

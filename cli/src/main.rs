@@ -1,11 +1,14 @@
 //! `cairn`: build Cairn images and boot them in QEMU.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cairn_image::{binaries, build};
 use clap::{Parser, Subcommand};
+use run::{RunOptions, UserData, run_vm};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod run;
 
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Build Cairn disk images and boot them in QEMU")]
@@ -266,117 +269,6 @@ fn run(cli: Cli) -> Result<()> {
             run_vm(image, options, user_data)
         }
     }
-}
-
-struct RunOptions {
-    mem: u32,
-    cpus: u32,
-    ssh_port: Option<u16>,
-    snapshot: bool,
-    exit_on_ready: bool,
-    timeout: Duration,
-}
-
-/// `--config FILE [--config-drive]`.
-struct UserData {
-    file: PathBuf,
-    drive: bool,
-}
-
-/// Shows what the host will think of the user data; it is handed over either way (the host
-/// refuses a bad document itself, which is worth being able to try).
-fn check_user_data(file: &std::path::Path) -> Result<()> {
-    let data = std::fs::read(file).with_context(|| format!("--config {}", file.display()))?;
-    let parsed = cairn_config::parse(&data);
-    if parsed.is_refused() {
-        eprintln!("cairn run: {} will be refused by the host:", file.display());
-    }
-    for d in parsed.into_diagnostics() {
-        eprintln!("{}:{d}", file.display());
-    }
-    Ok(())
-}
-
-fn run_vm(image: PathBuf, o: RunOptions, user_data: Option<UserData>) -> Result<()> {
-    let RunOptions { mem, cpus, ssh_port, snapshot, exit_on_ready, timeout } = o;
-    if !image.exists() {
-        bail!("no image at {} (build one with `cairn build`)", image.display());
-    }
-    let mut cfg = cairn_qemu::VmConfig::uefi(&image);
-    cfg.persistent = !snapshot;
-    cfg.mem_mib = mem;
-    cfg.cpus = cpus;
-    cfg.ssh_port = ssh_port;
-    cfg.echo_console = true;
-    // Lives until QEMU exits (it reads the drive while the guest runs).
-    let scratch = tempfile::tempdir()?;
-    if let Some(UserData { file, drive }) = user_data {
-        check_user_data(&file)?;
-        if drive {
-            let img = scratch.path().join("config-2.img");
-            cairn_image::configdrive::build(&file, &img)?;
-            cfg.extra_disks.push(img);
-        } else {
-            cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), file));
-        }
-    }
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signal_hook_flag(&interrupted)?;
-    let mut vm = cairn_qemu::Vm::start(&cfg)?;
-    eprintln!("cairn run: {} with {} acceleration; Ctrl-C powers it off", image.display(), vm.accel().qemu_name());
-    forward_stdin(vm.console_writer());
-    if exit_on_ready {
-        let line = vm.wait_for_line("cairn: ready", 0, timeout)?;
-        eprintln!("cairn run: host ready after {:.1} s: {line}", vm.uptime().as_secs_f64());
-        if !vm.shutdown(Duration::from_secs(30))? {
-            bail!("the guest did not power off within 30 s of the power button; QEMU was stopped");
-        }
-        eprintln!("cairn run: guest powered off after {:.1} s", vm.uptime().as_secs_f64());
-        return Ok(());
-    }
-    loop {
-        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
-            eprintln!("\ncairn run: powering off");
-            if !vm.shutdown(Duration::from_secs(30))? {
-                eprintln!("cairn run: the guest did not power off in 30 s; stopped QEMU");
-            }
-            return Ok(());
-        }
-        if vm.wait_exit(Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-    }
-}
-
-/// Copies what is typed to the VM's serial console (line by line: the terminal stays cooked,
-/// so Ctrl-C still reaches us).
-fn forward_stdin(console: cairn_qemu::ConsoleWriter) {
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut buf = [0u8; 1024];
-        let mut stdin = std::io::stdin();
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 || console.send(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
-}
-
-/// Sets `flag` on SIGINT and SIGTERM instead of dying, so the VM can be powered off cleanly.
-fn signal_hook_flag(flag: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()?;
-    let flag = flag.clone();
-    std::thread::spawn(move || {
-        if set.wait().is_ok() {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
-    Ok(())
 }
 
 #[cfg(test)]
