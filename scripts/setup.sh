@@ -8,6 +8,10 @@ SUDO=""
 
 # program-or-file:package
 NEEDS="
+cc:gcc
+/usr/include/stdio.h:libc6-dev
+pkg-config:pkg-config
+make:make
 qemu-system-x86_64:qemu-system-x86
 qemu-img:qemu-utils
 /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
@@ -67,3 +71,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found; install Rust with https://rustup.rs (curl https://sh.rustup.rs -sSf | sh)" >&2
     exit 1
 fi
+for component in fmt:rustfmt clippy:clippy; do
+    if ! cargo "${component%%:*}" --version >/dev/null 2>&1; then
+        echo "setup: cargo ${component%%:*} not found; install it with: rustup component add ${component##*:}" >&2
+        exit 1
+    fi
+done

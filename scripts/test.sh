@@ -9,3 +9,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # built here, tests find them fresh and need no `cargo build -p` of their own.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# Every benchmark once in a quick mode (small inputs, one iteration): one that breaks fails CI.
+# Their figures are not of record; full runs are manual (README).
+for bench in "cairn-bench-config --runs 1" "cairn-bench-server --seconds 1 --instances 2000" \
+    "cairn-bench-apply --runs 1 --no-vm" "cairn-bench --quick"; do
+    echo "== $bench (quick)"
+    # shellcheck disable=SC2086
+    cargo run --quiet --locked -p cairn-tests --bin $bench
+done
