@@ -209,14 +209,7 @@ fn run() -> Result<()> {
     )?;
     let file = work.path().join("reply.json");
     std::fs::write(&file, &sample)?;
-    let static_bin = cairn_tests::server::server_binary()?.with_file_name("cairn-bench-static");
-    let built = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--release", "-p", "cairn-tests", "--bin", "cairn-bench-static"])
-        .current_dir(cairn_tests::workspace())
-        .status()?;
-    if !built.success() {
-        bail!("building cairn-bench-static");
-    }
+    let static_bin = cairn_tests::server::workspace_binary("cairn-tests", "cairn-bench-static")?;
     let mut static_server =
         Command::new(&static_bin).arg(&file).stdout(Stdio::piped()).spawn().context("cairn-bench-static")?;
     let line = {
