@@ -360,11 +360,13 @@ cairn:
         assert_eq!(read("etc/app/config"), "key=value\n");
         let mode = |p: &str| std::fs::metadata(t.path().join(p)).unwrap().permissions().mode() & 0o7777;
         assert_eq!((mode("etc/app/config"), mode("etc/shadow"), mode("home/ops/.ssh")), (0o640, 0o600, 0o700));
-        if h.chown {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(t.path().join("etc/app/config")).unwrap();
-            assert_eq!((m.uid(), m.gid()), (1001, 1002), "ops:wheel (wheel created as 1002)");
-        }
+        // Owners are part of what apply does: checking them needs root (CI runs as root).
+        assert!(h.chown, "this test checks file owners and must run as root");
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(t.path().join("etc/app/config")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1001, 1002), "ops:wheel (wheel created as 1002)");
+        let keys = std::fs::metadata(t.path().join("home/ops/.ssh/authorized_keys")).unwrap();
+        assert_eq!((keys.uid(), keys.gid()), (1001, 1001), "ops's own keys file");
         assert!(read("etc/cairn/update.toml").contains("strategy = \"off\""));
         assert!(read("etc/cairn/services/hello.toml").contains("command = [\"/bin/busybox\", \"sleep\", \"1000\"]"));
         assert!(changed.len() >= 9, "{changed:?}");

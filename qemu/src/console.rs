@@ -27,6 +27,8 @@ impl ConsoleWriter {
 
 struct State {
     bytes: Vec<u8>,
+    /// When each read arrived: (bytes received by then, instant), for timelines.
+    arrivals: Vec<(usize, Instant)>,
     closed: bool,
 }
 
@@ -47,7 +49,7 @@ pub(crate) fn connect(sock: &Path, log: &Path, echo: bool, child: &mut Child) ->
         }
     };
     let console = Arc::new(Console {
-        state: Mutex::new(State { bytes: Vec::new(), closed: false }),
+        state: Mutex::new(State { bytes: Vec::new(), arrivals: Vec::new(), closed: false }),
         changed: Condvar::new(),
         writer: Arc::new(Mutex::new(stream.try_clone()?)),
     });
@@ -69,6 +71,8 @@ pub(crate) fn connect(sock: &Path, log: &Path, echo: bool, child: &mut Child) ->
             }
             let mut st = reader.state.lock().expect("console lock");
             st.bytes.extend_from_slice(&buf[..n]);
+            let received = st.bytes.len();
+            st.arrivals.push((received, Instant::now()));
             reader.changed.notify_all();
         }
         let mut st = reader.state.lock().expect("console lock");
@@ -102,6 +106,27 @@ impl Console {
         complete.lines().find_map(|line| {
             needles.iter().position(|n| line.contains(n)).map(|i| (i, line.trim_end_matches('\r').to_string()))
         })
+    }
+
+    /// Every complete line after `from` containing `needle`, with when its end arrived.
+    pub fn timed_lines(&self, needle: &str, from: usize) -> Vec<(Instant, String)> {
+        let st = self.state.lock().expect("console lock");
+        let from = from.min(st.bytes.len());
+        let mut out = Vec::new();
+        let mut start = from;
+        for (i, b) in st.bytes[from..].iter().enumerate() {
+            if *b != b'\n' {
+                continue;
+            }
+            let end = from + i + 1;
+            let line = String::from_utf8_lossy(&st.bytes[start..end]);
+            if line.contains(needle) {
+                let at = st.arrivals.iter().find(|(received, _)| *received >= end).map(|(_, t)| *t);
+                out.push((at.expect("every byte arrived at some time"), line.trim_end().to_string()));
+            }
+            start = end;
+        }
+        out
     }
 
     pub fn tail(&self, lines: usize) -> String {

@@ -45,16 +45,45 @@ pub fn most_rebooting_at_once(events: &Value) -> (usize, usize) {
     (most, locks)
 }
 
+/// When a host was down for a reboot, as its own console shows it: from cairn-init's
+/// "stopping services" to the next "cairn: ready".
+pub type Window = (Instant, Instant);
+
+/// The reboot windows on `vm`'s console after byte `from`.
+pub fn reboot_windows(vm: &Vm, from: usize) -> Vec<Window> {
+    let stops = vm.console().timed_lines("cairn: stopping services", from);
+    let readies = vm.console().timed_lines("cairn: ready", from);
+    stops.iter().filter_map(|(down, _)| readies.iter().find(|(up, _)| up > down).map(|(up, _)| (*down, *up))).collect()
+}
+
+/// The most windows open at one instant.
+pub fn most_overlapping(windows: &[Window]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = windows.iter().flat_map(|(a, b)| [(*a, 1), (*b, -1)]).collect();
+    // At the same instant a host coming up counts before one going down.
+    edges.sort_by_key(|(t, d)| (*t, *d));
+    let (mut open, mut most) = (0, 0);
+    for (_, d) in edges {
+        open += d;
+        most = most.max(open);
+    }
+    most as usize
+}
+
+/// What a rolling update showed: the server's events and every host's reboot windows.
+pub struct Rolled {
+    pub events: Value,
+    pub windows: Vec<Window>,
+}
+
 /// Gives every host `version` at once (each asked to check now) and waits until all run it
-/// (on `slot`, if given) and the server saw `steady_states` slots given back in all: the
-/// server's events.
+/// (on `slot`, if given) and the server saw `steady_states` slots given back in all.
 pub fn roll(
     vms: &mut [&mut Vm],
     admin: &Api,
     version: &str,
     slot: Option<&str>,
     steady_states: usize,
-) -> Result<Value> {
+) -> Result<Rolled> {
     admin.ok("PUT", "/v1/admin/channels/stable", &serde_json::json!({"version": version}))?;
     let mut marks = Vec::new();
     for vm in vms.iter_mut() {
@@ -72,7 +101,8 @@ pub fn roll(
         let events = admin.ok("GET", "/v1/admin/events?group=default&limit=1000", &Value::Null)?;
         let steady = events.as_array().into_iter().flatten().filter(|e| e["kind"] == "steady-state").count();
         if steady >= steady_states {
-            return Ok(events);
+            let windows = vms.iter().zip(&marks).flat_map(|(vm, mark)| reboot_windows(vm, *mark)).collect();
+            return Ok(Rolled { events, windows });
         }
         anyhow::ensure!(Instant::now() < deadline, "not every host gave its slot back: {events}");
         std::thread::sleep(Duration::from_millis(500));
@@ -108,6 +138,17 @@ pub fn handoffs(events: &Value) -> Vec<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn overlapping_windows_are_counted_at_their_peak() {
+        use super::most_overlapping;
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        assert_eq!(most_overlapping(&[]), 0);
+        assert_eq!(most_overlapping(&[(at(0), at(10)), (at(10), at(20)), (at(20), at(30))]), 1, "back to back");
+        assert_eq!(most_overlapping(&[(at(0), at(10)), (at(5), at(15)), (at(12), at(20))]), 2);
+        assert_eq!(most_overlapping(&[(at(0), at(30)), (at(5), at(15)), (at(10), at(20))]), 3);
+    }
+
     use super::*;
 
     #[test]

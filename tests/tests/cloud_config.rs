@@ -128,7 +128,7 @@ fn fw_cfg_configures_the_host_and_a_bad_config_leaves_the_last_good_one_in_effec
     let img = dev_image()?;
     let dir = tempfile::tempdir()?;
     let (alice_key, alice_pub) = key(dir.path(), "alice")?;
-    let (_, mallory_pub) = key(dir.path(), "mallory")?;
+    let (mallory_key, mallory_pub) = key(dir.path(), "mallory")?;
     let hash = Command::new("openssl").args(["passwd", "-6", "hunter2"]).output()?;
     let hash = String::from_utf8(hash.stdout)?.trim().to_string();
     let images = dir.path().join("served");
@@ -232,6 +232,11 @@ cairn:
     assert!(!vm.run_ok("cat /etc/passwd", CMD)?.contains("core:"), "nothing of the refused document applied");
     let (ok, out, err) = ssh(ssh_port, "alice", &alice_key, "id -un")?;
     assert!(ok && out.trim() == "alice", "the previous key no longer works: {err}");
+    // The refused document's key gets nobody in.
+    for user in ["core", "alice", "root"] {
+        let (ok, out, _) = ssh(ssh_port, user, &mallory_key, "id -un")?;
+        assert!(!ok, "the refused document's key logged in as {user}: {out}");
+    }
     let status = vm.run_ok("updatectl status", CMD)?;
     assert!(
         status.contains("Cloud-config:    refused from fw_cfg opt/cairn/user-data (2:11: error: hostname:"),

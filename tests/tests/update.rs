@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use cairn_qemu::{Vm, VmConfig};
 use cairn_tests::http::{Fault, FileServer};
-use cairn_tests::rolling::{from_lock, most_rebooting_at_once, roll, rollout_server};
+use cairn_tests::rolling::{from_lock, most_overlapping, most_rebooting_at_once, roll, rollout_server};
 use cairn_tests::updates::{
     agent_log, configure_agent, configure_agent_for_fleetlock, configure_agent_for_server, publish, wait_for_status,
 };
@@ -373,9 +373,10 @@ fn a_host_is_granted_an_update_by_the_rollout_server() -> Result<()> {
 }
 
 /// Three hosts on 1, given 2 by the rollout server at once, reboot one at a time under the
-/// FleetLock semaphore of the same server (slots=1); all end on 2 and the timeline shows at most
-/// one host between pre-reboot and steady-state at any time. Then, with slots=2, the same hosts
-/// are given 4: at most two (and at some point two) reboot at once.
+/// FleetLock semaphore of the same server (slots=1); all end on 2. The hosts' own consoles show
+/// at most one of them down for a reboot at any time (from "stopping services" to "ready"), and
+/// the server's timeline at most one between pre-reboot and steady-state. Then, with slots=2,
+/// the same hosts are given 4: at most two reboot at once (and two held slots at once).
 #[test]
 fn three_hosts_reboot_n_at_a_time_under_the_fleetlock() -> Result<()> {
     use cairn_tests::server::Api;
@@ -396,21 +397,27 @@ fn three_hosts_reboot_n_at_a_time_under_the_fleetlock() -> Result<()> {
     }
     // All three are granted 2 at once (the default group grants 10 an hour).
     let started = std::time::Instant::now();
-    let events = roll(&mut vms.iter_mut().collect::<Vec<_>>(), &admin, "2", Some("b"), 3)?;
-    let (most, locks) = most_rebooting_at_once(&events);
+    let rolled = roll(&mut vms.iter_mut().collect::<Vec<_>>(), &admin, "2", Some("b"), 3)?;
+    let (most, locks) = most_rebooting_at_once(&rolled.events);
+    let events = &rolled.events;
     eprintln!("slots=1: three hosts updated in {:.0} s ({locks} slots taken)", started.elapsed().as_secs_f64());
+    assert_eq!(rolled.windows.len(), 3, "each host rebooted once: {:?}", rolled.windows);
+    assert_eq!(most_overlapping(&rolled.windows), 1, "two hosts were down at once: {:?}", rolled.windows);
     assert_eq!(locks, 3, "{events}");
-    assert_eq!(most, 1, "two hosts rebooted at once: {events}");
+    assert_eq!(most, 1, "two hosts held a slot at once: {events}");
     let status = admin.ok("GET", "/v1/admin/rollout?group=default", &serde_json::Value::Null)?;
     assert_eq!(status[0]["versions"], serde_json::json!([["2", 3]]), "{status}");
 
     admin.ok("PUT", "/v1/admin/locks/default", &serde_json::json!({"slots": 2}))?;
     let started = std::time::Instant::now();
-    let events = from_lock(&roll(&mut vms.iter_mut().collect::<Vec<_>>(), &admin, "4", Some("a"), 6)?, 3);
+    let rolled = roll(&mut vms.iter_mut().collect::<Vec<_>>(), &admin, "4", Some("a"), 6)?;
+    let events = from_lock(&rolled.events, 3);
     let (most, locks) = most_rebooting_at_once(&events);
     eprintln!("slots=2: three hosts updated in {:.0} s ({locks} slots taken)", started.elapsed().as_secs_f64());
+    assert_eq!(rolled.windows.len(), 3, "each host rebooted once: {:?}", rolled.windows);
+    assert!(most_overlapping(&rolled.windows) <= 2, "three hosts were down at once: {:?}", rolled.windows);
     assert_eq!(locks, 3, "{events}");
-    assert_eq!(most, 2, "slots=2: at most two hosts at once, and two did overlap: {events}");
+    assert_eq!(most, 2, "slots=2: at most two slots held at once, and two were: {events}");
     let status = admin.ok("GET", "/v1/admin/rollout?group=default", &serde_json::Value::Null)?;
     assert_eq!(status[0]["versions"], serde_json::json!([["4", 3]]), "{status}");
     let locks = admin.ok("GET", "/v1/admin/locks?group=default", &serde_json::Value::Null)?;

@@ -61,9 +61,11 @@ fn run() -> Result<()> {
     let mut b = boot(&v1, port, &lock_retry)?;
     let mut c = boot(&v1, port, &lock_retry)?;
     let started = Instant::now();
-    let events = roll(&mut [&mut a, &mut b, &mut c], &admin, "4", None, 4)?;
+    let rolled = roll(&mut [&mut a, &mut b, &mut c], &admin, "4", None, 4)?;
     let rolling = started.elapsed().as_secs_f64();
-    let events = from_lock(&events, 1);
+    let down = cairn_tests::rolling::most_overlapping(&rolled.windows);
+    anyhow::ensure!(down == 1, "{down} hosts were down for a reboot at once");
+    let events = from_lock(&rolled.events, 1);
     let (most, locks) = most_rebooting_at_once(&events);
     anyhow::ensure!(locks == 3 && most == 1, "expected 3 slots taken one at a time, got {locks} (at most {most})");
     println!(
