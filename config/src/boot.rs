@@ -7,14 +7,14 @@
 //! [`Machine`] so tests run all of this against a temporary directory and loopback servers.
 
 use crate::apply::{Host, apply};
+use crate::datasource::DatasourceError;
+pub use crate::datasource::Found;
 use crate::diag::Severity;
 use crate::document::{CloudConfig, Parsed, parse};
-use crate::instance::{self, InstanceMetadata};
-use crate::local;
-use crate::metadata::{self, Service};
-use crate::platform::{Dmi, Platform, Source, config_url};
+pub use crate::platform::Machine;
+use crate::platform::Platform;
 use cairn_release::config_status::{ConfigStatus, Outcome};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Where the last document that applied cleanly is kept (under the host's root, on ROOT).
@@ -22,56 +22,11 @@ pub const LAST_GOOD: &str = "var/lib/cairn/cloud-config/user-data";
 /// Where it came from, beside it.
 pub const LAST_GOOD_SOURCE: &str = "var/lib/cairn/cloud-config/source";
 
-/// What the host looks like to the finder.
-#[derive(Clone, Debug)]
-pub struct Machine {
-    pub cmdline: String,
-    pub dmi: Dmi,
-    /// `/sys/firmware/qemu_fw_cfg/by_name`.
-    pub fw_cfg_dir: PathBuf,
-    /// `/sys/class/block` and `/dev`.
-    pub sys_block: PathBuf,
-    pub dev: PathBuf,
-    /// `http://169.254.169.254` on a cloud.
-    pub metadata_base: String,
-}
-
-impl Machine {
-    /// The running host.
-    pub fn this_host() -> Machine {
-        Machine {
-            cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-            dmi: Dmi::read(Path::new("/sys/class/dmi/id")),
-            fw_cfg_dir: PathBuf::from(local::FW_CFG_DIR),
-            sys_block: PathBuf::from("/sys/class/block"),
-            dev: PathBuf::from("/dev"),
-            metadata_base: metadata::LINK_LOCAL.to_string(),
-        }
-    }
-}
-
-/// User data (possibly empty) and instance metadata, and where they were found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Found {
-    /// `fw_cfg opt/cairn/user-data`, `config-2 /dev/vdb`, `ec2 http://169.254.169.254`, ...
-    pub source: String,
-    pub data: Vec<u8>,
-    /// The platform's hostname and launch SSH keys, added to whatever config is applied.
-    pub instance: InstanceMetadata,
-    /// Problems with the metadata beside the user data (the user data is used regardless).
-    pub warnings: Vec<String>,
-}
-
-impl Found {
-    fn user_data(source: String, data: Vec<u8>) -> Found {
-        Found { source, data, ..Default::default() }
-    }
-}
-
 /// One source tried: what it said and how long it took.
 #[derive(Clone, Debug)]
 pub struct Attempt {
-    pub source: Source,
+    /// The datasource's name.
+    pub source: &'static str,
     pub result: String,
     pub elapsed: Duration,
 }
@@ -88,89 +43,29 @@ pub fn find(
     let platform = Platform::detect(&m.cmdline, &m.dmi);
     let mut attempts = Vec::new();
     let mut network: Option<Result<(), String>> = None;
-    let mut devices: Option<Vec<PathBuf>> = None;
-    for source in platform.sources(&m.cmdline) {
+    for ds in platform.datasources(m) {
         let start = Instant::now();
         let until = start + deadline;
-        if source.needs_network() {
-            let up = network.get_or_insert_with(|| network_up(until));
-            if let Err(e) = up {
-                attempts.push(Attempt { source, result: format!("no network: {e}"), elapsed: start.elapsed() });
-                continue;
-            }
-        }
-        let result: Result<Option<Found>, String> = match source {
-            Source::FwCfg => local::fw_cfg(&m.fw_cfg_dir, local::FW_CFG_NAME)
-                .map(|d| d.map(|data| Found::user_data(format!("fw_cfg {}", local::FW_CFG_NAME), data)))
-                .map_err(|e| e.to_string()),
-            Source::ConfigDrive | Source::NoCloud => {
-                let devices = devices.get_or_insert_with(|| local::block_devices(&m.sys_block, &m.dev));
-                volume(devices, source)
-            }
-            Source::KernelUrl | Source::Ec2 | Source::Gce | Source::OpenStackMetadata => {
-                let (service, base) = match source {
-                    Source::KernelUrl => (Service::Url, config_url(&m.cmdline).unwrap_or_default().to_string()),
-                    Source::Ec2 => (Service::Ec2, m.metadata_base.clone()),
-                    Source::Gce => (Service::Gce, m.metadata_base.clone()),
-                    _ => (Service::OpenStack, m.metadata_base.clone()),
-                };
-                metadata_service(source, service, &base, until)
-            }
+        // The network comes up once, for the first source that needs it.
+        let result = match ds.needs_network() {
+            true => match network.get_or_insert_with(|| network_up(until)) {
+                Err(e) => Err(DatasourceError::NoNetwork(e.clone())),
+                Ok(()) => ds.fetch(until),
+            },
+            false => ds.fetch(until),
         };
-        let elapsed = start.elapsed();
+        let (source, elapsed) = (ds.name(), start.elapsed());
         match result {
             Ok(Some(found)) => {
                 attempts.push(Attempt { source, result: "user data".into(), elapsed });
                 return (Some(found), attempts);
             }
             Ok(None) => attempts.push(Attempt { source, result: "no user data".into(), elapsed }),
+            Err(e @ DatasourceError::NoNetwork(_)) => attempts.push(Attempt { source, result: e.to_string(), elapsed }),
             Err(e) => attempts.push(Attempt { source, result: format!("error: {e}"), elapsed }),
         }
     }
     (None, attempts)
-}
-
-/// A config drive or NoCloud volume: its user data and its instance metadata.
-fn volume(devices: &[PathBuf], source: Source) -> Result<Option<Found>, String> {
-    let (label, user_data, meta_data) = if source == Source::ConfigDrive {
-        (local::CONFIG_DRIVE_LABEL, local::CONFIG_DRIVE_USER_DATA, local::CONFIG_DRIVE_META_DATA)
-    } else {
-        (local::NOCLOUD_LABEL, local::NOCLOUD_USER_DATA, local::NOCLOUD_META_DATA)
-    };
-    let Some((dev, mut files)) =
-        local::labelled_volume(devices, label, &[user_data, meta_data]).map_err(|e| e.to_string())?
-    else {
-        return Ok(None);
-    };
-    let (meta, data) = (files.pop().flatten(), files.pop().flatten());
-    if data.is_none() && meta.is_none() {
-        return Err(format!("{} (labelled {label}) has neither {user_data} nor {meta_data}", dev.display()));
-    }
-    let mut found = Found::user_data(format!("{label} {}", dev.display()), data.unwrap_or_default());
-    if let Some(meta) = meta {
-        let parsed = if source == Source::ConfigDrive {
-            instance::from_openstack_json(&meta)
-        } else {
-            instance::from_nocloud_yaml(&meta)
-        };
-        match parsed {
-            Ok(i) => found.instance = i,
-            Err(e) => found.warnings.push(format!("{}: {e}", dev.display())),
-        }
-    }
-    Ok(Some(found))
-}
-
-/// A metadata service (or the URL): user data and the instance's hostname and keys.
-fn metadata_service(source: Source, service: Service, base: &str, until: Instant) -> Result<Option<Found>, String> {
-    let fetched = metadata::fetch(service, base, until).map_err(|e| e.to_string())?;
-    let has_user_data = fetched.user_data.is_some();
-    let mut found = Found::user_data(format!("{} {base}", source.name()), fetched.user_data.unwrap_or_default());
-    match fetched.instance {
-        Ok(i) => found.instance = i,
-        Err(e) => found.warnings.push(format!("instance metadata: {e}")),
-    }
-    Ok((has_user_data || !found.instance.is_empty()).then_some(found))
 }
 
 /// What configuring did: the lines for the console, and the status for `updatectl`.
@@ -431,6 +326,10 @@ mod tests {
         assert!(std::fs::read_to_string(t.path().join("log/cloud-config.log.1")).unwrap().contains("second"));
     }
 
+    use crate::instance::InstanceMetadata;
+    use crate::local;
+    use crate::platform::Dmi;
+
     fn machine(dir: &Path, cmdline: &str) -> Machine {
         Machine {
             cmdline: cmdline.into(),
@@ -470,9 +369,6 @@ mod tests {
         assert!(found.is_none());
         assert_eq!(calls, 1, "the network is brought up once");
         let sources: Vec<_> = attempts.iter().map(|a| (a.source, a.result.as_str())).collect();
-        assert_eq!(
-            sources,
-            [(Source::KernelUrl, "no network: no interface"), (Source::Ec2, "no network: no interface")]
-        );
+        assert_eq!(sources, [("url", "no network: no interface"), ("ec2", "no network: no interface")]);
     }
 }

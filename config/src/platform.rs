@@ -1,5 +1,40 @@
 //! Which platform the host runs on (so a QEMU host never waits on a cloud's metadata
-//! address), and the order its user-data sources are tried in.
+//! address), and the datasources it tries, in order: decided here and nowhere else.
+
+use crate::datasource::volume::{Kind, Volume};
+use crate::datasource::{Datasource, ec2::Ec2, fw_cfg::FwCfg, gce::Gce, openstack::OpenStack, url::Url};
+use std::path::{Path, PathBuf};
+
+/// What the host looks like to the datasources.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub cmdline: String,
+    pub dmi: Dmi,
+    /// `/sys/firmware/qemu_fw_cfg/by_name`.
+    pub fw_cfg_dir: PathBuf,
+    /// `/sys/class/block` and `/dev`.
+    pub sys_block: PathBuf,
+    pub dev: PathBuf,
+    /// `http://169.254.169.254` on a cloud.
+    pub metadata_base: String,
+}
+
+/// Where the link-local metadata services listen.
+pub const LINK_LOCAL: &str = "http://169.254.169.254";
+
+impl Machine {
+    /// The running host.
+    pub fn this_host() -> Machine {
+        Machine {
+            cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            dmi: Dmi::read(Path::new("/sys/class/dmi/id")),
+            fw_cfg_dir: PathBuf::from(crate::local::FW_CFG_DIR),
+            sys_block: PathBuf::from("/sys/class/block"),
+            dev: PathBuf::from("/dev"),
+            metadata_base: LINK_LOCAL.to_string(),
+        }
+    }
+}
 
 /// The firmware's DMI strings (`/sys/class/dmi/id/*`).
 #[derive(Clone, Debug, Default)]
@@ -30,40 +65,6 @@ pub enum Platform {
     OpenStack,
     /// Bare metal or an unknown hypervisor: only local sources.
     Other,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// `cairn.config_url=` on the kernel command line.
-    KernelUrl,
-    /// QEMU fw_cfg `opt/cairn/user-data`.
-    FwCfg,
-    /// A volume labelled `config-2` (`openstack/latest/user_data`).
-    ConfigDrive,
-    /// A volume labelled `cidata` (`user-data`).
-    NoCloud,
-    Ec2,
-    Gce,
-    OpenStackMetadata,
-}
-
-impl Source {
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::KernelUrl => "url",
-            Source::FwCfg => "fw_cfg",
-            Source::ConfigDrive => "config-2",
-            Source::NoCloud => "cidata",
-            Source::Ec2 => "ec2",
-            Source::Gce => "gce",
-            Source::OpenStackMetadata => "openstack",
-        }
-    }
-
-    /// Whether reading it needs the network up.
-    pub fn needs_network(self) -> bool {
-        matches!(self, Source::KernelUrl | Source::Ec2 | Source::Gce | Source::OpenStackMetadata)
-    }
 }
 
 impl Platform {
@@ -107,19 +108,32 @@ impl Platform {
         }
     }
 
-    /// The sources tried, in order; the first that has user data wins.
-    pub fn sources(self, cmdline: &str) -> Vec<Source> {
-        let mut out = Vec::new();
-        if config_url(cmdline).is_some() {
-            out.push(Source::KernelUrl);
+    /// The datasources tried, in order; the first that has user data wins. A URL on the
+    /// kernel command line comes first on any platform.
+    pub fn datasources(self, m: &Machine) -> Vec<Box<dyn Datasource>> {
+        let mut out: Vec<Box<dyn Datasource>> = Vec::new();
+        if let Some(url) = config_url(&m.cmdline) {
+            out.push(Box::new(Url { url: url.to_string() }));
         }
-        out.extend_from_slice(match self {
-            Platform::Qemu => &[Source::FwCfg, Source::ConfigDrive, Source::NoCloud],
-            Platform::Ec2 => &[Source::Ec2],
-            Platform::Gce => &[Source::Gce],
-            Platform::OpenStack => &[Source::ConfigDrive, Source::OpenStackMetadata],
-            Platform::Other => &[Source::ConfigDrive, Source::NoCloud],
-        });
+        let volume = |kind| Box::new(Volume { kind, sys_block: m.sys_block.clone(), dev: m.dev.clone() });
+        let base = m.metadata_base.clone();
+        match self {
+            Platform::Qemu => {
+                out.push(Box::new(FwCfg { dir: m.fw_cfg_dir.clone() }));
+                out.push(volume(Kind::ConfigDrive));
+                out.push(volume(Kind::NoCloud));
+            }
+            Platform::Ec2 => out.push(Box::new(Ec2 { base })),
+            Platform::Gce => out.push(Box::new(Gce { base })),
+            Platform::OpenStack => {
+                out.push(volume(Kind::ConfigDrive));
+                out.push(Box::new(OpenStack { base }));
+            }
+            Platform::Other => {
+                out.push(volume(Kind::ConfigDrive));
+                out.push(volume(Kind::NoCloud));
+            }
+        }
         out
     }
 }
@@ -159,11 +173,16 @@ mod tests {
         assert_eq!(Platform::detect("cairn.platform=mars", &qemu), Platform::Qemu, "an unknown name is ignored");
     }
 
+    fn names(platform: Platform, cmdline: &str) -> Vec<(&'static str, bool)> {
+        let m = Machine { cmdline: cmdline.into(), ..Machine::this_host() };
+        platform.datasources(&m).iter().map(|d| (d.name(), d.needs_network())).collect()
+    }
+
     #[test]
     fn a_qemu_host_never_asks_a_metadata_service() {
-        let qemu = Platform::Qemu.sources("");
-        assert_eq!(qemu, [Source::FwCfg, Source::ConfigDrive, Source::NoCloud]);
-        assert_eq!(Platform::Ec2.sources("cairn.config_url=http://10.0.2.2/u"), [Source::KernelUrl, Source::Ec2]);
+        assert_eq!(names(Platform::Qemu, ""), [("fw_cfg", false), ("config-2", false), ("cidata", false)]);
+        assert_eq!(names(Platform::Ec2, "cairn.config_url=http://10.0.2.2/u"), [("url", true), ("ec2", true)]);
+        assert_eq!(names(Platform::OpenStack, ""), [("config-2", false), ("openstack", true)]);
         assert_eq!(config_url("a cloud-config-url=http://x/y b"), Some("http://x/y"));
     }
 }

@@ -5,7 +5,9 @@
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
-use cairn_config::metadata::{Service, fetch};
+use cairn_config::datasource::{Datasource, DatasourceError, Found};
+use cairn_config::datasource::{ec2::Ec2, gce::Gce, openstack::OpenStack, url::Url};
+use cairn_config::instance::InstanceMetadata;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +28,36 @@ fn serve(app: Router) -> String {
 }
 
 const USER_DATA: &str = "#cloud-config\nhostname: from-metadata\n";
+
+#[derive(Clone, Copy)]
+enum Service {
+    Ec2,
+    Gce,
+    OpenStack,
+    Url,
+}
+
+fn fetch(service: Service, base: &str, until: Instant) -> Result<Option<Found>, DatasourceError> {
+    let base = base.to_string();
+    match service {
+        Service::Ec2 => Ec2 { base }.fetch(until),
+        Service::Gce => Gce { base }.fetch(until),
+        Service::OpenStack => OpenStack { base }.fetch(until),
+        Service::Url => Url { url: base }.fetch(until),
+    }
+}
+
+/// The user data found (`None`: the service has none, a 404).
+fn user_data(found: Result<Option<Found>, DatasourceError>) -> Option<Vec<u8>> {
+    found.unwrap().map(|f| f.data).filter(|d| !d.is_empty())
+}
+
+/// The instance metadata found, which must have come without a warning.
+fn instance(found: Result<Option<Found>, DatasourceError>) -> InstanceMetadata {
+    let found = found.unwrap().unwrap_or_default();
+    assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+    found.instance
+}
 
 fn soon() -> Instant {
     Instant::now() + Duration::from_secs(5)
@@ -64,11 +96,11 @@ fn ec2(v2: bool, user_data: Option<&'static str>) -> Router {
 #[test]
 fn ec2_uses_the_imdsv2_token_and_falls_back_to_v1() {
     let v2 = serve(ec2(true, Some(USER_DATA)));
-    assert_eq!(fetch(Service::Ec2, &v2, soon()).unwrap().user_data.unwrap(), USER_DATA.as_bytes());
+    assert_eq!(user_data(fetch(Service::Ec2, &v2, soon())).unwrap(), USER_DATA.as_bytes());
     let v1 = serve(ec2(false, Some(USER_DATA)));
-    assert_eq!(fetch(Service::Ec2, &v1, soon()).unwrap().user_data.unwrap(), USER_DATA.as_bytes());
+    assert_eq!(user_data(fetch(Service::Ec2, &v1, soon())).unwrap(), USER_DATA.as_bytes());
     let none = serve(ec2(true, None));
-    assert_eq!(fetch(Service::Ec2, &none, soon()).unwrap().user_data, None, "404: no user data, not an error");
+    assert_eq!(user_data(fetch(Service::Ec2, &none, soon())), None, "404: no user data, not an error");
 }
 
 #[test]
@@ -83,13 +115,13 @@ fn gce_needs_its_header_and_openstack_its_path() {
             }
         }),
     ));
-    assert_eq!(fetch(Service::Gce, &gce, soon()).unwrap().user_data.unwrap(), USER_DATA.as_bytes());
+    assert_eq!(user_data(fetch(Service::Gce, &gce, soon())).unwrap(), USER_DATA.as_bytes());
     let openstack = serve(Router::new().route("/openstack/latest/user_data", get(|| async { USER_DATA })));
-    assert_eq!(fetch(Service::OpenStack, &openstack, soon()).unwrap().user_data.unwrap(), USER_DATA.as_bytes());
+    assert_eq!(user_data(fetch(Service::OpenStack, &openstack, soon())).unwrap(), USER_DATA.as_bytes());
     let empty = serve(Router::new());
-    assert_eq!(fetch(Service::OpenStack, &empty, soon()).unwrap().user_data, None);
+    assert_eq!(user_data(fetch(Service::OpenStack, &empty, soon())), None);
     assert_eq!(
-        fetch(Service::Url, &format!("{openstack}/openstack/latest/user_data"), soon()).unwrap().user_data.unwrap(),
+        user_data(fetch(Service::Url, &format!("{openstack}/openstack/latest/user_data"), soon())).unwrap(),
         USER_DATA.as_bytes()
     );
 }
@@ -156,13 +188,13 @@ fn ec2_launch_keys_and_hostname_with_the_token() {
         .route("/latest/meta-data/public-keys/0/openssh-key", get(|| async { format!("{KEY_A}\n") }))
         .route("/latest/meta-data/public-keys/1/openssh-key", get(|| async { KEY_B }));
     let base = serve(app);
-    let m = fetch(Service::Ec2, &base, soon()).unwrap().instance.unwrap();
+    let m = instance(fetch(Service::Ec2, &base, soon()));
     assert_eq!(m.hostname.as_deref(), Some("ip-10-0-0-7.ec2.internal"));
     assert_eq!(m.ssh_keys, [KEY_A, KEY_B]);
     assert_eq!(tokens.load(Ordering::SeqCst), 1, "user data and metadata share one IMDSv2 session");
     // An instance launched without a key pair: 404s, not errors.
     let bare = serve(Router::new().route("/latest/api/token", put(|| async { "t" })));
-    assert!(fetch(Service::Ec2, &bare, soon()).unwrap().instance.unwrap().is_empty());
+    assert!(instance(fetch(Service::Ec2, &bare, soon())).is_empty());
 }
 
 #[test]
@@ -183,17 +215,17 @@ fn gce_keys_honour_block_project_keys_and_openstack_reads_meta_data_json() {
                 get(move || async move { if block { (StatusCode::OK, "true") } else { (StatusCode::NOT_FOUND, "") } }),
             )
     };
-    let m = fetch(Service::Gce, &serve(gce(false)), soon()).unwrap().instance.unwrap();
+    let m = instance(fetch(Service::Gce, &serve(gce(false)), soon()));
     assert_eq!(
         (m.hostname.as_deref(), m.ssh_keys),
         (Some("vm-1.c.proj.internal"), vec![KEY_A.to_string(), KEY_B.into()])
     );
-    let m = fetch(Service::Gce, &serve(gce(true)), soon()).unwrap().instance.unwrap();
+    let m = instance(fetch(Service::Gce, &serve(gce(true)), soon()));
     assert_eq!(m.ssh_keys, [KEY_A], "project keys blocked");
 
     let json = format!(r#"{{"hostname": "nova-1", "public_keys": {{"k": "{KEY_A}"}}}}"#);
     let os = serve(Router::new().route("/openstack/latest/meta_data.json", get(move || async move { json })));
-    let m = fetch(Service::OpenStack, &os, soon()).unwrap().instance.unwrap();
+    let m = instance(fetch(Service::OpenStack, &os, soon()));
     assert_eq!((m.hostname.as_deref(), m.ssh_keys), (Some("nova-1"), vec![KEY_A.to_string()]));
-    assert!(fetch(Service::OpenStack, &serve(Router::new()), soon()).unwrap().instance.unwrap().is_empty());
+    assert!(instance(fetch(Service::OpenStack, &serve(Router::new()), soon())).is_empty());
 }

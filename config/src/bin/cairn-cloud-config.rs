@@ -60,7 +60,7 @@ fn boot() -> i32 {
     let (found, attempts) = find(&machine, NETWORK_DEADLINE, &mut dhcp);
     let find_ms = start.elapsed().as_millis() as u64;
     for a in &attempts {
-        say.line(&format!("{}: {} ({} ms)", a.source.name(), a.result, a.elapsed.as_millis()));
+        say.line(&format!("{}: {} ({} ms)", a.source, a.result, a.elapsed.as_millis()));
     }
     let report = configure(&Host { root: "/".into(), chown: true }, found, find_ms);
     for line in &report.lines {
@@ -70,7 +70,7 @@ fn boot() -> i32 {
     say.line(&format!(
         "platform={} source={} outcome={} find_ms={} apply_ms={}",
         platform.name(),
-        attempts.last().filter(|_| !s.source.is_empty()).map_or("none", |a| a.source.name()),
+        attempts.last().filter(|_| !s.source.is_empty()).map_or("none", |a| a.source),
         serde_json::to_value(s.outcome).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
         s.find_ms,
         s.apply_ms
