@@ -6,6 +6,7 @@
 use crate::accounts::Accounts;
 use crate::document::CloudConfig;
 use crate::users::DEFAULT_USER;
+use cairn_release::service_file::{Restart, ServiceFile};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -170,15 +171,15 @@ fn hosts_file(hostname: &str) -> String {
 }
 
 /// The init service that runs container `k` (see `crate::container`).
-fn container_service(k: &crate::cairn::Container) -> toml::Table {
-    let mut t = toml::Table::new();
-    t.insert("description".into(), format!("container {} ({})", k.name, k.image).into());
-    let command = [RUN_CONTAINER, "container", k.name.as_str()].map(toml::Value::from);
-    t.insert("command".into(), toml::Value::Array(command.to_vec()));
-    t.insert("after".into(), toml::Value::Array(vec!["containerd".into()]));
-    t.insert("restart".into(), k.restart.clone().into());
-    t.insert("stop_timeout".into(), "10s".into());
-    t
+fn container_service(k: &crate::cairn::Container) -> ServiceFile {
+    ServiceFile {
+        description: Some(format!("container {} ({})", k.name, k.image)),
+        command: [RUN_CONTAINER, "container", k.name.as_str()].map(str::to_string).to_vec(),
+        after: vec!["containerd".into()],
+        restart: Restart::parse(&k.restart),
+        stop_timeout: Some("10s".into()),
+        ..ServiceFile::default()
+    }
 }
 
 /// Removes marked files in `dir` that `keep` does not name.
@@ -268,7 +269,7 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
     let drop_update_file = c.update.is_none() && host.read(update_file).starts_with(MARK);
 
     for s in &c.services {
-        let text = format!("{MARK}{}", toml::to_string(&s.file).expect("a TOML table serializes"));
+        let text = format!("{MARK}{}", toml::to_string(&s.file).expect("a service file serializes"));
         let file = format!("/{SERVICES_DIR}/{}.toml", s.name);
         note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
     }
@@ -278,7 +279,7 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         let file = format!("/{CONTAINERS_DIR}/{}.toml", k.name);
         note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
         let name = crate::cairn::container_service(&k.name);
-        let text = format!("{MARK}{}", toml::to_string(&container_service(k)).expect("a TOML table serializes"));
+        let text = format!("{MARK}{}", toml::to_string(&container_service(k)).expect("a service file serializes"));
         let file = format!("/{SERVICES_DIR}/{name}.toml");
         note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
         services.push(name);
@@ -369,6 +370,9 @@ cairn:
         assert_eq!((keys.uid(), keys.gid()), (1001, 1001), "ops's own keys file");
         assert!(read("etc/cairn/update.toml").contains("strategy = \"off\""));
         assert!(read("etc/cairn/services/hello.toml").contains("command = [\"/bin/busybox\", \"sleep\", \"1000\"]"));
+        // What init reads: the one service-file format, with nothing unknown in it.
+        let hello: ServiceFile = toml::from_str(&read("etc/cairn/services/hello.toml")).unwrap();
+        assert_eq!(hello.command, ["/bin/busybox", "sleep", "1000"]);
         assert!(changed.len() >= 9, "{changed:?}");
         assert_eq!(apply(&config(DOC), &h).unwrap(), Vec::<String>::new(), "the second time changes nothing");
     }

@@ -2,12 +2,14 @@
 //! `containers` (for containerd).
 
 use crate::walk::{Fields, Value, Walker};
+use cairn_release::service_file::{Ready, Restart, ServiceFile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const KEYS: &[&str] = &["update", "services", "containers"];
 
-/// The fields of cairn-init's service files (docs/services.md), plus the name.
+/// The fields of cairn-init's service files (`cairn_release::service_file`) but `tty` (a
+/// development image's console shell, not for documents), plus the name.
 pub const SERVICE_KEYS: &[&str] = &[
     "name",
     "description",
@@ -28,13 +30,11 @@ pub const SERVICE_KEYS: &[&str] = &[
 
 pub const CONTAINER_KEYS: &[&str] = &["name", "image", "command", "environment", "restart"];
 
-const RESTARTS: &[&str] = &["always", "on-failure", "never"];
-
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Service {
     pub name: String,
     /// The service file, as cairn-init reads it.
-    pub file: toml::Table,
+    pub file: ServiceFile,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,10 +71,10 @@ fn name(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Option<Stri
 
 fn restart(w: &mut Walker, v: Value, path: &str) -> Option<String> {
     let r = w.text(v, path)?.replace('_', "-");
-    if RESTARTS.contains(&r.as_str()) {
+    if Restart::parse(&r).is_some() {
         return Some(r);
     }
-    w.error(v.at, path, format!("{r:?} is not one of always, on-failure, never"));
+    w.error(v.at, path, format!("{r:?} is not one of {}", Restart::NAMES.join(", ")));
     None
 }
 
@@ -90,82 +90,41 @@ fn command(w: &mut Walker, v: Value, path: &str) -> Option<Vec<String>> {
 pub fn service(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Option<Service> {
     let before = w.diagnostics.len();
     let name = name(w, f, item, item_path);
-    let mut file = toml::Table::new();
-    let mut put = |key: &str, value: toml::Value| {
-        file.insert(key.to_string(), value);
-    };
+    let mut file = ServiceFile::default();
     match f.get("command") {
-        Some((v, p)) => {
-            if let Some(c) = command(w, v, &p) {
-                put("command", c.into());
-            }
-        }
+        Some((v, p)) => file.command = command(w, v, &p).unwrap_or_default(),
         None => w.error(item.at, item_path, "needs a command"),
     }
-    for key in ["description", "user"] {
-        if let Some((v, p)) = f.get(key)
-            && let Some(s) = w.text(v, &p)
-        {
-            put(key, s.into());
-        }
-    }
-    if let Some((v, p)) = f.get("working_directory")
-        && let Some(d) = w.absolute_path(v, &p)
-    {
-        put("working_directory", d.into());
-    }
-    if let Some((v, p)) = f.get("environment")
-        && let Some(env) = w.string_map(v, &p)
-    {
-        put("environment", toml::Value::Table(env.into_iter().map(|(k, v)| (k, v.into())).collect()));
-    }
-    if let Some((v, p)) = f.get("restart")
-        && let Some(r) = restart(w, v, &p)
-    {
-        put("restart", r.into());
-    }
-    for key in ["restart_delay", "restart_delay_max", "stop_timeout"] {
-        if let Some((v, p)) = f.get(key)
-            && let Some(d) = w.duration(v, &p)
-        {
-            put(key, d.into());
-        }
-    }
-    if let Some((v, p)) = f.get("after")
-        && let Some(a) = w.strings(v, &p)
-    {
-        put("after", a.into());
-    }
-    for key in ["required", "enabled"] {
-        if let Some((v, p)) = f.get(key)
-            && let Some(b) = w.bool(v, &p)
-        {
-            put(key, b.into());
-        }
-    }
-    if let Some((v, p)) = f.get("log_max_bytes")
-        && let Some(n) = w.u32(v, &p)
-    {
-        put("log_max_bytes", i64::from(n).into());
-    }
+    let text = |w: &mut Walker, key: &str| f.get(key).and_then(|(v, p)| w.text(v, &p));
+    file.description = text(w, "description");
+    file.user = text(w, "user");
+    file.working_directory = f.get("working_directory").and_then(|(v, p)| w.absolute_path(v, &p)).map(Into::into);
+    file.environment = f.get("environment").and_then(|(v, p)| w.string_map(v, &p)).unwrap_or_default();
+    file.restart = f.get("restart").and_then(|(v, p)| restart(w, v, &p)).and_then(|r| Restart::parse(&r));
+    let duration = |w: &mut Walker, key: &str| f.get(key).and_then(|(v, p)| w.duration(v, &p));
+    file.restart_delay = duration(w, "restart_delay");
+    file.restart_delay_max = duration(w, "restart_delay_max");
+    file.stop_timeout = duration(w, "stop_timeout");
+    file.after = f.get("after").and_then(|(v, p)| w.strings(v, &p)).unwrap_or_default();
+    file.required = f.get("required").and_then(|(v, p)| w.bool(v, &p));
+    file.enabled = f.get("enabled").and_then(|(v, p)| w.bool(v, &p));
+    file.log_max_bytes = f.get("log_max_bytes").and_then(|(v, p)| w.u32(v, &p)).map(u64::from);
     if let Some((v, p)) = f.get("ready") {
         // "process", {unix_socket: PATH} or {tcp_port: N}, as in service files.
         match v.node {
-            marked_yaml::Node::Scalar(s) if s.as_str() == "process" => put("ready", "process".into()),
+            marked_yaml::Node::Scalar(s) if s.as_str() == "process" => file.ready = Some(Ready::Process),
             marked_yaml::Node::Mapping(_) => {
                 if let Some(r) = w.mapping(v, &p, &["unix_socket", "tcp_port"]) {
                     if let Some((v, p)) = r.get("unix_socket")
                         && let Some(s) = w.text(v, &p)
                     {
-                        put("ready", toml::Value::Table([("unix_socket".to_string(), s.into())].into_iter().collect()));
+                        file.ready = Some(Ready::UnixSocket(s.into()));
                     } else if let Some((v, p)) = r.get("tcp_port")
                         && let Some(n) = w.u32(v, &p)
                     {
-                        if (1..=65535).contains(&n) {
-                            let port = toml::Value::Integer(i64::from(n));
-                            put("ready", toml::Value::Table([("tcp_port".to_string(), port)].into_iter().collect()));
-                        } else {
-                            w.error(v.at, &p, "must be 1-65535");
+                        match u16::try_from(n) {
+                            Ok(port) if port > 0 => file.ready = Some(Ready::TcpPort(port)),
+                            _ => w.error(v.at, &p, "must be 1-65535"),
                         }
                     }
                 }
@@ -201,4 +160,20 @@ pub fn container(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Op
         return None;
     }
     Some(Container { name: name?, image: image?, command, environment, restart: restart? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cloud-config accepts exactly the service file's fields (but the console-only `tty`).
+    #[test]
+    fn service_keys_are_the_service_files_fields() {
+        let mut ours: Vec<&str> = SERVICE_KEYS.iter().copied().filter(|k| *k != "name").collect();
+        let mut theirs: Vec<&str> =
+            cairn_release::service_file::FIELDS.iter().copied().filter(|k| *k != "tty").collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs);
+    }
 }

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod maintenance;
 pub mod manifest;
 pub mod net;
+pub mod service_file;
 pub mod update_config;
 pub mod verity;
 pub mod version;

@@ -3,7 +3,6 @@
 //! unknown field or a bad value is an error that names the file and the field; it disables
 //! that service, not the boot.
 
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,58 +10,8 @@ use std::time::Duration;
 pub const IMAGE_DIR: &str = "/usr/lib/cairn/services";
 pub const USER_DIR: &str = "/etc/cairn/services";
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Restart {
-    Always,
-    OnFailure,
-    Never,
-}
-
-/// When a started service counts as ready.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum Ready {
-    /// As soon as the process runs.
-    Process,
-    /// When a connection to this unix socket succeeds.
-    UnixSocket(PathBuf),
-    /// When a connection to 127.0.0.1:port succeeds.
-    TcpPort(u16),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    description: Option<String>,
-    command: Vec<String>,
-    #[serde(default)]
-    environment: BTreeMap<String, String>,
-    working_directory: Option<PathBuf>,
-    user: Option<String>,
-    tty: Option<PathBuf>,
-    #[serde(default = "default_restart")]
-    restart: Restart,
-    restart_delay: Option<String>,
-    restart_delay_max: Option<String>,
-    #[serde(default)]
-    after: Vec<String>,
-    ready: Option<Ready>,
-    #[serde(default)]
-    required: bool,
-    stop_timeout: Option<String>,
-    log_max_bytes: Option<u64>,
-    #[serde(default = "default_true")]
-    enabled: bool,
-}
-
-fn default_restart() -> Restart {
-    Restart::OnFailure
-}
-
-fn default_true() -> bool {
-    true
-}
+use cairn_release::service_file::ServiceFile;
+pub use cairn_release::service_file::{Ready, Restart};
 
 /// A validated service.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,7 +53,7 @@ impl std::fmt::Display for SpecError {
 
 pub fn parse(name: &str, file: &Path, text: &str) -> Result<ServiceSpec, SpecError> {
     let err = |message: String| SpecError { name: name.to_string(), file: file.to_path_buf(), message };
-    let raw: RawService = toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
+    let raw: ServiceFile = toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
     let dur = |field: &str, v: &Option<String>, default: Duration| match v {
         Some(s) => cairn_release::duration::parse(s).map_err(|e| err(format!("{field}: {e}"))),
         None => Ok(default),
@@ -140,15 +89,15 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<ServiceSpec, SpecErr
         working_directory: raw.working_directory.unwrap_or_else(|| PathBuf::from("/")),
         user: raw.user.unwrap_or_else(|| "root".into()),
         tty: raw.tty,
-        restart: raw.restart,
+        restart: raw.restart.unwrap_or(Restart::OnFailure),
         restart_delay,
         restart_delay_max,
         after: raw.after,
         ready: raw.ready.unwrap_or(Ready::Process),
-        required: raw.required,
+        required: raw.required.unwrap_or(false),
         stop_timeout: dur("stop_timeout", &raw.stop_timeout, Duration::from_secs(10))?,
         log_max_bytes: raw.log_max_bytes.unwrap_or(1 << 20).max(4096),
-        enabled: raw.enabled,
+        enabled: raw.enabled.unwrap_or(true),
     })
 }
 
