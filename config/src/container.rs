@@ -26,10 +26,22 @@ pub fn image_ref(name: &str) -> String {
     format!("cairn.local/{name}:latest")
 }
 
-pub fn load(dir: &Path, name: &str) -> Result<Container, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("fetching {image}: {message}")]
+    Fetch { image: String, message: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+pub fn load(dir: &Path, name: &str) -> Result<Container, ContainerError> {
     let path = dir.join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let text = std::fs::read_to_string(&path).map_err(|source| ContainerError::Read { path: path.clone(), source })?;
+    toml::from_str(&text).map_err(|source| ContainerError::Parse { path, source })
 }
 
 /// `ctr` arguments that import `archive` for container `name`.
@@ -62,7 +74,7 @@ pub fn run_args(c: &Container) -> Vec<String> {
 
 /// The archive on this host: the path itself, or the URL's download under `images_dir`
 /// (fetched when missing; written whole or not at all).
-pub fn archive(image: &str, images_dir: &Path) -> Result<PathBuf, String> {
+pub fn archive(image: &str, images_dir: &Path) -> Result<PathBuf, ContainerError> {
     if !(image.starts_with("http://") || image.starts_with("https://")) {
         return Ok(PathBuf::from(image));
     }
@@ -70,8 +82,9 @@ pub fn archive(image: &str, images_dir: &Path) -> Result<PathBuf, String> {
     if file.exists() {
         return Ok(file);
     }
-    std::fs::create_dir_all(images_dir).map_err(|e| format!("creating {}: {e}", images_dir.display()))?;
-    let what = |e: &dyn std::fmt::Display| format!("fetching {image}: {e}");
+    std::fs::create_dir_all(images_dir)
+        .map_err(|source| ContainerError::Io { what: format!("creating {}", images_dir.display()), source })?;
+    let what = |e: &dyn std::fmt::Display| ContainerError::Fetch { image: image.into(), message: e.to_string() };
     let client = reqwest::blocking::Client::builder().timeout(FETCH_TIMEOUT).build().map_err(|e| what(&e))?;
     let mut resp = client.get(image).send().map_err(|e| what(&e))?;
     if !resp.status().is_success() {
@@ -129,6 +142,6 @@ mod tests {
         };
         std::fs::write(t.path().join("web.toml"), format!("# a comment\n{}", toml::to_string(&c).unwrap())).unwrap();
         assert_eq!(load(t.path(), "web").unwrap(), c);
-        assert!(load(t.path(), "nope").unwrap_err().contains("nope.toml"));
+        assert!(load(t.path(), "nope").unwrap_err().to_string().contains("nope.toml"));
     }
 }

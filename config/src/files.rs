@@ -113,20 +113,32 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Where a file may be written: absolute, no `..`, and not on the read-only `/usr` or a
 /// kernel filesystem.
-pub fn check_path(p: &str) -> Result<(), String> {
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("{0:?} is not an absolute path")]
+    NotAbsolute(String),
+    #[error("{0:?} contains \"..\"")]
+    DotDot(String),
+    #[error("{0:?} names a directory, not a file")]
+    Directory(String),
+    #[error("{path:?} is under {under}, which is {why}; write under /etc, /var, /opt, /home or /root")]
+    Forbidden { path: String, under: &'static str, why: &'static str },
+}
+
+pub fn check_path(p: &str) -> Result<(), PathError> {
     if !p.starts_with('/') {
-        return Err(format!("{p:?} is not an absolute path"));
+        return Err(PathError::NotAbsolute(p.into()));
     }
     if p.split('/').any(|c| c == "..") {
-        return Err(format!("{p:?} contains \"..\""));
+        return Err(PathError::DotDot(p.into()));
     }
     if p.ends_with('/') {
-        return Err(format!("{p:?} names a directory, not a file"));
+        return Err(PathError::Directory(p.into()));
     }
-    for ro in ["/usr", "/proc", "/sys", "/dev"] {
-        if p == ro || p.starts_with(&format!("{ro}/")) {
-            let why = if ro == "/usr" { "read-only (dm-verity)" } else { "a kernel filesystem" };
-            return Err(format!("{p:?} is under {ro}, which is {why}; write under /etc, /var, /opt, /home or /root"));
+    for under in ["/usr", "/proc", "/sys", "/dev"] {
+        if p == under || p.starts_with(&format!("{under}/")) {
+            let why = if under == "/usr" { "read-only (dm-verity)" } else { "a kernel filesystem" };
+            return Err(PathError::Forbidden { path: p.into(), under, why });
         }
     }
     Ok(())
@@ -138,7 +150,7 @@ pub fn write_file(w: &mut Walker, f: &Fields, item_at: Value, item_path: &str) -
         Some((v, p)) => w.text(v, &p).and_then(|s| match check_path(&s) {
             Ok(()) => Some(s),
             Err(e) => {
-                w.error(v.at, &p, e);
+                w.error(v.at, &p, e.to_string());
                 None
             }
         }),

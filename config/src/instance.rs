@@ -51,10 +51,19 @@ impl InstanceMetadata {
     }
 }
 
+/// A metadata document that is not in its format.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct MetadataError {
+    pub file: &'static str,
+    pub message: String,
+}
+
 /// OpenStack's `meta_data.json` (config drive and metadata service): `hostname`, and
 /// `public_keys` as a map of key name to key.
-pub fn from_openstack_json(data: &[u8]) -> Result<InstanceMetadata, String> {
-    let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| format!("meta_data.json: {e}"))?;
+pub fn from_openstack_json(data: &[u8]) -> Result<InstanceMetadata, MetadataError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| MetadataError { file: "meta_data.json", message: e.to_string() })?;
     let mut m = InstanceMetadata::default();
     if let Some(h) = v.get("hostname").and_then(|h| h.as_str()) {
         m.set_hostname(h);
@@ -66,15 +75,16 @@ pub fn from_openstack_json(data: &[u8]) -> Result<InstanceMetadata, String> {
 }
 
 /// NoCloud's `meta-data` (YAML): `local-hostname`, and `public-keys` as a list or one string.
-pub fn from_nocloud_yaml(data: &[u8]) -> Result<InstanceMetadata, String> {
+pub fn from_nocloud_yaml(data: &[u8]) -> Result<InstanceMetadata, MetadataError> {
     use marked_yaml::Node;
-    let text = std::str::from_utf8(data).map_err(|_| "meta-data: not UTF-8".to_string())?;
+    let bad = |message: String| MetadataError { file: "meta-data", message };
+    let text = std::str::from_utf8(data).map_err(|_| bad("not UTF-8".into()))?;
     let mut m = InstanceMetadata::default();
     if text.trim().is_empty() {
         return Ok(m);
     }
-    let root = marked_yaml::parse_yaml(0, text).map_err(|e| format!("meta-data: {e}"))?;
-    let Node::Mapping(map) = root else { return Err("meta-data: not a mapping".into()) };
+    let root = marked_yaml::parse_yaml(0, text).map_err(|e| bad(e.to_string()))?;
+    let Node::Mapping(map) = root else { return Err(bad("not a mapping".into())) };
     for (k, v) in map.iter() {
         match (k.as_str().replace('_', "-").as_str(), v) {
             ("local-hostname" | "hostname", Node::Scalar(s)) => m.set_hostname(s.as_str()),
@@ -117,7 +127,7 @@ mod tests {
         let json = format!(r#"{{"uuid": "x", "hostname": "web-1.novalocal", "public_keys": {{"mykey": "{KEY}\n"}}}}"#);
         let m = from_openstack_json(json.as_bytes()).unwrap();
         assert_eq!(m, InstanceMetadata { hostname: Some("web-1.novalocal".into()), ssh_keys: vec![KEY.into()] });
-        assert!(from_openstack_json(b"{").unwrap_err().starts_with("meta_data.json: "));
+        assert!(from_openstack_json(b"{").unwrap_err().to_string().starts_with("meta_data.json: "));
     }
 
     #[test]

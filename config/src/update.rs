@@ -232,6 +232,6 @@ pub fn check(w: &mut Walker, settings: &UpdateSettings, at: At, path: &str) {
         checked.server = Some("http://image.invalid".into());
     }
     if let Err(e) = checked.resolve() {
-        w.error(at, path, e);
+        w.error(at, path, e.to_string());
     }
 }

@@ -209,7 +209,7 @@ impl Walker {
         match cairn_release::duration::parse(&d) {
             Ok(_) => Some(d),
             Err(e) => {
-                self.error(v.at, path, e);
+                self.error(v.at, path, e.to_string());
                 None
             }
         }

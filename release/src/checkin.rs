@@ -80,8 +80,13 @@ pub struct Event {
     pub error: Option<String>,
 }
 
+/// A field of a check-in or an event that breaks the protocol; the message names the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
 /// `[a-z0-9]`, then `[a-z0-9._-]`, at most `max` long: names that are safe in URLs, paths and logs.
-pub fn validate_name(what: &str, name: &str, max: usize) -> Result<(), String> {
+pub fn validate_name(what: &str, name: &str, max: usize) -> Result<(), Invalid> {
     let ok = !name.is_empty()
         && name.len() <= max
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -89,43 +94,43 @@ pub fn validate_name(what: &str, name: &str, max: usize) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} {name:?}: 1 to {max} of a-z, 0-9, '.', '_', '-', starting with a letter or digit"))
+        Err(Invalid(format!("{what} {name:?}: 1 to {max} of a-z, 0-9, '.', '_', '-', starting with a letter or digit")))
     }
 }
 
-fn check_format(format: u32) -> Result<(), String> {
-    if format == FORMAT { Ok(()) } else { Err(format!("format {format} (this server speaks {FORMAT})")) }
+fn check_format(format: u32) -> Result<(), Invalid> {
+    if format == FORMAT { Ok(()) } else { Err(Invalid(format!("format {format} (this server speaks {FORMAT})"))) }
 }
 
 impl CheckIn {
     /// Every field checked; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         check_format(self.format)?;
         validate_name("instance_id", &self.instance_id, 64)?;
         validate_name("group", &self.group, 64)?;
         validate_name("os_id", &self.os_id, 64)?;
-        crate::version::validate(&self.version).map_err(|e| format!("version: {e}"))?;
+        crate::version::validate(&self.version).map_err(|e| Invalid(format!("version: {e}")))?;
         if self.slot != "a" && self.slot != "b" {
-            return Err(format!("slot {:?}: must be \"a\" or \"b\"", self.slot));
+            return Err(Invalid(format!("slot {:?}: must be \"a\" or \"b\"", self.slot)));
         }
         validate_name("state", &self.state, 32)?;
         if self.rolled_back.len() > 100 {
-            return Err("rolled_back: more than 100 versions".into());
+            return Err(Invalid("rolled_back: more than 100 versions".into()));
         }
         for v in &self.rolled_back {
-            crate::version::validate(v).map_err(|e| format!("rolled_back: {e}"))?;
+            crate::version::validate(v).map_err(|e| Invalid(format!("rolled_back: {e}")))?;
         }
         Ok(())
     }
 }
 
 impl Event {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         check_format(self.format)?;
         validate_name("instance_id", &self.instance_id, 64)?;
-        crate::version::validate(&self.version).map_err(|e| format!("version: {e}"))?;
+        crate::version::validate(&self.version).map_err(|e| Invalid(format!("version: {e}")))?;
         if self.error.as_ref().is_some_and(|e| e.len() > 4096) {
-            return Err("error: longer than 4096 bytes".into());
+            return Err(Invalid("error: longer than 4096 bytes".into()));
         }
         Ok(())
     }
@@ -176,7 +181,7 @@ mod tests {
         let bad = |f: fn(&mut CheckIn)| {
             let mut c = checkin();
             f(&mut c);
-            c.validate().unwrap_err()
+            c.validate().unwrap_err().to_string()
         };
         assert!(bad(|c| c.instance_id = "../etc/passwd".into()).starts_with("instance_id"));
         assert!(bad(|c| c.group = "Prod Canary".into()).starts_with("group"));

@@ -44,16 +44,28 @@ impl Response {
 
 /// Sends `req` to cairn-init at `socket` and reads its response (a refusal is `Ok` with
 /// `ok: false`; an error is a failure to talk at all).
-pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
-    let stream =
-        UnixStream::connect(socket).map_err(|e| format!("connecting to cairn-init at {}: {e}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
+pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
+    let stream = UnixStream::connect(socket)
+        .map_err(|source| CallError::Connect { socket: socket.display().to_string(), source })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(CallError::Send)?;
+    let mut text = serde_json::to_string(req).expect("a request serializes");
     text.push('\n');
-    (&stream).write_all(text.as_bytes()).map_err(|e| format!("sending request: {e}"))?;
+    (&stream).write_all(text.as_bytes()).map_err(CallError::Send)?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(|e| format!("reading response: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("bad response {line:?}: {e}"))
+    BufReader::new(&stream).read_line(&mut line).map_err(CallError::Receive)?;
+    serde_json::from_str(&line).map_err(|source| CallError::BadResponse { line, source })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("connecting to cairn-init at {socket}: {source}")]
+    Connect { socket: String, source: std::io::Error },
+    #[error("sending request: {0}")]
+    Send(std::io::Error),
+    #[error("reading response: {0}")]
+    Receive(std::io::Error),
+    #[error("bad response {line:?}: {source}")]
+    BadResponse { line: String, source: serde_json::Error },
 }
 
 #[cfg(test)]

@@ -3,19 +3,29 @@
 
 use std::time::Duration;
 
-pub fn parse(s: &str) -> Result<Duration, String> {
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration like 100ms, 5s, 2m")]
+    NotADuration(String),
+    #[error("{0:?}: unit must be ms, s, m or h")]
+    Unit(String),
+    #[error("{0:?} is too long")]
+    TooLong(String),
+}
+
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 100ms, 5s, 2m"))?;
+    let n: u64 = num.parse().map_err(|_| DurationError::NotADuration(s.into()))?;
     let ms = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+        _ => return Err(DurationError::Unit(s.into())),
     };
-    ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
+    ms.map(Duration::from_millis).ok_or_else(|| DurationError::TooLong(s.into()))
 }
 
 #[cfg(test)]
@@ -28,8 +38,8 @@ mod tests {
         assert_eq!(parse(" 5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse("5").unwrap_err().contains("unit"));
-        assert!(parse("s").unwrap_err().contains("not a duration"));
-        assert!(parse("99999999999999999h").unwrap_err().contains("too long"));
+        assert!(matches!(parse("5"), Err(DurationError::Unit(_))));
+        assert!(matches!(parse("s"), Err(DurationError::NotADuration(_))));
+        assert!(parse("99999999999999999h").unwrap_err().to_string().contains("too long"));
     }
 }

@@ -143,18 +143,14 @@ impl KeyError {
     }
 }
 
+impl std::error::Error for KeyError {}
+
 impl std::fmt::Display for KeyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.key.as_str() {
             "" => write!(f, "maintenance: {}", self.message),
             key => write!(f, "maintenance.{key}: {}", self.message),
         }
-    }
-}
-
-impl From<KeyError> for String {
-    fn from(e: KeyError) -> String {
-        e.to_string()
     }
 }
 
@@ -213,7 +209,7 @@ impl Maintenance {
 mod tests {
     use super::*;
 
-    fn maintenance(tz: Option<&str>, windows: &[(&[&str], &str, u32)]) -> Result<Maintenance, String> {
+    fn maintenance(tz: Option<&str>, windows: &[(&[&str], &str, u32)]) -> Result<Maintenance, KeyError> {
         MaintenanceSettings {
             time_zone: tz.map(String::from),
             windows: windows
@@ -226,7 +222,6 @@ mod tests {
                 .collect(),
         }
         .resolve()
-        .map_err(String::from)
     }
 
     fn utc(text: &str) -> i64 {
@@ -259,7 +254,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = |r: Result<Maintenance, String>| r.unwrap_err();
+        let err = |r: Result<Maintenance, KeyError>| r.unwrap_err().to_string();
         assert!(
             err(maintenance(Some("Mars/Olympus"), &[(&["Sat"], "22:00", 60)])).starts_with("maintenance.time_zone:")
         );

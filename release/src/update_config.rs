@@ -109,49 +109,50 @@ impl UpdateSettings {
     }
 
     /// Checks every value; errors name the key.
-    pub fn resolve(&self) -> Result<UpdateConfig, String> {
-        let dur = |key: &str, v: &Option<String>, default: Duration| match v {
+    pub fn resolve(&self) -> Result<UpdateConfig, SettingsError> {
+        let bad = |key: &'static str, message: String| SettingsError::Key { key, message };
+        let dur = |key: &'static str, v: &Option<String>, default: Duration| match v {
             None => Ok(default),
-            Some(s) => duration::parse(s).map_err(|e| format!("{key}: {e}")),
+            Some(s) => duration::parse(s).map_err(|e| bad(key, e.to_string())),
         };
         let interval = dur("interval", &self.interval, DEFAULT_INTERVAL)?;
         if interval < Duration::from_secs(1) {
-            return Err("interval: must be at least 1s".into());
+            return Err(bad("interval", "must be at least 1s".into()));
         }
         if let Some(s) = &self.source {
             let ok = ["http://", "https://", "file://", "/"].iter().any(|p| s.starts_with(p));
             if !ok {
-                return Err(format!("source: {s:?} is not an http(s):// URL or an absolute path"));
+                return Err(bad("source", format!("{s:?} is not an http(s):// URL or an absolute path")));
             }
         }
         let server = self.server.clone().filter(|s| !s.is_empty());
         if let Some(s) = &server
             && !(s.starts_with("http://") || s.starts_with("https://"))
         {
-            return Err(format!("server: {s:?} is not an http(s):// URL"));
+            return Err(bad("server", format!("{s:?} is not an http(s):// URL")));
         }
         let group = self.group.clone().unwrap_or_else(|| "default".into());
-        crate::checkin::validate_name("group", &group, 64)?;
+        crate::checkin::validate_name("group", &group, 64).map_err(|e| SettingsError::Group(e.0))?;
         let strategy = self.strategy.unwrap_or(Strategy::Immediate);
         let lock_server = self.lock_server.clone().filter(|s| !s.is_empty()).or_else(|| server.clone());
         if let Some(s) = &lock_server
             && !(s.starts_with("http://") || s.starts_with("https://"))
         {
-            return Err(format!("lock_server: {s:?} is not an http(s):// URL"));
+            return Err(bad("lock_server", format!("{s:?} is not an http(s):// URL")));
         }
         if strategy == Strategy::FleetLock && lock_server.is_none() {
-            return Err("strategy: fleetlock needs lock_server (or server)".into());
+            return Err(bad("strategy", "fleetlock needs lock_server (or server)".into()));
         }
         let lock_group = self.lock_group.clone().unwrap_or_else(|| "default".into());
         let fleetlock_group = !lock_group.is_empty()
             && lock_group.len() <= 128
             && lock_group.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
         if !fleetlock_group {
-            return Err(format!("lock_group {lock_group:?}: must match ^[a-zA-Z0-9.-]+$"));
+            return Err(SettingsError::Group(format!("lock_group {lock_group:?}: must match ^[a-zA-Z0-9.-]+$")));
         }
         let lock_retry = dur("lock_retry", &self.lock_retry, DEFAULT_LOCK_RETRY)?;
         if lock_retry < Duration::from_secs(1) {
-            return Err("lock_retry: must be at least 1s".into());
+            return Err(bad("lock_retry", "must be at least 1s".into()));
         }
         Ok(UpdateConfig {
             source: self.source.clone().filter(|s| !s.is_empty()),
@@ -168,6 +169,18 @@ impl UpdateSettings {
     }
 }
 
+/// A bad update setting, naming its key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{key}: {message}")]
+    Key { key: &'static str, message: String },
+    /// A group name (the message names which).
+    #[error("{0}")]
+    Group(String),
+    #[error(transparent)]
+    Maintenance(#[from] crate::maintenance::KeyError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,9 +195,9 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(3600));
         assert_eq!(c.bless_after, DEFAULT_BLESS_AFTER);
         let bad = UpdateSettings { interval: Some("soon".into()), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().starts_with("interval:"));
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("interval:"));
         let bad = UpdateSettings { source: Some("ftp://x".into()), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().starts_with("source:"));
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("source:"));
         assert_eq!(c.group, "default");
         let server = UpdateSettings {
             server: Some("http://10.0.2.2:8270".into()),
@@ -194,18 +207,18 @@ mod tests {
         let c = image.overlay(&server).resolve().unwrap();
         assert_eq!((c.server.as_deref(), c.group.as_str()), (Some("http://10.0.2.2:8270"), "canary"));
         let bad = UpdateSettings { group: Some("Canary Hosts".into()), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().starts_with("group"));
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("group"));
         let bad = UpdateSettings { server: Some("10.0.2.2:8270".into()), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().starts_with("server:"));
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("server:"));
         // FleetLock: the lock server defaults to the rollout server; without either, refused.
         let c =
             image.overlay(&UpdateSettings { strategy: Some(Strategy::FleetLock), ..server.clone() }).resolve().unwrap();
         assert_eq!(c.lock_server.as_deref(), Some("http://10.0.2.2:8270"));
         assert_eq!((c.lock_group.as_str(), c.lock_retry), ("default", DEFAULT_LOCK_RETRY));
         let bad = UpdateSettings { strategy: Some(Strategy::FleetLock), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().contains("fleetlock needs lock_server"));
+        assert!(bad.resolve().unwrap_err().to_string().contains("fleetlock needs lock_server"));
         let bad = UpdateSettings { lock_group: Some("a_b".into()), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().starts_with("lock_group"));
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("lock_group"));
         let parsed: UpdateSettings =
             serde_json::from_str(r#"{"strategy": "fleetlock", "lock_server": "http://x", "lock_retry": "2s"}"#)
                 .unwrap();

@@ -93,17 +93,27 @@ fn trim_zeros(s: &[u8]) -> &[u8] {
 /// A Cairn version goes into file names, os-release and the check-in protocol: 1 to 64 of
 /// letters, digits, `.`, `-`, `~`, `_`, starting with a digit. No `+`, which separates the boot
 /// counter in UKI file names.
-pub fn validate(v: &str) -> Result<(), String> {
+pub fn validate(v: &str) -> Result<(), VersionError> {
     if v.is_empty() || v.len() > 64 {
-        return Err("version must be 1 to 64 characters".into());
+        return Err(VersionError::Length);
     }
     if !v.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(format!("version {v:?} must start with a digit"));
+        return Err(VersionError::Start(v.into()));
     }
     if let Some(bad) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || ".-~_".contains(*c))) {
-        return Err(format!("version {v:?} holds {bad:?}; use letters, digits, '.', '-', '~', '_'"));
+        return Err(VersionError::Character(v.into(), bad));
     }
     Ok(())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    #[error("version must be 1 to 64 characters")]
+    Length,
+    #[error("version {0:?} must start with a digit")]
+    Start(String),
+    #[error("version {0:?} holds {1:?}; use letters, digits, '.', '-', '~', '_'")]
+    Character(String, char),
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ async fn require_complete_package(s: &Server, version: &str) -> ApiResult<()> {
 
 async fn create_channel(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<store::Channel>)> {
     let c: NewChannel = parse("channel", &body)?;
-    validate_name("channel", &c.name, 64).map_err(ApiError::BadRequest)?;
+    validate_name("channel", &c.name, 64)?;
     if let Some(v) = &c.version {
         require_complete_package(&s, v).await?;
     }
@@ -301,7 +301,7 @@ async fn get_group(State(s): S, Path(name): Path<String>) -> ApiResult<Json<Grou
 async fn create_group(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<Group>)> {
     let change: GroupChange = parse("group", &body)?;
     let name = change.name.clone().ok_or_else(|| ApiError::BadRequest("group: name is required".into()))?;
-    validate_name("group", &name, 64).map_err(ApiError::BadRequest)?;
+    validate_name("group", &name, 64)?;
     let mut g = Group {
         name: name.clone(),
         channel: "stable".into(),

@@ -23,6 +23,13 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+/// A check-in, an event or a name that breaks the protocol: the client's mistake.
+impl From<cairn_release::checkin::Invalid> for ApiError {
+    fn from(e: cairn_release::checkin::Invalid) -> ApiError {
+        ApiError::BadRequest(e.0)
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
         ApiError::Internal(e.into())

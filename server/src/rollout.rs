@@ -134,7 +134,7 @@ impl Server {
     }
 
     pub async fn check_in(&self, c: &CheckIn) -> ApiResult<CheckInReply> {
-        c.validate().map_err(ApiError::BadRequest)?;
+        c.validate()?;
         let now = self.now_ms();
         let view = self.group_view(&c.group).await?;
         let policy = &view.group.policy;
@@ -261,7 +261,7 @@ impl Server {
     }
 
     pub async fn report(&self, e: &Event) -> ApiResult<()> {
-        e.validate().map_err(ApiError::BadRequest)?;
+        e.validate()?;
         let now = self.now_ms();
         let kind = match e.kind {
             EventKind::Staged => "staged",

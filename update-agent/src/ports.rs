@@ -51,7 +51,10 @@ pub enum HostError {
     /// The host is not laid out as a Cairn host (a missing key, device or partition).
     #[error("{0}")]
     Layout(String),
-    /// cairn-init could not be asked, or refused.
+    /// cairn-init could not be asked.
+    #[error(transparent)]
+    Control(#[from] cairn_release::control::CallError),
+    /// cairn-init answered no, or not what it should.
     #[error("cairn-init: {0}")]
     Init(String),
 }

@@ -115,26 +115,26 @@ fn dhcp(until: Instant) -> Result<(), String> {
 }
 
 fn run_container(name: &str) -> i32 {
-    let fail = |e: String| {
+    let fail = |e: &dyn std::fmt::Display| {
         eprintln!("container {name}: {e}");
         1
     };
     let spec = match container::load(Path::new(container::SPECS_DIR), name) {
         Ok(s) => s,
-        Err(e) => return fail(e),
+        Err(e) => return fail(&e),
     };
     let archive = match container::archive(&spec.image, Path::new(container::IMAGES_DIR)) {
         Ok(a) => a,
-        Err(e) => return fail(e),
+        Err(e) => return fail(&e),
     };
     match Command::new(container::CTR).args(container::import_args(name, &archive)).status() {
         Ok(s) if s.success() => {}
-        Ok(s) => return fail(format!("importing {}: ctr {s}", archive.display())),
-        Err(e) => return fail(format!("running {}: {e}", container::CTR)),
+        Ok(s) => return fail(&format!("importing {}: ctr {s}", archive.display())),
+        Err(e) => return fail(&format!("running {}: {e}", container::CTR)),
     }
     for args in container::cleanup_args(name) {
         let _ = Command::new(container::CTR).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
     let e = Command::new(container::CTR).args(container::run_args(&spec)).exec();
-    fail(format!("running {}: {e}", container::CTR))
+    fail(&format!("running {}: {e}", container::CTR))
 }

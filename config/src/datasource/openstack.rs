@@ -26,7 +26,7 @@ impl Datasource for OpenStack {
         let what = "OpenStack meta_data.json";
         let instance = c.get(&format!("{base}/openstack/latest/meta_data.json"), what).and_then(|json| match json {
             Some(json) => instance::from_openstack_json(&json)
-                .map_err(|message| DatasourceError::Malformed { what: what.into(), message }),
+                .map_err(|e| DatasourceError::Malformed { what: what.into(), message: e.message }),
             None => Ok(InstanceMetadata::default()),
         });
         Ok(network_found(format!("openstack {base}"), user_data, instance))

@@ -37,7 +37,7 @@ impl Kind {
         }
     }
 
-    fn instance(self, meta: &[u8]) -> Result<InstanceMetadata, String> {
+    fn instance(self, meta: &[u8]) -> Result<InstanceMetadata, instance::MetadataError> {
         match self {
             Kind::ConfigDrive => instance::from_openstack_json(meta),
             Kind::NoCloud => instance::from_nocloud_yaml(meta),

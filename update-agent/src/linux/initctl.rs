@@ -6,7 +6,7 @@ use cairn_release::control::{Request, Response, call};
 use std::path::Path;
 
 fn ok(socket: &Path, req: &Request) -> Result<Response, HostError> {
-    let r = call(socket, req).map_err(HostError::Init)?;
+    let r = call(socket, req)?;
     if !r.ok {
         return Err(HostError::Init(format!("refused: {}", r.error.as_deref().unwrap_or("no reason given"))));
     }
