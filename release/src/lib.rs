@@ -3,6 +3,7 @@
 //! This crate sits at the bottom of the dependency graph and must stay small: `cairn-init` links
 //! it into the initramfs.
 
+pub mod admin;
 pub mod checkin;
 pub mod cmdline;
 pub mod config_status;

@@ -3,7 +3,6 @@
 //! Every refusal is a 4xx with `{"error": "..."}` naming the problem, and changes nothing.
 
 use crate::error::{ApiError, ApiResult};
-use crate::packages::UploadRequest;
 use crate::policy::GroupPolicy;
 use crate::rollout::Server;
 use crate::store::{self, EventFilter, Group, InstanceFilter};
@@ -15,10 +14,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use cairn_release::admin::{
+    ChannelVersion, GroupChange, LockRelease, LockSlots, NewChannel, RolloutStatus, UploadRequest,
+};
 use cairn_release::checkin::{CHECKIN_PATH, EVENTS_PATH, validate_name};
 use cairn_release::manifest::{MANIFEST, SIGNATURE_SUFFIX, safe_name};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 use tower::ServiceExt;
@@ -126,20 +128,6 @@ async fn metrics(State(s): S) -> ApiResult<Response> {
 
 // ---- channels ----
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewChannel {
-    name: String,
-    #[serde(default)]
-    version: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChannelVersion {
-    version: String,
-}
-
 async fn list_channels(State(s): S) -> ApiResult<Json<Vec<store::Channel>>> {
     Ok(Json(store::channels(&s.db).await?))
 }
@@ -209,66 +197,48 @@ async fn delete_package(State(s): S, Path(version): Path<String>) -> ApiResult<S
 
 // ---- groups ----
 
-/// Settings of a group; absent fields keep their value (or the default, on create).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupChange {
-    #[serde(default)]
-    pub name: Option<String>,
-    pub channel: Option<String>,
-    pub updates_enabled: Option<bool>,
-    pub max_per_period: Option<u32>,
-    pub period_s: Option<u64>,
-    pub safe_mode: Option<bool>,
-    pub halt_after: Option<u32>,
-    pub percentage: Option<u8>,
-    /// A version, or "" to follow the channel again.
-    pub pinned_version: Option<String>,
-    pub grant_timeout_s: Option<u64>,
-    /// Only `false`: resume a halted rollout.
-    pub halted: Option<bool>,
-}
-
-impl GroupChange {
-    fn apply(&self, g: &mut Group) -> ApiResult<()> {
+/// Applies a change to a group's settings; absent fields keep their value (or the default, on
+/// create).
+fn apply_change(change: &GroupChange, g: &mut Group) -> ApiResult<()> {
+    {
         let p = &mut g.policy;
-        if let Some(c) = &self.channel {
+        if let Some(c) = &change.channel {
             g.channel = c.clone();
         }
-        if let Some(v) = self.updates_enabled {
+        if let Some(v) = change.updates_enabled {
             p.updates_enabled = v;
         }
-        if let Some(v) = self.max_per_period {
+        if let Some(v) = change.max_per_period {
             p.max_per_period = v;
         }
-        if let Some(v) = self.period_s {
+        if let Some(v) = change.period_s {
             if v == 0 {
                 return Err(ApiError::BadRequest("period_s: must be at least 1".into()));
             }
             p.period_s = v;
         }
-        if let Some(v) = self.safe_mode {
+        if let Some(v) = change.safe_mode {
             p.safe_mode = v;
         }
-        if let Some(v) = self.halt_after {
+        if let Some(v) = change.halt_after {
             p.halt_after = v;
         }
-        if let Some(v) = self.percentage {
+        if let Some(v) = change.percentage {
             if v > 100 {
                 return Err(ApiError::BadRequest(format!("percentage {v}: at most 100")));
             }
             p.percentage = v;
         }
-        if let Some(v) = &self.pinned_version {
+        if let Some(v) = &change.pinned_version {
             p.pinned_version = (!v.is_empty()).then(|| v.clone());
         }
-        if let Some(v) = self.grant_timeout_s {
+        if let Some(v) = change.grant_timeout_s {
             if v == 0 {
                 return Err(ApiError::BadRequest("grant_timeout_s: must be at least 1".into()));
             }
             p.grant_timeout_s = v;
         }
-        match self.halted {
+        match change.halted {
             Some(true) => return Err(ApiError::BadRequest("halted: only false (resume) can be set".into())),
             Some(false) => {
                 g.halted = false;
@@ -310,7 +280,7 @@ async fn create_group(State(s): S, body: Bytes) -> ApiResult<(StatusCode, Json<G
         halted: false,
         halted_reason: None,
     };
-    change.apply(&mut g)?;
+    apply_change(&change, &mut g)?;
     check_group_refs(&s, &g).await?;
     if !store::save_group(&s.db, &g, true, s.now_ms()).await? {
         return Err(ApiError::Conflict(format!("group {name:?} exists")));
@@ -328,7 +298,7 @@ async fn update_group(State(s): S, Path(name): Path<String>, body: Bytes) -> Api
     let mut g =
         store::group(&s.db, &name).await?.ok_or_else(|| ApiError::NotFound(format!("unknown group {name:?}")))?;
     let was_halted = g.halted;
-    change.apply(&mut g)?;
+    apply_change(&change, &mut g)?;
     check_group_refs(&s, &g).await?;
     let now = s.now_ms();
     store::save_group(&s.db, &g, false, now).await?;
@@ -357,28 +327,6 @@ async fn list_events(State(s): S, Query(f): Query<EventFilter>) -> ApiResult<Jso
 #[derive(Deserialize)]
 struct RolloutQuery {
     group: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RolloutStatus {
-    pub group: String,
-    pub channel: String,
-    /// The version the group installs (pinned or the channel's).
-    pub target_version: Option<String>,
-    pub paused: bool,
-    pub halted: bool,
-    pub halted_reason: Option<String>,
-    pub hosts: i64,
-    /// Hosts per version.
-    pub versions: Vec<(String, i64)>,
-    /// Hosts per agent state.
-    pub states: Vec<(String, i64)>,
-    /// The rollout of the target version: grants in the current period, still in progress,
-    /// succeeded, failed (including grants that timed out).
-    pub granted_in_period: u32,
-    pub in_progress: u32,
-    pub succeeded: u32,
-    pub failed: u32,
 }
 
 async fn rollout_status(State(s): S, Query(q): Query<RolloutQuery>) -> ApiResult<Json<Vec<RolloutStatus>>> {
@@ -454,12 +402,6 @@ async fn lock_status(State(s): S, Query(q): Query<LockQuery>) -> ApiResult<Json<
     Ok(Json(groups))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LockSlots {
-    slots: i64,
-}
-
 async fn set_lock_slots(
     State(s): S,
     Path(group): Path<String>,
@@ -473,12 +415,6 @@ async fn set_lock_slots(
     s.locks.set_slots(&s.db, &group, req.slots, s.now_ms()).await?;
     tracing::info!(group, slots = req.slots, "reboot slots set");
     Ok(Json(s.locks.status(&s.db, Some(&group)).await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LockRelease {
-    id: String,
 }
 
 async fn release_lock(State(s): S, Path(group): Path<String>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {

@@ -8,33 +8,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::rollout::Server;
 use crate::store::{self, Package, SignedPackage};
 use axum::body::Body;
+use cairn_release::admin::{PackageStatus, UploadRequest};
 use cairn_release::manifest::{Release, safe_name};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UploadRequest {
-    /// The exact text of release.json.
-    pub manifest: String,
-    /// The exact text of release.json.sig.
-    pub signature: String,
-    /// Artifacts are served from this URL (the directory holding release.json) instead of by
-    /// this server.
-    #[serde(default)]
-    pub base_url: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PackageStatus {
-    #[serde(flatten)]
-    pub package: Package,
-    /// Artifacts still to upload, with their sizes.
-    pub missing: Vec<(String, u64)>,
-}
 
 fn artifacts_dir(data: &Path, version: &str) -> PathBuf {
     data.join("packages").join(version)

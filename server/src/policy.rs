@@ -8,42 +8,10 @@
 //! percentage of the group; a pinned version. A grant not reported back within `grant_timeout`
 //! counts as a failure.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupPolicy {
-    /// `false`: paused; nobody gets a new grant (outstanding ones may still finish).
-    pub updates_enabled: bool,
-    pub max_per_period: u32,
-    pub period_s: u64,
-    /// Only one host until the first success.
-    pub safe_mode: bool,
-    /// Halt after this many failures or rollbacks in the rollout (0: never).
-    pub halt_after: u32,
-    /// Only this share of the group's hosts (chosen stably by instance id) gets the release.
-    pub percentage: u8,
-    /// Install this version instead of the channel's.
-    pub pinned_version: Option<String>,
-    /// A grant with no report after this long counts as failed.
-    pub grant_timeout_s: u64,
-}
-
-impl Default for GroupPolicy {
-    fn default() -> Self {
-        GroupPolicy {
-            updates_enabled: true,
-            max_per_period: 10,
-            period_s: 3600,
-            safe_mode: false,
-            halt_after: 3,
-            percentage: 100,
-            pinned_version: None,
-            grant_timeout_s: 3600,
-        }
-    }
-}
+pub use cairn_release::admin::GroupPolicy;
 
 /// The rollout of one version in one group, as the store counts it at `now`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

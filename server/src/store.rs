@@ -3,29 +3,12 @@
 //! the types the API serves.
 
 use crate::db::Db;
-use crate::policy::{GroupPolicy, RolloutCounts};
+use crate::policy::RolloutCounts;
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
+pub use cairn_release::admin::{Channel, EventRecord, Group, GroupPolicy, Instance, Package};
+use serde::Deserialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Executor, Row};
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Channel {
-    pub name: String,
-    pub version: Option<String>,
-    pub updated_at: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Package {
-    pub version: String,
-    pub os_id: String,
-    pub manifest_sha256: String,
-    pub signed_by: String,
-    pub base_url: Option<String>,
-    pub complete: bool,
-    pub created_at: i64,
-}
 
 /// A package with its signed documents, as the agent fetches them.
 #[derive(Clone, Debug)]
@@ -33,43 +16,6 @@ pub struct SignedPackage {
     pub package: Package,
     pub manifest: String,
     pub signature: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
-    pub name: String,
-    pub channel: String,
-    /// The channel's current version.
-    pub channel_version: Option<String>,
-    #[serde(flatten)]
-    pub policy: GroupPolicy,
-    pub halted: bool,
-    pub halted_reason: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Instance {
-    pub id: String,
-    pub group: String,
-    pub os_id: String,
-    pub version: String,
-    pub slot: String,
-    pub state: String,
-    pub rolled_back: Vec<String>,
-    pub last_error: Option<String>,
-    pub first_seen: i64,
-    pub last_checkin: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventRecord {
-    pub id: i64,
-    pub at: i64,
-    pub instance_id: String,
-    pub group: Option<String>,
-    pub kind: String,
-    pub version: String,
-    pub error: Option<String>,
 }
 
 /// What a check-in needs to know of the host: its stored row and the grant it holds.

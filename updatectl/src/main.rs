@@ -9,6 +9,9 @@ mod agent;
 mod server;
 mod table;
 
+use cairn_release::admin::{
+    Channel, ChannelVersion, Group, GroupChange, LockGroup, LockRelease, LockSlots, NewChannel,
+};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use server::{Client, Failure, Settings, output};
@@ -219,23 +222,19 @@ fn seconds(flag: &str, value: &Option<String>) -> server::Result<Option<u64>> {
 }
 
 impl PolicyArgs {
-    fn to_json(&self, name: Option<&str>) -> server::Result<Value> {
-        let mut v = json!({});
-        let mut set = |k: &str, x: Value| {
-            if !x.is_null() {
-                v[k] = x;
-            }
-        };
-        set("name", json!(name));
-        set("channel", json!(self.channel));
-        set("max_per_period", json!(self.max_per_period));
-        set("period_s", json!(seconds("--period", &self.period)?));
-        set("safe_mode", json!(self.safe_mode));
-        set("halt_after", json!(self.halt_after));
-        set("percentage", json!(self.percentage));
-        set("pinned_version", json!(self.pin));
-        set("grant_timeout_s", json!(seconds("--grant-timeout", &self.grant_timeout)?));
-        Ok(v)
+    fn change(&self, name: Option<&str>) -> server::Result<GroupChange> {
+        Ok(GroupChange {
+            name: name.map(str::to_string),
+            channel: self.channel.clone(),
+            max_per_period: self.max_per_period,
+            period_s: seconds("--period", &self.period)?,
+            safe_mode: self.safe_mode,
+            halt_after: self.halt_after,
+            percentage: self.percentage,
+            pinned_version: self.pin.clone(),
+            grant_timeout_s: seconds("--grant-timeout", &self.grant_timeout)?,
+            ..GroupChange::default()
+        })
     }
 }
 
@@ -250,54 +249,53 @@ fn fleet(cli: Cli) -> server::Result<()> {
     let as_json = cli.json;
     let client = Client::new(Settings::load(cli.server, cli.token)?)?;
     match cli.command {
-        Cmd::Channel(ChannelCmd::List) => output(&client.get("/channels")?, as_json, server::print_channels),
+        Cmd::Channel(ChannelCmd::List) => server::show_list(&client, "/channels", as_json, server::print_channels)?,
         Cmd::Channel(ChannelCmd::Create { name, version }) => {
-            let v = client.json(Method::POST, "/channels", &json!({"name": name, "version": version}))?;
-            output(&Value::Array(vec![v]), as_json, server::print_channels)
+            let c: Channel = client.call(Method::POST, "/channels", &NewChannel { name, version })?;
+            output(&vec![c], as_json, |v| server::print_channels(v))
         }
         Cmd::Channel(ChannelCmd::SetVersion { name, version }) => {
-            let v = client.json(Method::PUT, &format!("/channels/{name}"), &json!({"version": version}))?;
-            output(&Value::Array(vec![v]), as_json, server::print_channels)
+            let c: Channel = client.call(Method::PUT, &format!("/channels/{name}"), &ChannelVersion { version })?;
+            output(&vec![c], as_json, |v| server::print_channels(v))
         }
-        Cmd::Package(PackageCmd::List) => output(&client.get("/packages")?, as_json, server::print_packages),
+        Cmd::Package(PackageCmd::List) => server::show_list(&client, "/packages", as_json, server::print_packages)?,
         Cmd::Package(PackageCmd::Upload { dir, url, quiet }) => {
-            let v = server::upload(&client, &dir, url.as_deref(), quiet || as_json)?;
-            output(&v, as_json, |v| {
-                println!("package {} uploaded, complete: {}", v["version"].as_str().unwrap_or("?"), v["complete"])
+            let status = server::upload(&client, &dir, url.as_deref(), quiet || as_json)?;
+            output(&status, as_json, |s| {
+                println!("package {} uploaded, complete: {}", s.package.version, s.package.complete)
             })
         }
         Cmd::Package(PackageCmd::Delete { version }) => {
-            client.json(Method::DELETE, &format!("/packages/{version}"), &Value::Null)?;
+            let _: Value = client.call(Method::DELETE, &format!("/packages/{version}"), &Value::Null)?;
             output(&json!({"deleted": version}), as_json, |_| println!("package {version} deleted"))
         }
-        Cmd::Group(GroupCmd::List) => output(&client.get("/groups")?, as_json, server::print_groups),
+        Cmd::Group(GroupCmd::List) => server::show_list(&client, "/groups", as_json, server::print_groups)?,
         Cmd::Group(GroupCmd::Show { name }) => {
-            output(&client.get(&format!("/groups/{name}"))?, as_json, server::print_groups)
+            let g: Group = client.get(&format!("/groups/{name}"))?;
+            output(&vec![g], as_json, |v| server::print_groups(v))
         }
         Cmd::Group(GroupCmd::Create { name, policy }) => {
-            let v = client.json(Method::POST, "/groups", &policy.to_json(Some(&name))?)?;
-            output(&v, as_json, server::print_groups)
+            let g: Group = client.call(Method::POST, "/groups", &policy.change(Some(&name))?)?;
+            output(&vec![g], as_json, |v| server::print_groups(v))
         }
         Cmd::Group(GroupCmd::Update { name, policy }) => {
-            let v = client.json(Method::PATCH, &format!("/groups/{name}"), &policy.to_json(None)?)?;
-            output(&v, as_json, server::print_groups)
+            let g: Group = client.call(Method::PATCH, &format!("/groups/{name}"), &policy.change(None)?)?;
+            output(&vec![g], as_json, |v| server::print_groups(v))
         }
         Cmd::Group(GroupCmd::Pause { name }) => {
-            let v = client.json(Method::PATCH, &format!("/groups/{name}"), &json!({"updates_enabled": false}))?;
-            output(&v, as_json, server::print_groups)
+            let pause = GroupChange { updates_enabled: Some(false), ..GroupChange::default() };
+            let g: Group = client.call(Method::PATCH, &format!("/groups/{name}"), &pause)?;
+            output(&vec![g], as_json, |v| server::print_groups(v))
         }
         Cmd::Group(GroupCmd::Resume { name }) => {
-            let v = client.json(
-                Method::PATCH,
-                &format!("/groups/{name}"),
-                &json!({"updates_enabled": true, "halted": false}),
-            )?;
-            output(&v, as_json, server::print_groups)
+            let resume = GroupChange { updates_enabled: Some(true), halted: Some(false), ..GroupChange::default() };
+            let g: Group = client.call(Method::PATCH, &format!("/groups/{name}"), &resume)?;
+            output(&vec![g], as_json, |v| server::print_groups(v))
         }
         Cmd::Instance(InstanceCmd::List { group, version, state, limit }) => {
             let q =
                 query(&[("group", group), ("version", version), ("state", state), ("limit", Some(limit.to_string()))]);
-            output(&client.get(&format!("/instances{q}"))?, as_json, server::print_instances)
+            server::show_list(&client, &format!("/instances{q}"), as_json, server::print_instances)?
         }
         Cmd::Events { instance, group, since, limit } => {
             let since = seconds("--since", &since)?.map(|s| (table::now_ms() - s as i64 * 1000).to_string());
@@ -307,28 +305,33 @@ fn fleet(cli: Cli) -> server::Result<()> {
                 ("since", since),
                 ("limit", Some(limit.to_string())),
             ]);
-            output(&client.get(&format!("/events{q}"))?, as_json, server::print_events)
+            server::show_list(&client, &format!("/events{q}"), as_json, server::print_events)?
         }
-        Cmd::Rollout(RolloutCmd::Status { group }) => {
-            output(&client.get(&format!("/rollout{}", query(&[("group", group)])))?, as_json, server::print_rollout)
-        }
+        Cmd::Rollout(RolloutCmd::Status { group }) => server::show_list(
+            &client,
+            &format!("/rollout{}", query(&[("group", group)])),
+            as_json,
+            server::print_rollout,
+        )?,
         Cmd::Lock(LockCmd::Status { group }) => {
-            output(&client.get(&format!("/locks{}", query(&[("group", group)])))?, as_json, server::print_locks)
+            server::show_list(&client, &format!("/locks{}", query(&[("group", group)])), as_json, server::print_locks)?
         }
         Cmd::Lock(LockCmd::Release { id, group }) => {
-            let v = client.json(Method::POST, &format!("/locks/{group}/release"), &json!({"id": id}))?;
+            let release = LockRelease { id: id.clone() };
+            let v: Value = client.call(Method::POST, &format!("/locks/{group}/release"), &release)?;
             output(&v, as_json, |_| println!("released {id}'s reboot slot in {group}"))
         }
         Cmd::Lock(LockCmd::Slots { group, slots }) => {
-            let v = client.json(Method::PUT, &format!("/locks/{group}"), &json!({"slots": slots}))?;
-            output(&v, as_json, server::print_locks)
+            let groups: Vec<LockGroup> =
+                client.call(Method::PUT, &format!("/locks/{group}"), &LockSlots { slots: slots.into() })?;
+            output(&groups, as_json, |v| server::print_locks(v))
         }
         Cmd::Lock(LockCmd::Token { group, remove }) => {
             if remove {
-                client.json(Method::DELETE, &format!("/locks/{group}/token"), &Value::Null)?;
+                let _: Value = client.call(Method::DELETE, &format!("/locks/{group}/token"), &Value::Null)?;
                 output(&json!({"group": group, "token": null}), as_json, |_| println!("{group}: no token needed"))
             } else {
-                let v = client.json(Method::POST, &format!("/locks/{group}/token"), &Value::Null)?;
+                let v: Value = client.call(Method::POST, &format!("/locks/{group}/token"), &Value::Null)?;
                 output(&v, as_json, |v| println!("{}", v["token"].as_str().unwrap_or_default()))
             }
         }

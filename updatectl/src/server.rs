@@ -2,7 +2,11 @@
 //! `--json` for scripts; exit codes say what kind of failure happened (see [`Failure`]).
 
 use crate::table::{self, age, or_dash};
-use serde_json::{Value, json};
+use cairn_release::admin::UploadRequest;
+use cairn_release::admin::{Channel, EventRecord, Group, Instance, LockGroup, Package, PackageStatus, RolloutStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -123,25 +127,26 @@ impl Client {
         })
     }
 
-    pub fn get(&self, path: &str) -> Result<Value> {
-        self.send(reqwest::Method::GET, path, None)
+    /// The answer read as the admin API's type for it (`cairn_release::admin`).
+    fn typed<T: DeserializeOwned>(path: &str, value: Value) -> Result<T> {
+        serde_json::from_value(value).map_err(|e| {
+            Failure::Unavailable(format!("{path}: the server's answer is not what this updatectl reads: {e}"))
+        })
     }
 
-    pub fn json(&self, method: reqwest::Method, path: &str, body: &Value) -> Result<Value> {
-        self.send(method, path, Some(serde_json::to_vec(body).expect("JSON").into()))
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Self::typed(path, self.send(reqwest::Method::GET, path, None)?)
     }
-}
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+    /// Sends `body` as JSON; the answer as `T` (`Value` for whatever it is).
+    pub fn call<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: &B) -> Result<T> {
+        let value = self.send(method, path, Some(serde_json::to_vec(body).expect("JSON").into()))?;
+        Self::typed(path, value)
     }
 }
 
 /// Prints `value` as JSON (`--json`) or with `human`.
-pub fn output(value: &Value, as_json: bool, human: impl FnOnce(&Value)) {
+pub fn output<T: Serialize>(value: &T, as_json: bool, human: impl FnOnce(&T)) {
     if as_json {
         println!("{}", serde_json::to_string_pretty(value).expect("JSON"));
     } else {
@@ -149,58 +154,74 @@ pub fn output(value: &Value, as_json: bool, human: impl FnOnce(&Value)) {
     }
 }
 
-fn rows(v: &Value) -> &[Value] {
-    v.as_array().map_or(&[], Vec::as_slice)
+/// GETs a list and prints it with `human` (`--json`: as JSON).
+pub fn show_list<T: DeserializeOwned + Serialize>(
+    client: &Client,
+    path: &str,
+    as_json: bool,
+    human: fn(&[T]),
+) -> Result<()> {
+    let items: Vec<T> = client.get(path)?;
+    output(&items, as_json, |v| human(v));
+    Ok(())
 }
 
-pub fn print_channels(v: &Value) {
-    let rows: Vec<Vec<String>> = rows(v)
-        .iter()
-        .map(|c| vec![s(&c["name"]), s(&c["version"]), age(c["updated_at"].as_i64().unwrap_or(0))])
-        .collect();
+fn opt(v: &Option<impl ToString>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes".into() } else { "no".into() }
+}
+
+pub fn print_channels(channels: &[Channel]) {
+    let rows: Vec<Vec<String>> =
+        channels.iter().map(|c| vec![c.name.clone(), opt(&c.version), age(c.updated_at)]).collect();
     table::print(&["CHANNEL", "VERSION", "UPDATED"], &rows);
 }
 
-pub fn print_packages(v: &Value) {
-    let rows: Vec<Vec<String>> = rows(v)
+pub fn print_packages(packages: &[Package]) {
+    let rows: Vec<Vec<String>> = packages
         .iter()
         .map(|p| {
             vec![
-                s(&p["version"]),
-                s(&p["os_id"]),
-                if p["complete"] == json!(true) { "yes".into() } else { "no".into() },
-                s(&p["signed_by"]),
-                or_dash(p["base_url"].as_str()),
-                age(p["created_at"].as_i64().unwrap_or(0)),
+                p.version.clone(),
+                p.os_id.clone(),
+                yes_no(p.complete),
+                p.signed_by.clone(),
+                or_dash(p.base_url.as_deref()),
+                age(p.created_at),
             ]
         })
         .collect();
     table::print(&["VERSION", "OS", "COMPLETE", "SIGNED BY", "ARTIFACTS AT", "ADDED"], &rows);
 }
 
-pub fn print_groups(v: &Value) {
-    let list = if v.is_array() { rows(v).to_vec() } else { vec![v.clone()] };
-    let rows: Vec<Vec<String>> = list
+pub fn print_groups(groups: &[Group]) {
+    let rows: Vec<Vec<String>> = groups
         .iter()
         .map(|g| {
-            let state = if g["halted"] == json!(true) {
+            let p = &g.policy;
+            let state = if g.halted {
                 "halted"
-            } else if g["updates_enabled"] == json!(false) {
+            } else if !p.updates_enabled {
                 "paused"
             } else {
                 "active"
             };
+            let version = match &p.pinned_version {
+                Some(pin) => format!("{pin} (pinned)"),
+                None => opt(&g.channel_version),
+            };
             vec![
-                s(&g["name"]),
-                s(&g["channel"]),
-                s(&g["pinned_version"]
-                    .as_str()
-                    .map_or(g["channel_version"].clone(), |p| json!(format!("{p} (pinned)")))),
+                g.name.clone(),
+                g.channel.clone(),
+                version,
                 state.into(),
-                format!("{}/{}", s(&g["max_per_period"]), humanize_s(g["period_s"].as_u64().unwrap_or(0))),
-                if g["safe_mode"] == json!(true) { "yes".into() } else { "no".into() },
-                s(&g["halt_after"]),
-                format!("{}%", s(&g["percentage"])),
+                format!("{}/{}", p.max_per_period, humanize_s(p.period_s)),
+                yes_no(p.safe_mode),
+                p.halt_after.to_string(),
+                format!("{}%", p.percentage),
             ]
         })
         .collect();
@@ -216,92 +237,76 @@ fn humanize_s(s: u64) -> String {
     }
 }
 
-pub fn print_instances(v: &Value) {
-    let rows: Vec<Vec<String>> = rows(v)
+pub fn print_instances(instances: &[Instance]) {
+    let rows: Vec<Vec<String>> = instances
         .iter()
         .map(|i| {
             vec![
-                s(&i["id"]),
-                s(&i["group"]),
-                s(&i["version"]),
-                s(&i["slot"]),
-                s(&i["state"]),
-                age(i["last_checkin"].as_i64().unwrap_or(0)),
-                or_dash(i["last_error"].as_str()),
+                i.id.clone(),
+                i.group.clone(),
+                i.version.clone(),
+                i.slot.clone(),
+                i.state.clone(),
+                age(i.last_checkin),
+                or_dash(i.last_error.as_deref()),
             ]
         })
         .collect();
     table::print(&["INSTANCE", "GROUP", "VERSION", "SLOT", "STATE", "LAST CHECK-IN", "LAST ERROR"], &rows);
 }
 
-pub fn print_events(v: &Value) {
-    let rows: Vec<Vec<String>> = rows(v)
+pub fn print_events(events: &[EventRecord]) {
+    let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
             vec![
-                age(e["at"].as_i64().unwrap_or(0)),
-                s(&e["instance_id"]),
-                s(&e["group"]),
-                s(&e["kind"]),
-                s(&e["version"]),
-                or_dash(e["error"].as_str()),
+                age(e.at),
+                e.instance_id.clone(),
+                opt(&e.group),
+                e.kind.clone(),
+                e.version.clone(),
+                or_dash(e.error.as_deref()),
             ]
         })
         .collect();
     table::print(&["WHEN", "INSTANCE", "GROUP", "EVENT", "VERSION", "ERROR"], &rows);
 }
 
-pub fn print_rollout(v: &Value) {
-    for (i, g) in rows(v).iter().enumerate() {
+pub fn print_rollout(groups: &[RolloutStatus]) {
+    for (i, g) in groups.iter().enumerate() {
         if i > 0 {
             println!();
         }
-        let state = if g["halted"] == json!(true) {
-            format!("HALTED ({})", or_dash(g["halted_reason"].as_str()))
-        } else if g["paused"] == json!(true) {
+        let state = if g.halted {
+            format!("HALTED ({})", or_dash(g.halted_reason.as_deref()))
+        } else if g.paused {
             "paused".into()
         } else {
             "active".into()
         };
-        println!(
-            "Group {} (channel {}): target {}, {}",
-            s(&g["group"]),
-            s(&g["channel"]),
-            s(&g["target_version"]),
-            state
-        );
+        println!("Group {} (channel {}): target {}, {}", g.group, g.channel, opt(&g.target_version), state);
         println!(
             "  rollout of the target: {} succeeded, {} in progress, {} failed, {} granted this period",
-            s(&g["succeeded"]),
-            s(&g["in_progress"]),
-            s(&g["failed"]),
-            s(&g["granted_in_period"])
+            g.succeeded, g.in_progress, g.failed, g.granted_in_period
         );
-        let pairs = |key: &str| -> String {
-            let list: Vec<String> = rows(&g[key]).iter().map(|p| format!("{} {}", s(&p[0]), s(&p[1]))).collect();
+        let pairs = |list: &[(String, i64)]| -> String {
+            let list: Vec<String> = list.iter().map(|(k, n)| format!("{k} {n}")).collect();
             if list.is_empty() { "-".into() } else { list.join(", ") }
         };
-        println!("  hosts: {} (by version: {}; by state: {})", s(&g["hosts"]), pairs("versions"), pairs("states"));
+        println!("  hosts: {} (by version: {}; by state: {})", g.hosts, pairs(&g.versions), pairs(&g.states));
     }
 }
 
-pub fn print_locks(v: &Value) {
+pub fn print_locks(groups: &[LockGroup]) {
     let mut rows_out = Vec::new();
-    for g in rows(v) {
-        let holders = rows(&g["holders"]);
-        let token = if g["token_required"] == json!(true) { "yes" } else { "no" };
-        let used = format!("{}/{}", holders.len(), s(&g["slots"]));
-        if holders.is_empty() {
-            rows_out.push(vec![s(&g["group"]), used.clone(), token.into(), "-".into(), "-".into()]);
+    for g in groups {
+        let token = yes_no(g.token_required);
+        let used = format!("{}/{}", g.holders.len(), g.slots);
+        if g.holders.is_empty() {
+            rows_out.push(vec![g.group.clone(), used.clone(), token.clone(), "-".into(), "-".into()]);
         }
-        for h in holders {
-            rows_out.push(vec![
-                s(&g["group"]),
-                used.clone(),
-                token.into(),
-                s(&h["id"]),
-                age(h["since"].as_i64().unwrap_or(0)),
-            ]);
+        for h in &g.holders {
+            rows_out.push(vec![g.group.clone(), used.clone(), token.clone(), h.id.clone(), age(h.since)]);
         }
     }
     table::print(&["GROUP", "HELD", "TOKEN", "HOLDER", "SINCE"], &rows_out);
@@ -309,21 +314,19 @@ pub fn print_locks(v: &Value) {
 
 /// Uploads the release in `dir`: its signed documents, then each artifact the server is
 /// missing, with a progress bar.
-pub fn upload(client: &Client, dir: &Path, base_url: Option<&str>, quiet: bool) -> Result<Value> {
+pub fn upload(client: &Client, dir: &Path, base_url: Option<&str>, quiet: bool) -> Result<PackageStatus> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
             .map_err(|e| Failure::Usage(format!("{}: {e}", dir.join(name).display())))
     };
-    let manifest = read("release.json")?;
-    let signature = read("release.json.sig")?;
-    let mut status = client.json(
-        reqwest::Method::POST,
-        "/packages",
-        &json!({"manifest": manifest, "signature": signature, "base_url": base_url}),
-    )?;
-    let version = s(&status["version"]);
-    for missing in rows(&status["missing"].clone()) {
-        let name = s(&missing[0]);
+    let request = UploadRequest {
+        manifest: read("release.json")?,
+        signature: read("release.json.sig")?,
+        base_url: base_url.map(str::to_string),
+    };
+    let mut status: PackageStatus = client.call(reqwest::Method::POST, "/packages", &request)?;
+    let version = status.package.version.clone();
+    for (name, _) in status.missing.clone() {
         let path = dir.join(&name);
         let file = std::fs::File::open(&path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
         let size = file.metadata().map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?.len();
@@ -334,7 +337,8 @@ pub fn upload(client: &Client, dir: &Path, base_url: Option<&str>, quiet: bool) 
         );
         bar.set_message(name.clone());
         let body = reqwest::blocking::Body::sized(bar.wrap_read(file), size);
-        status = client.send(reqwest::Method::PUT, &format!("/packages/{version}/artifacts/{name}"), Some(body))?;
+        let path = format!("/packages/{version}/artifacts/{name}");
+        status = Client::typed(&path, client.send(reqwest::Method::PUT, &path, Some(body))?)?;
         bar.finish();
     }
     Ok(status)

@@ -11,8 +11,8 @@ pub mod etcd;
 
 use crate::db::Db;
 use anyhow::Result;
+pub use cairn_release::admin::{Holder, LockGroup};
 use etcd::EtcdSemaphores;
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use std::collections::BTreeMap;
 
@@ -28,22 +28,6 @@ pub enum Lock {
         holders: Vec<String>,
     },
     UnknownGroup,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
-    pub id: String,
-    /// Unix milliseconds (0: unknown, for a slot airlock granted).
-    pub since: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockGroup {
-    pub group: String,
-    pub slots: i64,
-    pub holders: Vec<Holder>,
-    /// Whether lock requests of the group need its token.
-    pub token_required: bool,
 }
 
 /// Slot count of a group created on first use.
