@@ -1,6 +1,7 @@
 //! cairn-server: channels, packages, groups with rollout policies, and every host's status,
 //! served over HTTP to agents (check-ins, events, downloads) and to `updatectl` (admin API).
 
+pub mod admin;
 pub mod api;
 pub mod clock;
 pub mod db;

@@ -216,13 +216,7 @@ impl Server {
         let g = &view.group;
         let target = view.target.as_ref().map(|o| o.version.as_str()).ok();
         let mut tx = self.db.write.begin_with(self.db.dialect.begin_write()).await?;
-        let halted: i64 = sqlx::query_scalar(&format!(
-            "SELECT halted FROM host_groups WHERE name = $1{}",
-            self.db.dialect.lock_row()
-        ))
-        .bind(&g.name)
-        .fetch_one(&mut *tx)
-        .await?;
+        let halted = store::group_halted_locked(&mut *tx, self.db.dialect, &g.name).await?;
         let counts = store::rollout_counts(&mut *tx, &g.name, target.unwrap_or_default(), &g.policy, now).await?;
         let host = HostView {
             instance_id: &instance.id,
@@ -231,7 +225,7 @@ impl Server {
             rolled_back: &instance.rolled_back,
             state: &instance.state,
         };
-        let decision = decide(&g.policy, halted != 0, target, &counts, &host);
+        let decision = decide(&g.policy, halted, target, &counts, &host);
         if let Decision::Offer { version, new_grant: true } = &decision {
             store::insert_grant(&mut *tx, &g.name, &instance.id, version, now).await?;
             store::insert_event(&mut *tx, now, &instance.id, Some(&g.name), "granted", version, None).await?;
@@ -271,10 +265,7 @@ impl Server {
         };
         let failure = matches!(e.kind, EventKind::RolledBack | EventKind::Failed);
         let mut tx = self.db.write.begin_with(self.db.dialect.begin_write()).await?;
-        let group: Option<String> = sqlx::query_scalar("SELECT group_name FROM instances WHERE id = $1")
-            .bind(&e.instance_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let group = store::instance_group(&mut *tx, &e.instance_id).await?;
         let Some(group) = group else {
             return Err(ApiError::NotFound(format!("unknown instance {:?}: it must check in first", e.instance_id)));
         };
@@ -286,23 +277,12 @@ impl Server {
                 store::finish_grant(&mut *tx, &e.instance_id, &e.version, "succeeded", now).await?;
                 // The host runs the version now (an update always boots the other slot); its
                 // next check-in confirms it, possibly minutes later.
-                sqlx::query(
-                    "UPDATE instances SET last_error = NULL, state = 'blessed', version = $2, \
-                     slot = CASE WHEN version = $2 THEN slot WHEN slot = 'a' THEN 'b' ELSE 'a' END WHERE id = $1",
-                )
-                .bind(&e.instance_id)
-                .bind(&e.version)
-                .execute(&mut *tx)
-                .await?;
+                store::mark_blessed(&mut *tx, &e.instance_id, &e.version).await?;
             }
             EventKind::RolledBack | EventKind::Failed => {
                 store::finish_grant(&mut *tx, &e.instance_id, &e.version, "failed", now).await?;
                 let message = format!("{kind} {}: {}", e.version, e.error.as_deref().unwrap_or("no detail"));
-                sqlx::query("UPDATE instances SET last_error = $2 WHERE id = $1")
-                    .bind(&e.instance_id)
-                    .bind(&message)
-                    .execute(&mut *tx)
-                    .await?;
+                store::set_last_error(&mut *tx, &e.instance_id, &message).await?;
                 let view = self.group_view(&group).await?;
                 let counts = store::rollout_counts(&mut *tx, &group, &e.version, &view.group.policy, now).await?;
                 if should_halt(&view.group.policy, &counts) {

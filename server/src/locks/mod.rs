@@ -6,14 +6,13 @@
 //! holders live in the database too (the default store) or in etcd v3 (airlock's layout), where
 //! the key's `total_slots` counts once it exists. Every lock and unlock is an event.
 
-pub mod database;
 pub mod etcd;
 
 use crate::db::Db;
+use crate::store::{lock_groups, lock_holders};
 use anyhow::Result;
 pub use cairn_release::admin::{Holder, LockGroup};
 use etcd::EtcdSemaphores;
-use sqlx::Row;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,48 +50,6 @@ impl Default for Locks {
     }
 }
 
-/// A registered group: (slots, token hash).
-async fn registered(db: &Db, group: &str) -> Result<Option<(i64, Option<String>)>> {
-    let row = sqlx::query("SELECT slots, token_sha256 FROM lock_groups WHERE name = $1")
-        .bind(group)
-        .fetch_optional(&db.read)
-        .await?;
-    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
-}
-
-/// Registered groups (one, or all), by name, without holders.
-async fn registered_groups(db: &Db, group: Option<&str>) -> Result<Vec<LockGroup>> {
-    let rows =
-        sqlx::query("SELECT name, slots, token_sha256 FROM lock_groups WHERE ($1 IS NULL OR name = $1) ORDER BY name")
-            .bind(group)
-            .fetch_all(&db.read)
-            .await?;
-    rows.iter()
-        .map(|r| {
-            let token: Option<String> = r.try_get(2)?;
-            Ok(LockGroup {
-                group: r.try_get(0)?,
-                slots: r.try_get(1)?,
-                holders: Vec::new(),
-                token_required: token.is_some(),
-            })
-        })
-        .collect()
-}
-
-async fn register(db: &Db, group: &str, slots: i64, now: i64) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO lock_groups (name, slots, token_sha256, updated_at) VALUES ($1, $2, NULL, $3) \
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(group)
-    .bind(slots)
-    .bind(now)
-    .execute(&db.write)
-    .await?;
-    Ok(())
-}
-
 async fn event(db: &Db, now: i64, id: &str, group: &str, kind: &str) -> Result<()> {
     crate::store::insert_event(&db.write, now, id, Some(group), kind, "", None).await
 }
@@ -101,7 +58,7 @@ impl Locks {
     /// The token hash a group's lock requests must match, if any; `None` for an unknown group
     /// (unless groups are created on first use: then it is created here).
     pub async fn token_of(&self, db: &Db, group: &str, now: i64) -> Result<Option<Option<String>>> {
-        if let Some((_, token)) = registered(db, group).await? {
+        if let Some((_, token)) = lock_groups::registered(db, group).await? {
             return Ok(Some(token));
         }
         if let Store::Etcd(etcd) = &self.store
@@ -110,7 +67,7 @@ impl Locks {
             return Ok(Some(None));
         }
         if self.create_on_first_use {
-            register(db, group, FIRST_USE_SLOTS, now).await?;
+            lock_groups::register(db, group, FIRST_USE_SLOTS, now).await?;
             tracing::info!(group, slots = FIRST_USE_SLOTS, "lock group created on first use");
             return Ok(Some(None));
         }
@@ -120,13 +77,13 @@ impl Locks {
     /// `pre-reboot`: takes a slot for `id` if one is free.
     pub async fn lock(&self, db: &Db, group: &str, id: &str, now: i64) -> Result<Lock> {
         match &self.store {
-            Store::Database => database::lock(db, group, id, now).await,
+            Store::Database => lock_holders::lock(db, group, id, now).await,
             Store::Etcd(etcd) => {
                 // The registry is read only for a group whose key does not exist yet (its first
                 // lock), not on every request.
                 let mut lock = etcd.lock(group, id, now, None).await?;
                 if lock == Lock::UnknownGroup
-                    && let Some((slots, _)) = registered(db, group).await?
+                    && let Some((slots, _)) = lock_groups::registered(db, group).await?
                 {
                     lock = etcd.lock(group, id, now, Some(slots)).await?;
                 }
@@ -142,13 +99,13 @@ impl Locks {
     /// `None` for an unknown group, else whether it held one.
     pub async fn unlock(&self, db: &Db, group: &str, id: &str, now: i64, kind: &str) -> Result<Option<bool>> {
         match &self.store {
-            Store::Database => database::unlock(db, group, id, now, kind).await,
+            Store::Database => lock_holders::unlock(db, group, id, now, kind).await,
             Store::Etcd(etcd) => {
                 let released = etcd.unlock(group, id).await?;
                 if released == Some(true) {
                     event(db, now, id, group, kind).await?;
                 }
-                if released.is_none() && registered(db, group).await?.is_some() {
+                if released.is_none() && lock_groups::registered(db, group).await?.is_some() {
                     // Registered, but no host has locked it yet: nothing to release.
                     return Ok(Some(false));
                 }
@@ -160,15 +117,7 @@ impl Locks {
     /// Sets the group's slot count, creating the group if needed. Fewer slots than holders is
     /// allowed: nobody is evicted, and no new slot is granted until enough are released.
     pub async fn set_slots(&self, db: &Db, group: &str, slots: i64, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO lock_groups (name, slots, token_sha256, updated_at) VALUES ($1, $2, NULL, $3) \
-             ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, updated_at = excluded.updated_at",
-        )
-        .bind(group)
-        .bind(slots)
-        .bind(now)
-        .execute(&db.write)
-        .await?;
+        lock_groups::set_slots(db, group, slots, now).await?;
         if let Store::Etcd(etcd) = &self.store {
             etcd.set_slots(group, slots).await?;
         }
@@ -181,31 +130,25 @@ impl Locks {
             && let Some(semaphore) = etcd.semaphore(group).await?
         {
             // A group only airlock knew: register it to hold the token.
-            register(db, group, semaphore.total_slots as i64, now).await?;
+            lock_groups::register(db, group, semaphore.total_slots as i64, now).await?;
         }
-        let done = sqlx::query("UPDATE lock_groups SET token_sha256 = $2, updated_at = $3 WHERE name = $1")
-            .bind(group)
-            .bind(token_sha256)
-            .bind(now)
-            .execute(&db.write)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        lock_groups::set_token(db, group, token_sha256, now).await
     }
 
     /// Every group (or one), with its slots and holders.
     pub async fn status(&self, db: &Db, group: Option<&str>) -> Result<Vec<LockGroup>> {
         let etcd = match &self.store {
             Store::Database => {
-                let mut groups = registered_groups(db, group).await?;
+                let mut groups = lock_groups::all(db, group).await?;
                 for g in &mut groups {
-                    g.holders = database::holders_of(db, &g.group).await?;
+                    g.holders = lock_holders::holders_of(db, &g.group).await?;
                 }
                 return Ok(groups);
             }
             Store::Etcd(etcd) => etcd,
         };
         let mut groups: BTreeMap<String, LockGroup> =
-            registered_groups(db, group).await?.into_iter().map(|g| (g.group.clone(), g)).collect();
+            lock_groups::all(db, group).await?.into_iter().map(|g| (g.group.clone(), g)).collect();
         let semaphores = match group {
             Some(g) => etcd.semaphore(g).await?.map(|s| (g.to_string(), s)).into_iter().collect(),
             None => etcd.all().await?,

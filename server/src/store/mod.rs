@@ -10,6 +10,9 @@ use serde::Deserialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Executor, Row};
 
+pub mod lock_groups;
+pub mod lock_holders;
+
 /// A package with its signed documents, as the agent fetches them.
 #[derive(Clone, Debug)]
 pub struct SignedPackage {
@@ -503,4 +506,40 @@ pub async fn insert_token(db: &Db, sha256: &str, name: &str, now: i64) -> Result
 /// The token's name, if the hash is a known token.
 pub async fn token_name(db: &Db, sha256: &str) -> Result<Option<String>> {
     Ok(sqlx::query_scalar("SELECT name FROM tokens WHERE sha256 = $1").bind(sha256).fetch_optional(&db.read).await?)
+}
+
+/// Whether `group` is halted, its row locked for the rest of the transaction (so concurrent
+/// grants in the group wait for this one).
+pub async fn group_halted_locked<'e, E: Executor<'e, Database = Any>>(
+    e: E,
+    dialect: crate::db::Dialect,
+    group: &str,
+) -> Result<bool> {
+    let sql = format!("SELECT halted FROM host_groups WHERE name = $1{}", dialect.lock_row());
+    let halted: i64 = sqlx::query_scalar(&sql).bind(group).fetch_one(e).await?;
+    Ok(halted != 0)
+}
+
+/// The group a host checked in with; `None` for a host never seen.
+pub async fn instance_group<'e, E: Executor<'e, Database = Any>>(e: E, id: &str) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT group_name FROM instances WHERE id = $1").bind(id).fetch_optional(e).await?)
+}
+
+/// A host blessed `version`: it runs it now (an update always boots the other slot), without
+/// an error; its next check-in confirms it.
+pub async fn mark_blessed<'e, E: Executor<'e, Database = Any>>(e: E, id: &str, version: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE instances SET last_error = NULL, state = 'blessed', version = $2, \
+         slot = CASE WHEN version = $2 THEN slot WHEN slot = 'a' THEN 'b' ELSE 'a' END WHERE id = $1",
+    )
+    .bind(id)
+    .bind(version)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_last_error<'e, E: Executor<'e, Database = Any>>(e: E, id: &str, message: &str) -> Result<()> {
+    sqlx::query("UPDATE instances SET last_error = $2 WHERE id = $1").bind(id).bind(message).execute(e).await?;
+    Ok(())
 }

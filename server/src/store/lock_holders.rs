@@ -3,8 +3,8 @@
 //! transaction that locks the group's row, so the holders never outnumber the slots, across
 //! replicas too.
 
-use super::{Holder, Lock};
 use crate::db::Db;
+use crate::locks::{Holder, Lock};
 use anyhow::Result;
 use sqlx::Row;
 
