@@ -141,6 +141,7 @@ fn is_newer_than_sources(bin: &Path, package: &str) -> Result<bool> {
     let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return Ok(false) };
     let dir = match package {
         "cairn-server" => "server",
+        "cairn-tests" => "tests",
         other => other,
     };
     let root = crate::workspace();
@@ -169,7 +170,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `cairn-server serve ARGS --listen 127.0.0.1:0` and waits for its address.
     pub fn spawn(args: &[String]) -> Result<ServerProcess> {
+        Self::spawn_logging(args, "info,sqlx=warn")
+    }
+
+    /// With a log filter (`warn` under load: a line per event is thousands a second).
+    pub fn spawn_logging(args: &[String], filter: &str) -> Result<ServerProcess> {
         let mut child = Command::new(server_binary()?)
+            .env("CAIRN_LOG", std::env::var("CAIRN_LOG").unwrap_or_else(|_| filter.to_string()))
             .arg("serve")
             .args(args)
             .args(["--listen", "127.0.0.1:0"])

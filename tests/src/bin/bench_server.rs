@@ -53,21 +53,21 @@ struct Figures {
     errors: usize,
 }
 
-/// Keeps `connections` requests in flight for `seconds` (after 2 s of warm-up).
-fn load(
-    url: &str,
-    body_for: impl Fn(usize) -> Option<Vec<u8>> + Send + Sync + 'static,
-    o: &Options,
-) -> Result<Figures> {
+/// One request of a workload: a path under the base URL and, for a POST, its JSON body.
+type Request = (&'static str, Option<Vec<u8>>);
+
+/// Keeps `connections` requests in flight for `seconds` (after 2 s of warm-up); `request_for`
+/// makes the request from a pseudo-random number.
+fn load(base: &str, request_for: impl Fn(usize) -> Request + Send + Sync + 'static, o: &Options) -> Result<Figures> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(o.connections).build()?;
-    let body_for = Arc::new(body_for);
+    let request_for = Arc::new(request_for);
     let (warmup, measure) = (Duration::from_secs(2), Duration::from_secs(o.seconds));
     let results = rt.block_on(async {
         let start = Instant::now();
         let tasks: Vec<_> = (0..o.connections)
             .map(|c| {
-                let (client, url, body_for) = (client.clone(), url.to_string(), body_for.clone());
+                let (client, base, request_for) = (client.clone(), base.to_string(), request_for.clone());
                 tokio::spawn(async move {
                     let mut latencies = Vec::new();
                     let mut errors = 0usize;
@@ -75,7 +75,9 @@ fn load(
                     while start.elapsed() < warmup + measure {
                         n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                         let sent = Instant::now();
-                        let request = match body_for(n >> 20) {
+                        let (path, body) = request_for(n >> 20);
+                        let url = format!("{base}{path}");
+                        let request = match body {
                             Some(body) => client.post(&url).header("content-type", "application/json").body(body),
                             None => client.get(&url),
                         };
@@ -159,7 +161,7 @@ fn register(store_args: &[String], n: usize) -> Result<()> {
     })
 }
 
-fn bench_server(name: &str, store_args: Vec<String>, o: &Options, work: &std::path::Path) -> Result<(Figures, u64)> {
+fn bench_server(name: &str, store_args: Vec<String>, o: &Options, work: &std::path::Path) -> Result<(Measured, u64)> {
     let key = SecretKey::from_seed(*b"cairn server bench release key!!");
     let key_file = work.join(format!("{name}.pub"));
     std::fs::write(&key_file, key.public().to_text())?;
@@ -169,31 +171,59 @@ fn bench_server(name: &str, store_args: Vec<String>, o: &Options, work: &std::pa
     let token = create_token(&store_args)?;
     let mut args = store_args.clone();
     args.extend(["--trust".into(), key_file.display().to_string()]);
-    let server = ServerProcess::spawn(&args)?;
+    let server = ServerProcess::spawn_logging(&args, "warn")?;
     let admin = Api::new(&server.url, Some(&token));
     admin.upload(&fake_release(&work.join(format!("{name}-releases")), "2", &key)?)?;
     admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
     admin.ok("PATCH", "/v1/admin/groups/default", &json!({"max_per_period": 2, "halt_after": 0}))?;
     let instances = o.instances;
-    let figures = load(
-        &format!("{}/v1/checkin", server.url),
+    let steady = load(
+        &server.url,
         move |n| {
             let id = format!("host-{:06}", n % instances);
-            Some(serde_json::to_vec(&cairn_tests::server::checkin(&id, "default", "1")).expect("json"))
+            (CHECKIN, Some(serde_json::to_vec(&cairn_tests::server::checkin(&id, "default", "1")).expect("json")))
         },
         o,
     )?;
+    let mixed = load(&server.url, move |n| mixed_request(n, instances), o)?;
     let (rss, hwm) = rss_kb(server.child.id())?;
     let rollout = admin.ok("GET", "/v1/admin/rollout?group=default", &serde_json::Value::Null)?;
     if rollout[0]["hosts"].as_u64() != Some(instances as u64) || rollout[0]["granted_in_period"].as_u64() != Some(2) {
         bail!("{name}: unexpected rollout state after the run: {rollout}");
     }
     eprintln!("{name}: server RSS {} MB now, {} MB peak", rss / 1024, hwm / 1024);
-    Ok((figures, hwm))
+    Ok((Measured { steady, mixed }, hwm))
+}
+
+const CHECKIN: &str = "/v1/checkin";
+const EVENTS: &str = "/v1/events";
+
+/// The mixed workload: of every ten requests, seven check-ins that change nothing, two from
+/// hosts whose state changed (a row written; `assessing` and `waiting-to-reboot` hosts get no
+/// grant), one event (a row inserted).
+fn mixed_request(n: usize, instances: usize) -> Request {
+    let id = format!("host-{:06}", n % instances);
+    let json = |v: serde_json::Value| Some(serde_json::to_vec(&v).expect("json"));
+    match (n / instances) % 10 {
+        0 => (EVENTS, json(cairn_tests::server::event(&id, "staged", "2"))),
+        1 | 2 => {
+            let mut c = cairn_tests::server::checkin(&id, "default", "1");
+            c["state"] = ["assessing", "waiting-to-reboot", "blessed", "error"][n % 4].into();
+            (CHECKIN, json(c))
+        }
+        _ => (CHECKIN, json(cairn_tests::server::checkin(&id, "default", "1"))),
+    }
+}
+
+/// One server's figures: hosts that report what the server holds, and the mixed workload.
+struct Measured {
+    steady: Figures,
+    mixed: Figures,
 }
 
 fn run() -> Result<()> {
     let o = options()?;
+
     let work = tempfile::Builder::new().prefix("cairn-bench-server-").tempdir_in("/var/tmp")?;
     println!(
         "check-ins: {} registered hosts, {} connections, {} s measured after 2 s warm-up, {} cores",
@@ -220,7 +250,7 @@ fn run() -> Result<()> {
     };
     let static_url =
         line.trim().strip_prefix("cairn-server listening on ").context("static server address")?.to_string();
-    let ceiling = load(&format!("{static_url}/reply.json"), |_| None, &o)?;
+    let ceiling = load(&static_url, |_| ("/reply.json", None), &o)?;
     let _ = static_server.kill();
     let _ = static_server.wait();
     let row = |name: &str, f: &Figures, extra: &str| {
@@ -230,29 +260,27 @@ fn run() -> Result<()> {
         )
     };
     row(&format!("static file ({} bytes, ceiling)", sample.len()), &ceiling, "");
+    let rows = |db: &str, m: &Measured, hwm: u64| {
+        let ratio = |f: &Figures| format!("   {:.2}x ceiling", f.per_second / ceiling.per_second);
+        row(&format!("cairn-server, {db}, steady"), &m.steady, &ratio(&m.steady));
+        let rss = format!("   peak RSS {:.1} MB", hwm as f64 / 1024.0);
+        row(&format!("cairn-server, {db}, mixed"), &m.mixed, &format!("{}{rss}", ratio(&m.mixed)));
+    };
 
     if o.only.as_deref() != Some("postgres") {
         let data = work.path().join("sqlite");
-        let (f, hwm) = bench_server("sqlite", vec!["--data".into(), data.display().to_string()], &o, work.path())?;
-        row(
-            "cairn-server, SQLite",
-            &f,
-            &format!("   {:.2}x ceiling   peak RSS {:.1} MB", f.per_second / ceiling.per_second, hwm as f64 / 1024.0),
-        );
+        let (m, hwm) = bench_server("sqlite", vec!["--data".into(), data.display().to_string()], &o, work.path())?;
+        rows("SQLite", &m, hwm);
     }
     if o.only.as_deref() != Some("sqlite") {
         let pg = Postgres::start()?;
-        let (f, hwm) = bench_server(
+        let (m, hwm) = bench_server(
             "postgres",
             vec!["--database".into(), pg.url(), "--data".into(), work.path().join("pg-data").display().to_string()],
             &o,
             work.path(),
         )?;
-        row(
-            "cairn-server, PostgreSQL",
-            &f,
-            &format!("   {:.2}x ceiling   peak RSS {:.1} MB", f.per_second / ceiling.per_second, hwm as f64 / 1024.0),
-        );
+        rows("PostgreSQL", &m, hwm);
     }
     Ok(())
 }
