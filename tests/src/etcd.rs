@@ -1,7 +1,7 @@
 //! An etcd of its own (Debian's `etcd-server`): one member, data in a temporary directory,
 //! client and peer URLs on 127.0.0.1 at free ports; killable and restartable on the same data.
 
-use crate::server::free_port;
+use crate::free_port;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

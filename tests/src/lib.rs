@@ -332,6 +332,11 @@ pub fn parse_ready(line: &str) -> Result<(String, String, u64)> {
     Ok((get("version")?, get("slot")?, get("boot_ms")?.parse()?))
 }
 
+/// A port free on loopback now (for a server a test starts).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,6 @@ use serde_json::Value;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -38,9 +37,7 @@ fn postgres_bin() -> Result<PathBuf> {
     found.pop().ok_or_else(|| anyhow!("no initdb under /usr/lib/postgresql/*/bin: install the postgresql package"))
 }
 
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub use crate::free_port;
 
 impl Postgres {
     pub fn start() -> Result<Postgres> {

@@ -15,19 +15,7 @@ pub use cairn_release::admin::{Holder, LockGroup};
 use etcd::EtcdSemaphores;
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Lock {
-    /// The caller holds a slot (`already`: it held it before this request).
-    Held {
-        already: bool,
-    },
-    /// Every slot is taken.
-    Full {
-        slots: i64,
-        holders: Vec<String>,
-    },
-    UnknownGroup,
-}
+pub use crate::store::lock_holders::Lock;
 
 /// Slot count of a group created on first use.
 pub const FIRST_USE_SLOTS: i64 = 1;

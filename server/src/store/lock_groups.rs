@@ -2,8 +2,8 @@
 //! slot lives in the lock store (`crate::locks`: the database or etcd).
 
 use crate::db::Db;
-use crate::locks::LockGroup;
 use anyhow::Result;
+use cairn_release::admin::LockGroup;
 use sqlx::Row;
 
 /// A registered group: (slots, token hash).

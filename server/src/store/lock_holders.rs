@@ -4,9 +4,24 @@
 //! replicas too.
 
 use crate::db::Db;
-use crate::locks::{Holder, Lock};
 use anyhow::Result;
+use cairn_release::admin::Holder;
 use sqlx::Row;
+
+/// What a request for a reboot slot came to (in either lock store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lock {
+    /// The caller holds a slot (`already`: it held it before this request).
+    Held {
+        already: bool,
+    },
+    /// Every slot is taken.
+    Full {
+        slots: i64,
+        holders: Vec<String>,
+    },
+    UnknownGroup,
+}
 
 /// The group's slot count and token hash, with its row locked for the transaction.
 async fn group_row(tx: &mut sqlx::AnyConnection, db: &Db, group: &str) -> Result<Option<(i64, Option<String>)>> {
