@@ -15,5 +15,8 @@ for bench in "cairn-bench-config --runs 1" "cairn-bench-server --seconds 1 --ins
     "cairn-bench-apply --runs 1 --no-vm" "cairn-bench --quick"; do
     echo "== $bench (quick)"
     # shellcheck disable=SC2086
-    cargo run --quiet --locked -p cairn-tests --bin $bench
+    set -- $bench
+    name=$1
+    shift
+    cargo run --quiet --locked -p cairn-tests --bin "$name" -- "$@"
 done
