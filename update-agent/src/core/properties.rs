@@ -70,6 +70,22 @@ struct Model {
 }
 
 impl Model {
+    /// A host running `running` in slot A with nothing else on its ESP.
+    fn new(now: u64, running: u32, dice: Vec<u8>, server: bool) -> Model {
+        Model {
+            now,
+            running: version(running),
+            slot: Slot::A,
+            entries: BTreeMap::new(),
+            rolled_back: vec![],
+            reboot_into: None,
+            lock_held: false,
+            saved: AgentState::default(),
+            dice,
+            server,
+        }
+    }
+
     fn die(&mut self) -> u8 {
         self.dice.pop().unwrap_or(1)
     }
@@ -266,18 +282,7 @@ fn io_error() -> UpdateError {
 }
 
 fn life(strategy: Strategy, server: bool, events: Vec<World>, dice: Vec<u8>) {
-    let mut m = Model {
-        now: 1000,
-        running: version(1),
-        slot: Slot::A,
-        entries: BTreeMap::new(),
-        rolled_back: vec![],
-        reboot_into: None,
-        lock_held: false,
-        saved: AgentState::default(),
-        dice,
-        server,
-    };
+    let mut m = Model::new(1000, 1, dice, server);
     let mut core = m.start(strategy);
     for event in events {
         match event {
@@ -342,18 +347,7 @@ proptest! {
 #[test]
 #[should_panic(expected = "a downgrade")]
 fn the_downgrade_check_fires() {
-    let mut m = Model {
-        now: 0,
-        running: version(5),
-        slot: Slot::A,
-        entries: BTreeMap::new(),
-        rolled_back: vec![],
-        reboot_into: None,
-        lock_held: false,
-        saved: AgentState::default(),
-        dice: vec![],
-        server: false,
-    };
+    let mut m = Model::new(0, 5, vec![], false);
     let core = m.start(Strategy::Immediate);
     let release = Release {
         format: 1,
