@@ -172,6 +172,10 @@ impl Release {
         if r.created > now + CLOCK_SKEW {
             return Err(VerifyError::FromTheFuture { created: r.created, now });
         }
+        // Both become part of a file name on the ESP (`ID-VERSION+3.efi`): a signed document is
+        // still not allowed to name a path.
+        crate::version::validate(&r.version).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        crate::checkin::validate_name("os_id", &r.os_id, 64).map_err(|e| VerifyError::Malformed(e.0))?;
         for a in &r.artifacts {
             if !safe_name(&a.name) {
                 return Err(VerifyError::BadArtifact(a.name.clone(), "not a plain file name".into()));
@@ -327,6 +331,13 @@ mod tests {
         r.artifacts[0].name = "../../boot/evil.efi".into();
         let (m, s) = signed(&r, &k);
         assert!(matches!(Release::verify(&m, &s, &[k.public()], 1500), Err(VerifyError::BadArtifact(..))));
+        // The version and the OS id become part of the entry's file name on the ESP.
+        for (version, os_id) in [("2/../../x", "cairn"), ("2", "../evil"), ("2+3", "cairn"), ("", "cairn")] {
+            let r = Release { version: version.into(), os_id: os_id.into(), ..release() };
+            let (m, s) = signed(&r, &k);
+            let e = Release::verify(&m, &s, &[k.public()], 1500).unwrap_err();
+            assert!(matches!(e, VerifyError::Malformed(_)), "{version:?} {os_id:?}: {e}");
+        }
     }
 
     #[test]
