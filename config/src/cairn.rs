@@ -8,25 +8,13 @@ use std::collections::BTreeMap;
 
 pub const KEYS: &[&str] = &["update", "services", "containers"];
 
-/// The fields of cairn-init's service files (`cairn_release::service_file`) but `tty` (a
-/// development image's console shell, not for documents), plus the name.
-pub const SERVICE_KEYS: &[&str] = &[
-    "name",
-    "description",
-    "command",
-    "environment",
-    "working_directory",
-    "user",
-    "restart",
-    "restart_delay",
-    "restart_delay_max",
-    "after",
-    "ready",
-    "required",
-    "stop_timeout",
-    "log_max_bytes",
-    "enabled",
-];
+/// The keys of a `cairn.services` entry: its name, and the fields of cairn-init's service files
+/// (`cairn_release::service_file`) but `tty` (a development image's console shell, not for
+/// documents).
+pub fn service_keys() -> Vec<&'static str> {
+    let fields = cairn_release::service_file::FIELDS.iter().copied().filter(|k| *k != "tty");
+    std::iter::once("name").chain(fields).collect()
+}
 
 pub const CONTAINER_KEYS: &[&str] = &["name", "image", "command", "environment", "restart"];
 
@@ -169,11 +157,12 @@ mod tests {
     /// cloud-config accepts exactly the service file's fields (but the console-only `tty`).
     #[test]
     fn service_keys_are_the_service_files_fields() {
-        let mut ours: Vec<&str> = SERVICE_KEYS.iter().copied().filter(|k| *k != "name").collect();
-        let mut theirs: Vec<&str> =
-            cairn_release::service_file::FIELDS.iter().copied().filter(|k| *k != "tty").collect();
-        ours.sort();
-        theirs.sort();
-        assert_eq!(ours, theirs);
+        let keys = service_keys();
+        assert_eq!(keys[0], "name");
+        assert!(!keys.contains(&"tty"));
+        for field in cairn_release::service_file::FIELDS.iter().filter(|f| **f != "tty") {
+            assert!(keys.contains(field), "{field}");
+        }
+        assert_eq!(keys.len(), cairn_release::service_file::FIELDS.len());
     }
 }

@@ -279,7 +279,7 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
             update_at = Some((v.at, p));
         }
         if let Some((v, p)) = cf.get("services") {
-            c.services = w.records(v, &p, cairn::SERVICE_KEYS, cairn::service);
+            c.services = w.records(v, &p, &cairn::service_keys(), cairn::service);
         }
         if let Some((v, p)) = cf.get("containers") {
             c.containers = w.records(v, &p, cairn::CONTAINER_KEYS, cairn::container);

@@ -27,7 +27,7 @@ fn the_schema_names_the_parsers_keys() {
         (keys(&defs["update"]), set(update::CAIRN_UPDATE_KEYS), "cairn.update"),
         (keys(&defs["update"]["properties"]["maintenance"]), set(update::MAINTENANCE_KEYS), "maintenance"),
         (keys(&defs["window"]), set(update::WINDOW_KEYS), "maintenance.window"),
-        (keys(&defs["service"]), set(cairn::SERVICE_KEYS), "cairn.services"),
+        (keys(&defs["service"]), set(&cairn::service_keys()), "cairn.services"),
         (keys(&defs["container"]), set(cairn::CONTAINER_KEYS), "cairn.containers"),
         (keys(&defs["user"]), set(users::KEYS), "users"),
         (keys(&defs["write_file"]), set(files::KEYS), "write_files"),
