@@ -5,11 +5,10 @@
 
 use crate::accounts::Accounts;
 use crate::document::CloudConfig;
+use crate::rooted::{self, Root, Temp};
 use crate::users::DEFAULT_USER;
 use cairn_release::service_file::{Restart, ServiceFile};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Services and containers from cloud-config live beside the user's own files, marked so a
 /// later config can remove the ones it no longer names without touching the user's.
@@ -40,23 +39,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ApplyError {
     move |error| ApplyError { what, error }
 }
 
-/// A file written beside its target, waiting for `Host::commit`.
+/// A file written beside its target, waiting for `Host::commit`. Dropped uncommitted (a
+/// document that fails part-way: a missing owner, a full disk), its temporary file goes.
 struct Staged {
-    tmp: PathBuf,
-    path: PathBuf,
+    temp: Temp,
+    /// The entry it replaces in its directory, and the whole path (for messages).
     name: String,
-}
-
-/// The files staged so far. A document that fails part-way (a missing owner, a full disk)
-/// leaves nothing behind: the temporary files go when this does; committed ones were renamed.
-struct StagedSet(Vec<Staged>);
-
-impl Drop for StagedSet {
-    fn drop(&mut self) {
-        for s in &self.0 {
-            let _ = std::fs::remove_file(&s.tmp);
-        }
-    }
+    path: String,
 }
 
 /// Where a host's files are, and who owns what it writes.
@@ -66,100 +55,87 @@ pub struct Host {
     pub chown: bool,
 }
 
-impl Host {
-    fn path(&self, p: &str) -> PathBuf {
-        self.root.join(p.trim_start_matches('/'))
-    }
+/// `Host` with its root held open: every path below goes through `rooted`, so no link a user
+/// planted is followed.
+struct Session<'h> {
+    host: &'h Host,
+    root: Root,
+}
 
-    /// Stages `content` for `p` with exactly `mode` and owner, unless it is already so: a
-    /// temporary file beside it, made durable and renamed by `commit`. `None`: no change.
+fn split(p: &str) -> (&str, &str) {
+    let p = p.trim_end_matches('/');
+    match p.rsplit_once('/') {
+        Some((dir, name)) => (if dir.is_empty() { "/" } else { dir }, name),
+        None => ("/", p),
+    }
+}
+
+impl Session<'_> {
+    /// Stages `content` for `p` with exactly `mode` and owner, unless it is already so: a new
+    /// file beside it, made durable and renamed by `commit`. `None`: no change.
     fn stage(&self, p: &str, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<Option<Staged>> {
-        let path = self.path(p);
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            use std::os::unix::fs::MetadataExt;
-            let same_owner = !self.chown || (meta.uid() == uid && meta.gid() == gid);
-            if meta.is_file()
-                && meta.mode() & 0o7777 == mode
-                && same_owner
-                && std::fs::read(&path).is_ok_and(|c| c == content)
-            {
+        let what = || format!("writing {p}");
+        if let Some(old) = self.root.read(p).map_err(io(what()))? {
+            let same_owner = !self.host.chown || (old.uid == uid && old.gid == gid);
+            if old.mode == mode && same_owner && old.content == content {
                 return Ok(None);
             }
         }
-        let dir = path.parent().expect("a file under root");
-        self.mkdirs(dir)?;
-        let tmp = dir.join(format!(".{}.cairn-tmp", path.file_name().unwrap_or_default().to_string_lossy()));
-        let what = || format!("writing {p}");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(what()))?;
-        f.write_all(content).map_err(io(what()))?;
-        if self.chown {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io(what()))?;
-        }
-        // After chown (which clears set-id bits), and exact: no umask.
-        f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io(what()))?;
-        Ok(Some(Staged { tmp, path, name: p.to_string() }))
+        let (dir, name) = split(p);
+        let dir = self.root.create_dirs(dir, 0o755).map_err(io(what()))?;
+        let temp = dir.create_temp(content, mode, self.host.chown.then_some((uid, gid))).map_err(io(what()))?;
+        Ok(Some(Staged { temp, name: name.to_string(), path: p.to_string() }))
     }
 
     /// Makes the staged files durable, renames them into place, and makes that durable: one
     /// `syncfs` per file system before and after instead of two fsyncs per file. A crash
     /// leaves each file old or new (never torn); the next boot's apply finishes the rest.
-    fn commit(&self, staged: &[Staged]) -> Result<()> {
-        let sync = |what: &str| -> Result<()> {
+    fn commit(&self, staged: Vec<Staged>) -> Result<()> {
+        let sync = |staged: &[&rooted::Dir]| -> Result<()> {
             let mut devices = std::collections::BTreeSet::new();
-            for s in staged {
-                let dir = s.path.parent().expect("a file under root");
-                let d = std::fs::File::open(dir).map_err(io(format!("{what} {}", dir.display())))?;
-                let dev = std::os::unix::fs::MetadataExt::dev(&d.metadata().map_err(io(what.to_string()))?);
+            for dir in staged {
+                let dev = dir.device().map_err(io("syncing"))?;
                 if devices.insert(dev) {
-                    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d))
-                        .map_err(|e| ApplyError { what: format!("{what} {}", dir.display()), error: e.into() })?;
+                    dir.sync_fs().map_err(io("syncing"))?;
                 }
             }
             Ok(())
         };
+        let dirs: Vec<rooted::Dir> = staged.iter().map(|s| s.temp.dir().clone()).collect();
+        let dirs: Vec<&rooted::Dir> = dirs.iter().collect();
         if staged.is_empty() {
             return Ok(());
         }
-        sync("syncing")?;
+        sync(&dirs)?;
         for s in staged {
-            std::fs::rename(&s.tmp, &s.path).map_err(io(format!("writing {}", s.name)))?;
+            s.temp.rename(&s.name).map_err(io(format!("writing {}", s.path)))?;
         }
-        sync("syncing")
+        sync(&dirs)
     }
 
-    /// Creates missing directories (0755, root's).
-    fn mkdirs(&self, dir: &Path) -> Result<()> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io(format!("creating {}", dir.display())))
-    }
-
-    /// A directory owned by `uid:gid` with `mode`, created if missing.
+    /// A directory owned by `uid:gid` with `mode`, created if missing (its parents: root's,
+    /// 0755). One that exists is left as it is.
     fn owned_dir(&self, p: &str, mode: u32, uid: u32, gid: u32) -> Result<()> {
-        let path = self.path(p);
-        if let Some(parent) = path.parent() {
-            self.mkdirs(parent)?;
-        }
-        if !path.is_dir() {
-            std::fs::DirBuilder::new().mode(mode).create(&path).map_err(io(format!("creating {p}")))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {p}")))?;
-            if self.chown {
-                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io(format!("chown {p}")))?;
-            }
+        let (parent, name) = split(p);
+        let parent = self.root.create_dirs(parent, 0o755).map_err(io(format!("creating {p}")))?;
+        let (dir, created) = parent.create_dir(name, mode).map_err(io(format!("creating {p}")))?;
+        if created {
+            dir.set_owner_and_mode(uid, gid, mode, self.host.chown).map_err(io(format!("creating {p}")))?;
         }
         Ok(())
     }
 
     fn read(&self, p: &str) -> String {
-        std::fs::read_to_string(self.path(p)).unwrap_or_default()
+        self.root.read_text(p)
+    }
+
+    /// Removes `p` if it is there.
+    fn remove(&self, p: &str) -> Result<()> {
+        let (dir, name) = split(p);
+        match self.root.dir(dir).map_err(io(format!("removing {p}")))? {
+            Some(d) => d.remove(name).map_err(io(format!("removing {p}"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -183,14 +159,13 @@ fn container_service(k: &crate::cairn::Container) -> ServiceFile {
 }
 
 /// Removes marked files in `dir` that `keep` does not name.
-fn prune(host: &Host, dir: &str, keep: &[String], changed: &mut Vec<String>) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(host.path(dir)) else { return Ok(()) };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
+fn prune(host: &Session, dir: &str, keep: &[String], changed: &mut Vec<String>) -> Result<()> {
+    let Some(d) = host.root.dir(dir).map_err(io(format!("reading {dir}")))? else { return Ok(()) };
+    for name in d.names().map_err(io(format!("reading {dir}")))? {
         let Some(stem) = name.strip_suffix(".toml") else { continue };
-        let ours = std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with(MARK));
+        let ours = d.read(&name).ok().flatten().is_some_and(|f| f.content.starts_with(MARK.as_bytes()));
         if ours && !keep.iter().any(|k| k == stem) {
-            std::fs::remove_file(e.path()).map_err(io(format!("removing {dir}/{name}")))?;
+            d.remove(&name).map_err(io(format!("removing {dir}/{name}")))?;
             changed.push(format!("{dir}/{name} removed"));
         }
     }
@@ -199,11 +174,13 @@ fn prune(host: &Host, dir: &str, keep: &[String], changed: &mut Vec<String>) -> 
 
 /// Applies `c` to the host; returns what changed (empty when it already was so).
 pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
+    let root = Root::open(&host.root).map_err(io("opening the root"))?;
+    let host = &Session { host, root };
     let mut changed = Vec::new();
-    let mut staged = StagedSet(Vec::new());
+    let mut staged = Vec::new();
     let mut note = |s: Option<Staged>, what: String| {
         if let Some(s) = s {
-            staged.0.push(s);
+            staged.push(s);
             changed.push(what);
         }
     };
@@ -285,9 +262,9 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         services.push(name);
     }
     let containers: Vec<String> = c.containers.iter().map(|k| k.name.clone()).collect();
-    host.commit(&staged.0)?;
+    host.commit(staged)?;
     if drop_update_file {
-        std::fs::remove_file(host.path(update_file)).map_err(io(format!("removing {update_file}")))?;
+        host.remove(update_file)?;
         changed.push(format!("{update_file} removed"));
     }
     prune(host, SERVICES_DIR, &services, &mut changed)?;
@@ -313,9 +290,13 @@ pub(crate) mod testing {
 }
 
 #[cfg(test)]
+mod attacks;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::document::{Parsed, parse};
+    use std::os::unix::fs::PermissionsExt;
 
     fn config(text: &str) -> CloudConfig {
         match parse(text.as_bytes()) {
@@ -393,7 +374,7 @@ cairn:
         let leftovers: Vec<_> = std::fs::read_dir(t.path().join("etc"))
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".cairn-tmp"))
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".cairn-tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }

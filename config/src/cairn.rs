@@ -16,7 +16,7 @@ pub fn service_keys() -> Vec<&'static str> {
     std::iter::once("name").chain(fields).collect()
 }
 
-pub const CONTAINER_KEYS: &[&str] = &["name", "image", "command", "environment", "restart"];
+pub const CONTAINER_KEYS: &[&str] = &["name", "image", "sha256", "command", "environment", "restart"];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Service {
@@ -30,6 +30,10 @@ pub struct Container {
     pub name: String,
     /// An OCI archive: an absolute path on the host, or an http(s) URL to fetch it from.
     pub image: String,
+    /// The archive's SHA-256, checked after a fetch: needed for a plain-http URL, which anyone
+    /// on the path could otherwise answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub command: Vec<String>,
     pub environment: BTreeMap<String, String>,
     pub restart: String,
@@ -140,6 +144,23 @@ pub fn container(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Op
             None
         }
     };
+    let sha256 = f.get("sha256").and_then(|(v, p)| {
+        let digest = w.text(v, &p)?.to_ascii_lowercase();
+        let digest = digest.strip_prefix("sha256:").unwrap_or(&digest).to_string();
+        if digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Some(digest);
+        }
+        w.error(v.at, &p, "not a SHA-256 digest (64 hexadecimal digits)");
+        None
+    });
+    if let Some(i) = &image
+        && i.starts_with("http://")
+        && sha256.is_none()
+        && f.get("sha256").is_none()
+        && let Some((v, p)) = f.get("image")
+    {
+        w.error(v.at, &p, "a plain-http URL needs the archive's sha256 beside it (or use https)");
+    }
     let command = f.get("command").and_then(|(v, p)| w.strings(v, &p)).unwrap_or_default();
     let environment = f.get("environment").and_then(|(v, p)| w.string_map(v, &p)).unwrap_or_default();
     let restart = f.get("restart").map_or(Some("always".to_string()), |(v, p)| restart(w, v, &p));
@@ -147,7 +168,7 @@ pub fn container(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Op
     if !clean {
         return None;
     }
-    Some(Container { name: name?, image: image?, command, environment, restart: restart? })
+    Some(Container { name: name?, image: image?, sha256, command, environment, restart: restart? })
 }
 
 #[cfg(test)]

@@ -73,29 +73,61 @@ pub fn run_args(c: &Container) -> Vec<String> {
 }
 
 /// The archive on this host: the path itself, or the URL's download under `images_dir`
-/// (fetched when missing; written whole or not at all).
-pub fn archive(image: &str, images_dir: &Path) -> Result<PathBuf, ContainerError> {
+/// (fetched when missing, checked against its `sha256` when one is given, written whole or
+/// not at all).
+pub fn archive(c: &Container, images_dir: &Path) -> Result<PathBuf, ContainerError> {
+    let image = c.image.as_str();
     if !(image.starts_with("http://") || image.starts_with("https://")) {
         return Ok(PathBuf::from(image));
     }
-    let file = images_dir.join(format!("{}.tar", &hex::encode(Sha256::digest(image.as_bytes()))[..32]));
+    let what = |e: &dyn std::fmt::Display| ContainerError::Fetch { image: image.into(), message: e.to_string() };
+    if image.starts_with("http://") && c.sha256.is_none() {
+        return Err(what(&"a plain-http URL without a sha256 is not fetched"));
+    }
+    // The digest is part of the name: a new digest for the same URL is fetched again.
+    let key = format!("{image}\n{}", c.sha256.as_deref().unwrap_or(""));
+    let file = images_dir.join(format!("{}.tar", &hex::encode(Sha256::digest(key.as_bytes()))[..32]));
     if file.exists() {
         return Ok(file);
     }
     std::fs::create_dir_all(images_dir)
         .map_err(|source| ContainerError::Io { what: format!("creating {}", images_dir.display()), source })?;
-    let what = |e: &dyn std::fmt::Display| ContainerError::Fetch { image: image.into(), message: e.to_string() };
     let client = reqwest::blocking::Client::builder().timeout(FETCH_TIMEOUT).build().map_err(|e| what(&e))?;
     let mut resp = client.get(image).send().map_err(|e| what(&e))?;
     if !resp.status().is_success() {
         return Err(what(&format!("HTTP {}", resp.status())));
     }
     let tmp = file.with_extension("partial");
-    let mut out = std::fs::File::create(&tmp).map_err(|e| what(&e))?;
+    let mut out = HashingWriter { file: std::fs::File::create(&tmp).map_err(|e| what(&e))?, hash: Sha256::new() };
     std::io::copy(&mut resp, &mut out).map_err(|e| what(&e))?;
-    out.sync_all().map_err(|e| what(&e))?;
+    let got = hex::encode(out.hash.finalize());
+    if let Some(want) = &c.sha256
+        && *want != got
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(what(&format!("the archive's sha256 is {got}, not {want}")));
+    }
+    out.file.sync_all().map_err(|e| what(&e))?;
     std::fs::rename(&tmp, &file).map_err(|e| what(&e))?;
     Ok(file)
+}
+
+/// A file that hashes what is written to it.
+struct HashingWriter {
+    file: std::fs::File,
+    hash: Sha256,
+}
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +139,7 @@ mod tests {
         let c = Container {
             name: "web".into(),
             image: "/var/web.tar".into(),
+            sha256: None,
             command: vec!["/bin/busybox".into(), "httpd".into(), "-f".into()],
             environment: [("A".to_string(), "1 2".to_string())].into(),
             restart: "always".into(),
@@ -127,7 +160,7 @@ mod tests {
             ]
         );
         assert_eq!(import_args("web", Path::new("/var/web.tar"))[3], "cairn.local/web:latest");
-        assert_eq!(archive("/var/web.tar", Path::new("/nonexistent")).unwrap(), Path::new("/var/web.tar"));
+        assert_eq!(archive(&c, Path::new("/nonexistent")).unwrap(), Path::new("/var/web.tar"));
     }
 
     #[test]
@@ -136,6 +169,7 @@ mod tests {
         let c = Container {
             name: "web".into(),
             image: "https://example.com/web.tar".into(),
+            sha256: Some("ab".repeat(32)),
             command: vec![],
             environment: Default::default(),
             restart: "on-failure".into(),

@@ -16,6 +16,9 @@ pub const HEADER: &str = "#cloud-config";
 
 /// User data larger than this is refused (and, gzip-compressed, once decompressed).
 pub const MAX_SIZE: u64 = 16 << 20;
+/// Lists and mappings nested deeper than this are refused before the tree is built: a deep
+/// tree would overflow the stack, and no real cloud-config comes near it.
+pub const MAX_DEPTH: usize = 64;
 
 pub const KEYS: &[&str] =
     &["hostname", "ssh_authorized_keys", "users", "write_files", "manage_etc_hosts", "coreos", "cairn"];
@@ -115,6 +118,47 @@ fn load_error(e: &LoadError) -> Diagnostic {
     }
 }
 
+/// The first list or mapping nested deeper than `MAX_DEPTH`, found by the YAML parser's
+/// events (a loop, no recursion) before anything builds the tree. Syntax errors are left to
+/// the loader, which reports them.
+fn too_deep(text: &str) -> Option<Diagnostic> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        match parser.next_token() {
+            Ok((Event::SequenceStart(..) | Event::MappingStart(..), mark)) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(Diagnostic {
+                        severity: diag::Severity::Error,
+                        line: mark.line(),
+                        column: mark.col() + 1,
+                        path: String::new(),
+                        message: format!("lists and mappings nested more than {MAX_DEPTH} deep"),
+                    });
+                }
+            }
+            Ok((Event::SequenceEnd | Event::MappingEnd, _)) => depth = depth.saturating_sub(1),
+            Ok((Event::StreamEnd, _)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Keeps a position inside the document: the parser reports an error at its very end one
+/// line past the last, where no editor can go.
+fn within(mut d: Diagnostic, text: &str) -> Diagnostic {
+    let lines: Vec<&str> = text.lines().collect();
+    if d.line > lines.len()
+        && let Some(last) = lines.last()
+    {
+        d.line = lines.len();
+        d.column = last.chars().count() + 1;
+    }
+    d
+}
+
 /// Reads user data: `#cloud-config` on the first line (gzip-compressed or not).
 pub fn parse(data: &[u8]) -> Parsed {
     let data = match gunzip(data) {
@@ -140,6 +184,9 @@ pub fn parse(data: &[u8]) -> Parsed {
     }
     let (text, binary_lines) = strip_binary_tags(text);
     let text = text.as_str();
+    if let Some(too_deep) = too_deep(text) {
+        return Parsed::Invalid(vec![too_deep]);
+    }
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
         Ok(root) => root,
@@ -149,7 +196,7 @@ pub fn parse(data: &[u8]) -> Parsed {
         {
             return Parsed::Config(Box::default(), Vec::new());
         }
-        Err(e) => return Parsed::Invalid(vec![load_error(&e)]),
+        Err(e) => return Parsed::Invalid(vec![within(load_error(&e), text)]),
     };
     let mut w = Walker { binary_lines, ..Walker::default() };
     let config = read(&mut w, &root);

@@ -7,8 +7,9 @@ use std::io::Read;
 
 pub const KEYS: &[&str] = &["path", "content", "encoding", "owner", "permissions"];
 
-/// Decoded content larger than this is refused (a gzip bomb would otherwise fill ROOT).
-const MAX_CONTENT: u64 = 64 << 20;
+/// All of a document's `write_files` together may decode to at most this: a gzip bomb, or
+/// hundreds of them, would otherwise fill memory and ROOT.
+pub const MAX_DECODED: u64 = 64 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WriteFile {
@@ -85,12 +86,17 @@ fn decode_bytes(
     if b64 && !binary {
         bytes = base64_decode(w, &String::from_utf8_lossy(&bytes), at, path)?;
     }
+    let left = MAX_DECODED.saturating_sub(w.decoded);
+    let over_budget = |w: &mut Walker| {
+        let message = format!("the document's write_files decode to more than {} MiB in all", MAX_DECODED >> 20);
+        w.error(at.at, path, message);
+    };
     if gz {
         let mut out = Vec::new();
-        let read = flate2::read::GzDecoder::new(bytes.as_slice()).take(MAX_CONTENT + 1).read_to_end(&mut out);
+        let read = flate2::read::GzDecoder::new(bytes.as_slice()).take(left + 1).read_to_end(&mut out);
         match read {
-            Ok(_) if out.len() as u64 > MAX_CONTENT => {
-                w.error(at.at, path, format!("more than {} MiB once decompressed", MAX_CONTENT >> 20));
+            Ok(_) if out.len() as u64 > left => {
+                over_budget(w);
                 return None;
             }
             Ok(_) => bytes = out,
@@ -100,6 +106,11 @@ fn decode_bytes(
             }
         }
     }
+    if bytes.len() as u64 > left {
+        over_budget(w);
+        return None;
+    }
+    w.decoded += bytes.len() as u64;
     Some(bytes)
 }
 

@@ -16,6 +16,7 @@ pub mod files;
 pub mod instance;
 pub mod local;
 pub mod platform;
+pub mod rooted;
 pub mod update;
 pub mod users;
 pub mod walk;

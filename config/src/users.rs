@@ -77,7 +77,11 @@ pub fn keys(w: &mut Walker, v: Value, path: &str) -> Option<Vec<String>> {
 /// A crypt(3) hash (`$6$...`, `$y$...`) or a locked marker (`*`, `!`).
 fn passwd(w: &mut Walker, v: Value, path: &str) -> Option<String> {
     let p = w.text(v, path)?;
-    if p.starts_with('$') && p.matches('$').count() >= 3 || p == "*" || p.starts_with('!') {
+    // crypt(3)'s alphabet, and the parameter signs of yescrypt and scrypt: nothing that could
+    // end the field (':') or the line in /etc/shadow.
+    let crypt_chars = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "./$=,+-".contains(c));
+    let hash = |s: &str| s.starts_with('$') && s.matches('$').count() >= 3 && crypt_chars(s);
+    if hash(&p) || p == "*" || p.strip_prefix('!').is_some_and(|rest| rest.is_empty() || hash(rest) || rest == "*") {
         return Some(p);
     }
     w.error(
@@ -86,6 +90,21 @@ fn passwd(w: &mut Walker, v: Value, path: &str) -> Option<String> {
         "not a password hash (like $6$... or $y$...); a clear-text password is refused: hash it with `mkpasswd`",
     );
     None
+}
+
+/// A home directory or shell: a clean absolute path that cannot end its field of
+/// /etc/passwd (`:`) or its line.
+fn account_path(w: &mut Walker, v: Value, path: &str) -> Option<String> {
+    let p = w.absolute_path(v, path)?;
+    if p.contains(':') || p.chars().any(char::is_control) {
+        w.error(v.at, path, "must not contain ':' or control characters (it is a field of /etc/passwd)");
+        return None;
+    }
+    if p.split('/').any(|c| c == ".." || c == ".") {
+        w.error(v.at, path, format!("{p:?} contains \".\" or \"..\""));
+        return None;
+    }
+    Some(p)
 }
 
 fn name(w: &mut Walker, v: Value, path: &str) -> Option<String> {
@@ -113,17 +132,17 @@ pub fn user(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Option<
     if let Some((v, p)) = f.get("gecos")
         && let Some(g) = w.string(v, &p)
     {
-        if g.contains([':', '\n']) {
-            w.error(v.at, &p, "must not contain ':' or a line break (it is a field of /etc/passwd)");
+        if g.contains(':') || g.chars().any(char::is_control) {
+            w.error(v.at, &p, "must not contain ':' or control characters (it is a field of /etc/passwd)");
         } else {
             u.gecos = Some(g);
         }
     }
     if let Some((v, p)) = f.get("homedir") {
-        u.homedir = w.absolute_path(v, &p);
+        u.homedir = account_path(w, v, &p);
     }
     if let Some((v, p)) = f.get("shell") {
-        u.shell = w.absolute_path(v, &p);
+        u.shell = account_path(w, v, &p);
     }
     if let Some((v, p)) = f.get("primary_group") {
         u.primary_group = name(w, v, &p);

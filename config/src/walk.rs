@@ -78,6 +78,9 @@ pub struct Walker {
     /// Lines that carried a `!!binary` tag (taken out before parsing): values starting there
     /// are base64.
     pub binary_lines: std::collections::BTreeSet<usize>,
+    /// Bytes of `write_files` content decoded so far (the document's budget is
+    /// `files::MAX_DECODED`).
+    pub decoded: u64,
 }
 
 /// The known key closest to `key`, if close enough to be a likely typo.

@@ -229,3 +229,29 @@ fn gce_keys_honour_block_project_keys_and_openstack_reads_meta_data_json() {
     assert_eq!((m.hostname.as_deref(), m.ssh_keys), (Some("nova-1"), vec![KEY_A.to_string()]));
     assert!(instance(fetch(Service::OpenStack, &serve(Router::new()), soon())).is_empty());
 }
+
+/// A container archive by plain http is used only when its digest matches; nothing of a
+/// tampered one is kept.
+#[test]
+fn a_container_archive_by_http_is_checked_against_its_digest() {
+    use cairn_config::cairn::Container;
+    use sha2::{Digest, Sha256};
+    let base = serve(Router::new().route("/web.tar", get(|| async { "archive bytes" })));
+    let images = tempfile::tempdir().unwrap();
+    let container = |sha256: Option<String>| Container {
+        name: "web".into(),
+        image: format!("{base}/web.tar"),
+        sha256,
+        command: vec![],
+        environment: Default::default(),
+        restart: "always".into(),
+    };
+    let err = cairn_config::container::archive(&container(Some("00".repeat(32))), images.path()).unwrap_err();
+    assert!(err.to_string().contains("the archive's sha256 is"), "{err}");
+    assert_eq!(std::fs::read_dir(images.path()).unwrap().count(), 0, "nothing kept: {err}");
+    let err = cairn_config::container::archive(&container(None), images.path()).unwrap_err();
+    assert!(err.to_string().contains("without a sha256"), "{err}");
+    let right = hex::encode(Sha256::digest(b"archive bytes"));
+    let file = cairn_config::container::archive(&container(Some(right)), images.path()).unwrap();
+    assert_eq!(std::fs::read(file).unwrap(), b"archive bytes");
+}

@@ -43,6 +43,7 @@ pub fn run() -> Result<std::convert::Infallible, String> {
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_BOOT_DEADLINE);
 
+    system::harden();
     system::mount_all()?;
     system::clock_sanity();
     let first_boot_start = ms_now();

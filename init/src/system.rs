@@ -23,6 +23,25 @@ pub fn mount_all() -> Result<(), String> {
     Ok(())
 }
 
+/// Kernel settings every host runs with, set before any user's process exists: links and
+/// FIFOs in world-writable sticky directories (`/tmp`) are followed or opened only by their
+/// owner, and hardlinks only to files the linker may write, so a root process is not turned
+/// by a planted name (what systemd's `50-default.conf` sets).
+pub const SYSCTLS: &[(&str, &str)] = &[
+    ("fs/protected_symlinks", "1"),
+    ("fs/protected_hardlinks", "1"),
+    ("fs/protected_fifos", "1"),
+    ("fs/protected_regular", "2"),
+];
+
+pub fn harden() {
+    for (key, value) in SYSCTLS {
+        if let Err(e) = std::fs::write(Path::new("/proc/sys").join(key), value) {
+            say!("sysctl {}: {e}", key.replace('/', "."));
+        }
+    }
+}
+
 /// A clock before the image was built is certainly wrong (no RTC, dead battery): move it to
 /// the build time, which every file of `/usr` carries.
 pub fn clock_sanity() {

@@ -90,7 +90,12 @@ fn http_get_until(port: u16, deadline: Duration) -> Result<String> {
 }
 
 /// A web server container: busybox httpd serving a page made from its environment.
+/// `image` is a path, or a plain-http URL with the archive's digest after a space.
 fn web_container(image: &str) -> String {
+    let image = match image.split_once(' ') {
+        Some((url, digest)) => format!("{url}\n      sha256: {digest}"),
+        None => image.to_string(),
+    };
     format!(
         r#"  containers:
     - name: web
@@ -101,6 +106,11 @@ fn web_container(image: &str) -> String {
       restart: always
 "#
     )
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    Ok(hex::encode(Sha256::digest(std::fs::read(path)?)))
 }
 
 /// A fresh qcow2 overlay over `image` that outlives one VM (for a second boot on the same disk).
@@ -159,7 +169,7 @@ cairn:
     group: canary
     strategy: "off"
 {}"#,
-        web_container(&format!("http://10.0.2.2:{}/web.tar", server.port))
+        web_container(&format!("http://10.0.2.2:{}/web.tar {}", server.port, sha256_file(&archive)?))
     );
     let config = dir.path().join("user-data");
     std::fs::write(&config, &good)?;
@@ -212,6 +222,20 @@ cairn:
         .with_context(|| vm.run("cairnctl log container-web -n 50", CMD).map(|o| o.output).unwrap_or_default())?;
     assert!(page.contains("hello from a cairn container"), "{page}");
 
+    // The host is hardened before any user runs: protected links, a tmpfs /tmp.
+    let hardening = vm.run_ok(
+        "cat /proc/sys/fs/protected_symlinks /proc/sys/fs/protected_hardlinks /proc/sys/fs/protected_fifos \
+         /proc/sys/fs/protected_regular; stat -f -c %T /tmp",
+        CMD,
+    )?;
+    assert_eq!(hardening.split_whitespace().collect::<Vec<_>>(), ["1", "1", "1", "2", "tmpfs"], "{hardening}");
+    // alice, unprivileged, lays links where the next boot's apply (as root) writes her keys:
+    // her keys file and the temporary name the old apply used both point at root's services.
+    let plant = "cd ~/.ssh && rm authorized_keys && ln -s /etc/cairn/services/evil.toml authorized_keys \
+                 && ln -s /etc/cairn/services/evil2.toml .authorized_keys.cairn-tmp && ls -la";
+    let (ok, out, err) = ssh(ssh_port, "alice", &alice_key, plant)?;
+    assert!(ok, "planting the links as alice: {out}{err}");
+
     // Second boot, same disk, a document with a type error (and another key): refused whole.
     vm.run_ok("sync", CMD)?;
     vm.send(b"poweroff\n")?;
@@ -230,8 +254,12 @@ cairn:
     assert!(console.contains("the last good config (from fw_cfg opt/cairn/user-data) stays in effect"), "{console}");
     assert_eq!(vm.run_ok("hostname", CMD)?.trim(), "cc-fwcfg");
     assert!(!vm.run_ok("cat /etc/passwd", CMD)?.contains("core:"), "nothing of the refused document applied");
-    let (ok, out, err) = ssh(ssh_port, "alice", &alice_key, "id -un")?;
-    assert!(ok && out.trim() == "alice", "the previous key no longer works: {err}");
+    let (ok, out, err) = ssh(ssh_port, "alice", &alice_key, "id -un; stat -c '%F %U' ~/.ssh/authorized_keys")?;
+    assert!(ok && out.starts_with("alice\n"), "the previous key no longer works: {err}");
+    // The last good document was applied again as root: her links were replaced, not followed.
+    assert_eq!(out.lines().nth(1), Some("regular file alice"), "{out}");
+    let services = vm.run_ok("ls -a /etc/cairn/services", CMD)?;
+    assert!(!services.contains("evil"), "apply followed a user's link into root's services: {services}");
     // The refused document's key gets nobody in.
     for user in ["core", "alice", "root"] {
         let (ok, out, _) = ssh(ssh_port, user, &mallory_key, "id -un")?;

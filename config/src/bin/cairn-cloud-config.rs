@@ -123,7 +123,7 @@ fn run_container(name: &str) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let archive = match container::archive(&spec.image, Path::new(container::IMAGES_DIR)) {
+    let archive = match container::archive(&spec, Path::new(container::IMAGES_DIR)) {
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
