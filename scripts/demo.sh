@@ -15,11 +15,20 @@ mkdir -p "$state"
 [ -s "$state/keys/release.key" ] || "$bin/cairn" keygen --out "$state/keys"
 "$bin/cairn" build --spec images/demo.toml --out out --signing-key "$state/keys/release.key"
 
-[ -s "$state/token" ] || "$bin/cairn-server" token create --data "$state" > "$state/token"
+[ -s "$state/token" ] || (umask 077 && "$bin/cairn-server" token create --data "$state" > "$state/token")
 "$bin/cairn-server" serve --listen 127.0.0.1:8270 --data "$state" --trust "$state/keys/release.pub" \
     > "$state/server.out" 2> "$state/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT INT TERM
+
+# The VM enrolls with the default group's enrollment token, handed over in its cloud-config
+# (root-only on the host, like every token).
+until CAIRN_TOKEN=$(cat "$state/token") "$bin/updatectl" --server http://127.0.0.1:8270 group list >/dev/null 2>&1; do
+    kill -0 $server || { cat "$state/server.log"; exit 1; }
+    sleep 0.2
+done
+enroll=$(CAIRN_TOKEN=$(cat "$state/token") "$bin/updatectl" --server http://127.0.0.1:8270 group enrollment-token default)
+(umask 077 && printf '#cloud-config\ncairn:\n  update:\n    enrollment_token: "%s"\n' "$enroll" > "$state/user-data")
 
 cat <<MSG
 
@@ -36,4 +45,4 @@ To roll out an update: build version 2 with the same key, upload it, point the c
     $bin/updatectl package upload out/v2/release && $bin/updatectl channel set-version stable 2
 
 MSG
-"$bin/cairn" run --image out/disk.qcow2 --snapshot "$@"
+"$bin/cairn" run --image out/disk.qcow2 --snapshot --config "$state/user-data" "$@"

@@ -240,7 +240,10 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
     let update_file = cairn_release::update_config::HOST_FILE;
     if let Some(settings) = &c.update {
         let text = format!("{MARK}{}", toml::to_string(settings).expect("update settings serialize"));
-        note(host.stage(update_file, text.as_bytes(), 0o644, 0, 0)?, update_file.into());
+        // A token in it is root's alone.
+        let secret = settings.enrollment_token.is_some() || settings.lock_token.is_some();
+        let mode = if secret { 0o600 } else { 0o644 };
+        note(host.stage(update_file, text.as_bytes(), mode, 0, 0)?, update_file.into());
     }
     // Settings an earlier config wrote go with it (after the commit); a file the user wrote stays.
     let drop_update_file = c.update.is_none() && host.read(update_file).starts_with(MARK);

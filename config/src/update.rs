@@ -3,7 +3,7 @@
 
 use crate::walk::{At, Fields, Value, Walker};
 use cairn_release::maintenance::{MaintenanceSettings, WindowSettings};
-use cairn_release::update_config::{Strategy, UpdateSettings};
+use cairn_release::update_config::{Secret, Strategy, UpdateSettings};
 
 pub const COREOS_UPDATE_KEYS: &[&str] = &["reboot_strategy", "group", "server"];
 pub const LOCKSMITH_KEYS: &[&str] = &[
@@ -27,6 +27,11 @@ pub const CAIRN_UPDATE_KEYS: &[&str] = &[
     "lock_server",
     "lock_group",
     "lock_retry",
+    "enrollment_token",
+    "lock_token",
+    "insecure",
+    "ca_bundle",
+    "download_timeout",
     "maintenance",
 ];
 pub const MAINTENANCE_KEYS: &[&str] = &["time_zone", "window"];
@@ -197,9 +202,23 @@ pub fn cairn_update(w: &mut Walker, f: &Fields, into: &mut UpdateSettings) {
     text(w, "group", &mut into.group);
     text(w, "lock_server", &mut into.lock_server);
     text(w, "lock_group", &mut into.lock_group);
-    for (key, slot) in
-        [("interval", &mut into.interval), ("bless_after", &mut into.bless_after), ("lock_retry", &mut into.lock_retry)]
-    {
+    if let Some((v, p)) = f.get("ca_bundle") {
+        into.ca_bundle = w.absolute_path(v, &p);
+    }
+    for (key, slot) in [("enrollment_token", &mut into.enrollment_token), ("lock_token", &mut into.lock_token)] {
+        if let Some((v, p)) = f.get(key) {
+            *slot = w.text(v, &p).map(Secret);
+        }
+    }
+    if let Some((v, p)) = f.get("insecure") {
+        into.insecure = w.bool(v, &p);
+    }
+    for (key, slot) in [
+        ("interval", &mut into.interval),
+        ("bless_after", &mut into.bless_after),
+        ("lock_retry", &mut into.lock_retry),
+        ("download_timeout", &mut into.download_timeout),
+    ] {
         if let Some((v, p)) = f.get(key)
             && let Some(d) = w.duration(v, &p)
         {
@@ -229,7 +248,7 @@ pub fn check(w: &mut Walker, settings: &UpdateSettings, at: At, path: &str) {
             path,
             "strategy fleetlock with no lock_server or server here: the image's update.toml must name one",
         );
-        checked.server = Some("http://image.invalid".into());
+        checked.server = Some("https://image.invalid".into());
     }
     if let Err(e) = checked.resolve() {
         w.error(at, path, e.to_string());

@@ -203,8 +203,30 @@ pub struct LockGroup {
     pub group: String,
     pub slots: i64,
     pub holders: Vec<Holder>,
-    /// Whether lock requests of the group need its token.
+    /// Whether the group has a token (which lets any client in).
     pub token_required: bool,
+    /// Whether clients that cannot authenticate may lock and release (Zincati without a
+    /// token); otherwise a host's own credential or the group's token is needed.
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+/// `PUT /v1/admin/locks/GROUP/anonymous`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockAnonymous {
+    pub anonymous: bool,
+}
+
+/// An admin token as `cairn-server token list` shows it (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminToken {
+    pub name: String,
+    /// The first characters of the token's sha256: enough to tell tokens of one name apart.
+    pub id: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
 }
 
 /// `PUT /v1/admin/locks/GROUP`.

@@ -6,6 +6,10 @@
 //! - `POST /v1/events` with an [`Event`]: a state change worth recording (an update staged,
 //!   booted, blessed, rolled back, failed).
 //!
+//! - `POST /v1/enroll` with an [`EnrollRequest`]: a host presents its group's enrollment token
+//!   once and gets a credential of its own ([`EnrollReply`]); every check-in and event after
+//!   carries it as `Authorization: Bearer CREDENTIAL`, and is refused without it.
+//!
 //! Documents carry `format`; unknown fields are refused, so a typo is an error, not a silent
 //! default. Every identifier is checked with [`CheckIn::validate`] before it is used.
 
@@ -14,6 +18,37 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT: u32 = 1;
 pub const CHECKIN_PATH: &str = "/v1/checkin";
 pub const EVENTS_PATH: &str = "/v1/events";
+pub const ENROLL_PATH: &str = "/v1/enroll";
+
+/// A host asking for a credential of its own.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub format: u32,
+    pub instance_id: String,
+    pub group: String,
+    /// The group's enrollment token.
+    pub token: String,
+    /// The credential the host holds now, when it moves to another group: an instance that is
+    /// enrolled already is let in again only by its own credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+}
+
+/// Secrets stay out of debug output (and so out of logs).
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest").field("instance_id", &self.instance_id).field("group", &self.group).finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollReply {
+    pub format: u32,
+    /// The host's credential: shown once, kept by the server only as a hash.
+    pub credential: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +154,18 @@ impl CheckIn {
         }
         for v in &self.rolled_back {
             crate::version::validate(v).map_err(|e| Invalid(format!("rolled_back: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl EnrollRequest {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_format(self.format)?;
+        validate_name("instance_id", &self.instance_id, 64)?;
+        validate_name("group", &self.group, 64)?;
+        if self.token.is_empty() || self.token.len() > 256 {
+            return Err(Invalid("token: 1 to 256 characters".into()));
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! Durations in Cairn's files (service files, update settings): a whole number and a unit,
-//! `100ms`, `5s`, `2m`, `1h`.
+//! `100ms`, `5s`, `2m`, `1h`, `90d`.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 pub enum DurationError {
     #[error("{0:?} is not a duration like 100ms, 5s, 2m")]
     NotADuration(String),
-    #[error("{0:?}: unit must be ms, s, m or h")]
+    #[error("{0:?}: unit must be ms, s, m, h or d")]
     Unit(String),
     #[error("{0:?} is too long")]
     TooLong(String),
@@ -23,6 +23,7 @@ pub fn parse(s: &str) -> Result<Duration, DurationError> {
         "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
         _ => return Err(DurationError::Unit(s.into())),
     };
     ms.map(Duration::from_millis).ok_or_else(|| DurationError::TooLong(s.into()))
@@ -38,6 +39,7 @@ mod tests {
         assert_eq!(parse(" 5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse("90d"), Ok(Duration::from_secs(90 * 86400)));
         assert!(matches!(parse("5"), Err(DurationError::Unit(_))));
         assert!(matches!(parse("s"), Err(DurationError::NotADuration(_))));
         assert!(parse("99999999999999999h").unwrap_err().to_string().contains("too long"));

@@ -5,6 +5,7 @@
 use crate::duration;
 use crate::maintenance::{Maintenance, MaintenanceSettings};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const IMAGE_FILE: &str = "/usr/lib/cairn/update.toml";
@@ -31,6 +32,18 @@ impl Strategy {
             Strategy::Off => "off",
             Strategy::FleetLock => "fleetlock",
         }
+    }
+}
+
+/// A secret setting (a token): serialized as it is, never shown by `Debug`, so it stays out of
+/// logs and error messages.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -65,6 +78,25 @@ pub struct UpdateSettings {
     /// How long to wait before asking again for a reboot slot (or to give one back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_retry: Option<String>,
+    /// The rollout server group's enrollment token: the host trades it once for a credential
+    /// of its own (kept root-only under /var/lib/cairn/agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_token: Option<Secret>,
+    /// The FleetLock group's token, for a lock server that is not the rollout server (with
+    /// the rollout server, the host's own credential is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_token: Option<Secret>,
+    /// Allow plain `http://` for the server, feed and lock server: credentials and what is
+    /// offered cross the network in the clear. For labs and tests only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// Certificate authorities (a PEM file) trusted for https:// besides the system's, for
+    /// a private PKI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// The longest one download (a release's artifact) may take, however it trickles in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_timeout: Option<String>,
     /// When a staged update may reboot the host (strategies `immediate` and `fleetlock`);
     /// unset: at any time. Last: a TOML table follows the plain keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,7 +116,14 @@ pub struct UpdateConfig {
     pub lock_group: String,
     pub lock_retry: Duration,
     pub maintenance: Option<Maintenance>,
+    pub enrollment_token: Option<Secret>,
+    pub lock_token: Option<Secret>,
+    pub insecure: bool,
+    pub ca_bundle: Option<PathBuf>,
+    pub download_timeout: Duration,
 }
+
+pub const DEFAULT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
 pub const DEFAULT_LOCK_RETRY: Duration = Duration::from_secs(300);
 
@@ -104,6 +143,11 @@ impl UpdateSettings {
             lock_server: over.lock_server.clone().or_else(|| self.lock_server.clone()),
             lock_group: over.lock_group.clone().or_else(|| self.lock_group.clone()),
             lock_retry: over.lock_retry.clone().or_else(|| self.lock_retry.clone()),
+            enrollment_token: over.enrollment_token.clone().or_else(|| self.enrollment_token.clone()),
+            lock_token: over.lock_token.clone().or_else(|| self.lock_token.clone()),
+            insecure: over.insecure.or(self.insecure),
+            ca_bundle: over.ca_bundle.clone().or_else(|| self.ca_bundle.clone()),
+            download_timeout: over.download_timeout.clone().or_else(|| self.download_timeout.clone()),
             maintenance: over.maintenance.clone().or_else(|| self.maintenance.clone()),
         }
     }
@@ -150,6 +194,27 @@ impl UpdateSettings {
         if !fleetlock_group {
             return Err(SettingsError::Group(format!("lock_group {lock_group:?}: must match ^[a-zA-Z0-9.-]+$")));
         }
+        let insecure = self.insecure.unwrap_or(false);
+        for (key, url) in [("source", &self.source), ("server", &server), ("lock_server", &lock_server)] {
+            if let Some(url) = url
+                && url.starts_with("http://")
+                && !insecure
+            {
+                return Err(bad(
+                    key,
+                    format!("{url:?} is plain http: use https://, or insecure = true where nobody can listen in"),
+                ));
+            }
+        }
+        if let Some(path) = &self.ca_bundle
+            && !path.starts_with('/')
+        {
+            return Err(bad("ca_bundle", format!("{path:?} is not an absolute path")));
+        }
+        let download_timeout = dur("download_timeout", &self.download_timeout, DEFAULT_DOWNLOAD_TIMEOUT)?;
+        if download_timeout < Duration::from_secs(1) {
+            return Err(bad("download_timeout", "must be at least 1s".into()));
+        }
         let lock_retry = dur("lock_retry", &self.lock_retry, DEFAULT_LOCK_RETRY)?;
         if lock_retry < Duration::from_secs(1) {
             return Err(bad("lock_retry", "must be at least 1s".into()));
@@ -165,6 +230,11 @@ impl UpdateSettings {
             lock_group,
             lock_retry,
             maintenance: self.maintenance.as_ref().map(MaintenanceSettings::resolve).transpose()?,
+            enrollment_token: self.enrollment_token.clone().filter(|t| !t.0.is_empty()),
+            lock_token: self.lock_token.clone().filter(|t| !t.0.is_empty()),
+            insecure,
+            ca_bundle: self.ca_bundle.clone().map(PathBuf::from),
+            download_timeout,
         })
     }
 }
@@ -188,7 +258,8 @@ mod tests {
     #[test]
     fn host_keys_win_and_values_are_checked() {
         let image = UpdateSettings { interval: Some("1h".into()), strategy: Some(Strategy::Off), ..Default::default() };
-        let host = UpdateSettings { source: Some("http://10.0.2.2:8080/".into()), ..Default::default() };
+        let host =
+            UpdateSettings { source: Some("http://10.0.2.2:8080/".into()), insecure: Some(true), ..Default::default() };
         let c = image.overlay(&host).resolve().unwrap();
         assert_eq!(c.source.as_deref(), Some("http://10.0.2.2:8080/"));
         assert_eq!(c.strategy, Strategy::Off);
@@ -202,6 +273,7 @@ mod tests {
         let server = UpdateSettings {
             server: Some("http://10.0.2.2:8270".into()),
             group: Some("canary".into()),
+            insecure: Some(true),
             ..Default::default()
         };
         let c = image.overlay(&server).resolve().unwrap();
@@ -220,8 +292,37 @@ mod tests {
         let bad = UpdateSettings { lock_group: Some("a_b".into()), ..Default::default() };
         assert!(bad.resolve().unwrap_err().to_string().starts_with("lock_group"));
         let parsed: UpdateSettings =
-            serde_json::from_str(r#"{"strategy": "fleetlock", "lock_server": "http://x", "lock_retry": "2s"}"#)
+            serde_json::from_str(r#"{"strategy": "fleetlock", "lock_server": "https://x", "lock_retry": "2s"}"#)
                 .unwrap();
         assert_eq!(parsed.resolve().unwrap().lock_retry, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn plain_http_needs_insecure_and_secrets_stay_out_of_debug_output() {
+        for key in ["source", "server", "lock_server"] {
+            let mut s = UpdateSettings::default();
+            let url = Some("http://10.0.2.2:8270".to_string());
+            match key {
+                "source" => s.source = url,
+                "server" => s.server = url,
+                _ => s.lock_server = url,
+            }
+            let err = s.resolve().unwrap_err().to_string();
+            assert!(err.starts_with(key) && err.contains("plain http"), "{err}");
+            s.insecure = Some(true);
+            assert!(s.resolve().is_ok(), "{key} with insecure");
+        }
+        let s = UpdateSettings {
+            server: Some("https://updates.example.com".into()),
+            enrollment_token: Some(Secret("cairn_0123456789abcdef".into())),
+            ..Default::default()
+        };
+        let resolved = s.resolve().unwrap();
+        assert_eq!(resolved.enrollment_token, Some(Secret("cairn_0123456789abcdef".into())));
+        assert!(!format!("{s:?}{resolved:?}").contains("0123456789abcdef"), "a token in debug output");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""enrollment_token":"cairn_0123456789abcdef""#), "{json}");
+        let bad = UpdateSettings { ca_bundle: Some("certs.pem".into()), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("ca_bundle"));
     }
 }

@@ -23,7 +23,7 @@ fn unknown_lock_group(group: &str) -> ApiError {
 impl Server {
     /// Whether `token` (from `Authorization: Bearer`) is an admin token; only hashes are kept.
     pub async fn admin_token_valid(&self, token: &str) -> ApiResult<bool> {
-        Ok(store::token_name(&self.db, &tokens::hash(token)).await?.is_some())
+        Ok(store::valid_token_name(&self.db, &tokens::hash(token), self.now_ms()).await?.is_some())
     }
 
     /// Hosts per group, version and state (for `/metrics`).
@@ -223,6 +223,15 @@ impl Server {
                 Ok(())
             }
         }
+    }
+
+    /// Opens the group's lock to clients that cannot authenticate, or closes it.
+    pub async fn set_lock_anonymous(&self, group: &str, anonymous: bool) -> ApiResult<Vec<LockGroup>> {
+        if !self.locks.set_anonymous(&self.db, group, anonymous, self.now_ms()).await? {
+            return Err(ApiError::NotFound(format!("unknown lock group {group:?}")));
+        }
+        tracing::info!(group, anonymous, "lock group access changed");
+        self.lock_status(Some(group)).await
     }
 
     /// A new token for the group's lock requests (only its hash is kept); the token itself.

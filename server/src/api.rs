@@ -1,5 +1,7 @@
-//! The HTTP API. Agents: `POST /v1/checkin`, `POST /v1/events`, `GET /v1/packages/VERSION/FILE`
-//! (byte ranges). Operators, with a bearer token: `/v1/admin/...`. Also `/metrics` and `/healthz`.
+//! The HTTP API. Agents: `POST /v1/enroll` (with the group's enrollment token), then with their
+//! own credential `POST /v1/checkin` and `POST /v1/events`; `GET /v1/packages/VERSION/FILE`
+//! (byte ranges; releases are signed, so the files are public). Operators, with a bearer token:
+//! `/v1/admin/...`. Also `/metrics` and `/healthz`.
 //! Every refusal is a 4xx with `{"error": "..."}` naming the problem, and changes nothing.
 
 use crate::error::{ApiError, ApiResult};
@@ -7,18 +9,19 @@ use crate::rollout::Server;
 use crate::store::{EventFilter, InstanceFilter};
 use crate::tokens;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cairn_release::admin::{Channel, ChannelVersion, EventRecord, Group, GroupChange, Instance, LockGroup};
 use cairn_release::admin::{LockRelease, LockSlots, NewChannel, Package, RolloutStatus, UploadRequest};
-use cairn_release::checkin::{CHECKIN_PATH, EVENTS_PATH};
+use cairn_release::checkin::{CHECKIN_PATH, CheckIn, ENROLL_PATH, EVENTS_PATH, EnrollRequest, Event};
 use cairn_release::manifest::{MANIFEST, SIGNATURE_SUFFIX, safe_name};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tower::ServiceExt;
@@ -26,7 +29,12 @@ use tower_http::services::ServeFile;
 
 type S = State<Arc<Server>>;
 
-pub fn router(server: Arc<Server>) -> Router {
+/// The largest body an agent or FleetLock request may have (a check-in is a few hundred bytes).
+pub const AGENT_BODY_LIMIT: usize = 64 << 10;
+
+/// The routes; an agent or FleetLock request taking longer than `request_timeout` in all (its
+/// body included) is cut off with 408.
+pub fn router(server: Arc<Server>, request_timeout: std::time::Duration) -> Router {
     let admin = Router::new()
         .route("/channels", get(list_channels).post(create_channel))
         .route("/channels/{name}", put(set_channel))
@@ -36,6 +44,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/groups", get(list_groups).post(create_group))
         .route("/groups/{name}", get(get_group).patch(update_group))
         .route("/instances", get(list_instances))
+        .route("/instances/{id}", axum::routing::delete(forget_instance))
+        .route("/groups/{name}/enrollment-token", post(new_enrollment_token).delete(remove_enrollment_token))
+        .route("/locks/{group}/anonymous", put(set_lock_anonymous))
         .route("/events", get(list_events))
         .route("/rollout", get(rollout_status))
         .route("/locks", get(lock_status))
@@ -43,12 +54,17 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/locks/{group}/release", post(release_lock))
         .route("/locks/{group}/token", post(new_lock_token).delete(remove_lock_token))
         .route_layer(middleware::from_fn_with_state(server.clone(), require_token));
-    Router::new()
+    let agents = Router::new()
+        .route(ENROLL_PATH, post(enroll))
         .route(CHECKIN_PATH, post(check_in))
         .route(EVENTS_PATH, post(report))
-        .route("/v1/packages/{version}/{file}", get(package_file))
         .route(crate::fleetlock::PRE_REBOOT, post(crate::fleetlock::pre_reboot))
         .route(crate::fleetlock::STEADY_STATE, post(crate::fleetlock::steady_state))
+        .layer(DefaultBodyLimit::max(AGENT_BODY_LIMIT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout));
+    Router::new()
+        .merge(agents)
+        .route("/v1/packages/{version}/{file}", get(package_file))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/v1/admin", admin)
@@ -87,13 +103,38 @@ fn parse<T: DeserializeOwned>(what: &str, body: &Bytes) -> ApiResult<T> {
 
 // ---- agents ----
 
-async fn check_in(State(s): S, body: Bytes) -> ApiResult<Response> {
-    let c = parse("check-in", &body)?;
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(tokens::from_header)
+}
+
+async fn enroll(State(s): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes) -> ApiResult<Response> {
+    s.limits.client(&peer.ip().to_string())?;
+    let req: EnrollRequest = parse("enrollment", &body)?;
+    Ok(Json(s.enroll(&req).await?).into_response())
+}
+
+/// Who the request is from: the credential is checked before the body is read.
+async fn host(s: &Server, headers: &HeaderMap) -> ApiResult<crate::store::hosts::Enrolled> {
+    let host = s.authenticate_host(bearer(headers)).await?;
+    s.limits.client(&format!("host {}", host.instance_id))?;
+    Ok(host)
+}
+
+async fn check_in(State(s): S, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let host = if s.agent_auth { Some(host(&s, &headers).await?) } else { None };
+    let c: CheckIn = parse("check-in", &body)?;
+    if let Some(host) = &host {
+        crate::identity::check_claim(host, &c.instance_id, Some(&c.group))?;
+    }
     Ok(Json(s.check_in(&c).await?).into_response())
 }
 
-async fn report(State(s): S, body: Bytes) -> ApiResult<StatusCode> {
-    let e = parse("event", &body)?;
+async fn report(State(s): S, headers: HeaderMap, body: Bytes) -> ApiResult<StatusCode> {
+    let host = if s.agent_auth { Some(host(&s, &headers).await?) } else { None };
+    let e: Event = parse("event", &body)?;
+    if let Some(host) = &host {
+        crate::identity::check_claim(host, &e.instance_id, None)?;
+    }
     s.report(&e).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -115,7 +156,12 @@ async fn package_file(State(s): S, Path((version, file)): Path<(String, String)>
     Ok(response.map(Body::new))
 }
 
-async fn metrics(State(s): S) -> ApiResult<Response> {
+async fn metrics(State(s): S, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(want) = &s.metrics_token
+        && bearer(&headers).map(tokens::hash).as_ref() != Some(want)
+    {
+        return Err(ApiError::Unauthorized("/metrics needs its token (Authorization: Bearer TOKEN)".into()));
+    }
     let fleet = s.fleet_counts().await?;
     Ok((
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
@@ -194,6 +240,21 @@ async fn list_instances(State(s): S, Query(f): Query<InstanceFilter>) -> ApiResu
     Ok(Json(s.instances(&f).await?))
 }
 
+async fn forget_instance(State(s): S, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    s.forget_instance(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn new_enrollment_token(State(s): S, Path(group): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let token = s.new_enrollment_token(&group).await?;
+    Ok(Json(serde_json::json!({"group": group, "token": token})))
+}
+
+async fn remove_enrollment_token(State(s): S, Path(group): Path<String>) -> ApiResult<StatusCode> {
+    s.remove_enrollment_token(&group).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn list_events(State(s): S, Query(f): Query<EventFilter>) -> ApiResult<Json<Vec<EventRecord>>> {
     Ok(Json(s.events(&f).await?))
 }
@@ -223,6 +284,11 @@ async fn release_lock(State(s): S, Path(group): Path<String>, body: Bytes) -> Ap
     let req: LockRelease = parse("release", &body)?;
     s.release_lock(&group, &req.id).await?;
     Ok(Json(serde_json::json!({"released": req.id, "group": group})))
+}
+
+async fn set_lock_anonymous(State(s): S, Path(group): Path<String>, body: Bytes) -> ApiResult<Json<Vec<LockGroup>>> {
+    let req: cairn_release::admin::LockAnonymous = parse("lock group", &body)?;
+    Ok(Json(s.set_lock_anonymous(&group, req.anonymous).await?))
 }
 
 async fn new_lock_token(State(s): S, Path(group): Path<String>) -> ApiResult<Json<serde_json::Value>> {

@@ -9,9 +9,13 @@ use axum::response::{IntoResponse, Response};
 pub enum ApiError {
     BadRequest(String),
     Unauthorized(String),
+    /// Authenticated, but not allowed this (another host's id, another group).
+    Forbidden(String),
     NotFound(String),
     Conflict(String),
     TooLarge(String),
+    /// Over a rate limit: try again later.
+    TooMany(String),
     Internal(anyhow::Error),
 }
 
@@ -41,6 +45,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -59,6 +65,8 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest(m)
             | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::TooMany(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::TooLarge(m) => m,

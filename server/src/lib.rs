@@ -3,14 +3,17 @@
 
 pub mod admin;
 pub mod api;
+pub mod capped;
 pub mod clock;
 pub mod db;
 pub mod error;
 pub mod fleetlock;
+pub mod identity;
 pub mod locks;
 pub mod metrics;
 pub mod packages;
 pub mod policy;
+pub mod ratelimit;
 pub mod rollout;
 pub mod serve;
 pub mod store;

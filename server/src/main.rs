@@ -1,10 +1,12 @@
-//! `cairn-server serve` and `cairn-server token create`.
+//! `cairn-server serve` and `cairn-server token create|list|revoke`.
 
 use anyhow::{Context, Result, bail};
 use cairn_release::keys::PublicKey;
 use cairn_server::clock::{Clock, SystemClock};
 use cairn_server::db::Db;
+use cairn_server::identity::{Limits, Retention};
 use cairn_server::locks::{self, Locks, etcd::EtcdSemaphores};
+use cairn_server::ratelimit::RateLimiter;
 use cairn_server::rollout::Server;
 use cairn_server::{serve, store, tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -22,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the agent and admin APIs.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Admin tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -34,9 +36,25 @@ enum TokenCommand {
     Create {
         #[command(flatten)]
         store: StoreArgs,
-        /// What the token is for, shown in logs.
+        /// What the token is for, shown in logs and `token list`.
         #[arg(long, default_value = "admin")]
         name: String,
+        /// How long the token is valid (e.g. 90d, 12h); without it, until revoked.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List the admin tokens: name, id, created, expires, revoked (never the tokens).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke the tokens with this name, or the one with this id (from `token list`).
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        name_or_id: String,
     },
 }
 
@@ -91,6 +109,53 @@ struct ServeArgs {
     /// of refusing it as `unknown_group`.
     #[arg(long)]
     lock_groups_on_first_use: bool,
+    /// Serve plain HTTP on an address other than loopback (behind a proxy that terminates TLS).
+    /// Without it, a non-loopback --listen needs --tls-cert and --tls-key.
+    #[arg(long)]
+    insecure_http: bool,
+    /// Requests per second per client on the agent and FleetLock endpoints (a host by its
+    /// credential, others by address); bursts of twice that. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 20.0)]
+    rate_limit: f64,
+    /// Enrollments per second, server-wide (bursts of 100). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 10.0)]
+    enroll_rate: f64,
+    /// Open connections at most; more are closed as they arrive.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+    /// A request's headers must arrive within this, and an idle connection is closed after it.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    header_timeout: String,
+    /// An agent or FleetLock request must be answered within this, its body included.
+    #[arg(long, value_name = "DURATION", default_value = "15s")]
+    request_timeout: String,
+    /// Hosts not seen for this long are forgotten (they enroll again when they return).
+    #[arg(long, value_name = "DURATION", default_value = "90d")]
+    forget_hosts_after: String,
+    /// Events older than this are deleted.
+    #[arg(long, value_name = "DURATION", default_value = "90d")]
+    keep_events: String,
+    /// `/metrics` needs `Authorization: Bearer` with the token in this file.
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
+    /// Take check-ins and events without host credentials, on a loopback address only: the
+    /// baseline `cairn-bench-server` measures authentication against. Never for a fleet.
+    #[arg(long, hide = true)]
+    insecure_no_agent_auth: bool,
+}
+
+fn duration(flag: &str, text: &str) -> Result<std::time::Duration> {
+    cairn_release::duration::parse(text).with_context(|| format!("--{flag}"))
+}
+
+/// As many open files as the hard limit allows: every connection is one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -122,10 +187,52 @@ async fn serve(args: ServeArgs) -> Result<()> {
         locks::Store::Etcd(Box::new(EtcdSemaphores::connect(&args.etcd).await?))
     };
     let locks = Locks { store, create_on_first_use: args.lock_groups_on_first_use };
-    let server = Arc::new(Server::new(db, Arc::new(SystemClock), trusted, data_dir).with_locks(locks));
-    let listener = TcpListener::bind(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let limits = Limits {
+        enroll: RateLimiter::new(args.enroll_rate, 100),
+        per_client: RateLimiter::new(args.rate_limit, (args.rate_limit * 2.0).ceil() as u32),
+    };
+    let metrics_token = match &args.metrics_token_file {
+        Some(path) => {
+            Some(tokens::read_file(path).with_context(|| format!("--metrics-token-file {}", path.display()))?)
+        }
+        None => None,
+    };
+    let settings = serve::Settings {
+        max_connections: args.max_connections,
+        header_timeout: duration("header-timeout", &args.header_timeout)?,
+        request_timeout: duration("request-timeout", &args.request_timeout)?,
+        retention: Retention {
+            hosts: duration("forget-hosts-after", &args.forget_hosts_after)?,
+            events: duration("keep-events", &args.keep_events)?,
+        },
+    };
+    let mut server = Server::new(db, Arc::new(SystemClock), trusted, data_dir)
+        .with_locks(locks)
+        .with_limits(limits)
+        .with_metrics_token(metrics_token.as_deref());
+    // Decided before binding: nothing listens, even briefly, where it must not.
+    let addresses: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&args.listen)
+        .with_context(|| format!("--listen {}", args.listen))?
+        .collect();
+    let loopback = !addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback());
+    if tls.is_none() && !loopback && !args.insecure_http {
+        bail!(
+            "refusing to serve plain HTTP on {}: hosts' credentials and admin tokens would cross the network \
+             in the clear. Give --tls-cert and --tls-key, or --insecure-http behind a proxy that terminates TLS",
+            args.listen
+        );
+    }
+    if args.insecure_no_agent_auth && !loopback {
+        bail!("--insecure-no-agent-auth is for benchmarks on a loopback address, not {}", args.listen);
+    }
+    let listener = TcpListener::bind(&addresses[..]).with_context(|| format!("listening on {}", args.listen))?;
+    if args.insecure_no_agent_auth {
+        tracing::warn!("check-ins and events are taken WITHOUT host credentials (--insecure-no-agent-auth)");
+        server = server.without_agent_auth();
+    }
+    raise_open_files_limit();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let running = serve::start(server, listener, tls)?;
+    let running = serve::start(Arc::new(server), listener, tls, settings)?;
     // Tests and scripts read this line for the address (the port may have been 0).
     println!("cairn-server listening on {scheme}://{}", running.addr);
     tracing::info!(addr = %running.addr, scheme, "listening");
@@ -143,12 +250,59 @@ async fn shutdown_signal() {
     }
 }
 
-async fn create_token(store_args: StoreArgs, name: String) -> Result<()> {
+async fn create_token(store_args: StoreArgs, name: String, expires: Option<String>) -> Result<()> {
+    let expires_at = match expires {
+        Some(text) => Some(SystemClock.now_ms() + duration("expires", &text)?.as_millis() as i64),
+        None => None,
+    };
     let db = store_args.open().await?;
     let token = tokens::generate()?;
-    store::insert_token(&db, &tokens::hash(&token), &name, SystemClock.now_ms()).await?;
+    store::insert_token(&db, &tokens::hash(&token), &name, SystemClock.now_ms(), expires_at).await?;
     db.close().await;
     println!("{token}");
+    Ok(())
+}
+
+fn show_time(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "-".to_string(), |ms| format!("{}", ms / 1000))
+}
+
+async fn list_tokens(store_args: StoreArgs, json: bool) -> Result<()> {
+    let db = store_args.open().await?;
+    let tokens = store::tokens(&db).await?;
+    db.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tokens)?);
+        return Ok(());
+    }
+    let now = SystemClock.now_ms();
+    println!("{:<20} {:<12} {:>12} {:>12} {:>12}  STATE", "NAME", "ID", "CREATED", "EXPIRES", "REVOKED");
+    for t in tokens {
+        let state = match (t.revoked_at, t.expires_at) {
+            (Some(_), _) => "revoked",
+            (None, Some(e)) if e <= now => "expired",
+            _ => "valid",
+        };
+        println!(
+            "{:<20} {:<12} {:>12} {:>12} {:>12}  {state}",
+            t.name,
+            t.id,
+            show_time(Some(t.created_at)),
+            show_time(t.expires_at),
+            show_time(t.revoked_at)
+        );
+    }
+    Ok(())
+}
+
+async fn revoke_tokens(store_args: StoreArgs, name_or_id: String) -> Result<()> {
+    let db = store_args.open().await?;
+    let revoked = store::revoke_tokens(&db, &name_or_id, SystemClock.now_ms()).await?;
+    db.close().await;
+    if revoked == 0 {
+        bail!("no valid token has the name or id {name_or_id:?} (see `cairn-server token list`)");
+    }
+    println!("revoked {revoked} token(s)");
     Ok(())
 }
 
@@ -157,8 +311,10 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting tokio");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Token(TokenCommand::Create { store, name }) => create_token(store, name).await,
+            Command::Serve(args) => serve(*args).await,
+            Command::Token(TokenCommand::Create { store, name, expires }) => create_token(store, name, expires).await,
+            Command::Token(TokenCommand::List { store, json }) => list_tokens(store, json).await,
+            Command::Token(TokenCommand::Revoke { store, name_or_id }) => revoke_tokens(store, name_or_id).await,
         }
     });
     if let Err(e) = result {

@@ -43,6 +43,15 @@ pub struct Server {
     pub metrics: Metrics,
     /// Reboot semaphores (FleetLock).
     pub locks: Locks,
+    /// Rate limits of the agent and FleetLock endpoints.
+    pub limits: crate::identity::Limits,
+    /// Host credentials recently looked up.
+    pub(crate) credentials: crate::identity::Cache,
+    /// The hash of the token `/metrics` needs, if it needs one.
+    pub metrics_token: Option<String>,
+    /// Whether check-ins and events need a host credential (always, but for a benchmark's
+    /// baseline on loopback: `--insecure-no-agent-auth`).
+    pub agent_auth: bool,
     groups: Mutex<HashMap<String, (Instant, Arc<GroupView>)>>,
     /// Hosts whose check-in changed nothing but the time: id -> time, written in batches.
     heartbeats: Mutex<HashMap<String, i64>>,
@@ -64,6 +73,10 @@ impl Server {
             data_dir,
             metrics: Metrics::new(),
             locks: Locks::default(),
+            limits: crate::identity::Limits::default(),
+            credentials: crate::identity::Cache::default(),
+            metrics_token: None,
+            agent_auth: true,
             groups: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             counts: Mutex::new(HashMap::new()),
@@ -73,6 +86,20 @@ impl Server {
     /// Where the reboot semaphores live, and whether lock groups are created on first use.
     pub fn with_locks(self, locks: Locks) -> Server {
         Server { locks, ..self }
+    }
+
+    pub fn with_limits(self, limits: crate::identity::Limits) -> Server {
+        Server { limits, ..self }
+    }
+
+    /// Check-ins and events without credentials: only for measuring what authentication costs.
+    pub fn without_agent_auth(self) -> Server {
+        Server { agent_auth: false, ..self }
+    }
+
+    /// `/metrics` then needs `token` as a bearer token.
+    pub fn with_metrics_token(self, token: Option<&str>) -> Server {
+        Server { metrics_token: token.map(crate::tokens::hash), ..self }
     }
 
     pub fn now_ms(&self) -> i64 {

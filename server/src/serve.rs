@@ -1,6 +1,9 @@
-//! Running the server: the HTTP(S) listener, the heartbeat writer, and a shutdown that finishes
-//! in-flight requests and writes every pending heartbeat before the database closes.
+//! Running the server: the HTTP(S) listener (with a cap on connections and a deadline for each
+//! request's headers, which also closes idle connections), the heartbeat writer, the pruner,
+//! and a shutdown that finishes in-flight requests and writes every pending heartbeat before
+//! the database closes.
 
+use crate::capped::Capped;
 use crate::rollout::Server;
 use anyhow::{Context, Result};
 use axum_server::Handle;
@@ -14,6 +17,32 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 const HEARTBEAT_FLUSH: Duration = Duration::from_secs(1);
+
+/// How the listener holds up under many or slow clients, and what is kept how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Open connections at most; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; a connection idle this long is closed.
+    pub header_timeout: Duration,
+    /// An agent or FleetLock request must be answered within this, its body included.
+    pub request_timeout: Duration,
+    /// Hosts not seen and events older than this are pruned, once an hour.
+    pub retention: crate::identity::Retention,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
+            retention: crate::identity::Retention::default(),
+        }
+    }
+}
+
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -32,25 +61,42 @@ pub async fn tls_config(cert: &Path, key: &Path) -> Result<RustlsConfig> {
 }
 
 /// Serves `server` on `listener` until [`Running::shutdown`].
-pub fn start(server: Arc<Server>, listener: TcpListener, tls: Option<RustlsConfig>) -> Result<Running> {
+pub fn start(
+    server: Arc<Server>,
+    listener: TcpListener,
+    tls: Option<RustlsConfig>,
+    settings: Settings,
+) -> Result<Running> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = Handle::new();
-    let app = crate::api::router(server.clone()).into_make_service();
+    let app = crate::api::router(server.clone(), settings.request_timeout)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let mut http_server = axum_server::from_tcp(listener).handle(handle.clone());
+    http_server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .max_buf_size(64 << 10);
     // TCP_NODELAY: replies are small; Nagle's algorithm would hold a body written apart from its
     // headers until the client's delayed ACK (40 ms).
-    let http_server = axum_server::from_tcp(listener).handle(handle.clone());
     let http = match tls {
         Some(config) => {
-            tokio::spawn(http_server.acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new())).serve(app))
+            // rustls's handshake has a deadline of its own (10 s, axum-server's default).
+            let tls = RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new());
+            tokio::spawn(http_server.acceptor(Capped::new(tls, settings.max_connections)).serve(app))
         }
-        None => tokio::spawn(http_server.acceptor(NoDelayAcceptor::new()).serve(app)),
+        None => {
+            tokio::spawn(http_server.acceptor(Capped::new(NoDelayAcceptor::new(), settings.max_connections)).serve(app))
+        }
     };
     let (stop_flusher, mut stop) = watch::channel(false);
     let flusher = tokio::spawn({
         let server = server.clone();
         async move {
             let mut tick = tokio::time::interval(HEARTBEAT_FLUSH);
+            let mut pruned_at = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -58,6 +104,12 @@ pub fn start(server: Arc<Server>, listener: TcpListener, tls: Option<RustlsConfi
                 }
                 if let Err(e) = server.flush_heartbeats().await {
                     tracing::error!(error = format!("{e:#}"), "writing heartbeats");
+                }
+                if pruned_at.elapsed() >= PRUNE_EVERY {
+                    pruned_at = tokio::time::Instant::now();
+                    if let Err(e) = server.prune(settings.retention).await {
+                        tracing::error!(error = format!("{e:?}"), "pruning");
+                    }
                 }
             }
         }

@@ -16,6 +16,22 @@ pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// A token kept in a file (its first line), so it is never on a command line. The file must not
+/// be readable by others.
+pub fn read_file(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        anyhow::bail!("{} is readable by others (mode {:o}): chmod 600 it", path.display(), meta.mode() & 0o777);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!("{} is empty", path.display());
+    }
+    Ok(token)
+}
+
 /// The token in an `Authorization: Bearer ...` header value.
 pub fn from_header(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;

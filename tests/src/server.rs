@@ -284,12 +284,29 @@ pub fn fake_release(dir: &Path, version: &str, key: &SecretKey) -> Result<PathBu
     Ok(out)
 }
 
-/// A JSON client of the server's API.
+/// A JSON client of the server's API. An agent client (`Api::agent`) speaks for any number of
+/// hosts: a check-in enrolls its host first (creating the group's enrollment token with the
+/// admin token when needed), and check-ins and events carry their host's credential, as the
+/// agent's would. Requests for hosts that cannot enroll go without one.
 pub struct Api {
     pub base: String,
     pub token: Option<String>,
     client: reqwest::blocking::Client,
+    hosts: Option<Hosts>,
 }
+
+/// What an agent client knows: the admin token and hosts' credentials.
+struct Hosts {
+    admin_token: String,
+    /// instance id -> (group, credential)
+    credentials: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+}
+
+/// Groups' enrollment tokens by `(server URL, group)`, shared by every agent client of the
+/// process: creating a token replaces the group's last one, so clients on several threads must
+/// not each make their own.
+static GROUP_TOKENS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(String, String), String>>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl Api {
     pub fn new(base: &str, token: Option<&str>) -> Api {
@@ -297,14 +314,83 @@ impl Api {
             base: base.trim_end_matches('/').to_string(),
             token: token.map(str::to_string),
             client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+            hosts: None,
+        }
+    }
+
+    /// A client for hosts, enrolling them on the way with `admin_token`'s help.
+    pub fn agent(base: &str, admin_token: &str) -> Api {
+        let hosts = Hosts { admin_token: admin_token.to_string(), credentials: Default::default() };
+        Api { hosts: Some(hosts), ..Api::new(base, None) }
+    }
+
+    /// The group's enrollment token, created on first use; `None` for a group the server does
+    /// not know.
+    pub fn enrollment_token(&self, group: &str) -> Result<Option<String>> {
+        let hosts = self.hosts.as_ref().ok_or_else(|| anyhow!("not an agent client"))?;
+        let key = (self.base.clone(), group.to_string());
+        let mut tokens = GROUP_TOKENS.lock().unwrap();
+        if let Some(t) = tokens.get(&key) {
+            return Ok(Some(t.clone()));
+        }
+        let admin = Api::new(&self.base, Some(&hosts.admin_token));
+        let (code, reply) = admin.send("POST", &format!("/v1/admin/groups/{group}/enrollment-token"), &Value::Null)?;
+        match code {
+            200 => {
+                let token = reply["token"].as_str().ok_or_else(|| anyhow!("no token in {reply}"))?.to_string();
+                tokens.insert(key, token.clone());
+                Ok(Some(token))
+            }
+            404 => Ok(None),
+            _ => bail!("creating group {group}'s enrollment token: {code} {reply}"),
+        }
+    }
+
+    /// Host `id`'s credential for `group` (enrolling it, or moving it there); `None` when it
+    /// cannot enroll (an unknown group, an id the server refuses).
+    pub fn credential(&self, id: &str, group: &str) -> Result<Option<String>> {
+        let hosts = self.hosts.as_ref().ok_or_else(|| anyhow!("not an agent client"))?;
+        let current = hosts.credentials.lock().unwrap().get(id).cloned();
+        if let Some((g, c)) = &current
+            && g == group
+        {
+            return Ok(Some(c.clone()));
+        }
+        let Some(token) = self.enrollment_token(group)? else { return Ok(None) };
+        let mut req = json!({"format": 1, "instance_id": id, "group": group, "token": token});
+        if let Some((_, c)) = &current {
+            req["current"] = json!(c);
+        }
+        let (code, reply) = Api::new(&self.base, None).send("POST", "/v1/enroll", &req)?;
+        if code != 200 {
+            return Ok(None);
+        }
+        let credential = reply["credential"].as_str().ok_or_else(|| anyhow!("no credential in {reply}"))?.to_string();
+        hosts.credentials.lock().unwrap().insert(id.to_string(), (group.to_string(), credential.clone()));
+        Ok(Some(credential))
+    }
+
+    /// The bearer token a request carries: an agent's host credential, or the client's token.
+    fn bearer_for(&self, path: &str, body: Option<&[u8]>) -> Result<Option<String>> {
+        let Some(hosts) = &self.hosts else { return Ok(self.token.clone()) };
+        let doc: Value = body.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
+        let id = doc["instance_id"].as_str().unwrap_or_default();
+        match path {
+            "/v1/checkin" => match doc["group"].as_str() {
+                Some(group) if !id.is_empty() => self.credential(id, group),
+                _ => Ok(None),
+            },
+            "/v1/events" => Ok(hosts.credentials.lock().unwrap().get(id).map(|(_, c)| c.clone())),
+            _ => Ok(None),
         }
     }
 
     /// `(status, body as JSON or Null)`.
     pub fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Value)> {
+        let bearer = self.bearer_for(path, body.as_deref())?;
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
+        if let Some(t) = &bearer {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
@@ -383,9 +469,12 @@ pub enum Backend {
 }
 
 /// How an in-process server is set up beyond its store.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Default)]
 pub struct Options {
     pub lock_groups_on_first_use: bool,
+    /// Rate limits (default: none).
+    pub limits: Option<cairn_server::identity::Limits>,
+    pub settings: Option<serve::Settings>,
 }
 
 /// A server in this process (so the test owns its clock), on a real socket.
@@ -425,14 +514,18 @@ impl InProcess {
                 None => Db::sqlite(&data).await?,
                 Some(pg) => Db::postgres(&pg.url()).await?,
             };
-            cairn_server::store::insert_token(&db, &cairn_server::tokens::hash(&token), "test", 0).await?;
+            cairn_server::store::insert_token(&db, &cairn_server::tokens::hash(&token), "test", 0, None).await?;
             let store = match &etcd {
                 Some(etcd) => locks::Store::Etcd(Box::new(EtcdSemaphores::connect(&[etcd.url()]).await?)),
                 None => locks::Store::Database,
             };
             let locks = Locks { store, create_on_first_use: options.lock_groups_on_first_use };
-            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()));
-            serve::start(Arc::new(server.with_locks(locks)), std::net::TcpListener::bind("127.0.0.1:0")?, None)
+            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()))
+                .with_locks(locks)
+                // Tests simulate many hosts from one address: no rate limits unless asked for.
+                .with_limits(options.limits.unwrap_or_else(cairn_server::identity::Limits::unlimited));
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            serve::start(Arc::new(server), listener, None, options.settings.unwrap_or_default())
         })?;
         let url = format!("http://{}", running.addr);
         Ok(InProcess { rt, running: Some(running), clock, url, token, tmp, etcd, _pg: pg })
@@ -442,8 +535,9 @@ impl InProcess {
         Api::new(&self.url, Some(&self.token))
     }
 
+    /// A client for hosts, enrolling them as they first check in.
     pub fn agent(&self) -> Api {
-        Api::new(&self.url, None)
+        Api::agent(&self.url, &self.token)
     }
 
     /// Uploads release `version` (signed by the trusted key) and makes it the channel's.

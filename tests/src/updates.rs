@@ -24,7 +24,7 @@ pub fn configure_agent(vm: &mut Vm, server: &FileServer, strategy: &str) -> Resu
     vm.run_ok(
         &format!(
             "mkdir -p /etc/cairn && printf 'source = \"http://10.0.2.2:{}/\"\\nstrategy = \"{strategy}\"\\n\
-             bless_after = \"3s\"\\n' > /etc/cairn/update.toml && sync && cairnctl restart cairn-agent",
+             bless_after = \"3s\"\\ninsecure = true\\n' > /etc/cairn/update.toml && sync && cairnctl restart cairn-agent",
             server.port
         ),
         CMD,
@@ -35,13 +35,14 @@ pub fn configure_agent(vm: &mut Vm, server: &FileServer, strategy: &str) -> Resu
 }
 
 /// Points the agent at the rollout server on the test machine's `port` (10.0.2.2 in the VM) in
-/// `group`, like [`configure_agent`].
-pub fn configure_agent_for_server(vm: &mut Vm, port: u16, group: &str, strategy: &str) -> Result<()> {
+/// `group`, with the group's enrollment token, like [`configure_agent`]. Plain http inside
+/// QEMU's user network: `insecure`.
+pub fn configure_agent_for_server(vm: &mut Vm, port: u16, group: &str, strategy: &str, enroll: &str) -> Result<()> {
     vm.run_ok(
         &format!(
             "mkdir -p /etc/cairn && printf 'server = \"http://10.0.2.2:{port}\"\ngroup = \"{group}\"\n\
-             strategy = \"{strategy}\"\nbless_after = \"3s\"\n' > /etc/cairn/update.toml && sync && \
-             cairnctl restart cairn-agent"
+             strategy = \"{strategy}\"\nbless_after = \"3s\"\ninsecure = true\nenrollment_token = \"{enroll}\"\n' \
+             > /etc/cairn/update.toml && chmod 600 /etc/cairn/update.toml && sync && cairnctl restart cairn-agent"
         ),
         CMD,
     )?;
@@ -50,13 +51,14 @@ pub fn configure_agent_for_server(vm: &mut Vm, port: u16, group: &str, strategy:
 }
 
 /// Points the agent at the rollout server on the test machine's `port` with strategy
-/// `fleetlock` against the same server, asking for a slot every `lock_retry`.
-pub fn configure_agent_for_fleetlock(vm: &mut Vm, port: u16, lock_retry: &str) -> Result<()> {
+/// `fleetlock` against the same server (which knows the host by its credential), asking for a
+/// slot every `lock_retry`.
+pub fn configure_agent_for_fleetlock(vm: &mut Vm, port: u16, lock_retry: &str, enroll: &str) -> Result<()> {
     vm.run_ok(
         &format!(
             "mkdir -p /etc/cairn && printf 'server = \"http://10.0.2.2:{port}\"\nstrategy = \"fleetlock\"\n\
-             lock_retry = \"{lock_retry}\"\nbless_after = \"3s\"\n' > /etc/cairn/update.toml && sync && \
-             cairnctl restart cairn-agent"
+             lock_retry = \"{lock_retry}\"\nbless_after = \"3s\"\ninsecure = true\nenrollment_token = \"{enroll}\"\n' \
+             > /etc/cairn/update.toml && chmod 600 /etc/cairn/update.toml && sync && cairnctl restart cairn-agent"
         ),
         CMD,
     )?;

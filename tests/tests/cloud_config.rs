@@ -166,6 +166,7 @@ write_files:
 cairn:
   update:
     server: http://10.0.2.2:9
+    insecure: true
     group: canary
     strategy: "off"
 {}"#,
@@ -321,6 +322,7 @@ cairn:
   update:
     strategy: immediate
     source: http://10.0.2.2:9/stable/
+    insecure: true
 {}"#,
         base64_of("from the config drive\n"),
         web_container("/dev/vdc")

@@ -1,26 +1,34 @@
 //! The FleetLock protocol of cairn-server against real databases over real HTTP on loopback:
 //! exact statuses and error kinds, recursive lock and unlock, idempotent retries, operator
-//! recovery, per-group tokens, and a safety test where 50 clients hammer the semaphore while
-//! an observer checks that the holders never outnumber the slots.
+//! recovery, who may lock and release (hosts by their credentials, the group's token, groups
+//! open to anonymous clients), and a safety test where 50 clients hammer the semaphore while an
+//! observer checks that the holders never outnumber the slots.
 
 use anyhow::Result;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use cairn_server::identity::Limits;
 use cairn_tests::server::{Backend, InProcess, Options};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// A FleetLock client: `(status, body)` of `pre-reboot` or `steady-state`.
+/// A FleetLock client: `(status, body)` of `pre-reboot` or `steady-state`; anonymous (as
+/// Zincati without a token) or with a bearer token (a host's credential, a group's token).
 struct Client {
     base: String,
     http: reqwest::blocking::Client,
+    bearer: Option<String>,
 }
 
 impl Client {
     fn new(base: &str) -> Client {
-        Client { base: base.to_string(), http: reqwest::blocking::Client::new() }
+        Client { base: base.to_string(), http: reqwest::blocking::Client::new(), bearer: None }
+    }
+
+    fn with_bearer(base: &str, bearer: &str) -> Client {
+        Client { bearer: Some(bearer.to_string()), ..Client::new(base) }
     }
 
     fn raw(&self, op: &str, header: Option<&str>, body: Vec<u8>, token: Option<&str>) -> Result<(u16, Value)> {
@@ -38,7 +46,7 @@ impl Client {
 
     fn call(&self, op: &str, id: &str, group: &str) -> Result<(u16, Value)> {
         let body = json!({"client_params": {"id": id, "group": group}});
-        self.raw(op, Some("true"), serde_json::to_vec(&body)?, None)
+        self.raw(op, Some("true"), serde_json::to_vec(&body)?, self.bearer.as_deref())
     }
 
     fn lock(&self, id: &str, group: &str) -> Result<(u16, Value)> {
@@ -54,6 +62,12 @@ fn kind(reply: &(u16, Value)) -> (u16, &str) {
     (reply.0, reply.1["kind"].as_str().unwrap_or(""))
 }
 
+/// Lets clients that cannot authenticate use `group`'s lock (or no longer).
+fn open_to_anonymous(s: &InProcess, group: &str, anonymous: bool) -> Result<()> {
+    s.admin().ok("PUT", &format!("/v1/admin/locks/{group}/anonymous"), &json!({"anonymous": anonymous}))?;
+    Ok(())
+}
+
 fn holders(s: &InProcess, group: &str) -> Result<Vec<String>> {
     let status = s.admin().ok("GET", &format!("/v1/admin/locks?group={group}"), &Value::Null)?;
     Ok(status[0]["holders"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap().to_string()).collect())
@@ -61,6 +75,7 @@ fn holders(s: &InProcess, group: &str) -> Result<Vec<String>> {
 
 fn protocol(backend: Backend) -> Result<()> {
     let s = InProcess::start(backend)?;
+    open_to_anonymous(&s, "default", true)?;
     let c = Client::new(&s.url);
     let body =
         |id: &str, group: &str| serde_json::to_vec(&json!({"client_params": {"id": id, "group": group}})).unwrap();
@@ -87,7 +102,7 @@ fn protocol(backend: Backend) -> Result<()> {
     assert_eq!(c.lock("host-A", "default")?.0, 200, "recursive");
     let full = c.lock("host-b", "default")?;
     assert_eq!(kind(&full), (500, "failed_lock"));
-    assert!(full.1["value"].as_str().unwrap().contains("host-A"), "{}", full.1);
+    assert!(!full.1["value"].as_str().unwrap().contains("host-A"), "holders are not told anonymously: {}", full.1);
     assert_eq!(c.lock("host-a", "default")?.0, 500, "ids are case-sensitive");
     assert_eq!(c.unlock("host-b", "default")?.0, 200, "releasing what you do not hold succeeds");
     assert_eq!(holders(&s, "default")?, ["host-A"]);
@@ -108,18 +123,21 @@ fn protocol(backend: Backend) -> Result<()> {
     let (code, _) = admin.send("PUT", "/v1/admin/locks/bad_name", &json!({"slots": 1}))?;
     assert_eq!(code, 400);
     admin.ok("PUT", "/v1/admin/locks/workers.eu-1", &json!({"slots": 1}))?;
+    assert_eq!(kind(&c.lock("w1", "workers.eu-1")?), (401, "unauthorized"), "a new group is closed");
+    open_to_anonymous(&s, "workers.eu-1", true)?;
     assert_eq!(c.lock("w1", "workers.eu-1")?.0, 200);
 
-    // A group with a token: refused without it, taken with it.
+    // A group with a token, closed again: refused without it, taken with it.
     let token =
         admin.ok("POST", "/v1/admin/locks/workers.eu-1/token", &Value::Null)?["token"].as_str().unwrap().to_string();
+    open_to_anonymous(&s, "workers.eu-1", false)?;
     assert_eq!(kind(&c.raw("steady-state", Some("true"), body("w1", "workers.eu-1"), None)?), (401, "unauthorized"));
     assert_eq!(
         kind(&c.raw("steady-state", Some("true"), body("w1", "workers.eu-1"), Some("cairn_x"))?),
         (401, "unauthorized")
     );
     assert_eq!(c.raw("steady-state", Some("true"), body("w1", "workers.eu-1"), Some(&token))?.0, 200);
-    assert_eq!(c.lock("host-c", "default")?.0, 200, "other groups need no token");
+    assert_eq!(c.lock("host-c", "default")?.0, 200, "an open group needs no token");
 
     // The timeline.
     let events = admin.ok("GET", "/v1/admin/events?group=default&limit=100", &Value::Null)?;
@@ -175,8 +193,11 @@ fn through_outage(deadline: Instant, call: impl Fn() -> Result<(u16, Value)>) ->
 /// again in the middle: clients ride through the outage (an `internal` answer to pre-reboot
 /// leaves them unsure, so they ask again), no holder is lost and no slot granted twice.
 fn hammer(backend: Backend, slots: usize, restart_etcd: bool) -> Result<()> {
-    let mut s = InProcess::start(backend)?;
+    // The clients retry every few milliseconds from one address: no rate limit here.
+    let options = Options { limits: Some(Limits::unlimited()), ..Options::default() };
+    let mut s = InProcess::start_with(backend, options)?;
     s.admin().ok("PUT", "/v1/admin/locks/default", &json!({"slots": slots}))?;
+    open_to_anonymous(&s, "default", true)?;
     let inside = Arc::new(AtomicUsize::new(0));
     let most_inside = Arc::new(AtomicUsize::new(0));
     let acquired = Arc::new(AtomicUsize::new(0));
@@ -320,6 +341,10 @@ fn updatectl_shows_and_fixes_the_reboot_lock() -> Result<()> {
     let (code, out, err) = run(&["lock", "slots", "default", "2"])?;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("0/2"), "{out}");
+    let (code, out, err) = run(&["lock", "anonymous", "default", "on"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let row: Vec<&str> = out.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row, ["default", "0/2", "no", "yes", "-", "-"], "{out}");
     let c = Client::new(&s.url);
     assert_eq!(c.lock("node-1", "default")?.0, 200);
     let (_, out, _) = run(&["lock", "status"])?;
@@ -336,32 +361,88 @@ fn updatectl_shows_and_fixes_the_reboot_lock() -> Result<()> {
     assert_eq!(code, 5);
     let (code, out, _) = run(&["lock", "token", "default"])?;
     assert!(code == 0 && out.trim().starts_with("cairn_"), "{out}");
+    let (code, _, _) = run(&["lock", "anonymous", "default", "off"])?;
+    assert_eq!(code, 0);
     assert_eq!(kind(&c.lock("node-1", "default")?), (401, "unauthorized"));
+    assert_eq!(Client::with_bearer(&s.url, out.trim()).lock("node-1", "default")?.0, 200, "with the token");
     let (code, _, _) = run(&["lock", "token", "default", "--remove"])?;
     assert_eq!(code, 0);
-    assert_eq!(c.lock("node-1", "default")?.0, 200);
+    assert_eq!(kind(&c.lock("node-1", "default")?), (401, "unauthorized"), "closed, and no token any more");
     Ok(())
 }
 
-/// The agent's FleetLock client against the server.
+/// The agent's FleetLock client against the server, each host with the credential it enrolled
+/// for (the agent's own enrollment code, its file in a temporary directory).
 #[test]
 fn the_agent_client_takes_and_gives_back_slots() -> Result<()> {
-    use cairn_agent::fleetlock::FleetLockClient;
+    use cairn_agent::credential::Credentials;
+    use cairn_agent::fleetlock::{FleetLockClient, LockAuth};
+    use cairn_agent::http::{ClientOptions, client};
     use cairn_agent::ports::{LockError, RebootLock};
+    use cairn_release::update_config::Secret;
     let s = InProcess::start(Backend::Sqlite)?;
-    let timeout = Duration::from_secs(10);
-    let a = FleetLockClient::new(&s.url, "host-a", "default", timeout)?;
-    let b = FleetLockClient::new(&s.url, "host-b", "default", timeout)?;
+    let http = client(&ClientOptions::insecure(Duration::from_secs(10)))?;
+    let token = s.agent().enrollment_token("default")?.expect("the default group");
+    let host = |id: &str, lock_group: &str| {
+        let credentials = Credentials::load(
+            s.tmp.path().join(format!("{id}.json")),
+            &s.url,
+            id,
+            "default",
+            Some(Secret(token.clone())),
+            http.clone(),
+        );
+        FleetLockClient::new(&s.url, id, lock_group, http.clone(), LockAuth::Host(Arc::new(credentials)))
+    };
+    let (a, b) = (host("host-a", "default"), host("host-b", "default"));
     a.lock()?;
     let refused = b.lock().unwrap_err();
     assert!(
         matches!(&refused, LockError::Refused { kind, value, .. } if kind == "failed_lock" && value.contains("host-a")),
-        "{refused}"
+        "an authenticated host learns who holds the slot: {refused}"
     );
     a.unlock()?;
     b.lock()?;
-    let nowhere = FleetLockClient::new(&s.url, "host-c", "nope", timeout)?;
+    let nowhere = host("host-c", "nope");
     assert!(matches!(nowhere.lock(), Err(LockError::Refused { kind, .. }) if kind == "unknown_group"));
+    let credential_file: Value = serde_json::from_slice(&std::fs::read(s.tmp.path().join("host-a.json"))?)?;
+    assert_eq!(credential_file["group"], "default");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(s.tmp.path().join("host-a.json"))?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the credential is root's alone");
+    Ok(())
+}
+
+/// A closed group (the default) refuses anyone without a credential or its token; a host may
+/// release only its own slot; who holds the slots is told only to authenticated callers.
+#[test]
+fn only_hosts_with_credentials_lock_and_only_the_holder_releases() -> Result<()> {
+    let s = InProcess::start(Backend::Sqlite)?;
+    let agent = s.agent();
+    let credential = |id: &str| agent.credential(id, "default").map(|c| c.expect("enrolled"));
+    let (a, b) =
+        (Client::with_bearer(&s.url, &credential("host-a")?), Client::with_bearer(&s.url, &credential("host-b")?));
+    let anonymous = Client::new(&s.url);
+    let refused = anonymous.lock("host-x", "default")?;
+    assert_eq!(kind(&refused), (401, "unauthorized"), "{}", refused.1);
+    assert_eq!(a.lock("host-a", "default")?.0, 200);
+    assert_eq!(kind(&anonymous.unlock("host-a", "default")?), (401, "unauthorized"));
+    let forged = b.unlock("host-a", "default")?;
+    assert_eq!(kind(&forged), (403, "unauthorized"), "host-b releasing host-a's slot: {}", forged.1);
+    assert_eq!(kind(&b.lock("host-a", "default")?), (403, "unauthorized"), "host-b taking a slot as host-a");
+    assert_eq!(kind(&Client::with_bearer(&s.url, "cairn_forged").lock("host-a", "default")?), (401, "unauthorized"));
+    assert_eq!(holders(&s, "default")?, ["host-a"], "nothing changed");
+
+    let full = b.lock("host-b", "default")?;
+    assert_eq!(kind(&full), (500, "failed_lock"));
+    assert!(full.1["value"].as_str().unwrap().contains("host-a"), "a host sees the holders: {}", full.1);
+    open_to_anonymous(&s, "default", true)?;
+    let full = anonymous.lock("host-x", "default")?;
+    assert_eq!(kind(&full), (500, "failed_lock"));
+    assert!(!full.1.to_string().contains("host-a"), "an anonymous caller learns nothing of holders: {}", full.1);
+    open_to_anonymous(&s, "default", false)?;
+    assert_eq!(a.unlock("host-a", "default")?.0, 200, "the holder releases its own slot");
+    assert!(holders(&s, "default")?.is_empty());
     Ok(())
 }
 
@@ -400,8 +481,11 @@ fn etcd_semaphores_are_airlocks() -> Result<()> {
     let s = InProcess::start(Backend::Etcd)?;
     let keys = EtcdKeys { url: s.etcd.as_ref().expect("etcd").url(), http: reqwest::blocking::Client::new() };
     let c = Client::new(&s.url);
+    open_to_anonymous(&s, "default", true)?;
 
     keys.put(&semaphore_key("legacy"), r#"{"total_slots":2,"holders":["old-host"]}"#)?;
+    assert_eq!(kind(&c.lock("new-host", "legacy")?), (401, "unauthorized"), "airlock's group is closed to anonymous");
+    open_to_anonymous(&s, "legacy", true)?;
     assert_eq!(c.lock("new-host", "legacy")?.0, 200);
     let full = c.lock("third", "legacy")?;
     assert_eq!(kind(&full), (500, "failed_lock"), "{}", full.1);
@@ -432,15 +516,21 @@ fn etcd_semaphores_are_airlocks() -> Result<()> {
     Ok(())
 }
 
-/// With `--lock-groups-on-first-use`, a host's first pre-reboot creates its group (1 slot).
+/// With `--lock-groups-on-first-use`, a host's first pre-reboot creates its group (1 slot,
+/// closed: hosts use their credentials).
 #[test]
 fn lock_groups_are_created_on_first_use_when_allowed() -> Result<()> {
-    let s = InProcess::start_with(Backend::Sqlite, Options { lock_groups_on_first_use: true })?;
-    let c = Client::new(&s.url);
+    let s = InProcess::start_with(Backend::Sqlite, Options { lock_groups_on_first_use: true, ..Options::default() })?;
+    let agent = s.agent();
+    let host = |id: &str| -> Result<Client> {
+        Ok(Client::with_bearer(&s.url, &agent.credential(id, "default")?.expect("enrolled")))
+    };
+    let (c, b) = (host("a")?, host("b")?);
+    assert_eq!(kind(&Client::new(&s.url).lock("a", "edge-7")?), (401, "unauthorized"));
     assert_eq!(c.lock("a", "edge-7")?.0, 200);
-    assert_eq!(kind(&c.lock("b", "edge-7")?), (500, "failed_lock"));
+    assert_eq!(kind(&b.lock("b", "edge-7")?), (500, "failed_lock"));
     assert_eq!(holders(&s, "edge-7")?, ["a"]);
-    assert_eq!(c.unlock("b", "edge-9")?.0, 200, "steady-state creates a group too: nothing to release");
+    assert_eq!(b.unlock("b", "edge-9")?.0, 200, "steady-state creates a group too: nothing to release");
     assert_eq!(kind(&c.lock("a", "bad_name")?), (400, "invalid_client_identity"));
     let status = s.admin().ok("GET", "/v1/admin/locks", &Value::Null)?;
     let groups: Vec<&str> = status.as_array().unwrap().iter().map(|g| g["group"].as_str().unwrap()).collect();

@@ -97,18 +97,20 @@ fn api_scenario(backend: Backend) -> Result<()> {
     assert!(reply["reason"].as_str().unwrap_or_default().contains("no version yet"), "{reply}");
     admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
 
-    // Malformed check-ins.
-    let (code, body) = agent.call("POST", "/v1/checkin", Some(b"{".to_vec()))?;
+    // Malformed check-ins, from h1 with its credential.
+    let h1 = Api::new(&s.url, agent.credential("h1", "default")?.as_deref());
+    let (code, body) = h1.call("POST", "/v1/checkin", Some(b"{".to_vec()))?;
     assert_eq!(code, 400);
     assert!(error_of(&body).starts_with("check-in:"), "{body}");
     let mut typo = checkin("h1", "default", "1");
     typo["slott"] = json!("a");
     let (code, body) = agent.send("POST", "/v1/checkin", &typo)?;
     assert_eq!((code, error_of(&body).contains("slott")), (400, true), "{body}");
+    // A host that cannot enroll (a bad id) is refused before its body is read.
     let (code, body) = agent.send("POST", "/v1/checkin", &checkin("../../etc", "default", "1"))?;
-    assert_eq!((code, error_of(&body).starts_with("instance_id")), (400, true), "{body}");
-    let (code, body) = agent.send("POST", "/v1/checkin", &checkin("h1", "nope", "1"))?;
-    assert_eq!((code, error_of(&body).contains("unknown group")), (404, true), "{body}");
+    assert_eq!((code, error_of(&body).contains("credential is required")), (401, true), "{body}");
+    let (code, body) = h1.send("POST", "/v1/checkin", &checkin("h1", "nope", "1"))?;
+    assert_eq!((code, error_of(&body).contains("enrolled in group \"default\"")), (403, true), "{body}");
 
     // A host behind the channel is offered the release; what it fetches is what was signed.
     let reply = agent.ok("POST", "/v1/checkin", &checkin("h1", "default", "1"))?;
@@ -128,9 +130,14 @@ fn api_scenario(backend: Backend) -> Result<()> {
     let (code, _) = agent.get("/v1/packages/2/cairn-server.db")?;
     assert_eq!(code, 404);
 
-    // Events.
+    // Events: only a host's own, with its credential.
     let (code, body) = agent.send("POST", "/v1/events", &event("stranger", "staged", "2"))?;
-    assert_eq!((code, error_of(&body).contains("unknown instance")), (404, true), "{body}");
+    assert_eq!((code, error_of(&body).contains("credential is required")), (401, true), "{body}");
+    let h2 = Api::new(&s.url, agent.credential("h2", "default")?.as_deref());
+    let (code, body) = h2.send("POST", "/v1/events", &event("h1", "failed", "2"))?;
+    assert_eq!((code, error_of(&body).contains("not \"h1\"'s")), (403, true), "h2 forging h1's failure: {body}");
+    let (code, body) = h2.send("POST", "/v1/checkin", &checkin("h1", "default", "1"))?;
+    assert_eq!(code, 403, "h2 checking in as h1: {body}");
     let (code, body) = agent.send(
         "POST",
         "/v1/events",
@@ -306,11 +313,17 @@ fn policy_with_simulated_agents_on_postgres() -> Result<()> {
     policy_scenario(Backend::Postgres)
 }
 
+/// `serve` arguments for tests that enroll many hosts fast from one address.
+fn unlimited() -> Vec<String> {
+    ["--enroll-rate", "0", "--rate-limit", "0"].map(String::from).to_vec()
+}
+
 fn setup_process(data: &Path, key_file: &Path) -> Result<(ServerProcess, Api)> {
     let store = vec!["--data".to_string(), data.display().to_string()];
     let token = create_token(&store)?;
     let mut args = store;
     args.extend(["--trust".to_string(), key_file.display().to_string()]);
+    args.extend(unlimited());
     let server = ServerProcess::spawn(&args)?;
     let api = Api::new(&server.url, Some(&token));
     Ok((server, api))
@@ -331,17 +344,19 @@ fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
     admin.ok("PATCH", "/v1/admin/groups/default", &json!({"max_per_period": 100000, "halt_after": 0}))?;
 
     // Clean shutdown: a heartbeat (a check-in that changes nothing) is written at stop.
-    let agent = Api::new(&server.url, None);
+    let token = admin.token.clone().expect("an admin token");
+    let agent = Api::agent(&server.url, &token);
     agent.ok("POST", "/v1/checkin", &checkin("steady", "default", "2"))?;
     let before = SystemClock.now_ms();
     agent.ok("POST", "/v1/checkin", &checkin("steady", "default", "2"))?;
     assert!(server.stop()?.success());
-    let mut server = ServerProcess::spawn(&[
-        "--data".into(),
-        data.display().to_string(),
-        "--trust".into(),
-        key_file.display().to_string(),
-    ])?;
+    let mut server = ServerProcess::spawn(
+        &[
+            ["--data".into(), data.display().to_string(), "--trust".into(), key_file.display().to_string()].to_vec(),
+            unlimited(),
+        ]
+        .concat(),
+    )?;
     let admin = Api::new(&server.url, admin.token.as_deref());
     let steady = admin.ok("GET", "/v1/admin/instances?version=2", &Value::Null)?;
     assert!(steady[0]["last_checkin"].as_i64().unwrap_or(0) >= before, "heartbeat lost at shutdown: {steady}");
@@ -352,9 +367,9 @@ fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..4)
         .map(|t| {
-            let (url, acked, stop) = (url.clone(), acked.clone(), stop.clone());
+            let (url, acked, stop, token) = (url.clone(), acked.clone(), stop.clone(), token.clone());
             std::thread::spawn(move || {
-                let agent = Api::new(&url, None);
+                let agent = Api::agent(&url, &token);
                 for i in 0.. {
                     if stop.load(std::sync::atomic::Ordering::SeqCst) {
                         return;
@@ -386,12 +401,13 @@ fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
     let (grants, events) = acked.lock().unwrap().clone();
     assert!(grants.len() >= 150, "{} grants", grants.len());
 
-    let server = ServerProcess::spawn(&[
-        "--data".into(),
-        data.display().to_string(),
-        "--trust".into(),
-        key_file.display().to_string(),
-    ])?;
+    let server = ServerProcess::spawn(
+        &[
+            ["--data".into(), data.display().to_string(), "--trust".into(), key_file.display().to_string()].to_vec(),
+            unlimited(),
+        ]
+        .concat(),
+    )?;
     let admin = Api::new(&server.url, admin.token.as_deref());
     let stored = admin.ok("GET", "/v1/admin/events?limit=100000", &Value::Null)?;
     let stored: HashSet<(String, String)> = stored
@@ -487,7 +503,7 @@ fn updatectl_manages_channels_packages_groups_and_rollouts() -> Result<()> {
     fails(&["group", "create", "other", "--percentage", "101"], 1, "percentage")?;
     fails(&["group", "create", "other", "--period", "soon"], 2, "--period")?;
     ok(&["group", "pause", "canary"])?;
-    let agent = Api::new(&server.url, None);
+    let agent = Api::agent(&server.url, &token);
     let reply = agent.ok("POST", "/v1/checkin", &checkin("h-1", "canary", "1"))?;
     assert!(reply["reason"].as_str().unwrap_or_default().contains("paused"), "{reply}");
     ok(&["group", "resume", "canary"])?;
@@ -514,21 +530,61 @@ fn updatectl_manages_channels_packages_groups_and_rollouts() -> Result<()> {
 /// against a real server.
 #[test]
 fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<()> {
-    use cairn_agent::http::HttpTransport;
+    use cairn_agent::credential::Credentials;
+    use cairn_agent::http::{ClientOptions, HttpTransport, client};
     use cairn_agent::ports::{Offered, ReleaseSource, RolloutServer};
     use cairn_agent::server::HttpRolloutServer;
     use cairn_agent::source::ServerSource;
     use cairn_release::checkin::{CheckIn, Event, EventKind};
+    use cairn_release::update_config::Secret;
     let s = InProcess::start(Backend::Sqlite)?;
     s.release("2", "stable")?;
-    let server = std::sync::Arc::new(HttpRolloutServer::new(&s.url, std::time::Duration::from_secs(10))?);
+    let http = client(&ClientOptions::insecure(std::time::Duration::from_secs(10)))?;
+    let instance_id = "0123456789abcdef0123456789abcdef";
+    let credential_file = s.tmp.path().join("agent/credential.json");
+    let credentials = |token: Option<String>| {
+        Arc::new(Credentials::load(
+            credential_file.clone(),
+            &s.url,
+            instance_id,
+            "default",
+            token.map(Secret),
+            http.clone(),
+        ))
+    };
+    // Without an enrollment token the host cannot check in, and says why.
+    let unenrolled = HttpRolloutServer::new(&s.url, http.clone(), credentials(None));
+    let e = unenrolled.check_in(&CheckIn {
+        format: 1,
+        instance_id: instance_id.into(),
+        group: "default".into(),
+        os_id: "cairn".into(),
+        version: "1".into(),
+        slot: "a".into(),
+        state: "idle".into(),
+        rolled_back: vec![],
+    });
+    assert!(e.unwrap_err().to_string().contains("no enrollment_token"));
+    let token = s.agent().enrollment_token("default")?;
+    let wrong = HttpRolloutServer::new(&s.url, http.clone(), credentials(Some("cairn_guess".into())));
+    let e = wrong.report(&Event {
+        format: 1,
+        instance_id: instance_id.into(),
+        kind: EventKind::Staged,
+        version: "2".into(),
+        error: None,
+    });
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("401"), "a wrong enrollment token: {e}");
+    assert!(!credential_file.exists());
+    let server = Arc::new(HttpRolloutServer::new(&s.url, http.clone(), credentials(token)));
     let source = |key: &SecretKey| -> Result<ServerSource> {
-        let transport = Box::new(HttpTransport::new(&s.url, std::time::Duration::from_secs(10))?);
+        let transport = Box::new(HttpTransport::new(&s.url, http.clone()));
         Ok(ServerSource { server: server.clone(), transport, trusted: vec![key.public()] })
     };
     let checkin = CheckIn {
         format: 1,
-        instance_id: "0123456789abcdef0123456789abcdef".into(),
+        instance_id: instance_id.into(),
         group: "default".into(),
         os_id: "cairn".into(),
         version: "1".into(),
@@ -553,7 +609,8 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
     server.report(&event)?;
     let unknown = Event { instance_id: "nobody".into(), ..event };
     let e = server.report(&unknown).unwrap_err();
-    assert!(e.to_string().contains("unknown instance") && !e.is_transient(), "{e}");
+    assert!(e.to_string().contains("403") && !e.is_transient(), "another host's event: {e}");
+    assert!(credential_file.exists(), "the credential is kept");
     let events = s.admin().ok("GET", "/v1/admin/events", &Value::Null)?;
     assert_eq!(events.as_array().map(Vec::len), Some(2), "granted + staged: {events}");
     Ok(())
@@ -597,6 +654,22 @@ fn serves_https_when_given_a_certificate() -> Result<()> {
     assert!(reqwest::blocking::get(format!("{plain}/healthz")).and_then(|r| r.text()).map_or(true, |t| t != "ok\n"));
     // And a client that does not trust the certificate refuses the connection.
     assert!(reqwest::blocking::get(format!("{}/healthz", server.url)).is_err());
+    // The agent trusts a private CA given as its ca_bundle, and refuses plain http unless
+    // insecure.
+    use cairn_agent::http::{ClientOptions, client as agent_client};
+    let options = |ca: Option<&Path>, insecure: bool| ClientOptions {
+        read_timeout: std::time::Duration::from_secs(10),
+        insecure,
+        ca_bundle: ca.map(Path::to_path_buf),
+    };
+    let agent = agent_client(&options(Some(&cert), false))?;
+    assert_eq!(agent.get(format!("{}/healthz", server.url)).send()?.text()?, "ok\n");
+    assert!(agent_client(&options(None, false))?.get(format!("{}/healthz", server.url)).send().is_err());
+    let http = agent.get(format!("{plain}/healthz")).send();
+    assert!(http.is_err(), "plain http without insecure");
+    let not_pem = tmp.path().join("release.pub");
+    let e = agent_client(&options(Some(&not_pem), false)).unwrap_err().to_string();
+    assert!(e.contains("ca_bundle") && e.contains("release.pub"), "{e}");
     Ok(())
 }
 
@@ -614,10 +687,13 @@ fn replicas_sharing_postgres_never_grant_more_than_the_rate() -> Result<()> {
         let mut replicas = Vec::new();
         for _ in 0..2 {
             let db = Db::postgres(&pg.url()).await?;
-            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()));
-            replicas.push(serve::start(Arc::new(server), std::net::TcpListener::bind("127.0.0.1:0")?, None)?);
+            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()))
+                .with_limits(cairn_server::identity::Limits::unlimited());
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            replicas.push(serve::start(Arc::new(server), listener, None, serve::Settings::default())?);
         }
-        cairn_server::store::insert_token(&replicas[0].server.db, &cairn_server::tokens::hash(&token), "t", 0).await?;
+        let db = &replicas[0].server.db;
+        cairn_server::store::insert_token(db, &cairn_server::tokens::hash(&token), "t", 0, None).await?;
         anyhow::Ok(replicas)
     })?;
     let urls: Vec<String> = replicas.iter().map(|r| format!("http://{}", r.addr)).collect();
@@ -629,11 +705,15 @@ fn replicas_sharing_postgres_never_grant_more_than_the_rate() -> Result<()> {
     admin.ok("PATCH", "/v1/admin/groups/default", &json!({"max_per_period": 25}))?;
 
     let barrier = Arc::new(std::sync::Barrier::new(50));
+    let enroller = Api::agent(&urls[0], &token);
     let offers: Vec<bool> = (0..50)
         .map(|h| {
+            // Enrolled before the race: the check-ins race, not the enrollments.
+            let credential =
+                enroller.credential(&format!("r-{h}"), "default").expect("enrolled").expect("a credential");
             let (url, barrier) = (urls[h % 2].clone(), barrier.clone());
             std::thread::spawn(move || {
-                let agent = Api::new(&url, None);
+                let agent = Api::new(&url, Some(&credential));
                 barrier.wait();
                 offered(
                     &agent.ok("POST", "/v1/checkin", &checkin(&format!("r-{h}"), "default", "1")).expect("check-in"),

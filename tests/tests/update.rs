@@ -338,10 +338,11 @@ fn a_host_is_granted_an_update_by_the_rollout_server() -> Result<()> {
     fleet(&["package", "upload", "--quiet", img2.dir.join("release").to_str().context("path")?])?;
     fleet(&["channel", "set-version", "stable", "2"])?;
     fleet(&["group", "create", "vms", "--max-per-period", "1", "--period", "1h", "--safe-mode"])?;
+    let enroll = fleet(&["group", "enrollment-token", "vms"])?.trim().to_string();
 
     let mut vm = Vm::start(&VmConfig::uefi(img1.raw()))?;
     vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
-    configure_agent_for_server(&mut vm, port, "vms", "immediate")?;
+    configure_agent_for_server(&mut vm, port, "vms", "immediate", &enroll)?;
     let mark = vm.console().mark();
     vm.send(b"updatectl check\n")?;
     vm.wait_for_line("cairn: ready version=2 slot=b", mark, READY)
@@ -386,6 +387,7 @@ fn three_hosts_reboot_n_at_a_time_under_the_fleetlock() -> Result<()> {
     let admin = Api::new(&server.url, Some(&token));
     admin.upload(&img2.dir.join("release"))?;
     admin.upload(&img4.dir.join("release"))?;
+    let enroll = Api::agent(&server.url, &token).enrollment_token("default")?.context("the default group")?;
 
     let mut vms = Vec::new();
     for _ in 0..3 {
@@ -393,7 +395,7 @@ fn three_hosts_reboot_n_at_a_time_under_the_fleetlock() -> Result<()> {
     }
     for vm in &mut vms {
         vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
-        configure_agent_for_fleetlock(vm, port, "2s")?;
+        configure_agent_for_fleetlock(vm, port, "2s", &enroll)?;
     }
     // All three are granted 2 at once (the default group grants 10 an hour).
     let started = std::time::Instant::now();

@@ -2,28 +2,55 @@
 //! in the host's group, `POST /v1/steady-state` gives it back. Both are idempotent on the server,
 //! so the agent simply asks again later when a request fails.
 
+use crate::credential::Credentials;
 use crate::ports::{LockError, RebootLock};
+use cairn_release::update_config::Secret;
 use std::io::Read;
-use std::time::Duration;
+use std::sync::Arc;
+
+/// How the client proves its right to the group's lock.
+pub enum LockAuth {
+    /// Nothing: a group open to anyone.
+    None,
+    /// The group's token.
+    Token(Secret),
+    /// The host's own credential on the rollout server that serves the lock.
+    Host(Arc<Credentials>),
+}
 
 pub struct FleetLockClient {
     base: String,
     id: String,
     group: String,
     client: reqwest::blocking::Client,
+    auth: LockAuth,
 }
 
 impl FleetLockClient {
-    pub fn new(base: &str, id: &str, group: &str, timeout: Duration) -> Result<FleetLockClient, reqwest::Error> {
-        let client = crate::http::client(timeout)?;
-        Ok(FleetLockClient { base: base.trim_end_matches('/').into(), id: id.into(), group: group.into(), client })
+    pub fn new(
+        base: &str,
+        id: &str,
+        group: &str,
+        client: reqwest::blocking::Client,
+        auth: LockAuth,
+    ) -> FleetLockClient {
+        FleetLockClient { base: base.trim_end_matches('/').into(), id: id.into(), group: group.into(), client, auth }
     }
 
     fn post(&self, op: &'static str) -> Result<(), LockError> {
         let body = serde_json::json!({"client_params": {"id": self.id, "group": self.group}});
-        let resp = self
-            .client
-            .post(format!("{}/v1/{op}", self.base))
+        let mut req = self.client.post(format!("{}/v1/{op}", self.base));
+        match &self.auth {
+            LockAuth::None => {}
+            LockAuth::Token(token) => req = req.bearer_auth(&token.0),
+            LockAuth::Host(credentials) => {
+                let credential = credentials
+                    .bearer()
+                    .map_err(|e| LockError::Unreachable { op, message: format!("enrolling: {e}") })?;
+                req = req.bearer_auth(&credential.0);
+            }
+        }
+        let resp = req
             .header("fleet-lock-protocol", "true")
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&body).expect("JSON"))
@@ -32,6 +59,9 @@ impl FleetLockClient {
         let status = resp.status();
         if status.as_u16() == 200 {
             return Ok(());
+        }
+        if let (401, LockAuth::Host(credentials)) = (status.as_u16(), &self.auth) {
+            credentials.refused();
         }
         let mut text = Vec::new();
         let _ = resp.take(64 * 1024).read_to_end(&mut text);

@@ -9,23 +9,75 @@ use std::time::Duration;
 pub struct HttpTransport {
     base: String,
     client: reqwest::blocking::Client,
+    /// The longest one file may take to download, resumptions included.
+    download_timeout: Option<Duration>,
 }
 
-/// The agent's HTTP client (feeds, the rollout server, the FleetLock server). The blocking
-/// client applies `timeout` to each read and write, not to a whole body: a hung server fails the
-/// read, and the resuming reader takes it from there.
-pub fn client(timeout: Duration) -> reqwest::Result<reqwest::blocking::Client> {
-    reqwest::blocking::Client::builder()
+/// How the agent's HTTP client is set up.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Applied to each read and write, not to a whole body: a hung server fails the read, and
+    /// the resuming reader takes it from there.
+    pub read_timeout: Duration,
+    /// Plain http:// allowed (labs and tests); otherwise every request, redirects and URLs a
+    /// server offers included, must be https://.
+    pub insecure: bool,
+    /// A PEM file of certificate authorities trusted besides the system's.
+    pub ca_bundle: Option<std::path::PathBuf>,
+}
+
+impl ClientOptions {
+    /// Plain http allowed: for tests against loopback servers.
+    pub fn insecure(read_timeout: Duration) -> ClientOptions {
+        ClientOptions { read_timeout, insecure: true, ca_bundle: None }
+    }
+}
+
+/// Why the HTTP client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ca_bundle {path}: {message}")]
+    CaBundle { path: String, message: String },
+    #[error("{0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// The agent's HTTP client (feeds, the rollout server, the FleetLock server).
+pub fn client(options: &ClientOptions) -> Result<reqwest::blocking::Client, ClientError> {
+    let mut builder = reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .timeout(timeout)
-        .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .timeout(options.read_timeout)
+        .https_only(!options.insecure)
+        .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &options.ca_bundle {
+        let bad = |message: String| ClientError::CaBundle { path: path.display().to_string(), message };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 impl HttpTransport {
-    pub fn new(base: &str, read_timeout: Duration) -> Result<HttpTransport, SourceError> {
-        let client = client(read_timeout).map_err(|e| SourceError::fetch(base)(network(e)))?;
-        Ok(HttpTransport { base: base.trim_end_matches('/').to_string(), client })
+    pub fn new(base: &str, client: reqwest::blocking::Client) -> HttpTransport {
+        HttpTransport { base: base.trim_end_matches('/').to_string(), client, download_timeout: None }
+    }
+
+    /// Gives up on a download that takes longer than `limit` in all, however it trickles.
+    pub fn with_download_timeout(self, limit: Duration) -> HttpTransport {
+        HttpTransport { download_timeout: Some(limit), ..self }
+    }
+
+    /// A transport for tests against loopback servers (plain http, `read_timeout`).
+    pub fn insecure(base: &str, read_timeout: Duration) -> Result<HttpTransport, SourceError> {
+        let client = client(&ClientOptions::insecure(read_timeout))
+            .map_err(|e| SourceError::fetch(base)(FetchError::Network(e.to_string())))?;
+        Ok(HttpTransport::new(base, client))
     }
 }
 
@@ -41,6 +93,10 @@ pub fn network(e: reqwest::Error) -> FetchError {
 }
 
 impl Transport for HttpTransport {
+    fn download_timeout(&self) -> Option<Duration> {
+        self.download_timeout
+    }
+
     fn open(&self, path: &str, offset: u64) -> Result<Box<dyn Read + Send>, SourceError> {
         // A rollout server may point at artifacts elsewhere by URL.
         let absolute = path.starts_with("https://") || path.starts_with("http://");
@@ -67,6 +123,7 @@ impl Transport for HttpTransport {
 
 /// Reads `path` from `transport` to the end, reopening at the current offset after a failure,
 /// up to `retries` times, calling `wait` with a doubling delay in between.
+/// A download past the transport's `download_timeout` is abandoned, however it trickles.
 pub struct ResumingReader<'a> {
     transport: &'a dyn Transport,
     path: String,
@@ -75,10 +132,12 @@ pub struct ResumingReader<'a> {
     retries: u32,
     delay: Duration,
     wait: &'a (dyn Fn(Duration) + Sync),
+    deadline: Option<(std::time::Instant, Duration)>,
 }
 
 impl<'a> ResumingReader<'a> {
     pub fn new(transport: &'a dyn Transport, path: &str, retries: u32, wait: &'a (dyn Fn(Duration) + Sync)) -> Self {
+        let deadline = transport.download_timeout().map(|limit| (std::time::Instant::now() + limit, limit));
         ResumingReader {
             transport,
             path: path.into(),
@@ -87,10 +146,27 @@ impl<'a> ResumingReader<'a> {
             retries,
             delay: Duration::from_millis(500),
             wait,
+            deadline,
+        }
+    }
+
+    fn past_deadline(&self) -> std::io::Result<()> {
+        match self.deadline {
+            Some((at, limit)) if std::time::Instant::now() >= at => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "{}: abandoned after {} s (download_timeout) at byte {}",
+                    self.path,
+                    limit.as_secs(),
+                    self.offset
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 
     fn give_up_or_wait(&mut self, e: std::io::Error) -> std::io::Result<()> {
+        self.past_deadline()?;
         if self.retries == 0 {
             return Err(e);
         }
@@ -104,6 +180,7 @@ impl<'a> ResumingReader<'a> {
 impl Read for ResumingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
+            self.past_deadline()?;
             if self.inner.is_none() {
                 match self.transport.open(&self.path, self.offset) {
                     Ok(r) => self.inner = Some(r),
@@ -147,6 +224,8 @@ mod tests {
         NoRanges,
         /// Send half the body, then stall with the connection open.
         HangHalfway,
+        /// Send the body a byte every 20 ms: every read gets something, the whole never ends.
+        Drip,
     }
 
     /// A real HTTP/1.1 server on 127.0.0.1 serving `body` at every path.
@@ -205,6 +284,18 @@ mod tests {
                             drop(stream);
                         });
                     }
+                    Some(Fault::Drip) => {
+                        let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        std::thread::spawn(move || {
+                            for b in body.iter().skip(range_from) {
+                                if stream.write_all(&[*b]).is_err() {
+                                    return;
+                                }
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
+                        });
+                        return;
+                    }
                     cut => {
                         let part = &body[range_from..];
                         let status = if range_from > 0 { "206 Partial Content" } else { "200 OK" };
@@ -229,7 +320,7 @@ mod tests {
     #[test]
     fn resumes_after_resets_and_server_errors_with_ranges() {
         let (base, log) = serve(body(), vec![Fault::CutHalfway, Fault::Status500, Fault::CutHalfway]);
-        let t = HttpTransport::new(&base, Duration::from_secs(10)).unwrap();
+        let t = HttpTransport::insecure(&base, Duration::from_secs(10)).unwrap();
         let waits = Mutex::new(Vec::new());
         let wait = |d: Duration| waits.lock().unwrap().push(d);
         let mut r = ResumingReader::new(&t, "releases/2/usr.img.zst", 5, &wait);
@@ -246,10 +337,30 @@ mod tests {
         );
     }
 
+    /// A feed that drips bytes (each read succeeds, so no read timeout fires) is abandoned at
+    /// the whole download's deadline, not resumed into another one.
+    #[test]
+    fn a_dripping_feed_is_abandoned_at_the_download_deadline() {
+        let (base, log) = serve(body(), vec![Fault::Drip, Fault::Drip, Fault::Drip]);
+        let t = HttpTransport::insecure(&base, Duration::from_secs(10))
+            .unwrap()
+            .with_download_timeout(Duration::from_secs(1));
+        let wait = |_: Duration| {};
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let e = ResumingReader::new(&t, "usr.img.zst", 3, &wait).read_to_end(&mut got).unwrap_err();
+        let took = started.elapsed();
+        assert!(e.to_string().contains("abandoned after 1 s (download_timeout)"), "{e}");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(5), "{took:?}");
+        assert!(!got.is_empty() && got.len() < 1000, "{} bytes dripped in", got.len());
+        assert_eq!(log.lock().unwrap().len(), 1, "not reopened after the deadline");
+    }
+
     #[test]
     fn a_hung_server_times_out_and_the_download_resumes() {
         let (base, log) = serve(body(), vec![Fault::HangHalfway]);
-        let t = HttpTransport::new(&base, Duration::from_millis(300)).unwrap();
+        let t = HttpTransport::insecure(&base, Duration::from_millis(300)).unwrap();
         let wait = |_: Duration| {};
         let mut got = Vec::new();
         ResumingReader::new(&t, "x", 3, &wait).read_to_end(&mut got).unwrap();
@@ -261,7 +372,7 @@ mod tests {
     #[test]
     fn a_server_without_ranges_still_resumes_correctly() {
         let (base, _) = serve(body(), vec![Fault::CutHalfway, Fault::NoRanges]);
-        let t = HttpTransport::new(&base, Duration::from_secs(10)).unwrap();
+        let t = HttpTransport::insecure(&base, Duration::from_secs(10)).unwrap();
         let wait = |_: Duration| {};
         let mut got = Vec::new();
         ResumingReader::new(&t, "x", 3, &wait).read_to_end(&mut got).unwrap();
@@ -271,7 +382,7 @@ mod tests {
     #[test]
     fn gives_up_after_its_retries_and_never_retries_a_404() {
         let (base, log) = serve(body(), vec![Fault::Status500; 10]);
-        let t = HttpTransport::new(&base, Duration::from_secs(10)).unwrap();
+        let t = HttpTransport::insecure(&base, Duration::from_secs(10)).unwrap();
         let wait = |_: Duration| {};
         let mut got = Vec::new();
         let e = ResumingReader::new(&t, "x", 2, &wait).read_to_end(&mut got).unwrap_err();
@@ -279,7 +390,7 @@ mod tests {
         assert_eq!(log.lock().unwrap().len(), 3);
         // A refusal is final: one request, no retry.
         let (base, log) = serve(body(), vec![Fault::Status404]);
-        let t = HttpTransport::new(&base, Duration::from_secs(10)).unwrap();
+        let t = HttpTransport::insecure(&base, Duration::from_secs(10)).unwrap();
         let e = ResumingReader::new(&t, "x", 2, &wait).read_to_end(&mut got).unwrap_err();
         assert!(e.to_string().contains("HTTP 404"), "{e}");
         assert_eq!(log.lock().unwrap().len(), 1, "not retried");

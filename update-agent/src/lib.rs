@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod core;
+pub mod credential;
 pub mod dbus;
 pub mod driver;
 pub mod entries;

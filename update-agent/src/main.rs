@@ -5,10 +5,12 @@
 use anyhow::{Context, bail};
 use cairn_agent::core::status::Status;
 use cairn_agent::core::{Command, Identity};
+use cairn_agent::credential::{CREDENTIAL_FILE, Credentials};
 use cairn_agent::driver::{Driver, Ports, Publish};
-use cairn_agent::fleetlock::FleetLockClient;
+use cairn_agent::fleetlock::{FleetLockClient, LockAuth};
 use cairn_agent::linux::host::{LinuxHost, detect_running};
 use cairn_agent::ports::{RebootLock, ReleaseSource, RolloutServer, SystemClock, Transport};
+use cairn_agent::server::HttpRolloutServer;
 use cairn_agent::source::{DirTransport, Feed, ServerSource};
 use cairn_agent::store::StateFile;
 use cairn_agent::{dbus, http};
@@ -72,11 +74,11 @@ fn trusted_keys(dir: &Path) -> Vec<PublicKey> {
     keys
 }
 
-fn transport(source: &str) -> anyhow::Result<Box<dyn Transport>> {
+fn transport(source: &str, config: &UpdateConfig, client: &reqwest::blocking::Client) -> Box<dyn Transport> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        Ok(Box::new(http::HttpTransport::new(source, READ_TIMEOUT)?))
+        Box::new(http::HttpTransport::new(source, client.clone()).with_download_timeout(config.download_timeout))
     } else {
-        Ok(Box::new(DirTransport(PathBuf::from(source.strip_prefix("file://").unwrap_or(source)))))
+        Box::new(DirTransport(PathBuf::from(source.strip_prefix("file://").unwrap_or(source))))
     }
 }
 
@@ -85,19 +87,38 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
     let host = LinuxHost::new(detect_running()?).context("finding this host's disk")?;
     let trusted = trusted_keys(&Path::new("/").join(cairn_release::layout::TRUSTED_KEYS_DIR));
     let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
+    let options = http::ClientOptions {
+        read_timeout: READ_TIMEOUT,
+        insecure: config.insecure,
+        ca_bundle: config.ca_bundle.clone(),
+    };
+    let client = http::client(&options)?;
+    let credentials = config.server.as_ref().map(|url| {
+        Arc::new(Credentials::load(
+            PathBuf::from(CREDENTIAL_FILE),
+            url,
+            &machine_id,
+            &config.group,
+            config.enrollment_token.clone(),
+            client.clone(),
+        ))
+    });
     // With a rollout server, releases come from where it says (relative to the server).
-    let (source, server): (Option<Box<dyn ReleaseSource>>, _) = match &config.server {
-        Some(url) => {
+    let (source, server): (Option<Box<dyn ReleaseSource>>, _) = match (&config.server, &credentials) {
+        (Some(url), Some(credentials)) => {
             if machine_id.is_empty() {
                 bail!("a rollout server is configured but /etc/machine-id is empty: the host has no identity");
             }
             let server: Arc<dyn RolloutServer> =
-                Arc::new(cairn_agent::server::HttpRolloutServer::new(url, READ_TIMEOUT)?);
-            let source = ServerSource { server: server.clone(), transport: transport(url)?, trusted: trusted.clone() };
+                Arc::new(HttpRolloutServer::new(url, client.clone(), credentials.clone()));
+            let transport = transport(url, &config, &client);
+            let source = ServerSource { server: server.clone(), transport, trusted: trusted.clone() };
             (Some(Box::new(source)), Some(server))
         }
-        None => match &config.source {
-            Some(s) => (Some(Box::new(Feed { transport: transport(s)?, trusted: trusted.clone() })), None),
+        _ => match &config.source {
+            Some(s) => {
+                (Some(Box::new(Feed { transport: transport(s, &config, &client), trusted: trusted.clone() })), None)
+            }
             None => (None, None),
         },
     };
@@ -106,7 +127,14 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
             if machine_id.is_empty() {
                 bail!("strategy fleetlock but /etc/machine-id is empty: the host has no identity");
             }
-            let client = FleetLockClient::new(url, &machine_id, &config.lock_group, READ_TIMEOUT)?;
+            // The rollout server knows the host by its credential; another lock server by the
+            // group's token, if it has one.
+            let auth = match (&config.lock_token, &credentials) {
+                (Some(token), _) => LockAuth::Token(token.clone()),
+                (None, Some(credentials)) if config.server.as_ref() == Some(url) => LockAuth::Host(credentials.clone()),
+                (None, _) => LockAuth::None,
+            };
+            let client = FleetLockClient::new(url, &machine_id, &config.lock_group, client.clone(), auth);
             Some(Box::new(client) as Box<dyn RebootLock>)
         }
         _ => None,

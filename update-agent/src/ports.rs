@@ -161,6 +161,11 @@ pub trait Transport: Send + Sync {
     /// The file at `path` (relative to the feed), from byte `offset` on.
     fn open(&self, path: &str, offset: u64) -> Result<Box<dyn Read + Send>, SourceError>;
 
+    /// The longest one download may take in all (`None`: no limit beyond each read's).
+    fn download_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     fn read_all(&self, path: &str, limit: u64) -> Result<Vec<u8>, SourceError> {
         let mut buf = Vec::new();
         self.open(path, 0)?.take(limit + 1).read_to_end(&mut buf).map_err(|e| SourceError::fetch(path)(e.into()))?;

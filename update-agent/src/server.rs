@@ -1,28 +1,32 @@
 //! The rollout server's agent API over HTTP(S): check-ins and event reports as JSON
-//! (`cairn_release::checkin`). Downloads go through `HttpTransport` like any feed.
+//! (`cairn_release::checkin`), each with the host's credential. Downloads go through
+//! `HttpTransport` like any feed.
 
+use crate::credential::{Credentials, error_detail};
 use crate::http::network;
 use crate::ports::{FetchError, SourceError};
 use std::io::Read;
-use std::time::Duration;
+use std::sync::Arc;
 
 /// A rollout server over HTTP(S): `POST /v1/checkin` and `POST /v1/events` with JSON.
 pub struct HttpRolloutServer {
     base: String,
     client: reqwest::blocking::Client,
+    credentials: Arc<Credentials>,
 }
 
 impl HttpRolloutServer {
-    pub fn new(base: &str, timeout: Duration) -> Result<HttpRolloutServer, SourceError> {
-        let client = crate::http::client(timeout).map_err(|e| SourceError::fetch(base)(network(e)))?;
-        Ok(HttpRolloutServer { base: base.trim_end_matches('/').to_string(), client })
+    pub fn new(base: &str, client: reqwest::blocking::Client, credentials: Arc<Credentials>) -> HttpRolloutServer {
+        HttpRolloutServer { base: base.trim_end_matches('/').to_string(), client, credentials }
     }
 
     fn post(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, SourceError> {
         let fail = SourceError::fetch(path);
+        let credential = self.credentials.bearer()?;
         let resp = self
             .client
             .post(format!("{}{path}", self.base))
+            .bearer_auth(&credential.0)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -30,12 +34,11 @@ impl HttpRolloutServer {
         let status = resp.status();
         let mut text = Vec::new();
         resp.take(1 << 20).read_to_end(&mut text).map_err(|e| fail(e.into()))?;
+        if status.as_u16() == 401 {
+            self.credentials.refused();
+        }
         if !status.is_success() {
-            let detail = serde_json::from_slice::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned());
-            return Err(fail(FetchError::Answer { status: status.as_u16(), detail }));
+            return Err(fail(FetchError::Answer { status: status.as_u16(), detail: error_detail(&text) }));
         }
         Ok(text)
     }

@@ -10,7 +10,7 @@ mod server;
 mod table;
 
 use cairn_release::admin::{
-    Channel, ChannelVersion, Group, GroupChange, LockGroup, LockRelease, LockSlots, NewChannel,
+    Channel, ChannelVersion, Group, GroupChange, LockAnonymous, LockGroup, LockRelease, LockSlots, NewChannel,
 };
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
@@ -24,9 +24,11 @@ struct Cli {
     /// The rollout server's URL (for the fleet commands).
     #[arg(long, global = true, env = "CAIRN_SERVER")]
     server: Option<String>,
-    /// An admin token of the server (`cairn-server token create`).
-    #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// A file holding an admin token of the server (`cairn-server token create`). The token
+    /// itself is never an argument (others see arguments in `ps`): give a file, or set
+    /// CAIRN_TOKEN, or `token_file`/`token` in the config file.
+    #[arg(long, global = true, env = "CAIRN_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -95,11 +97,19 @@ enum LockCmd {
     },
     /// Set how many hosts of GROUP may reboot at once (creates the group).
     Slots { group: String, slots: u32 },
-    /// Require a token for GROUP's lock requests; prints the new token once (--remove: no token).
+    /// Give GROUP a token that lets any client lock and release; prints it once (--remove:
+    /// no token).
     Token {
         group: String,
         #[arg(long)]
         remove: bool,
+    },
+    /// Let clients that cannot authenticate (Zincati without a token) use GROUP's lock, or
+    /// no longer (hosts then need their credentials or the group's token).
+    Anonymous {
+        group: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
     },
 }
 
@@ -187,6 +197,13 @@ enum GroupCmd {
     Resume {
         name: String,
     },
+    /// A new enrollment token for the group, printed once (hosts trade it for credentials of
+    /// their own; an earlier token stops working). --remove: the group takes no enrollments.
+    EnrollmentToken {
+        name: String,
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,6 +218,9 @@ enum InstanceCmd {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Forget a host: its record and its credential (it must enroll again, e.g. after its
+    /// disk was replaced).
+    Forget { id: String },
 }
 
 #[derive(Subcommand)]
@@ -247,7 +267,7 @@ fn query(params: &[(&str, Option<String>)]) -> String {
 fn fleet(cli: Cli) -> server::Result<()> {
     use reqwest::Method;
     let as_json = cli.json;
-    let client = Client::new(Settings::load(cli.server, cli.token)?)?;
+    let client = Client::new(Settings::load(cli.server, cli.token_file)?)?;
     match cli.command {
         Cmd::Channel(ChannelCmd::List) => server::show_list(&client, "/channels", as_json, server::print_channels)?,
         Cmd::Channel(ChannelCmd::Create { name, version }) => {
@@ -325,6 +345,25 @@ fn fleet(cli: Cli) -> server::Result<()> {
             let groups: Vec<LockGroup> =
                 client.call(Method::PUT, &format!("/locks/{group}"), &LockSlots { slots: slots.into() })?;
             output(&groups, as_json, |v| server::print_locks(v))
+        }
+        Cmd::Lock(LockCmd::Anonymous { group, state }) => {
+            let anonymous = LockAnonymous { anonymous: state == "on" };
+            let groups: Vec<LockGroup> = client.call(Method::PUT, &format!("/locks/{group}/anonymous"), &anonymous)?;
+            output(&groups, as_json, |v| server::print_locks(v))
+        }
+        Cmd::Group(GroupCmd::EnrollmentToken { name, remove }) => {
+            let path = format!("/groups/{name}/enrollment-token");
+            if remove {
+                let _: Value = client.call(Method::DELETE, &path, &Value::Null)?;
+                output(&json!({"group": name, "token": null}), as_json, |_| println!("{name}: takes no enrollments"))
+            } else {
+                let v: Value = client.call(Method::POST, &path, &Value::Null)?;
+                output(&v, as_json, |v| println!("{}", v["token"].as_str().unwrap_or_default()))
+            }
+        }
+        Cmd::Instance(InstanceCmd::Forget { id }) => {
+            let _: Value = client.call(Method::DELETE, &format!("/instances/{id}"), &Value::Null)?;
+            output(&json!({"forgotten": id}), as_json, |_| println!("forgot {id}: it enrolls again to check in"))
         }
         Cmd::Lock(LockCmd::Token { group, remove }) => {
             if remove {

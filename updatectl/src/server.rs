@@ -49,13 +49,14 @@ impl Failure {
 
 pub type Result<T> = std::result::Result<T, Failure>;
 
-/// Where the server is and how to authenticate: flags, then the environment (both through
-/// clap), then the config file.
-#[derive(Debug, Default, serde::Deserialize)]
+/// Where the server is and how to authenticate: flags, then the environment, then the config
+/// file. The token never comes from the command line.
+#[derive(Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: Option<String>,
     pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 /// `$XDG_CONFIG_HOME/cairn/updatectl.toml` or `~/.config/cairn/updatectl.toml`.
@@ -66,15 +67,34 @@ pub fn config_path() -> Option<PathBuf> {
     Some(base.join("cairn/updatectl.toml"))
 }
 
+/// The first line of a token file.
+fn read_token(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.is_empty() {
+        return Err(Failure::Usage(format!("{}: no token in it", path.display())));
+    }
+    Ok(token)
+}
+
 impl Settings {
-    pub fn load(server: Option<String>, token: Option<String>) -> Result<Settings> {
+    pub fn load(server: Option<String>, token_file: Option<PathBuf>) -> Result<Settings> {
         let mut file = Settings::default();
         if let Some(path) = config_path()
             && let Ok(text) = std::fs::read_to_string(&path)
         {
             file = toml::from_str(&text).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
         }
-        Ok(Settings { server: server.or(file.server), token: token.or(file.token) })
+        let token = match (token_file, std::env::var("CAIRN_TOKEN").ok().filter(|t| !t.is_empty())) {
+            (Some(path), _) => Some(read_token(&path)?),
+            (None, Some(token)) => Some(token),
+            (None, None) => match (&file.token, &file.token_file) {
+                (Some(token), _) => Some(token.clone()),
+                (None, Some(path)) => Some(read_token(path)?),
+                (None, None) => None,
+            },
+        };
+        Ok(Settings { server: server.or(file.server), token, token_file: None })
     }
 }
 
@@ -93,7 +113,8 @@ impl Client {
         })?;
         let token = settings.token.ok_or_else(|| {
             Failure::Unauthorized(
-                "no admin token: give --token, set CAIRN_TOKEN, or token = \"...\" in the config file".into(),
+                "no admin token: give --token-file FILE, set CAIRN_TOKEN, or token_file = \"...\" in the config file"
+                    .into(),
             )
         })?;
         let http = reqwest::blocking::Client::builder()
@@ -301,15 +322,19 @@ pub fn print_locks(groups: &[LockGroup]) {
     let mut rows_out = Vec::new();
     for g in groups {
         let token = yes_no(g.token_required);
+        let anonymous = yes_no(g.anonymous);
         let used = format!("{}/{}", g.holders.len(), g.slots);
+        let row = |holder: String, since: String| {
+            vec![g.group.clone(), used.clone(), token.clone(), anonymous.clone(), holder, since]
+        };
         if g.holders.is_empty() {
-            rows_out.push(vec![g.group.clone(), used.clone(), token.clone(), "-".into(), "-".into()]);
+            rows_out.push(row("-".into(), "-".into()));
         }
         for h in &g.holders {
-            rows_out.push(vec![g.group.clone(), used.clone(), token.clone(), h.id.clone(), age(h.since)]);
+            rows_out.push(row(h.id.clone(), age(h.since)));
         }
     }
-    table::print(&["GROUP", "HELD", "TOKEN", "HOLDER", "SINCE"], &rows_out);
+    table::print(&["GROUP", "HELD", "TOKEN", "ANONYMOUS", "HOLDER", "SINCE"], &rows_out);
 }
 
 /// Uploads the release in `dir`: its signed documents, then each artifact the server is

@@ -15,6 +15,7 @@ pub use cairn_release::admin::{Holder, LockGroup};
 use etcd::EtcdSemaphores;
 use std::collections::BTreeMap;
 
+pub use crate::store::lock_groups::Registration;
 pub use crate::store::lock_holders::Lock;
 
 /// Slot count of a group created on first use.
@@ -43,21 +44,23 @@ async fn event(db: &Db, now: i64, id: &str, group: &str, kind: &str) -> Result<(
 }
 
 impl Locks {
-    /// The token hash a group's lock requests must match, if any; `None` for an unknown group
-    /// (unless groups are created on first use: then it is created here).
-    pub async fn token_of(&self, db: &Db, group: &str, now: i64) -> Result<Option<Option<String>>> {
-        if let Some((_, token)) = lock_groups::registered(db, group).await? {
-            return Ok(Some(token));
+    /// Who may use a group's lock: its token hash and whether it is open to anyone; `None`
+    /// for an unknown group (unless groups are created on first use: then it is created here,
+    /// closed). A group only etcd knows (airlock's) is closed and has no token: hosts
+    /// authenticate with their own credentials.
+    pub async fn access_of(&self, db: &Db, group: &str, now: i64) -> Result<Option<Registration>> {
+        if let Some(registration) = lock_groups::registered(db, group).await? {
+            return Ok(Some(registration));
         }
         if let Store::Etcd(etcd) = &self.store
-            && etcd.semaphore(group).await?.is_some()
+            && let Some(semaphore) = etcd.semaphore(group).await?
         {
-            return Ok(Some(None));
+            return Ok(Some(Registration { slots: semaphore.total_slots as i64, token: None, anonymous: false }));
         }
         if self.create_on_first_use {
             lock_groups::register(db, group, FIRST_USE_SLOTS, now).await?;
             tracing::info!(group, slots = FIRST_USE_SLOTS, "lock group created on first use");
-            return Ok(Some(None));
+            return Ok(Some(Registration { slots: FIRST_USE_SLOTS, token: None, anonymous: false }));
         }
         Ok(None)
     }
@@ -71,9 +74,9 @@ impl Locks {
                 // lock), not on every request.
                 let mut lock = etcd.lock(group, id, now, None).await?;
                 if lock == Lock::UnknownGroup
-                    && let Some((slots, _)) = lock_groups::registered(db, group).await?
+                    && let Some(registration) = lock_groups::registered(db, group).await?
                 {
-                    lock = etcd.lock(group, id, now, Some(slots)).await?;
+                    lock = etcd.lock(group, id, now, Some(registration.slots)).await?;
                 }
                 if lock == (Lock::Held { already: false }) {
                     event(db, now, id, group, "pre-reboot").await?;
@@ -123,6 +126,16 @@ impl Locks {
         lock_groups::set_token(db, group, token_sha256, now).await
     }
 
+    /// Opens the group to clients that cannot authenticate, or closes it. `false`: no group.
+    pub async fn set_anonymous(&self, db: &Db, group: &str, anonymous: bool, now: i64) -> Result<bool> {
+        if let Store::Etcd(etcd) = &self.store
+            && let Some(semaphore) = etcd.semaphore(group).await?
+        {
+            lock_groups::register(db, group, semaphore.total_slots as i64, now).await?;
+        }
+        lock_groups::set_anonymous(db, group, anonymous, now).await
+    }
+
     /// Every group (or one), with its slots and holders.
     pub async fn status(&self, db: &Db, group: Option<&str>) -> Result<Vec<LockGroup>> {
         let etcd = match &self.store {
@@ -147,6 +160,7 @@ impl Locks {
                 slots: 0,
                 holders: vec![],
                 token_required: false,
+                anonymous: false,
             });
             entry.slots = semaphore.total_slots as i64;
             entry.holders = semaphore.holders();

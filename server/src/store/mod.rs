@@ -10,6 +10,7 @@ use serde::Deserialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Executor, Row};
 
+pub mod hosts;
 pub mod lock_groups;
 pub mod lock_holders;
 
@@ -493,19 +494,58 @@ pub async fn events(db: &Db, f: &EventFilter) -> Result<Vec<EventRecord>> {
 
 // ---- tokens ----
 
-pub async fn insert_token(db: &Db, sha256: &str, name: &str, now: i64) -> Result<()> {
-    sqlx::query("INSERT INTO tokens (sha256, name, created_at) VALUES ($1, $2, $3)")
+pub async fn insert_token(db: &Db, sha256: &str, name: &str, now: i64, expires_at: Option<i64>) -> Result<()> {
+    sqlx::query("INSERT INTO tokens (sha256, name, created_at, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(sha256)
         .bind(name)
         .bind(now)
+        .bind(expires_at)
         .execute(&db.write)
         .await?;
     Ok(())
 }
 
-/// The token's name, if the hash is a known token.
-pub async fn token_name(db: &Db, sha256: &str) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT name FROM tokens WHERE sha256 = $1").bind(sha256).fetch_optional(&db.read).await?)
+/// The token's name, if the hash is a token that is neither expired nor revoked at `now`.
+pub async fn valid_token_name(db: &Db, sha256: &str, now: i64) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT name FROM tokens WHERE sha256 = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(sha256)
+    .bind(now)
+    .fetch_optional(&db.read)
+    .await?)
+}
+
+/// Every admin token, oldest first (hashes shortened to an id; never the tokens).
+pub async fn tokens(db: &Db) -> Result<Vec<cairn_release::admin::AdminToken>> {
+    let rows =
+        sqlx::query("SELECT name, sha256, created_at, expires_at, revoked_at FROM tokens ORDER BY created_at, name")
+            .fetch_all(&db.read)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let sha: String = r.try_get(1)?;
+            Ok(cairn_release::admin::AdminToken {
+                name: r.try_get(0)?,
+                id: sha[..12].to_string(),
+                created_at: r.try_get(2)?,
+                expires_at: r.try_get(3)?,
+                revoked_at: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// Revokes the tokens named `name_or_id` (a name, or the id `tokens` shows); how many.
+pub async fn revoke_tokens(db: &Db, name_or_id: &str, now: i64) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND (name = $1 OR substr(sha256, 1, 12) = $1)",
+    )
+    .bind(name_or_id)
+    .bind(now)
+    .execute(&db.write)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Whether `group` is halted, its row locked for the rest of the transaction (so concurrent

@@ -40,7 +40,7 @@ fn run() -> Result<()> {
     let release: Release = serde_json::from_slice(&manifest)?;
     let usr = release.artifact(ArtifactKind::Usr).clone();
     let server = cairn_tests::http::FileServer::start(&out.join("release"))?;
-    let transport = HttpTransport::new(&server.url(), Duration::from_secs(30))?;
+    let transport = HttpTransport::insecure(&server.url(), Duration::from_secs(30))?;
     let partition_size = 512u64 << 20;
     let target = work.path().join("partition.img");
     let plain = out.join("usr.img");

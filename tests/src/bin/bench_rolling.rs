@@ -28,10 +28,10 @@ fn main() {
     }
 }
 
-fn boot(img: &cairn_tests::Image, port: u16, lock_retry: &str) -> Result<Vm> {
+fn boot(img: &cairn_tests::Image, port: u16, lock_retry: &str, enroll: &str) -> Result<Vm> {
     let mut vm = Vm::start(&VmConfig::uefi(img.raw()))?;
     vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
-    configure_agent_for_fleetlock(&mut vm, port, lock_retry)?;
+    configure_agent_for_fleetlock(&mut vm, port, lock_retry, enroll)?;
     Ok(vm)
 }
 
@@ -51,9 +51,10 @@ fn run() -> Result<()> {
     let admin = Api::new(&server.url, Some(&token));
     admin.upload(&v2.dir.join("release"))?;
     admin.upload(&v4.dir.join("release"))?;
+    let enroll = Api::agent(&server.url, &token).enrollment_token("default")?.context("the default group")?;
 
     println!("== rolling update (FleetLock slots=1, lock_retry={lock_retry}, 2 vCPU TCG VMs)");
-    let mut a = boot(&v1, port, &lock_retry)?;
+    let mut a = boot(&v1, port, &lock_retry, &enroll)?;
     let started = Instant::now();
     roll(&mut [&mut a], &admin, "2", Some("b"), 1)?;
     let single = started.elapsed().as_secs_f64();
@@ -62,8 +63,8 @@ fn run() -> Result<()> {
         return Ok(());
     }
 
-    let mut b = boot(&v1, port, &lock_retry)?;
-    let mut c = boot(&v1, port, &lock_retry)?;
+    let mut b = boot(&v1, port, &lock_retry, &enroll)?;
+    let mut c = boot(&v1, port, &lock_retry, &enroll)?;
     let started = Instant::now();
     let rolled = roll(&mut [&mut a, &mut b, &mut c], &admin, "4", None, 4)?;
     let rolling = started.elapsed().as_secs_f64();

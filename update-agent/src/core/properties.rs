@@ -111,6 +111,7 @@ impl Model {
             lock_group: "default".into(),
             lock_retry: Duration::from_secs(30),
             maintenance: None,
+            ..cairn_release::update_config::UpdateSettings::default().resolve().expect("the defaults resolve")
         };
         let entry = self.saved.phase.in_flight().and_then(|v| self.entries.get(v).copied());
         let identity = Identity { instance_id: "0123456789abcdef0123456789abcdef".into(), seed: b"m".to_vec() };

@@ -137,6 +137,7 @@ fn agent(w: &World, version: &str, slot: Slot, strategy: Strategy, rig: &Rig) ->
         lock_group: "default".into(),
         lock_retry: Duration::from_secs(30),
         maintenance: rig.maintenance.clone(),
+        ..cairn_release::update_config::UpdateSettings::default().resolve().expect("the defaults resolve")
     };
     let trusted = vec![w.key.public()];
     let transport = Box::new(DirTransport(w.feed.clone()));
