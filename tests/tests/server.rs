@@ -552,9 +552,7 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
             http.clone(),
         ))
     };
-    // Without an enrollment token the host cannot check in, and says why.
-    let unenrolled = HttpRolloutServer::new(&s.url, http.clone(), credentials(None));
-    let e = unenrolled.check_in(&CheckIn {
+    let checkin = CheckIn {
         format: 1,
         instance_id: instance_id.into(),
         group: "default".into(),
@@ -563,7 +561,10 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
         slot: "a".into(),
         state: "idle".into(),
         rolled_back: vec![],
-    });
+    };
+    // Without an enrollment token the host cannot check in, and says why.
+    let unenrolled = HttpRolloutServer::new(&s.url, http.clone(), credentials(None));
+    let e = unenrolled.check_in(&checkin);
     assert!(e.unwrap_err().to_string().contains("no enrollment_token"));
     let token = s.agent().enrollment_token("default")?;
     let wrong = HttpRolloutServer::new(&s.url, http.clone(), credentials(Some("cairn_guess".into())));
@@ -581,16 +582,6 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
     let source = |key: &SecretKey| -> Result<ServerSource> {
         let transport = Box::new(HttpTransport::new(&s.url, http.clone()));
         Ok(ServerSource { server: server.clone(), transport, trusted: vec![key.public()] })
-    };
-    let checkin = CheckIn {
-        format: 1,
-        instance_id: instance_id.into(),
-        group: "default".into(),
-        os_id: "cairn".into(),
-        version: "1".into(),
-        slot: "a".into(),
-        state: "idle".into(),
-        rolled_back: vec![],
     };
     let now = (SystemClock.now_ms() / 1000) as u64;
     let trusted = source(&release_key())?;

@@ -41,21 +41,12 @@ fn closed_within(c: &mut TcpStream, deadline: Duration) -> Result<Duration> {
     }
 }
 
-fn raise_open_files_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
 /// 2,000 connections that never finish a header and one that sends a byte a second: real
 /// check-ins are answered meanwhile, and the server closes the idle and the slow ones at its
 /// header timeout.
 #[test]
 fn idle_and_slow_connections_are_cut_off_while_check_ins_go_on() -> Result<()> {
-    raise_open_files_limit();
+    cairn_tests::raise_open_files_limit();
     let settings = cairn_server::serve::Settings {
         header_timeout: Duration::from_secs(2),
         ..cairn_server::serve::Settings::default()

@@ -309,19 +309,9 @@ struct Measured {
     unauthenticated: Figures,
 }
 
-/// As many open files as allowed: the idle connections are one each.
-fn raise_open_files_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
 fn run() -> Result<()> {
     let o = options()?;
-    raise_open_files_limit();
+    cairn_tests::raise_open_files_limit();
 
     let work = tempfile::Builder::new().prefix("cairn-bench-server-").tempdir_in("/var/tmp")?;
     println!(
