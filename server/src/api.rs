@@ -121,12 +121,14 @@ async fn host(s: &Server, headers: &HeaderMap) -> ApiResult<crate::store::hosts:
 }
 
 async fn check_in(State(s): S, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    let host = if s.agent_auth { Some(host(&s, &headers).await?) } else { None };
+    // No credential at all: refused before the body is read. One is checked with the host's row.
+    let credential = match (s.agent_auth, bearer(&headers)) {
+        (false, _) => None,
+        (true, Some(b)) => Some(tokens::hash(b)),
+        (true, None) => return Err(crate::identity::credential_required()),
+    };
     let c: CheckIn = parse("check-in", &body)?;
-    if let Some(host) = &host {
-        crate::identity::check_claim(host, &c.instance_id, Some(&c.group))?;
-    }
-    Ok(Json(s.check_in(&c).await?).into_response())
+    Ok(Json(s.check_in(&c, credential.as_deref()).await?).into_response())
 }
 
 async fn report(State(s): S, headers: HeaderMap, body: Bytes) -> ApiResult<StatusCode> {

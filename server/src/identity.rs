@@ -8,8 +8,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::RateLimiter;
 use crate::rollout::Server;
 use crate::store::hosts::{self, Enrolled, Pruned};
+use crate::store::{self, StoredHost};
 use crate::tokens;
-use cairn_release::checkin::{EnrollReply, EnrollRequest, FORMAT};
+use cairn_release::checkin::{CheckIn, EnrollReply, EnrollRequest, FORMAT};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -119,6 +120,12 @@ pub fn check_claim(enrolled: &Enrolled, instance_id: &str, group: Option<&str>) 
     Ok(())
 }
 
+pub(crate) fn credential_required() -> ApiError {
+    ApiError::Unauthorized(
+        "a host credential is required (Authorization: Bearer CREDENTIAL, from POST /v1/enroll)".into(),
+    )
+}
+
 /// How long hosts and events are kept.
 #[derive(Clone, Copy, Debug)]
 pub struct Retention {
@@ -159,21 +166,43 @@ impl Server {
 
     /// The host a bearer credential belongs to.
     pub async fn authenticate_host(&self, bearer: Option<&str>) -> ApiResult<Enrolled> {
-        let Some(credential) = bearer else {
-            return Err(ApiError::Unauthorized(
-                "a host credential is required (Authorization: Bearer CREDENTIAL, from POST /v1/enroll)".into(),
-            ));
-        };
-        let hash = tokens::hash(credential);
-        if let Some(enrolled) = self.credentials.get(&hash) {
+        self.enrolled_by_hash(&tokens::hash(bearer.ok_or_else(credential_required)?)).await
+    }
+
+    async fn enrolled_by_hash(&self, hash: &str) -> ApiResult<Enrolled> {
+        if let Some(enrolled) = self.credentials.get(hash) {
             return Ok(enrolled);
         }
-        match hosts::enrolled(&self.db, &hash).await? {
+        match hosts::enrolled(&self.db, hash).await? {
             Some(enrolled) => {
-                self.credentials.put(hash, enrolled.clone());
+                self.credentials.put(hash.to_string(), enrolled.clone());
                 Ok(enrolled)
             }
             None => Err(ApiError::Unauthorized("the host credential is not valid: enroll again".into())),
+        }
+    }
+
+    /// A check-in's host, read with its credential in one query (a fleet checking in hourly
+    /// would miss any cache): the credential hash must be the instance's own, in its group.
+    /// A refusal then looks up whose credential it is, to say so.
+    pub(crate) async fn authenticate_check_in(
+        &self,
+        c: &CheckIn,
+        hash: &str,
+        grant_cutoff: i64,
+    ) -> ApiResult<Option<StoredHost>> {
+        match store::enrolled_host(&self.db, &c.instance_id, grant_cutoff).await? {
+            Some((credential, stored)) if credential.sha256 == hash => {
+                let owner = Enrolled { instance_id: c.instance_id.clone(), group: credential.group };
+                check_claim(&owner, &c.instance_id, Some(&c.group))?;
+                self.limits.client(&format!("host {}", c.instance_id))?;
+                Ok(stored)
+            }
+            _ => {
+                let owner = self.enrolled_by_hash(hash).await?;
+                check_claim(&owner, &c.instance_id, Some(&c.group))?;
+                Err(ApiError::Unauthorized("the host credential is not valid: enroll again".into()))
+            }
         }
     }
 

@@ -160,13 +160,20 @@ impl Server {
         Ok(view)
     }
 
-    pub async fn check_in(&self, c: &CheckIn) -> ApiResult<CheckInReply> {
+    /// Answers a check-in; `credential` is the hash of the bearer credential it came with
+    /// (`None` only without agent authentication), checked against the instance's own in the
+    /// same query that reads the host.
+    pub async fn check_in(&self, c: &CheckIn, credential: Option<&str>) -> ApiResult<CheckInReply> {
         c.validate()?;
         let now = self.now_ms();
-        let view = self.group_view(&c.group).await?;
+        let view = self.group_view(&c.group).await;
+        let grant_cutoff = view.as_ref().map_or(now, |v| now - v.group.policy.grant_timeout_s as i64 * 1000);
+        let stored = match credential {
+            Some(hash) => self.authenticate_check_in(c, hash, grant_cutoff).await?,
+            None => store::stored_host(&self.db, &c.instance_id, grant_cutoff).await?,
+        };
+        let view = view?;
         let policy = &view.group.policy;
-        let grant_cutoff = now - policy.grant_timeout_s as i64 * 1000;
-        let stored = store::stored_host(&self.db, &c.instance_id, grant_cutoff).await?;
         let instance = Instance {
             id: c.instance_id.clone(),
             group: c.group.clone(),

@@ -12,6 +12,13 @@ pub struct Enrolled {
     pub group: String,
 }
 
+/// The credential an instance holds: its hash and the group it was enrolled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub sha256: String,
+    pub group: String,
+}
+
 /// The group's enrollment token hash: `None` for an unknown group, `Some(None)` for a group
 /// that takes no enrollments.
 pub async fn enrollment_token(db: &Db, group: &str) -> Result<Option<Option<String>>> {

@@ -290,6 +290,32 @@ pub async fn stored_host(db: &Db, id: &str, grant_cutoff: i64) -> Result<Option<
     row.map(|r| Ok(StoredHost { instance: instance_from(&r)?, outstanding_grant: r.try_get(10)? })).transpose()
 }
 
+/// A host's credential (hash and group) with its row and outstanding grant, in one query: how a
+/// check-in is authenticated at no extra cost. `None`: the instance is not enrolled.
+pub async fn enrolled_host(
+    db: &Db,
+    id: &str,
+    grant_cutoff: i64,
+) -> Result<Option<(hosts::Credential, Option<StoredHost>)>> {
+    let row = sqlx::query(&format!(
+        "SELECT {INSTANCE_COLUMNS}, (SELECT g.version FROM grants g WHERE g.instance_id = i.id AND g.outcome = 'pending' \
+         AND g.granted_at > $2 ORDER BY g.id DESC LIMIT 1), c.sha256, c.group_name \
+         FROM host_credentials c LEFT JOIN instances i ON i.id = c.instance_id WHERE c.instance_id = $1"
+    ))
+    .bind(id)
+    .bind(grant_cutoff)
+    .fetch_optional(&db.read)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let credential = hosts::Credential { sha256: r.try_get(11)?, group: r.try_get(12)? };
+    let has_row = r.try_get::<Option<String>, _>(0)?.is_some();
+    let stored = match has_row {
+        true => Some(StoredHost { instance: instance_from(&r)?, outstanding_grant: r.try_get(10)? }),
+        false => None,
+    };
+    Ok(Some((credential, stored)))
+}
+
 /// Writes the host's row unless a newer check-in was written already (heartbeats are written
 /// late, in batches, and must not overwrite what came after them).
 pub async fn upsert_instance<'e, E: Executor<'e, Database = Any>>(e: E, i: &Instance) -> Result<()> {
