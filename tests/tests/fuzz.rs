@@ -119,11 +119,16 @@ proptest! {
     }
 }
 
+/// A release manifest and its key, made once.
 fn signed_release() -> (Vec<u8>, SecretKey) {
+    static MANIFEST: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let key = SecretKey::from_seed([7; 32]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let release = cairn_tests::server::fake_release(dir.path(), "2.1.0", &key).expect("a release");
-    (std::fs::read(release.join("release.json")).expect("release.json"), key)
+    let manifest = MANIFEST.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let release = cairn_tests::server::fake_release(dir.path(), "2.1.0", &key).expect("a release");
+        std::fs::read(release.join("release.json")).expect("release.json")
+    });
+    (manifest.clone(), key)
 }
 
 proptest! {
