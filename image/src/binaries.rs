@@ -35,6 +35,33 @@ pub struct Binary {
     pub sha256: String,
 }
 
+/// Where cargo keeps downloaded crates: `CARGO_HOME`, else `~/.cargo`.
+pub fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+/// The flags of Cairn's binaries: static (stage 1 runs before any shared library is reachable),
+/// and with the build machine's paths (the cargo home, this checkout, the target directory)
+/// rewritten to fixed ones, so the binaries, and so `/usr` and its verity root hash, do not
+/// depend on where they were built. The standard library comes with `/rustc/<commit>` paths.
+pub fn rustflags(workspace: &Path, target_dir: &Path) -> Vec<String> {
+    let mut flags = vec!["-C".to_string(), "target-feature=+crt-static".to_string()];
+    let mut remap = |from: &Path, to: &str| {
+        // Absolute, as rustc sees them; a path that does not exist (yet) is taken as given.
+        let from = from.canonicalize().unwrap_or_else(|_| from.to_path_buf());
+        flags.push(format!("--remap-path-prefix={}={to}", from.display()));
+    };
+    if let Some(home) = cargo_home() {
+        remap(&home, "/cargo");
+    }
+    // The more specific prefix last: rustc applies the last remapping that matches.
+    remap(workspace, "/cairn");
+    remap(target_dir, "/cairn-target");
+    flags
+}
+
 pub fn obtain(source: &Source, names: &[String], quiet: bool) -> Result<Vec<Binary>> {
     let dir = match source {
         Source::Dir(d) => d.clone(),
@@ -45,8 +72,8 @@ pub fn obtain(source: &Source, names: &[String], quiet: bool) -> Result<Vec<Bina
                 .args(["build", "--release", "--target", TARGET])
                 .arg("--target-dir")
                 .arg(target_dir)
-                // Static: stage 1 runs before any shared library is reachable.
-                .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static");
+                // With --target these apply to Cairn's binaries only, not to build scripts.
+                .env("CARGO_ENCODED_RUSTFLAGS", rustflags(workspace, target_dir).join("\u{1f}"));
             if quiet {
                 cmd.arg("--quiet");
             }
@@ -68,4 +95,20 @@ pub fn obtain(source: &Source, names: &[String], quiet: bool) -> Result<Vec<Bina
             Ok(Binary { name: n.clone(), path, sha256 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_machines_paths_are_remapped_most_specific_last() {
+        let flags = rustflags(Path::new("/w/cairn"), Path::new("/w/cairn/target"));
+        assert_eq!(&flags[..2], ["-C", "target-feature=+crt-static"]);
+        let remaps: Vec<&str> = flags.iter().filter_map(|f| f.strip_prefix("--remap-path-prefix=")).collect();
+        assert!(remaps.ends_with(&["/w/cairn=/cairn", "/w/cairn/target=/cairn-target"]), "{remaps:?}");
+        if cargo_home().is_some() {
+            assert!(remaps[0].ends_with("=/cargo"), "{remaps:?}");
+        }
+    }
 }

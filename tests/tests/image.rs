@@ -148,3 +148,37 @@ fn signed_build_writes_a_verifiable_release_and_trusts_its_key() -> Result<()> {
     assert!(format!("{err:#}").contains("no trusted key"), "{err:#}");
     Ok(())
 }
+
+/// Cairn's binaries in `/usr` carry no path of the machine that built them (its cargo home, the
+/// checkout, the target directory): another builder elsewhere makes the same bytes.
+#[test]
+fn binaries_in_usr_carry_no_build_machine_paths() -> Result<()> {
+    let img = default_image()?;
+    let dir = tempfile::tempdir()?;
+    let usr = dir.path().join("usr.img");
+    extract(&img, "USR-A", &usr)?;
+    let tree = dir.path().join("tree");
+    tool(Command::new("fsck.erofs").arg(format!("--extract={}", tree.display())).arg(&usr))?;
+    let workspace = workspace();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+    let mut build_paths = vec![workspace.clone(), target];
+    build_paths.extend(cairn_image::binaries::cargo_home());
+    let build_paths: Vec<String> =
+        build_paths.iter().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()).display().to_string()).collect();
+    let mut checked = 0;
+    for name in ["cairn-init", "cairn-agent", "updatectl", "cairn-cloud-config"] {
+        let bytes = std::fs::read(tree.join("sbin").join(name))
+            .or_else(|_| std::fs::read(tree.join("usr/sbin").join(name)))
+            .with_context(|| format!("{name} in /usr/sbin"))?;
+        for path in &build_paths {
+            let hits = bytes.windows(path.len()).filter(|w| *w == path.as_bytes()).count();
+            assert_eq!(hits, 0, "{name} names {path} {hits} times");
+        }
+        // The remapped prefixes are what it carries instead.
+        assert!(bytes.windows(8).any(|w| w == b"/cargo/r"), "{name}: no remapped cargo path at all");
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+    Ok(())
+}
