@@ -35,6 +35,7 @@ protoc:protobuf-compiler
 genisoimage:genisoimage
 ssh:openssh-client
 ssh-keygen:openssh-client
+/usr/share/doc/python3-venv/copyright:python3-venv
 "
 
 missing=""

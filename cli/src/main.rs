@@ -19,13 +19,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum ReleaseCommand {
-    /// Add a release directory to a static feed (any HTTP server can serve it) and re-sign the
-    /// feed's index.
+    /// Make FEED a TUF repository: the role keys in DIR unless there (0600, never overwritten;
+    /// three root keys of which two sign, a targets, a snapshot and a timestamp key) and the
+    /// first root, targets, snapshot and timestamp metadata.
+    Init {
+        #[arg(long, value_name = "FEED")]
+        feed: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+    },
+    /// Add a release directory to a static feed (any HTTP server can serve it). With --keys, the
+    /// feed is a TUF repository (`cairn release init`): the release's files become targets and
+    /// targets, snapshot and timestamp are signed again. With --signing-key, the signed-index
+    /// feed the agent reads today.
     Publish {
         #[arg(long, value_name = "FEED")]
         feed: PathBuf,
-        #[arg(long, value_name = "KEY")]
-        signing_key: PathBuf,
+        /// The TUF role keys (targets, snapshot, timestamp) of a feed made by `release init`.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["signing_key", "trust"])]
+        keys: Option<PathBuf>,
+        #[arg(long, value_name = "KEY", required_unless_present = "keys")]
+        signing_key: Option<PathBuf>,
         /// Keys the release may be signed by, besides the signing key's own.
         #[arg(long, value_name = "PUB")]
         trust: Vec<PathBuf>,
@@ -36,6 +50,28 @@ enum ReleaseCommand {
         valid_days: u64,
         /// The release directory (`cairn build --signing-key` writes OUT/release).
         release: PathBuf,
+    },
+    /// Sign a new timestamp for a TUF feed with its timestamp key alone (before the last one
+    /// expires: a cron job on whatever serves the feed).
+    Refresh {
+        #[arg(long, value_name = "FEED")]
+        feed: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        /// How long the new timestamp is valid (e.g. 1d, 12h).
+        #[arg(long, value_name = "DURATION", default_value = "1d")]
+        expires: String,
+    },
+    /// Replace a TUF feed's targets, snapshot or timestamp key (lost, or leaving): a new key in
+    /// DIR, the old one moved to DIR/retired, the next root version naming the new key, and the
+    /// metadata signed again. Hosts follow the chain of roots; nothing changes on them.
+    Rotate {
+        #[arg(long, value_name = "FEED")]
+        feed: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        #[arg(long, value_parser = ["targets", "snapshot", "timestamp"])]
+        role: String,
     },
     /// Check a release directory: signature by a trusted key, expiry, every artifact's sha256.
     Verify {
@@ -214,7 +250,42 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Release(ReleaseCommand::Publish { feed, signing_key, trust, channel, valid_days, release }) => {
+        Command::Release(ReleaseCommand::Init { feed, keys }) => {
+            cairn_tuf::init(&feed, &keys, unix_now()?, cairn_tuf::Expiry::default())?;
+            println!("{} is a TUF repository: metadata/1.root.json (keys in {})", feed.display(), keys.display());
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Publish { feed, keys: Some(keys), release, .. }) => {
+            let names = cairn_tuf::publish(&feed, &keys, &release, unix_now()?, cairn_tuf::Expiry::default())?;
+            println!("published {} target(s) to {}: {}", names.len(), feed.display(), names.join(", "));
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Refresh { feed, keys, expires }) => {
+            let valid = cairn_release::duration::parse(&expires).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+            let version = cairn_tuf::refresh(&feed, &keys, unix_now()?, valid.as_secs())?;
+            println!("timestamp {version} of {} valid for {expires}", feed.display());
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Rotate { feed, keys, role }) => {
+            let role = match role.as_str() {
+                "targets" => cairn_tuf::keys::RoleType::Targets,
+                "snapshot" => cairn_tuf::keys::RoleType::Snapshot,
+                _ => cairn_tuf::keys::RoleType::Timestamp,
+            };
+            let version = cairn_tuf::rotate(&feed, &keys, role, unix_now()?, cairn_tuf::Expiry::default())?;
+            println!("root {version} of {} names the new {} key", feed.display(), cairn_tuf::keys::role_name(role));
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Publish {
+            feed,
+            keys: None,
+            signing_key,
+            trust,
+            channel,
+            valid_days,
+            release,
+        }) => {
+            let signing_key = signing_key.ok_or_else(|| anyhow::anyhow!("--signing-key or --keys"))?;
             let key = cairn_image::release::load_secret(&signing_key)?;
             let mut trusted = vec![key.public()];
             for p in &trust {
@@ -269,6 +340,10 @@ fn run(cli: Cli) -> Result<()> {
             run_vm(image, options, user_data)
         }
     }
+}
+
+fn unix_now() -> Result<u64> {
+    Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())
 }
 
 #[cfg(test)]

@@ -1,0 +1,292 @@
+//! A feed's life as a TUF repository: `init` writes the first root (three root keys, two must
+//! sign) and empty targets, snapshot and timestamp; `publish` adds a release's files as targets
+//! (`VERSION-FILE`, with the version in their custom metadata) and signs new targets, snapshot and
+//! timestamp; `refresh` signs a new timestamp only, with the timestamp key, for a cron job.
+//! Consistent snapshots are on: metadata other than the timestamp is written under versioned
+//! names and targets under their sha256, so a feed is never seen half-updated.
+
+use crate::keys::{self, ROOT_THRESHOLD};
+use crate::{Error, Result, io, schema};
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use tough::editor::RepositoryEditor;
+use tough::editor::signed::SignedRole;
+use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Target, Timestamp};
+use tough::{FilesystemTransport, Repository, RepositoryLoader};
+
+const SPEC_VERSION: &str = "1.0.0";
+
+/// How long each role's metadata is valid, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Expiry {
+    pub root: u64,
+    pub targets: u64,
+    pub snapshot: u64,
+    pub timestamp: u64,
+}
+
+impl Default for Expiry {
+    /// A year for the root, three months for targets, a week for the snapshot and a day for the
+    /// timestamp: a host that cannot reach fresh metadata for a day stops trusting what it has.
+    fn default() -> Expiry {
+        Expiry { root: 365 * 86400, targets: 90 * 86400, snapshot: 7 * 86400, timestamp: 86400 }
+    }
+}
+
+fn at(now: u64, seconds: u64) -> Result<jiff::Timestamp> {
+    jiff::Timestamp::from_second((now + seconds) as i64).map_err(|e| Error::Feed(format!("a time: {e}")))
+}
+
+fn version(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n).expect("versions start at 1")
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().build().map_err(|e| Error::Feed(format!("a runtime: {e}")))
+}
+
+fn metadata_dir(feed: &Path) -> PathBuf {
+    feed.join("metadata")
+}
+
+/// The newest `N.root.json` in the feed.
+pub fn latest_root(feed: &Path) -> Result<(u64, PathBuf)> {
+    let dir = metadata_dir(feed);
+    let mut newest = None;
+    for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+        let name = entry.map_err(io(&dir))?.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_suffix(".root.json").and_then(|n| n.parse::<u64>().ok())
+            && newest.as_ref().is_none_or(|(m, _)| n > *m)
+        {
+            newest = Some((n, dir.join(name)));
+        }
+    }
+    newest.ok_or_else(|| Error::Feed(format!("{}: no root metadata (run `cairn release init`)", dir.display())))
+}
+
+fn url(path: &Path) -> Result<url::Url> {
+    let path = path.canonicalize().map_err(io(path))?;
+    url::Url::from_directory_path(&path).map_err(|()| Error::Feed(format!("{}: not a usable path", path.display())))
+}
+
+/// The feed as a TUF client sees it, trusting its first root (so the chain of roots is checked).
+async fn load(feed: &Path) -> Result<Repository> {
+    let first = metadata_dir(feed).join("1.root.json");
+    let root = tokio::fs::read(&first).await.map_err(io(&first))?;
+    let targets = feed.join("targets");
+    tokio::fs::create_dir_all(&targets).await.map_err(io(&targets))?;
+    Ok(RepositoryLoader::new(&root, url(&metadata_dir(feed))?, url(&targets)?)
+        .transport(FilesystemTransport)
+        .load()
+        .await?)
+}
+
+/// Creates the feed's repository: the role keys in `keys_dir` (made where missing) and the first
+/// root, targets, snapshot and timestamp. Refuses a feed that has a root already.
+pub fn init(feed: &Path, keys_dir: &Path, now: u64, expiry: Expiry) -> Result<()> {
+    let first = metadata_dir(feed).join("1.root.json");
+    if first.exists() {
+        return Err(Error::Feed(format!("{} exists: the feed has a root already", first.display())));
+    }
+    keys::generate(keys_dir)?;
+    let mut root = Root {
+        spec_version: SPEC_VERSION.into(),
+        consistent_snapshot: true,
+        version: version(1),
+        expires: at(now, expiry.root)?,
+        keys: HashMap::new(),
+        roles: HashMap::new(),
+        _extra: HashMap::new(),
+    };
+    for role in keys::ROLES {
+        let threshold = if role == RoleType::Root { ROOT_THRESHOLD } else { 1 };
+        let mut keyids = Vec::new();
+        for file in keys::files(keys_dir, role)? {
+            let key = keys::public(&file)?;
+            let id = key.key_id().map_err(schema(&file))?;
+            root.keys.insert(id.clone(), key);
+            keyids.push(id);
+        }
+        root.roles.insert(role, RoleKeys { keyids, threshold: version(threshold), _extra: HashMap::new() });
+    }
+    let root_keys = keys::sources(&keys::files(keys_dir, RoleType::Root)?);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &root_keys, &rng).await?;
+        signed.write(metadata_dir(feed), true).await?;
+        let mut editor = RepositoryEditor::new(&first).await?;
+        editor
+            .targets_version(version(1))?
+            .targets_expires(at(now, expiry.targets)?)?
+            .snapshot_version(version(1))
+            .snapshot_expires(at(now, expiry.snapshot)?)
+            .timestamp_version(version(1))
+            .timestamp_expires(at(now, expiry.timestamp)?);
+        let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
+        signed.write(metadata_dir(feed)).await?;
+        Ok(())
+    })
+}
+
+fn online_and_targets_keys(keys_dir: &Path) -> Result<Vec<Box<dyn tough::key_source::KeySource>>> {
+    let mut files = Vec::new();
+    for role in [RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp] {
+        files.extend(keys::files(keys_dir, role)?);
+    }
+    Ok(keys::sources(&files))
+}
+
+/// A release's files as the targets they become: `VERSION-FILE`, with the version and the file's
+/// own name in the custom metadata.
+pub fn target_name(release_version: &str, file: &str) -> String {
+    format!("{release_version}-{file}")
+}
+
+/// Adds the files of the release directory `release` (its `release.json` names the version) as
+/// targets, copies them under their digests into `FEED/targets/`, and signs new targets, snapshot
+/// and timestamp metadata. The release's names are returned.
+pub fn publish(feed: &Path, keys_dir: &Path, release: &Path, now: u64, expiry: Expiry) -> Result<Vec<String>> {
+    let manifest = release.join("release.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).map_err(io(&manifest))?)
+        .map_err(|e| Error::Feed(format!("{}: {e}", manifest.display())))?;
+    let release_version =
+        doc["version"].as_str().ok_or_else(|| Error::Feed(format!("{}: no version", manifest.display())))?.to_string();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(release)
+        .map_err(io(release))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let (_, root_path) = latest_root(feed)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let repo = load(feed).await?;
+        let next = |v: NonZeroU64| version(v.get() + 1);
+        let (targets_v, snapshot_v, timestamp_v) = (
+            next(repo.targets().signed.version),
+            next(repo.snapshot().signed.version),
+            next(repo.timestamp().signed.version),
+        );
+        let mut editor = RepositoryEditor::from_repo(&root_path, repo).await?;
+        let mut names = Vec::new();
+        for file in &files {
+            let file_name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let mut target = Target::from_path(file).await.map_err(schema(file))?;
+            target.custom.insert("version".into(), release_version.clone().into());
+            target.custom.insert("file".into(), file_name.clone().into());
+            let name = target_name(&release_version, &file_name);
+            let digest = hex::encode(&target.hashes.sha256);
+            let dest = feed.join("targets").join(format!("{digest}.{name}"));
+            if !dest.exists() {
+                let tmp = dest.with_extension("partial");
+                tokio::fs::copy(file, &tmp).await.map_err(io(&tmp))?;
+                tokio::fs::rename(&tmp, &dest).await.map_err(io(&dest))?;
+            }
+            editor.add_target(name.as_str(), target)?;
+            names.push(name);
+        }
+        editor
+            .targets_version(targets_v)?
+            .targets_expires(at(now, expiry.targets)?)?
+            .snapshot_version(snapshot_v)
+            .snapshot_expires(at(now, expiry.snapshot)?)
+            .timestamp_version(timestamp_v)
+            .timestamp_expires(at(now, expiry.timestamp)?);
+        let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
+        signed.write(metadata_dir(feed)).await?;
+        Ok(names)
+    })
+}
+
+/// Signs a new timestamp (the same snapshot, a new version and expiry) with the timestamp key
+/// alone: what whoever serves a feed runs before the last one expires. Its version is returned.
+pub fn refresh(feed: &Path, keys_dir: &Path, now: u64, timestamp_expiry: u64) -> Result<u64> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let repo = load(feed).await?;
+        let old = &repo.timestamp().signed;
+        let mut timestamp =
+            Timestamp::new(SPEC_VERSION.into(), version(old.version.get() + 1), at(now, timestamp_expiry)?);
+        timestamp.meta = old.meta.clone();
+        let root = repo.root().signed.clone();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let key_files = keys::files(keys_dir, RoleType::Timestamp)?;
+        let signed = SignedRole::new(timestamp, &KeyHolder::Root(root), &keys::sources(&key_files), &rng).await?;
+        signed.write(metadata_dir(feed), true).await?;
+        Ok(signed.signed().signed.version.get())
+    })
+}
+
+/// Replaces the key of `role` (targets, snapshot or timestamp): a new key is made, the old one
+/// moves to `KEYS/retired/`, root version N+1 names the new key instead (signed by the root
+/// keys, at least the threshold of both roots), and targets, snapshot and timestamp are signed
+/// again with the keys now in force. Hosts follow the chain of roots: nothing changes on them.
+/// The new root's version is returned.
+pub fn rotate(feed: &Path, keys_dir: &Path, role: RoleType, now: u64, expiry: Expiry) -> Result<u64> {
+    if matches!(role, RoleType::Root | RoleType::DelegatedTargets) {
+        return Err(Error::Feed("rotate replaces the targets, snapshot or timestamp key".into()));
+    }
+    let rt = runtime()?;
+    let repo = rt.block_on(load(feed))?;
+    let mut root = repo.root().signed.clone();
+    let old_files = keys::files(keys_dir, role)?;
+    let retired = keys_dir.join("retired");
+    std::fs::create_dir_all(&retired).map_err(io(&retired))?;
+    let n = old_files.len() + std::fs::read_dir(&retired).map_err(io(&retired))?.count() + 1;
+    let new_file = keys::path(keys_dir, role, n);
+    let new_key = {
+        let made = keys::generate_one(&new_file)?;
+        debug_assert!(made);
+        keys::public(&new_file)?
+    };
+    let new_id = new_key.key_id().map_err(schema(&new_file))?;
+    let role_keys = root.roles.get_mut(&role).ok_or_else(|| Error::Feed(format!("the root has no {role:?} role")))?;
+    let old_ids = std::mem::take(&mut role_keys.keyids);
+    role_keys.keyids.push(new_id.clone());
+    let still_used = |id: &_| root.roles.values().any(|r| r.keyids.contains(id));
+    for id in old_ids {
+        if !still_used(&id) {
+            root.keys.remove(&id);
+        }
+    }
+    root.keys.insert(new_id, new_key);
+    root.version = version(root.version.get() + 1);
+    root.expires = at(now, expiry.root)?;
+    for old in &old_files {
+        let to = retired.join(old.file_name().expect("a key file"));
+        std::fs::rename(old, &to).map_err(io(old))?;
+    }
+    let root_keys = keys::sources(&keys::files(keys_dir, RoleType::Root)?);
+    let new_version = root.version.get();
+    rt.block_on(async {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &root_keys, &rng).await?;
+        signed.write(metadata_dir(feed), true).await?;
+        // Everything the rotated role signs, signed again under the new root.
+        let next = |v: NonZeroU64| version(v.get() + 1);
+        let (targets_v, snapshot_v, timestamp_v) = (
+            next(repo.targets().signed.version),
+            next(repo.snapshot().signed.version),
+            next(repo.timestamp().signed.version),
+        );
+        let (_, new_root) = latest_root(feed)?;
+        let mut editor = RepositoryEditor::new(&new_root).await?;
+        editor.targets(repo.targets().clone())?;
+        editor
+            .targets_version(targets_v)?
+            .targets_expires(at(now, expiry.targets)?)?
+            .snapshot_version(snapshot_v)
+            .snapshot_expires(at(now, expiry.snapshot)?)
+            .timestamp_version(timestamp_v)
+            .timestamp_expires(at(now, expiry.timestamp)?);
+        let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
+        signed.write(metadata_dir(feed)).await?;
+        Ok::<_, Error>(())
+    })?;
+    Ok(new_version)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! The repository as tough's own client reads it: targets verified and downloaded, versions
+//! that move forward, a root that needs two of its three keys.
+
+use super::*;
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A release directory: release.json (version 2) and an artifact.
+fn release(dir: &Path) -> PathBuf {
+    let r = dir.join("release");
+    std::fs::create_dir_all(&r).unwrap();
+    std::fs::write(r.join("release.json"), r#"{"version": "2", "os_id": "cairn"}"#).unwrap();
+    std::fs::write(r.join("usr.img.zst"), vec![7u8; 100_000]).unwrap();
+    r
+}
+
+fn read_target(feed: &Path, name: &str) -> Result<Vec<u8>> {
+    runtime()?.block_on(async {
+        let repo = load(feed).await?;
+        let name = tough::TargetName::new(name)?;
+        let mut stream = repo.read_target(&name).await?.ok_or_else(|| Error::Feed(format!("no target {name:?}")))?;
+        let mut out = Vec::new();
+        use futures_util::StreamExt;
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    })
+}
+
+#[test]
+fn a_published_release_is_read_back_verified() {
+    let t = tempfile::tempdir().unwrap();
+    let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
+    init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
+    assert!(init(&feed, &keys_dir, now(), Expiry::default()).unwrap_err().to_string().contains("has a root already"));
+    let names = publish(&feed, &keys_dir, &release(t.path()), now(), Expiry::default()).unwrap();
+    assert_eq!(names, ["2-release.json", "2-usr.img.zst"]);
+    assert_eq!(read_target(&feed, "2-usr.img.zst").unwrap(), vec![7u8; 100_000]);
+    let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
+    assert_eq!(repo.targets().signed.version.get(), 2);
+    let target = repo.targets().signed.targets.get(&tough::TargetName::new("2-usr.img.zst").unwrap()).unwrap();
+    assert_eq!(target.custom["version"], "2");
+    // A tampered target is refused.
+    let stored = std::fs::read_dir(feed.join("targets"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("usr.img.zst"))
+        .unwrap();
+    let mut bytes = std::fs::read(stored.path()).unwrap();
+    bytes[500] ^= 1;
+    std::fs::write(stored.path(), bytes).unwrap();
+    assert!(read_target(&feed, "2-usr.img.zst").is_err(), "a tampered target was read");
+}
+
+#[test]
+fn refresh_moves_only_the_timestamp_with_its_key_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
+    init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
+    // Only the timestamp key: the others are offline.
+    let online = t.path().join("online");
+    std::fs::create_dir_all(&online).unwrap();
+    let key = keys::path(&keys_dir, RoleType::Timestamp, 1);
+    std::fs::copy(&key, keys::path(&online, RoleType::Timestamp, 1)).unwrap();
+    assert_eq!(refresh(&feed, &online, now(), 3600).unwrap(), 2);
+    let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
+    assert_eq!((repo.timestamp().signed.version.get(), repo.snapshot().signed.version.get()), (2, 1));
+    // A key the root does not name cannot sign one.
+    let stranger = t.path().join("stranger");
+    keys::generate(&stranger).unwrap();
+    assert!(refresh(&feed, &stranger, now(), 3600).is_err());
+    // An altered timestamp (a later expiry, the signature kept) is refused by a client.
+    let path = feed.join("metadata/timestamp.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["signed"]["expires"] = "2099-01-01T00:00:00Z".into();
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    assert!(runtime().unwrap().block_on(load(&feed)).is_err(), "an altered timestamp was trusted");
+}
+
+#[test]
+fn a_root_needs_two_of_its_three_keys() {
+    let t = tempfile::tempdir().unwrap();
+    let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
+    init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
+    let first: tough::schema::Signed<Root> =
+        serde_json::from_slice(&std::fs::read(feed.join("metadata/1.root.json")).unwrap()).unwrap();
+    assert_eq!(first.signed.roles[&RoleType::Root].threshold.get(), 2);
+    assert_eq!(first.signatures.len(), 3);
+    // Root 2, signed by one key only: a client refuses the chain.
+    let mut next = first.signed.clone();
+    next.version = version(2);
+    let one = keys::sources(&[keys::path(&keys_dir, RoleType::Root, 1)]);
+    let rt = runtime().unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let signed = rt.block_on(SignedRole::new(next.clone(), &KeyHolder::Root(next.clone()), &one, &rng)).unwrap();
+    signed.write(metadata_dir(&feed), true).await_blocking(&rt);
+    assert!(rt.block_on(load(&feed)).is_err(), "a root signed by one of three keys was trusted");
+    // Signed by two: trusted.
+    let two = keys::sources(&keys::files(&keys_dir, RoleType::Root).unwrap()[..2]);
+    let signed = rt.block_on(SignedRole::new(next.clone(), &KeyHolder::Root(next), &two, &rng)).unwrap();
+    signed.write(metadata_dir(&feed), true).await_blocking(&rt);
+    assert_eq!(rt.block_on(load(&feed)).unwrap().root().signed.version.get(), 2);
+}
+
+trait AwaitBlocking {
+    fn await_blocking(self, rt: &tokio::runtime::Runtime);
+}
+
+impl<F: std::future::Future<Output = tough::error::Result<()>>> AwaitBlocking for F {
+    fn await_blocking(self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(self).unwrap()
+    }
+}
+
+/// The targets key is replaced (root 2 names the new one): a release signed with the new key is
+/// trusted through the chain of roots from root 1; one signed with the retired key is refused.
+#[test]
+fn a_rotated_targets_key_takes_over_and_the_old_one_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
+    init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
+    publish(&feed, &keys_dir, &release(t.path()), now(), Expiry::default()).unwrap();
+    assert_eq!(rotate(&feed, &keys_dir, RoleType::Targets, now(), Expiry::default()).unwrap(), 2);
+    assert!(keys_dir.join("retired/targets-1.pk8").exists() && keys_dir.join("targets-2.pk8").exists());
+    let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
+    assert_eq!(repo.root().signed.version.get(), 2, "the client followed the chain from root 1");
+    assert_eq!(read_target(&feed, "2-usr.img.zst").unwrap(), vec![7u8; 100_000], "re-signed under the new key");
+    // Someone with the retired key signs a release: refused.
+    let rogue = t.path().join("rogue");
+    std::fs::create_dir_all(&rogue).unwrap();
+    std::fs::copy(keys_dir.join("retired/targets-1.pk8"), keys::path(&rogue, RoleType::Targets, 1)).unwrap();
+    for role in [RoleType::Snapshot, RoleType::Timestamp] {
+        std::fs::copy(keys::path(&keys_dir, role, 1), keys::path(&rogue, role, 1)).unwrap();
+    }
+    assert!(publish(&feed, &rogue, &release(t.path()), now(), Expiry::default()).is_err(), "signed with a retired key");
+    assert!(rotate(&feed, &keys_dir, RoleType::Root, now(), Expiry::default()).is_err());
+}
