@@ -117,17 +117,34 @@ pub fn init(feed: &Path, keys_dir: &Path, now: u64, expiry: Expiry) -> Result<()
         let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &root_keys, &rng).await?;
         signed.write(metadata_dir(feed), true).await?;
         let mut editor = RepositoryEditor::new(&first).await?;
-        editor
-            .targets_version(version(1))?
-            .targets_expires(at(now, expiry.targets)?)?
-            .snapshot_version(version(1))
-            .snapshot_expires(at(now, expiry.snapshot)?)
-            .timestamp_version(version(1))
-            .timestamp_expires(at(now, expiry.timestamp)?);
+        stamp(&mut editor, [version(1); 3], now, expiry)?;
         let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
         signed.write(metadata_dir(feed)).await?;
         Ok(())
     })
+}
+
+/// The versions the next signing gives targets, snapshot and timestamp: one past `repo`'s.
+fn next_versions(repo: &Repository) -> [NonZeroU64; 3] {
+    let next = |v: NonZeroU64| version(v.get() + 1);
+    [next(repo.targets().signed.version), next(repo.snapshot().signed.version), next(repo.timestamp().signed.version)]
+}
+
+/// Sets the versions and expiries of targets, snapshot and timestamp on `editor`.
+fn stamp(
+    editor: &mut RepositoryEditor,
+    [targets, snapshot, timestamp]: [NonZeroU64; 3],
+    now: u64,
+    expiry: Expiry,
+) -> Result<()> {
+    editor
+        .targets_version(targets)?
+        .targets_expires(at(now, expiry.targets)?)?
+        .snapshot_version(snapshot)
+        .snapshot_expires(at(now, expiry.snapshot)?)
+        .timestamp_version(timestamp)
+        .timestamp_expires(at(now, expiry.timestamp)?);
+    Ok(())
 }
 
 fn online_and_targets_keys(keys_dir: &Path) -> Result<Vec<Box<dyn tough::key_source::KeySource>>> {
@@ -163,12 +180,7 @@ pub fn publish(feed: &Path, keys_dir: &Path, release: &Path, now: u64, expiry: E
     let rt = runtime()?;
     rt.block_on(async {
         let repo = load(feed).await?;
-        let next = |v: NonZeroU64| version(v.get() + 1);
-        let (targets_v, snapshot_v, timestamp_v) = (
-            next(repo.targets().signed.version),
-            next(repo.snapshot().signed.version),
-            next(repo.timestamp().signed.version),
-        );
+        let versions = next_versions(&repo);
         let mut editor = RepositoryEditor::from_repo(&root_path, repo).await?;
         let mut names = Vec::new();
         for file in &files {
@@ -187,13 +199,7 @@ pub fn publish(feed: &Path, keys_dir: &Path, release: &Path, now: u64, expiry: E
             editor.add_target(name.as_str(), target)?;
             names.push(name);
         }
-        editor
-            .targets_version(targets_v)?
-            .targets_expires(at(now, expiry.targets)?)?
-            .snapshot_version(snapshot_v)
-            .snapshot_expires(at(now, expiry.snapshot)?)
-            .timestamp_version(timestamp_v)
-            .timestamp_expires(at(now, expiry.timestamp)?);
+        stamp(&mut editor, versions, now, expiry)?;
         let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
         signed.write(metadata_dir(feed)).await?;
         Ok(names)
@@ -265,22 +271,10 @@ pub fn rotate(feed: &Path, keys_dir: &Path, role: RoleType, now: u64, expiry: Ex
         let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &root_keys, &rng).await?;
         signed.write(metadata_dir(feed), true).await?;
         // Everything the rotated role signs, signed again under the new root.
-        let next = |v: NonZeroU64| version(v.get() + 1);
-        let (targets_v, snapshot_v, timestamp_v) = (
-            next(repo.targets().signed.version),
-            next(repo.snapshot().signed.version),
-            next(repo.timestamp().signed.version),
-        );
         let (_, new_root) = latest_root(feed)?;
         let mut editor = RepositoryEditor::new(&new_root).await?;
         editor.targets(repo.targets().clone())?;
-        editor
-            .targets_version(targets_v)?
-            .targets_expires(at(now, expiry.targets)?)?
-            .snapshot_version(snapshot_v)
-            .snapshot_expires(at(now, expiry.snapshot)?)
-            .timestamp_version(timestamp_v)
-            .timestamp_expires(at(now, expiry.timestamp)?);
+        stamp(&mut editor, next_versions(&repo), now, expiry)?;
         let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
         signed.write(metadata_dir(feed)).await?;
         Ok::<_, Error>(())
