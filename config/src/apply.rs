@@ -91,26 +91,25 @@ impl Session<'_> {
     /// `syncfs` per file system before and after instead of two fsyncs per file. A crash
     /// leaves each file old or new (never torn); the next boot's apply finishes the rest.
     fn commit(&self, staged: Vec<Staged>) -> Result<()> {
-        let sync = |staged: &[&rooted::Dir]| -> Result<()> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        // The directories outlive the staged files (renaming consumes them) for the second sync.
+        let dirs: Vec<rooted::Dir> = staged.iter().map(|s| s.temp.dir().clone()).collect();
+        let sync = || -> Result<()> {
             let mut devices = std::collections::BTreeSet::new();
-            for dir in staged {
-                let dev = dir.device().map_err(io("syncing"))?;
-                if devices.insert(dev) {
+            for dir in &dirs {
+                if devices.insert(dir.device().map_err(io("syncing"))?) {
                     dir.sync_fs().map_err(io("syncing"))?;
                 }
             }
             Ok(())
         };
-        let dirs: Vec<rooted::Dir> = staged.iter().map(|s| s.temp.dir().clone()).collect();
-        let dirs: Vec<&rooted::Dir> = dirs.iter().collect();
-        if staged.is_empty() {
-            return Ok(());
-        }
-        sync(&dirs)?;
+        sync()?;
         for s in staged {
             s.temp.rename(&s.name).map_err(io(format!("writing {}", s.path)))?;
         }
-        sync(&dirs)
+        sync()
     }
 
     /// A directory owned by `uid:gid` with `mode`, created if missing (its parents: root's,
@@ -380,6 +379,20 @@ cairn:
             .filter(|e| e.file_name().to_string_lossy().starts_with(".cairn-tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    /// Update settings holding a token are root's alone; without one, readable as before.
+    #[test]
+    fn update_settings_with_a_token_are_written_root_only() {
+        let (t, h) = host();
+        let with_token =
+            "#cloud-config\ncairn:\n  update: {server: \"https://u.example\", enrollment_token: cairn_secret}\n";
+        apply(&config(with_token), &h).unwrap();
+        let mode = || std::fs::metadata(t.path().join("etc/cairn/update.toml")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(), 0o600);
+        assert!(std::fs::read_to_string(t.path().join("etc/cairn/update.toml")).unwrap().contains("cairn_secret"));
+        apply(&config("#cloud-config\ncairn:\n  update: {server: \"https://u.example\"}\n"), &h).unwrap();
+        assert_eq!(mode(), 0o644);
     }
 
     #[test]

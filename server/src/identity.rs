@@ -65,6 +65,10 @@ impl Cache {
         cache.insert(hash, (Instant::now(), enrolled));
     }
 
+    fn remove(&self, hash: &str) {
+        self.0.lock().expect("credential cache lock").remove(hash);
+    }
+
     fn forget(&self, instance_id: &str) {
         self.0.lock().expect("credential cache lock").retain(|_, (_, e)| e.instance_id != instance_id);
     }
@@ -159,7 +163,10 @@ impl Server {
         )?;
         let credential = tokens::generate()?;
         hosts::enroll(&self.db, &req.instance_id, &req.group, &tokens::hash(&credential), self.now_ms()).await?;
-        self.credentials.forget(&req.instance_id);
+        // The credential it replaces, if any, stops working here at once (no scan of the cache).
+        if let Some((old, _)) = &existing {
+            self.credentials.remove(old);
+        }
         tracing::info!(instance = req.instance_id, group = req.group, "host enrolled");
         Ok(EnrollReply { format: FORMAT, credential })
     }
