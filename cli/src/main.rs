@@ -255,8 +255,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} is a TUF repository: metadata/1.root.json (keys in {})", feed.display(), keys.display());
             Ok(())
         }
-        Command::Release(ReleaseCommand::Publish { feed, keys: Some(keys), release, .. }) => {
-            let names = cairn_tuf::publish(&feed, &keys, &release, unix_now()?, cairn_tuf::Expiry::default())?;
+        Command::Release(ReleaseCommand::Publish { feed, keys: Some(keys), release, channel, .. }) => {
+            let names =
+                cairn_tuf::publish(&feed, &keys, &release, &[channel], unix_now()?, cairn_tuf::Expiry::default())?;
             println!("published {} target(s) to {}: {}", names.len(), feed.display(), names.join(", "));
             Ok(())
         }

@@ -66,12 +66,12 @@ fn python_tuf_reads_a_cairn_feed_and_refuses_a_tampered_target() -> Result<()> {
     let (feed, keys) = (t.path().join("feed"), t.path().join("keys"));
     let release = t.path().join("release");
     std::fs::create_dir_all(&release)?;
-    std::fs::write(release.join("release.json"), r#"{"version": "2", "os_id": "cairn"}"#)?;
+    std::fs::write(release.join("release.json"), cairn_tuf::releases::example_manifest("2"))?;
     let usr: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(release.join("usr.img.zst"), &usr)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     cairn_tuf::init(&feed, &keys, now, cairn_tuf::Expiry::default())?;
-    cairn_tuf::publish(&feed, &keys, &release, now, cairn_tuf::Expiry::default())?;
+    cairn_tuf::publish(&feed, &keys, &release, &["stable".into()], now, cairn_tuf::Expiry::default())?;
     cairn_tuf::refresh(&feed, &keys, now, 3600)?;
     let server = cairn_tests::http::FileServer::start(&feed)?;
     let url = format!("http://127.0.0.1:{}", server.port);

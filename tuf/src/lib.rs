@@ -1,12 +1,13 @@
 //! Cairn feeds as TUF repositories (The Update Framework, through `tough`): the standard layout
 //! (`FEED/metadata/N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`,
 //! `FEED/targets/`, consistent snapshots), role keys kept one per file, a root of three keys
-//! of which two must sign, and the operations of a feed's life: `init`, `publish`, `refresh`.
-//!
-//! This is the publishing side. Agents still read the signed-index feeds of `cairn_release`;
-//! moving them to these repositories is the next part of issue 15.
+//! of which two must sign, and the operations of a feed's life: `init`, `publish`, `refresh`,
+//! `rotate` (`repo.rs`); how a release's files are targets (`releases.rs`); and the host's side,
+//! which verifies a feed from the newest root it trusts (`client.rs`).
 
+pub mod client;
 pub mod keys;
+pub mod releases;
 pub mod repo;
 
 pub use repo::{Expiry, init, publish, refresh, rotate};

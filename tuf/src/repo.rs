@@ -6,7 +6,9 @@
 //! names and targets under their sha256, so a feed is never seen half-updated.
 
 use crate::keys::{self, ROOT_THRESHOLD};
+use crate::releases::{Custom, target_name};
 use crate::{Error, Result, io, schema};
+use cairn_release::manifest::{MANIFEST, Release};
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -155,21 +157,24 @@ fn online_and_targets_keys(keys_dir: &Path) -> Result<Vec<Box<dyn tough::key_sou
     Ok(keys::sources(&files))
 }
 
-/// A release's files as the targets they become: `VERSION-FILE`, with the version and the file's
-/// own name in the custom metadata.
-pub fn target_name(release_version: &str, file: &str) -> String {
-    format!("{release_version}-{file}")
-}
-
-/// Adds the files of the release directory `release` (its `release.json` names the version) as
-/// targets, copies them under their digests into `FEED/targets/`, and signs new targets, snapshot
-/// and timestamp metadata. The release's names are returned.
-pub fn publish(feed: &Path, keys_dir: &Path, release: &Path, now: u64, expiry: Expiry) -> Result<Vec<String>> {
-    let manifest = release.join("release.json");
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).map_err(io(&manifest))?)
+/// Adds the files of the release directory `release` (its `release.json` says what they are)
+/// as targets on `channels` (`releases.rs` has their names and custom metadata), copies them
+/// under their digests into `FEED/targets/`, and signs new targets, snapshot and timestamp
+/// metadata. The targets' names are returned.
+pub fn publish(
+    feed: &Path,
+    keys_dir: &Path,
+    release: &Path,
+    channels: &[String],
+    now: u64,
+    expiry: Expiry,
+) -> Result<Vec<String>> {
+    let manifest = release.join(MANIFEST);
+    let doc: Release = serde_json::from_slice(&std::fs::read(&manifest).map_err(io(&manifest))?)
         .map_err(|e| Error::Feed(format!("{}: {e}", manifest.display())))?;
-    let release_version =
-        doc["version"].as_str().ok_or_else(|| Error::Feed(format!("{}: no version", manifest.display())))?.to_string();
+    if channels.is_empty() {
+        return Err(Error::Feed("a release is published on at least one channel".into()));
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(release)
         .map_err(io(release))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -186,9 +191,9 @@ pub fn publish(feed: &Path, keys_dir: &Path, release: &Path, now: u64, expiry: E
         for file in &files {
             let file_name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             let mut target = Target::from_path(file).await.map_err(schema(file))?;
-            target.custom.insert("version".into(), release_version.clone().into());
-            target.custom.insert("file".into(), file_name.clone().into());
-            let name = target_name(&release_version, &file_name);
+            let custom = serde_json::to_value(Custom::of(&doc, &file_name, channels)).expect("serializable");
+            target.custom = serde_json::from_value(custom).expect("an object");
+            let name = target_name(&doc.version, &file_name);
             let digest = hex::encode(&target.hashes.sha256);
             let dest = feed.join("targets").join(format!("{digest}.{name}"));
             if !dest.exists() {

@@ -11,9 +11,13 @@ fn now() -> u64 {
 fn release(dir: &Path) -> PathBuf {
     let r = dir.join("release");
     std::fs::create_dir_all(&r).unwrap();
-    std::fs::write(r.join("release.json"), r#"{"version": "2", "os_id": "cairn"}"#).unwrap();
+    std::fs::write(r.join("release.json"), crate::releases::example_manifest("2")).unwrap();
     std::fs::write(r.join("usr.img.zst"), vec![7u8; 100_000]).unwrap();
     r
+}
+
+fn stable() -> Vec<String> {
+    vec!["stable".into()]
 }
 
 fn read_target(feed: &Path, name: &str) -> Result<Vec<u8>> {
@@ -36,7 +40,7 @@ fn a_published_release_is_read_back_verified() {
     let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
     init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
     assert!(init(&feed, &keys_dir, now(), Expiry::default()).unwrap_err().to_string().contains("has a root already"));
-    let names = publish(&feed, &keys_dir, &release(t.path()), now(), Expiry::default()).unwrap();
+    let names = publish(&feed, &keys_dir, &release(t.path()), &stable(), now(), Expiry::default()).unwrap();
     assert_eq!(names, ["2-release.json", "2-usr.img.zst"]);
     assert_eq!(read_target(&feed, "2-usr.img.zst").unwrap(), vec![7u8; 100_000]);
     let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
@@ -123,7 +127,7 @@ fn a_rotated_targets_key_takes_over_and_the_old_one_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
     init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
-    publish(&feed, &keys_dir, &release(t.path()), now(), Expiry::default()).unwrap();
+    publish(&feed, &keys_dir, &release(t.path()), &stable(), now(), Expiry::default()).unwrap();
     assert_eq!(rotate(&feed, &keys_dir, RoleType::Targets, now(), Expiry::default()).unwrap(), 2);
     assert!(keys_dir.join("retired/targets-1.pk8").exists() && keys_dir.join("targets-2.pk8").exists());
     let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
@@ -136,6 +140,9 @@ fn a_rotated_targets_key_takes_over_and_the_old_one_is_refused() {
     for role in [RoleType::Snapshot, RoleType::Timestamp] {
         std::fs::copy(keys::path(&keys_dir, role, 1), keys::path(&rogue, role, 1)).unwrap();
     }
-    assert!(publish(&feed, &rogue, &release(t.path()), now(), Expiry::default()).is_err(), "signed with a retired key");
+    assert!(
+        publish(&feed, &rogue, &release(t.path()), &stable(), now(), Expiry::default()).is_err(),
+        "signed with a retired key"
+    );
     assert!(rotate(&feed, &keys_dir, RoleType::Root, now(), Expiry::default()).is_err());
 }
