@@ -132,6 +132,9 @@ pub struct Cost {
     pub bytes: u64,
 }
 
+/// A file's name and bytes, as downloaded.
+type Fetched = (String, Vec<u8>);
+
 /// tough's transport over a `Fetch`: counts what it costs, serves verified versioned metadata
 /// from the state directory, and remembers new versioned metadata to keep once verified.
 #[derive(Clone)]
@@ -140,7 +143,7 @@ struct Adapter {
     verified_dir: PathBuf,
     requests: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
-    fresh: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    fresh: Arc<Mutex<Vec<Fetched>>>,
     failures: Arc<Failures>,
 }
 
@@ -222,6 +225,12 @@ pub struct Verified {
     adapter: Adapter,
     pub cost: Cost,
     pub releases: Releases,
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified").field("root", &self.root_version()).field("cost", &self.cost).finish()
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, TrustError> {

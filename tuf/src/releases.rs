@@ -93,14 +93,16 @@ impl Releases {
     }
 }
 
+/// A release's channels, manifest and files, while targets are grouped.
+type Grouped = (Vec<String>, Option<TargetFile>, BTreeMap<String, TargetFile>);
+
 /// Groups targets into releases. Targets without Cairn's custom metadata are ignored (a feed
 /// may carry other files); a release without its manifest, or files of one version that
 /// disagree on channels, are refused.
 pub fn from_targets<'a>(
     targets: impl IntoIterator<Item = (&'a str, &'a tough::schema::Target)>,
 ) -> Result<Releases, String> {
-    let mut by_version: BTreeMap<String, (Vec<String>, Option<TargetFile>, BTreeMap<String, TargetFile>)> =
-        BTreeMap::new();
+    let mut by_version: BTreeMap<String, Grouped> = BTreeMap::new();
     for (name, target) in targets {
         let Ok(custom) = serde_json::from_value::<Custom>(serde_json::Value::Object(
             target.custom.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

@@ -118,14 +118,14 @@ fn a_check_with_nothing_new_costs_the_root_probe_and_the_timestamp() {
 fn an_expired_timestamp_is_refused_as_a_freeze_and_a_refresh_ends_it() {
     let f = Fixture::new();
     let later = now() + 2 * DAY;
-    let e = f.client().check(later).err().expect("a timestamp of a day, two days on");
+    let e = f.client().check(later).expect_err("a timestamp of a day, two days on");
     assert!(matches!(e, TrustError::Expired { role: "timestamp", .. }), "{e}");
     assert!(e.to_string().contains("freeze"), "{e}");
     // Whoever serves the feed refreshes the timestamp: trusted again (two days on).
     refresh(&f.feed, &f.keys, later - 3600, DAY).unwrap();
     f.client().check(later).unwrap();
     // Targets expire too, whatever the timestamp says.
-    let e = f.client().check(now() + 100 * DAY).err().unwrap();
+    let e = f.client().check(now() + 100 * DAY).unwrap_err();
     assert!(matches!(e, TrustError::Expired { .. }), "{e}");
 }
 
@@ -136,7 +136,7 @@ fn an_older_timestamp_replayed_after_a_newer_one_is_refused() {
     f.publish("3", "stable");
     f.client().check(now()).unwrap();
     std::fs::write(f.metadata("timestamp.json"), &old).unwrap();
-    let e = f.client().check(now()).err().expect("a replayed timestamp");
+    let e = f.client().check(now()).expect_err("a replayed timestamp");
     assert!(matches!(e, TrustError::Rollback(_)), "{e}");
 }
 
@@ -146,7 +146,7 @@ fn targets_that_do_not_match_the_snapshot_are_refused() {
     // The snapshot names targets version 2; an attacker serves version 1 (validly signed) there.
     let old = std::fs::read(f.metadata("1.targets.json")).unwrap();
     std::fs::write(f.metadata("2.targets.json"), old).unwrap();
-    let e = f.client().check(now()).err().expect("mix-and-match");
+    let e = f.client().check(now()).expect_err("mix-and-match");
     assert!(matches!(e, TrustError::Inconsistent(_)), "{e}");
 }
 
@@ -156,7 +156,7 @@ fn a_target_whose_bytes_were_altered_is_refused() {
     let v = f.client().check(now()).unwrap();
     let manifest = v.releases.newest("stable").unwrap().manifest.clone();
     std::fs::write(f.feed.join(Verified::target_path(&manifest)), b"{\"version\": \"99\"}").unwrap();
-    let e = v.read(&manifest.name).err().expect("altered bytes");
+    let e = v.read(&manifest.name).expect_err("altered bytes");
     assert!(matches!(e, TrustError::Inconsistent(_) | TrustError::Refused(_)), "{e}");
 }
 
@@ -175,7 +175,7 @@ fn a_rotated_targets_key_is_followed_and_a_release_signed_by_the_retired_key_is_
     for version in ["4", "5", "6"] {
         f.publish_with(&old_feed, &old_keys, version, "stable");
     }
-    let e = f.client_of(&old_feed).check(now()).err().expect("signed by a retired key");
+    let e = f.client_of(&old_feed).check(now()).expect_err("signed by a retired key");
     assert!(matches!(e, TrustError::Signature(_)), "{e}");
     // A host with only the image's root 1 (its state lost) follows the chain again.
     std::fs::remove_dir_all(f.state()).unwrap();
@@ -189,17 +189,17 @@ fn metadata_signed_by_an_unknown_key_is_refused() {
     let other = Fixture::new();
     // Another feed's timestamp (another key) served in place of this one's.
     std::fs::copy(other.metadata("timestamp.json"), f.metadata("timestamp.json")).unwrap();
-    let e = f.client().check(now()).err().expect("a stranger's timestamp");
+    let e = f.client().check(now()).expect_err("a stranger's timestamp");
     assert!(matches!(e, TrustError::Signature(_)), "{e}");
 }
 
 #[test]
 fn an_unreachable_feed_is_transient_and_a_missing_shipped_root_is_local() {
     let f = Fixture::new();
-    let e = f.client_of(&f.t.path().join("nowhere")).check(now()).err().unwrap();
+    let e = f.client_of(&f.t.path().join("nowhere")).check(now()).unwrap_err();
     assert!(!matches!(e, TrustError::Signature(_) | TrustError::Rollback(_)), "{e}");
     std::fs::remove_file(f.t.path().join("shipped-root.json")).unwrap();
-    let e = f.client().check(now()).err().unwrap();
+    let e = f.client().check(now()).unwrap_err();
     assert!(matches!(e, TrustError::Local(_)), "{e}");
 }
 
@@ -208,8 +208,8 @@ fn freshness_names_the_first_expired_role() {
     let at = |s: i64| jiff::Timestamp::from_second(s).unwrap();
     let expiries = [(RoleType::Root, at(1000)), (RoleType::Timestamp, at(100)), (RoleType::Targets, at(500))];
     check_fresh(&expiries, 99).unwrap();
-    let e = check_fresh(&expiries, 100).err().unwrap();
+    let e = check_fresh(&expiries, 100).unwrap_err();
     assert!(matches!(e, TrustError::Expired { role: "timestamp", .. }), "{e}");
-    let e = check_fresh(&[expiries[0], expiries[2]], 600).err().unwrap();
+    let e = check_fresh(&[expiries[0], expiries[2]], 600).unwrap_err();
     assert!(matches!(e, TrustError::Expired { role: "targets", .. }), "{e}");
 }
