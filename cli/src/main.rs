@@ -121,6 +121,11 @@ enum Command {
         /// Also trust this public key for updates (repeatable).
         #[arg(long, value_name = "PUB")]
         trust: Vec<PathBuf>,
+        /// Trust this TUF root metadata (a feed's `metadata/1.root.json`): the image reads its
+        /// feed as a TUF repository, and the release is written to OUT/release/ for
+        /// `cairn release publish --keys`.
+        #[arg(long, value_name = "ROOT.json")]
+        trust_root: Option<PathBuf>,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -309,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Build { spec, version, out, cache, binaries, no_qcow2, signing_key, trust, quiet } => {
+        Command::Build { spec, version, out, cache, binaries, no_qcow2, signing_key, trust, trust_root, quiet } => {
             let opts = build::BuildOptions {
                 spec_path: spec,
                 version,
@@ -322,6 +327,7 @@ fn run(cli: Cli) -> Result<()> {
                 qcow2: !no_qcow2,
                 signing_key,
                 trust,
+                trust_root,
             };
             let report = build::build(&opts)?;
             println!(

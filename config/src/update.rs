@@ -19,6 +19,7 @@ pub const LOCKSMITH_KEYS: &[&str] = &[
 ];
 pub const CAIRN_UPDATE_KEYS: &[&str] = &[
     "source",
+    "channel",
     "strategy",
     "interval",
     "bless_after",
@@ -198,6 +199,7 @@ pub fn cairn_update(w: &mut Walker, f: &Fields, into: &mut UpdateSettings) {
         }
     };
     text(w, "source", &mut into.source);
+    text(w, "channel", &mut into.channel);
     text(w, "server", &mut into.server);
     text(w, "group", &mut into.group);
     text(w, "lock_server", &mut into.lock_server);

@@ -35,6 +35,9 @@ pub struct BuildOptions {
     pub signing_key: Option<PathBuf>,
     /// More public keys the image trusts for updates.
     pub trust: Vec<PathBuf>,
+    /// The TUF root metadata the image trusts: its feed is a TUF repository, and a release
+    /// directory (`out/release/`, for `cairn release publish --keys`) is written.
+    pub trust_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,7 +73,8 @@ pub struct KernelReport {
 #[derive(Debug, Serialize)]
 pub struct ReleaseReport {
     pub dir: String,
-    pub key_id: String,
+    /// The key that signed release.json (none for a release that only a TUF feed vouches for).
+    pub key_id: Option<String>,
     pub created: u64,
     pub expires: u64,
 }
@@ -93,6 +97,8 @@ pub struct BuildReport {
     pub outputs: BTreeMap<String, Output>,
     /// Ids of the release keys the image trusts.
     pub trusted_keys: Vec<String>,
+    /// The version of the TUF root metadata the image trusts, if any.
+    pub tuf_root_version: Option<u64>,
     /// The signed release, when the build was signed.
     pub release: Option<ReleaseReport>,
     pub steps: Vec<StepTime>,
@@ -190,6 +196,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     }
     trusted.sort_by_key(|k| k.id());
     trusted.dedup();
+    let tuf_root = match &opts.trust_root {
+        None => None,
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let version = cairn_tuf::client::check_root(&bytes)
+                .map_err(|e| anyhow::anyhow!("--trust-root {}: {e}", path.display()))?;
+            Some((bytes, version))
+        }
+    };
     let overlays: Vec<PathBuf> = spec.overlay.iter().map(|o| spec.base_dir.join(o)).collect();
     for dir in &overlays {
         rootfs::check_overlay(dir)?;
@@ -213,6 +228,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         }
         for k in &trusted {
             h.update(k.to_text());
+        }
+        if let Some((root, _)) = &tuf_root {
+            h.update(b"tuf root ");
+            h.update(Sha256::digest(root));
         }
         h.update(salt);
         Ok(hex::encode(h.finalize()))
@@ -253,6 +272,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         for k in &trusted {
             let path = tree.join(cairn_release::layout::TRUSTED_KEYS_DIR).join(format!("{}.pub", k.id()));
             rootfs::write_file(&path, k.to_text().as_bytes(), 0o644)?;
+        }
+        if let Some((root, _)) = &tuf_root {
+            rootfs::write_file(&tree.join(cairn_release::layout::TUF_ROOT), root, 0o644)?;
         }
         rootfs::write_factory_etc(&tree, &spec.os.id)?;
 
@@ -338,9 +360,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Ok(((), false))
     })?;
 
-    let release = match &signing_key {
-        None => None,
-        Some(key) => Some(steps.run("signed release", || {
+    let release = match (&signing_key, &tuf_root) {
+        (None, None) => None,
+        (key, _) => Some(steps.run("release", || {
             // The compressed /usr is derived from the cached image, so it is cached beside it.
             let zst = usr_img.with_extension("img.zst");
             let cached = zst.exists();
@@ -363,10 +385,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 valid_for_days: spec.release.valid_days,
             };
             let dir = opts.out.join("release");
-            let r = crate::release::write_release_dir(&dir, &inputs, &zst, key)?;
+            let r = crate::release::write_release_dir(&dir, &inputs, &zst, key.as_ref())?;
             let report = ReleaseReport {
                 dir: "release".into(),
-                key_id: key.public().id(),
+                key_id: key.as_ref().map(|k| k.public().id()),
                 created: r.created,
                 expires: r.expires,
             };
@@ -494,6 +516,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         initramfs_modules: initrd_modules,
         outputs,
         trusted_keys: trusted.iter().map(|k| k.id()).collect(),
+        tuf_root_version: tuf_root.as_ref().map(|(_, version)| *version),
         release,
         steps: steps.times.clone(),
         total_ms: started.elapsed().as_millis() as u64,

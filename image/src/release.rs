@@ -81,9 +81,14 @@ pub fn zstd_file(src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `dir` = release.json, its signature, the UKI and the zstd-compressed /usr image.
-/// `usr_zst` is the compressed image (cached by the caller).
-pub fn write_release_dir(dir: &Path, inputs: &ReleaseInputs, usr_zst: &Path, key: &SecretKey) -> Result<Release> {
+/// Writes `dir` = release.json, its signature (with `key`), the UKI and the zstd-compressed
+/// /usr image. `usr_zst` is the compressed image (cached by the caller).
+pub fn write_release_dir(
+    dir: &Path,
+    inputs: &ReleaseInputs,
+    usr_zst: &Path,
+    key: Option<&SecretKey>,
+) -> Result<Release> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
@@ -126,7 +131,9 @@ pub fn write_release_dir(dir: &Path, inputs: &ReleaseInputs, usr_zst: &Path, key
     let mut json = serde_json::to_vec_pretty(&release)?;
     json.push(b'\n');
     write_atomic(&dir.join(manifest::MANIFEST), &json)?;
-    write_atomic(&dir.join(format!("{}{SIGNATURE_SUFFIX}", manifest::MANIFEST)), &manifest::sign(&json, &[key]))?;
+    if let Some(key) = key {
+        write_atomic(&dir.join(format!("{}{SIGNATURE_SUFFIX}", manifest::MANIFEST)), &manifest::sign(&json, &[key]))?;
+    }
     Ok(release)
 }
 
@@ -269,7 +276,7 @@ mod tests {
             created: release_time().unwrap(),
             valid_for_days: 30,
         };
-        write_release_dir(&out, &inputs, &zst, key).unwrap();
+        write_release_dir(&out, &inputs, &zst, Some(key)).unwrap();
         out
     }
 

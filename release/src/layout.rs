@@ -32,6 +32,14 @@ pub const OS_RELEASE: &str = "/usr/lib/os-release";
 /// protects them).
 pub const TRUSTED_KEYS_DIR: &str = "usr/share/cairn/keys";
 
+/// The TUF root metadata the image trusts (`cairn build --trust-root`), relative to the root:
+/// with it, the agent reads its feed as a TUF repository.
+pub const TUF_ROOT: &str = "usr/share/cairn/tuf/root.json";
+
+/// Where the agent keeps its TUF state on ROOT: the newest root it verified, tough's datastore,
+/// verified metadata.
+pub const TUF_STATE_DIR: &str = "/var/lib/cairn/agent/tuf";
+
 /// The value of `key` in `KEY=value` lines (os-release, boot.env), quotes stripped.
 pub fn env_value(text: &str, key: &str) -> Option<String> {
     text.lines().find_map(|l| {

@@ -56,6 +56,9 @@ pub struct UpdateSettings {
     pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    /// The channel followed in a TUF feed (`stable` if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     /// Time between checks (plus up to 10% jitter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
@@ -108,6 +111,7 @@ pub struct UpdateSettings {
 pub struct UpdateConfig {
     pub source: Option<String>,
     pub strategy: Strategy,
+    pub channel: String,
     pub interval: Duration,
     pub bless_after: Duration,
     pub server: Option<String>,
@@ -136,6 +140,7 @@ impl UpdateSettings {
         UpdateSettings {
             source: over.source.clone().or_else(|| self.source.clone()),
             strategy: over.strategy.or(self.strategy),
+            channel: over.channel.clone().or_else(|| self.channel.clone()),
             interval: over.interval.clone().or_else(|| self.interval.clone()),
             bless_after: over.bless_after.clone().or_else(|| self.bless_after.clone()),
             server: over.server.clone().or_else(|| self.server.clone()),
@@ -177,6 +182,8 @@ impl UpdateSettings {
         }
         let group = self.group.clone().unwrap_or_else(|| "default".into());
         crate::checkin::validate_name("group", &group, 64).map_err(|e| SettingsError::Group(e.0))?;
+        let channel = self.channel.clone().unwrap_or_else(|| "stable".into());
+        crate::checkin::validate_name("channel", &channel, 64).map_err(|e| bad("channel", e.0))?;
         let strategy = self.strategy.unwrap_or(Strategy::Immediate);
         let lock_server = self.lock_server.clone().filter(|s| !s.is_empty()).or_else(|| server.clone());
         if let Some(s) = &lock_server
@@ -222,6 +229,7 @@ impl UpdateSettings {
         Ok(UpdateConfig {
             source: self.source.clone().filter(|s| !s.is_empty()),
             strategy,
+            channel,
             interval,
             bless_after: dur("bless_after", &self.bless_after, DEFAULT_BLESS_AFTER)?,
             server,

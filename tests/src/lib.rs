@@ -65,6 +65,43 @@ pub fn signed_image(name: &str, spec: &str, version: &str) -> Result<Image> {
     build_once(name, |dir| BuildOptions { signing_key: Some(key), ..build_options(spec, version, dir) })
 }
 
+/// Like [`image`], trusting the root of [`test_tuf_repository`] (and no key): the directory
+/// holds `release/` for `cairn_tuf::publish`.
+pub fn tuf_image(name: &str, spec: &str, version: &str) -> Result<Image> {
+    let (feed, _) = test_tuf_repository()?;
+    let root = feed.join("metadata/1.root.json");
+    build_once(name, |dir| BuildOptions { trust_root: Some(root), ..build_options(spec, version, dir) })
+}
+
+/// The TUF repository of tests: `(feed, keys)`, made once (keys are random, so it is kept
+/// between runs and images trusting its root hit the build cache). Tests copy it before they
+/// publish into it or rotate its keys.
+pub fn test_tuf_repository() -> Result<(PathBuf, PathBuf)> {
+    let dir = images_dir().join("test-tuf");
+    let (feed, keys) = (dir.join("feed"), dir.join("keys"));
+    std::fs::create_dir_all(&dir)?;
+    let lock_file = std::fs::File::create(images_dir().join("test-tuf.lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking the test TUF repository: {e}"))?;
+    let root = feed.join("metadata/1.root.json");
+    // A root that expires within a month is made again (with new keys): images trusting the
+    // old one are rebuilt.
+    let fresh =
+        std::fs::read(&root).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).is_some_and(|r| {
+            r["signed"]["expires"]
+                .as_str()
+                .and_then(|e| e.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|e| e > jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 30))
+        });
+    if !fresh {
+        let _ = std::fs::remove_dir_all(&feed);
+        let _ = std::fs::remove_dir_all(&keys);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        cairn_tuf::init(&feed, &keys, now, cairn_tuf::Expiry::default())?;
+    }
+    Ok((feed, keys))
+}
+
 /// Builds once per process under `images_dir()/name`; concurrent test processes serialize on
 /// a lock file.
 fn build_once(name: &str, options: impl FnOnce(PathBuf) -> BuildOptions) -> Result<Image> {
@@ -121,6 +158,7 @@ pub fn build_options(spec: &str, version: &str, out: PathBuf) -> BuildOptions {
         qcow2: false,
         signing_key: None,
         trust: Vec::new(),
+        trust_root: None,
     }
 }
 

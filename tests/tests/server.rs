@@ -587,7 +587,8 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
     let trusted = source(&release_key())?;
     let Offered::Release(offer) = trusted.offer(&checkin, now)? else { anyhow::bail!("no offer") };
     let candidate = trusted.fetch(&offer, "cairn", now)?;
-    assert_eq!((candidate.release.version.as_str(), candidate.path.as_str()), ("2", "v1/packages/2"));
+    let usr = candidate.location(candidate.release.artifact(cairn_release::manifest::ArtifactKind::Usr));
+    assert_eq!((candidate.release.version.as_str(), usr), ("2", "v1/packages/2/usr.img.zst"));
     // Another key: the offer is not trusted.
     assert!(source(&SecretKey::from_seed([3; 32]))?.fetch(&offer, "cairn", now).is_err());
     let event = Event {

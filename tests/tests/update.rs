@@ -152,6 +152,107 @@ fn the_agent_killed_at_each_crash_point_leaves_a_bootable_host_and_retries() -> 
     Ok(())
 }
 
+/// `cp -a FROM/. TO` after emptying TO: what a mirror serving another copy of a feed looks like.
+fn serve_copy(from: &Path, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to)?;
+    let status = std::process::Command::new("cp").arg("-a").arg(from.join(".")).arg(to).status()?;
+    anyhow::ensure!(status.success(), "copying {} to {}", from.display(), to.display());
+    Ok(())
+}
+
+const DAY: u64 = 86_400;
+
+fn tuf_v(version: &str) -> Result<Image> {
+    tuf_image(&format!("tuf-{version}"), "images/dev.toml", version)
+}
+
+/// Issue 15's VM tests, on one host built trusting root 1 of the test TUF repository: a frozen
+/// feed (its timestamp expired) is refused and says so; release 21 installs once the timestamp
+/// is refreshed; the targets key is rotated (root 2) and release 22, signed with the old key by
+/// whoever kept it, is refused; release 22 signed with the new key installs with no change to
+/// the host. Also reports what a check with nothing new costs.
+#[test]
+fn a_host_trusting_a_tuf_root_refuses_a_freeze_and_follows_a_key_rotation() -> Result<()> {
+    let (img20, img21, img22) = (tuf_v("20")?, tuf_v("21")?, tuf_v("22")?);
+    let (origin_feed, origin_keys) = test_tuf_repository()?;
+    let work = tempfile::tempdir()?;
+    let (feed, keys, served) = (work.path().join("feed"), work.path().join("keys"), work.path().join("served"));
+    serve_copy(&origin_feed, &feed)?;
+    serve_copy(&origin_keys, &keys)?;
+    let stable = ["stable".to_string()];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let publish_tuf = |feed: &Path, keys: &Path, img: &Image| -> Result<()> {
+        cairn_tuf::publish(feed, keys, &img.dir.join("release"), &stable, now, cairn_tuf::Expiry::default())?;
+        Ok(())
+    };
+    publish_tuf(&feed, &keys, &img21)?;
+    // A freeze: the feed's timestamp expired a day ago.
+    cairn_tuf::refresh(&feed, &keys, now - 2 * DAY, DAY)?;
+    serve_copy(&feed, &served)?;
+    let server = FileServer::start(&served)?;
+
+    let mut vm = Vm::start(&VmConfig::uefi(img20.raw()))?;
+    vm.wait_for_line("cairn: ready version=20 slot=a", 0, READY)?;
+    configure_agent(&mut vm, &server, "immediate")?;
+    let status = vm.run_ok("updatectl status", CMD)?;
+    assert!(status.contains("TUF feed"), "{status}");
+    let (code, out) = check(&mut vm)?;
+    assert!(code != 0 && out.contains("timestamp metadata expired") && out.contains("freeze"), "{code}: {out}");
+    wait_for_status(&mut vm, |s| s.contains("Last error:") && s.contains("freeze"), Duration::from_secs(60))?;
+
+    // Refreshed: 21 is found, installed, booted, blessed.
+    cairn_tuf::refresh(&feed, &keys, now, DAY)?;
+    serve_copy(&feed, &served)?;
+    let mark = vm.console().mark();
+    vm.send(b"updatectl check\n")?;
+    vm.wait_for_line("cairn: ready version=21 slot=b", mark, READY)
+        .with_context(|| format!("agent did not boot 21: {}", vm.console().text_from(mark)))?;
+    wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
+
+    // The operator rotates the targets key (root 2); the host learns it at its next check.
+    let old = work.path().join("before-rotation");
+    serve_copy(&feed, &old.join("feed"))?;
+    serve_copy(&keys, &old.join("keys"))?;
+    assert_eq!(cairn_tuf::rotate(&feed, &keys, cairn_tuf::keys::RoleType::Targets, now, Default::default())?, 2);
+    serve_copy(&feed, &served)?;
+    let (code, out) = check(&mut vm)?;
+    assert_eq!(code, 0, "{out}");
+    let kept = vm.run_ok("cat /var/lib/cairn/agent/tuf/root.json", CMD)?;
+    assert!(kept.contains("\"version\":2"), "the host keeps root 2: {kept}");
+
+    // Whoever kept the old targets key signs 22 (publishing until every version is past the
+    // feed's, timestamp and snapshot signed with the feed's keys) and serves it: refused.
+    for _ in 0..3 {
+        publish_tuf(&old.join("feed"), &old.join("keys"), &img22)?;
+    }
+    serve_copy(&old.join("feed"), &served)?;
+    let (code, out) = check(&mut vm)?;
+    assert!(code != 0 && out.contains("signature"), "{code}: {out}");
+    let status = vm.run_ok("updatectl status", CMD)?;
+    assert!(status.contains("Current version: 21 (slot b)") && status.contains("targets"), "{status}");
+
+    // 22 signed with the new key (the live feed's versions move on past the old copy's, as a
+    // refreshed feed's do): installed, with nothing changed on the host.
+    for _ in 0..3 {
+        publish_tuf(&feed, &keys, &img22)?;
+    }
+    serve_copy(&feed, &served)?;
+    let mark = vm.console().mark();
+    vm.send(b"updatectl check\n")?;
+    vm.wait_for_line("cairn: ready version=22 slot=a", mark, READY)
+        .with_context(|| format!("agent did not boot 22: {}", vm.console().text_from(mark)))?;
+    wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
+
+    // A check with nothing new: the root probe and the timestamp.
+    let (code, out) = check(&mut vm)?;
+    assert_eq!(code, 0, "{out}");
+    let log = vm.run_ok("grep 'feed verified' /var/log/cairn/cairn-agent.log | tail -n 1", CMD)?;
+    assert!(log.contains("(root 2): 2 request(s)"), "{log}");
+    println!("a check with nothing new: {}", log.trim());
+    Ok(())
+}
+
 /// Re-signs the feed's index with `key`, expiring at `expires`.
 fn sign_index(feed: &Path, key: &cairn_release::keys::SecretKey, expires: u64) -> Result<()> {
     let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(feed.join("index.json"))?)?;

@@ -237,6 +237,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, TrustError> {
     tokio::runtime::Builder::new_current_thread().build().map_err(|e| TrustError::Local(format!("a runtime: {e}")))
 }
 
+/// Checks that `bytes` is TUF root metadata signed by a threshold of its own root keys (what
+/// an image may ship as its trust anchor); its version is returned.
+pub fn check_root(bytes: &[u8]) -> Result<u64, String> {
+    let root: Signed<Root> = serde_json::from_slice(bytes).map_err(|e| format!("not TUF root metadata: {e}"))?;
+    root.signed.verify_role(&root).map_err(|e| format!("not signed by its own root keys: {e}"))?;
+    Ok(root.signed.version.get())
+}
+
 fn root_version(bytes: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Signed<Root>>(bytes).ok().map(|r| r.signed.version.get())
 }

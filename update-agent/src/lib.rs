@@ -19,6 +19,7 @@ pub mod server;
 pub mod slots;
 pub mod source;
 pub mod store;
+pub mod tuf_feed;
 pub mod update;
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use cairn_agent::ports::{RebootLock, ReleaseSource, RolloutServer, SystemClock, 
 use cairn_agent::server::HttpRolloutServer;
 use cairn_agent::source::{DirTransport, Feed, ServerSource};
 use cairn_agent::store::StateFile;
+use cairn_agent::tuf_feed::TufFeed;
 use cairn_agent::{dbus, http};
 use cairn_release::keys::PublicKey;
 use cairn_release::update_config::{self, Strategy, UpdateConfig, UpdateSettings};
@@ -86,6 +87,7 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
     let config = load_config();
     let host = LinuxHost::new(detect_running()?).context("finding this host's disk")?;
     let trusted = trusted_keys(&Path::new("/").join(cairn_release::layout::TRUSTED_KEYS_DIR));
+    let tuf_root = Path::new("/").join(cairn_release::layout::TUF_ROOT);
     let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
     let options = http::ClientOptions {
         read_timeout: READ_TIMEOUT,
@@ -116,6 +118,12 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
             (Some(Box::new(source)), Some(server))
         }
         _ => match &config.source {
+            // An image that trusts a TUF root reads its feed as a TUF repository.
+            Some(s) if tuf_root.exists() => {
+                let transport = Arc::from(transport(s, &config, &client));
+                let state = PathBuf::from(cairn_release::layout::TUF_STATE_DIR);
+                (Some(Box::new(TufFeed::new(transport, tuf_root.clone(), state, &config.channel))), None)
+            }
             Some(s) => {
                 (Some(Box::new(Feed { transport: transport(s, &config, &client), trusted: trusted.clone() })), None)
             }
@@ -141,6 +149,9 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
     };
     let described = match &config.server {
         Some(url) => format!("server {url} (group {})", config.group),
+        None if tuf_root.exists() => {
+            format!("TUF feed {} (channel {})", config.source.as_deref().unwrap_or("(none)"), config.channel)
+        }
         None => config.source.clone().unwrap_or_else(|| "(none)".into()),
     };
     eprintln!(

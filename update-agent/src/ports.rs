@@ -6,7 +6,8 @@
 
 use cairn_release::checkin::{CheckIn, CheckInReply, Event, Offer};
 use cairn_release::gpt::Slot;
-use cairn_release::manifest::{Release, VerifyError};
+use cairn_release::manifest::{Artifact, Release, VerifyError};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -180,8 +181,22 @@ pub trait Transport: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub release: Release,
-    /// Directory of the release in the feed (or an http(s) URL a rollout server gave).
-    pub path: String,
+    /// Where each artifact is downloaded from, by its name: a path in the source (or an
+    /// http(s) URL a rollout server gave).
+    pub artifacts: BTreeMap<String, String>,
+}
+
+impl Candidate {
+    /// A release whose artifacts lie beside its manifest in `dir`.
+    pub fn beside(release: Release, dir: &str) -> Candidate {
+        let artifacts = release.artifacts.iter().map(|a| (a.name.clone(), format!("{dir}/{}", a.name))).collect();
+        Candidate { release, artifacts }
+    }
+
+    /// Where `artifact` is downloaded from.
+    pub fn location(&self, artifact: &Artifact) -> &str {
+        self.artifacts.get(&artifact.name).map(String::as_str).expect("every artifact has a location")
+    }
 }
 
 /// What a source offers now.

@@ -126,5 +126,5 @@ pub fn fetch_release(
             release.os_id, release.version
         )));
     }
-    Ok(Candidate { release, path: path.to_string() })
+    Ok(Candidate::beside(release, path))
 }

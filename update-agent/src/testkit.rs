@@ -1,6 +1,11 @@
 //! Test fixtures: a signed feed holding one small release, a disk image with USR-A and USR-B,
 //! and a directory standing in for the ESP.
 
+use crate::ports::EntriesDir;
+use crate::slots;
+use crate::update::Target;
+use cairn_release::checkin::CheckIn;
+use cairn_release::gpt::Slot;
 use cairn_release::keys::SecretKey;
 use cairn_release::manifest::{self, Artifact, ArtifactKind, Compression, FeedEntry, FeedIndex, Release, VerityInfo};
 use cairn_release::verity;
@@ -116,4 +121,38 @@ pub fn world(version: &str) -> World {
 /// The boot entries in the ESP directory of `w`, by file name.
 pub fn esp_names(w: &World) -> Vec<String> {
     crate::entries::list(&w.esp, "cairn").unwrap().iter().map(crate::entries::Entry::file_name).collect()
+}
+
+/// The inactive slot (USR-B) of `w` as an update writes it, with the ESP `esp`.
+pub fn target<'a>(w: &'a World, esp: &'a EntriesDir) -> (slots::UsrPartition, Target<'a>) {
+    let mut f = File::open(&w.disk).unwrap();
+    let b = slots::find(&mut f, Slot::B).unwrap();
+    let t = Target {
+        disk: &w.disk,
+        partition: &w.disk,
+        partition_offset: b.offset,
+        partition_size: b.size,
+        slot: Slot::B,
+        running_slot: Slot::A,
+        running_version: "1.0.0",
+        esp,
+        progress: &|_, _| {},
+        staging_dir: &w.staging,
+        wait: &|_| {},
+    };
+    (b, t)
+}
+
+/// What a host running 1.0.0 in slot A says when it checks.
+pub fn checkin() -> CheckIn {
+    CheckIn {
+        format: 1,
+        instance_id: "m".into(),
+        group: "default".into(),
+        os_id: "cairn".into(),
+        version: "1.0.0".into(),
+        slot: "a".into(),
+        state: "idle".into(),
+        rolled_back: vec![],
+    }
 }

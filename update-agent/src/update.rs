@@ -151,7 +151,7 @@ pub fn write_usr(candidate: &Candidate, transport: &dyn Transport, target: &Targ
         .open(target.partition)
         .map_err(io(format!("opening {}", target.partition.display())))?;
     let mut window = Window { file, start: target.partition_offset, len: target.partition_size, pos: 0 };
-    let path = format!("{}/{}", candidate.path, usr.name);
+    let path = candidate.location(usr).to_string();
     let stream = ResumingReader::new(transport, &path, DOWNLOAD_RETRIES, target.wait);
     let stream = Progress { inner: stream, done: 0, total: usr.size, report: target.progress };
     apply::write_usr(stream, usr, &mut window, target.partition_size)?;
@@ -179,7 +179,7 @@ pub fn install_entry(candidate: &Candidate, transport: &dyn Transport, target: &
 
     let uki = r.artifact(ArtifactKind::Uki);
     let staged = target.staging_dir.join("uki.efi.partial");
-    stage_file(transport, &format!("{}/{}", candidate.path, uki.name), uki, &staged, target.wait)?;
+    stage_file(transport, candidate.location(uki), uki, &staged, target.wait)?;
     let installed = target.esp.with_entries(&mut |dir| {
         entries::install(dir, &r.os_id, &r.version, &staged, target.running_version).map(drop)
     });
@@ -192,44 +192,11 @@ mod tests {
     use super::*;
     use crate::ports::{EntriesDir, Offered, ReleaseSource};
     use crate::source::{DirTransport, Feed};
-    use crate::testkit::{World, esp_names, world};
-    use cairn_release::checkin::CheckIn;
+    use crate::testkit::{World, checkin, esp_names, target, world};
     use cairn_release::keys::SecretKey;
-
-    fn target<'a>(w: &'a World, esp: &'a EntriesDir) -> (slots::UsrPartition, Target<'a>) {
-        let mut f = File::open(&w.disk).unwrap();
-        let b = slots::find(&mut f, Slot::B).unwrap();
-        let t = Target {
-            disk: &w.disk,
-            partition: &w.disk,
-            partition_offset: b.offset,
-            partition_size: b.size,
-            slot: Slot::B,
-            running_slot: Slot::A,
-            running_version: "1.0.0",
-            esp,
-            progress: &|_, _| {},
-            staging_dir: &w.staging,
-            wait: &|_| {},
-        };
-        (b, t)
-    }
 
     fn feed(w: &World, key: &SecretKey) -> Feed {
         Feed { transport: Box::new(DirTransport(w.feed.clone())), trusted: vec![key.public()] }
-    }
-
-    fn checkin() -> CheckIn {
-        CheckIn {
-            format: 1,
-            instance_id: "m".into(),
-            group: "default".into(),
-            os_id: "cairn".into(),
-            version: "1.0.0".into(),
-            slot: "a".into(),
-            state: "idle".into(),
-            rolled_back: vec![],
-        }
     }
 
     /// The feed of `w` checked at time `now`: the verified candidate.

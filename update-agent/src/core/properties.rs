@@ -172,7 +172,7 @@ impl Model {
                     expires: u64::MAX,
                     artifacts: vec![],
                 };
-                Ok(Candidate { release, path: offer.path.clone() })
+                Ok(Candidate::beside(release, &offer.path))
             }),
             Request::WriteUsr(_) => Input::UsrWritten(if no(die, 4) { Err(io_error()) } else { Ok(()) }),
             Request::InstallEntry(c) => Input::EntryInstalled(if no(die, 4) {
@@ -358,5 +358,5 @@ fn the_downgrade_check_fires() {
         expires: u64::MAX,
         artifacts: vec![],
     };
-    m.answer(&core, &Phase::Checking, &Request::WriteUsr(Candidate { release, path: "r".into() }), false);
+    m.answer(&core, &Phase::Checking, &Request::WriteUsr(Candidate::beside(release, "r")), false);
 }
