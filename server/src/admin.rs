@@ -41,8 +41,12 @@ impl Server {
         Ok(store::packages(&self.db).await?)
     }
 
-    /// A channel or pin may only name a package that can be offered.
+    /// A channel or pin may only name a package that can be offered: a release in the TUF
+    /// repository or a complete package.
     async fn require_complete_package(&self, version: &str) -> ApiResult<()> {
+        if self.tuf.as_ref().is_some_and(|t| t.release(version).is_some()) {
+            return Ok(());
+        }
         let p =
             self.signed_package(version).await.map_err(|_| ApiError::BadRequest(format!("no package {version:?}")))?;
         if !p.package.complete {

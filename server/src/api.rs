@@ -65,6 +65,7 @@ pub fn router(server: Arc<Server>, request_timeout: std::time::Duration) -> Rout
     Router::new()
         .merge(agents)
         .route("/v1/packages/{version}/{file}", get(package_file))
+        .route("/v1/tuf/{dir}/{file}", get(tuf_file))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/v1/admin", admin)
@@ -154,6 +155,14 @@ async fn package_file(State(s): S, Path((version, file)): Path<(String, String)>
     }
     let path = s.artifact_path(&version, &file).await?;
     // ServeFile answers Range requests (206, 416) and conditional ones.
+    let response = ServeFile::new(path).oneshot(req).await.map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(response.map(Body::new))
+}
+
+/// A file of the TUF repository: public, as every byte of it is signed or named by what is.
+async fn tuf_file(State(s): S, Path((dir, file)): Path<(String, String)>, req: Request) -> ApiResult<Response> {
+    let tuf = s.tuf.as_ref().ok_or_else(|| ApiError::NotFound("this server has no TUF repository".into()))?;
+    let path = tuf.file(&dir, &file).ok_or_else(|| ApiError::NotFound(format!("no {dir}/{file} here")))?;
     let response = ServeFile::new(path).oneshot(req).await.map_err(|e| ApiError::Internal(e.into()))?;
     Ok(response.map(Body::new))
 }

@@ -18,3 +18,4 @@ pub mod rollout;
 pub mod serve;
 pub mod store;
 pub mod tokens;
+pub mod tuf;

@@ -8,6 +8,7 @@ use cairn_server::identity::{Limits, Retention};
 use cairn_server::locks::{self, Locks, etcd::EtcdSemaphores};
 use cairn_server::ratelimit::RateLimiter;
 use cairn_server::rollout::Server;
+use cairn_server::tuf::TufRepository;
 use cairn_server::{serve, store, tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::TcpListener;
@@ -135,6 +136,17 @@ struct ServeArgs {
     /// Events older than this are deleted.
     #[arg(long, value_name = "DURATION", default_value = "90d")]
     keep_events: String,
+    /// A TUF repository (`cairn release init`, releases added offline with `cairn release
+    /// publish --keys`): served to agents under /v1/tuf/, its releases offered by name.
+    #[arg(long, value_name = "DIR", requires = "tuf_keys")]
+    tuf_repo: Option<PathBuf>,
+    /// The repository's timestamp key (`timestamp-N.pk8`): the server signs a new timestamp
+    /// whenever less than half of the last one's lifetime is left.
+    #[arg(long, value_name = "DIR", requires = "tuf_repo")]
+    tuf_keys: Option<PathBuf>,
+    /// How long each timestamp the server signs is valid.
+    #[arg(long, value_name = "DURATION", default_value = "1d")]
+    tuf_timestamp_expires: String,
     /// `/metrics` needs `Authorization: Bearer` with the token in this file.
     #[arg(long, value_name = "FILE")]
     metrics_token_file: Option<PathBuf>,
@@ -205,8 +217,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
             hosts: duration("forget-hosts-after", &args.forget_hosts_after)?,
             events: duration("keep-events", &args.keep_events)?,
         },
+        ..serve::Settings::default()
+    };
+    let tuf = match (&args.tuf_repo, &args.tuf_keys) {
+        (Some(dir), Some(keys)) => {
+            let lifetime = duration("tuf-timestamp-expires", &args.tuf_timestamp_expires)?.as_secs();
+            let (dir, keys) = (dir.clone(), keys.clone());
+            let repo = tokio::task::spawn_blocking(move || TufRepository::open(&dir, &keys, lifetime))
+                .await?
+                .context("--tuf-repo: this server cannot sign the repository's timestamps")?;
+            Some(Arc::new(repo))
+        }
+        _ => None,
     };
     let mut server = Server::new(db, Arc::new(SystemClock), trusted, data_dir)
+        .with_tuf(tuf)
         .with_locks(locks)
         .with_limits(limits)
         .with_metrics_token(metrics_token.as_deref());

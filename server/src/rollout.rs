@@ -52,6 +52,8 @@ pub struct Server {
     /// Whether check-ins and events need a host credential (always, but for a benchmark's
     /// baseline on loopback: `--insecure-no-agent-auth`).
     pub agent_auth: bool,
+    /// The TUF repository releases are offered from, when the server has one.
+    pub tuf: Option<Arc<crate::tuf::TufRepository>>,
     groups: Mutex<HashMap<String, (Instant, Arc<GroupView>)>>,
     /// Hosts whose check-in changed nothing but the time: id -> time, written in batches.
     heartbeats: Mutex<HashMap<String, i64>>,
@@ -77,6 +79,7 @@ impl Server {
             credentials: crate::identity::Cache::default(),
             metrics_token: None,
             agent_auth: true,
+            tuf: None,
             groups: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             counts: Mutex::new(HashMap::new()),
@@ -95,6 +98,11 @@ impl Server {
     /// Check-ins and events without credentials: only for measuring what authentication costs.
     pub fn without_agent_auth(self) -> Server {
         Server { agent_auth: false, ..self }
+    }
+
+    /// Offers releases of this TUF repository (a version in it before a stored package).
+    pub fn with_tuf(self, tuf: Option<Arc<crate::tuf::TufRepository>>) -> Server {
+        Server { tuf, ..self }
     }
 
     /// `/metrics` then needs `token` as a bearer token.
@@ -145,14 +153,17 @@ impl Server {
             store::group(&self.db, name).await?.ok_or_else(|| ApiError::NotFound(format!("unknown group {name:?}")))?;
         let target = match target_version(&group.policy, group.channel_version.as_deref()) {
             None => Err(format!("channel {:?} has no version yet", group.channel)),
-            Some(version) => match store::package(&self.db, version).await? {
-                Some(p) if p.package.complete => Ok(Offer {
-                    version: version.to_string(),
-                    path: p.package.base_url.clone().unwrap_or_else(|| package_path(version)),
-                    manifest_sha256: p.package.manifest_sha256.clone(),
-                }),
-                Some(_) => Err(format!("the package of {version} is not completely uploaded")),
-                None => Err(format!("no package of {version} on this server")),
+            Some(version) => match self.tuf.as_ref().and_then(|t| t.offer(version)) {
+                Some(offer) => Ok(offer),
+                None => match store::package(&self.db, version).await? {
+                    Some(p) if p.package.complete => Ok(Offer {
+                        version: version.to_string(),
+                        path: p.package.base_url.clone().unwrap_or_else(|| package_path(version)),
+                        manifest_sha256: p.package.manifest_sha256.clone(),
+                    }),
+                    Some(_) => Err(format!("the package of {version} is not completely uploaded")),
+                    None => Err(format!("no package of {version} on this server")),
+                },
             },
         };
         let view = Arc::new(GroupView { group, target });

@@ -29,6 +29,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Hosts not seen and events older than this are pruned, once an hour.
     pub retention: crate::identity::Retention,
+    /// How often the TUF repository is read again and its timestamp looked at.
+    pub tuf_every: Duration,
 }
 
 impl Default for Settings {
@@ -38,6 +40,7 @@ impl Default for Settings {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
             retention: crate::identity::Retention::default(),
+            tuf_every: Duration::from_secs(60),
         }
     }
 }
@@ -97,6 +100,7 @@ pub fn start(
         async move {
             let mut tick = tokio::time::interval(HEARTBEAT_FLUSH);
             let mut pruned_at = tokio::time::Instant::now();
+            let mut tuf_at: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -104,6 +108,12 @@ pub fn start(
                 }
                 if let Err(e) = server.flush_heartbeats().await {
                     tracing::error!(error = format!("{e:#}"), "writing heartbeats");
+                }
+                if let Some(tuf) = server.tuf.clone()
+                    && tuf_at.is_none_or(|at| at.elapsed() >= settings.tuf_every)
+                {
+                    tuf_at = Some(tokio::time::Instant::now());
+                    maintain(&server, tuf).await;
                 }
                 if pruned_at.elapsed() >= PRUNE_EVERY {
                     pruned_at = tokio::time::Instant::now();
@@ -115,6 +125,23 @@ pub fn start(
         }
     });
     Ok(Running { addr, server, handle, http, stop_flusher, flusher })
+}
+
+/// A round of the TUF repository's upkeep (blocking: off the runtime's threads); a failure is
+/// an error in the log every round, with when hosts will start refusing the feed.
+async fn maintain(server: &Server, tuf: Arc<crate::tuf::TufRepository>) {
+    let now = (server.now_ms() / 1000) as u64;
+    let worker = tuf.clone();
+    match tokio::task::spawn_blocking(move || worker.maintain(now)).await {
+        Ok(Ok(crate::tuf::Maintained::Refreshed(version))) => tracing::info!(version, "signed a new TUF timestamp"),
+        Ok(Ok(crate::tuf::Maintained::Fresh)) => {}
+        Ok(Err(e)) => tracing::error!(
+            error = %e,
+            expires = tuf.timestamp_expires(),
+            "cannot refresh the TUF timestamp: hosts refuse the feed once it expires"
+        ),
+        Err(e) => tracing::error!(error = %e, "the TUF upkeep task failed"),
+    }
 }
 
 impl Running {

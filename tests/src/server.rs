@@ -475,6 +475,8 @@ pub struct Options {
     /// Rate limits (default: none).
     pub limits: Option<cairn_server::identity::Limits>,
     pub settings: Option<serve::Settings>,
+    /// A TUF repository the server offers releases from.
+    pub tuf: Option<Arc<cairn_server::tuf::TufRepository>>,
 }
 
 /// A server in this process (so the test owns its clock), on a real socket.
@@ -521,6 +523,7 @@ impl InProcess {
             };
             let locks = Locks { store, create_on_first_use: options.lock_groups_on_first_use };
             let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()))
+                .with_tuf(options.tuf.clone())
                 .with_locks(locks)
                 // Tests simulate many hosts from one address: no rate limits unless asked for.
                 .with_limits(options.limits.unwrap_or_else(cairn_server::identity::Limits::unlimited));

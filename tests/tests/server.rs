@@ -10,7 +10,7 @@ use cairn_server::db::Db;
 use cairn_server::rollout::Server;
 use cairn_server::serve;
 use cairn_tests::server::{
-    Api, Backend, InProcess, Postgres, ServerProcess, checkin, create_token, event, fake_release, release_key,
+    Api, Backend, InProcess, Options, Postgres, ServerProcess, checkin, create_token, event, fake_release, release_key,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -723,4 +723,107 @@ fn replicas_sharing_postgres_never_grant_more_than_the_rate() -> Result<()> {
         rt.block_on(r.shutdown())?;
     }
     Ok(())
+}
+
+/// A server with a TUF repository (issue 15): a check-in's offer only names the release's
+/// manifest target; the agent verifies it through the repository's metadata served at
+/// `/v1/tuf/`, downloads artifacts as targets, refuses an offer the metadata does not back, and
+/// keeps trusting the feed while the server signs new timestamps with its online key.
+#[test]
+fn a_server_with_a_tuf_repository_offers_targets_the_agent_verifies() -> Result<()> {
+    use cairn_agent::credential::Credentials;
+    use cairn_agent::http::{ClientOptions, HttpTransport, client};
+    use cairn_agent::ports::{Offered, ReleaseSource};
+    use cairn_agent::server::HttpRolloutServer;
+    use cairn_agent::tuf_feed::{TufFeed, TufServerSource};
+    use cairn_release::checkin::{CheckIn, Offer};
+    use cairn_release::update_config::Secret;
+    use cairn_server::tuf::TufRepository;
+    use cairn_tuf::keys::RoleType;
+
+    let t = tempfile::tempdir()?;
+    let (feed, keys, online) = (t.path().join("feed"), t.path().join("keys"), t.path().join("online"));
+    let now = (SystemClock.now_ms() / 1000) as u64;
+    cairn_tuf::init(&feed, &keys, now, cairn_tuf::Expiry::default())?;
+    let release = fake_release(&t.path().join("releases"), "2", &release_key())?;
+    cairn_tuf::publish(&feed, &keys, &release, &["stable".into()], now, cairn_tuf::Expiry::default())?;
+    // The server gets the timestamp key only.
+    std::fs::create_dir_all(&online)?;
+    std::fs::copy(
+        cairn_tuf::keys::path(&keys, RoleType::Timestamp, 1),
+        cairn_tuf::keys::path(&online, RoleType::Timestamp, 1),
+    )?;
+    let tuf = Arc::new(TufRepository::open(&feed, &online, 86400)?);
+    let settings = serve::Settings { tuf_every: std::time::Duration::from_millis(200), ..Default::default() };
+    let s = InProcess::start_with(
+        Backend::Sqlite,
+        Options { tuf: Some(tuf.clone()), settings: Some(settings), ..Default::default() },
+    )?;
+    // A channel may name a version that is only in the TUF repository.
+    s.admin().ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
+
+    let http = client(&ClientOptions::insecure(std::time::Duration::from_secs(10)))?;
+    let instance_id = "0123456789abcdef0123456789abcdef";
+    let token = s.agent().enrollment_token("default")?;
+    let credentials = Arc::new(Credentials::load(
+        t.path().join("credential.json"),
+        &s.url,
+        instance_id,
+        "default",
+        token.map(Secret),
+        http.clone(),
+    ));
+    let server = Arc::new(HttpRolloutServer::new(&s.url, http.clone(), credentials));
+    let transport = Arc::new(HttpTransport::new(&format!("{}/v1/tuf", s.url), http.clone()));
+    let source = TufServerSource {
+        server,
+        feed: TufFeed::new(transport, feed.join("metadata/1.root.json"), t.path().join("state"), "stable"),
+    };
+    let checkin = CheckIn {
+        format: 1,
+        instance_id: instance_id.into(),
+        group: "default".into(),
+        os_id: "cairn".into(),
+        version: "1".into(),
+        slot: "a".into(),
+        state: "idle".into(),
+        rolled_back: vec![],
+    };
+    let Offered::Release(offer) = source.offer(&checkin, now)? else { anyhow::bail!("no offer") };
+    assert_eq!((offer.version.as_str(), offer.path.as_str()), ("2", "2-release.json"));
+    let candidate = source.fetch(&offer, "cairn", now)?;
+    let usr = candidate.release.artifact(cairn_release::manifest::ArtifactKind::Usr).clone();
+    let location = candidate.location(&usr).to_string();
+    assert!(location.starts_with("targets/") && location.ends_with(".2-usr.img.zst"), "{location}");
+    let bytes = source.transport().read_all(&location, usr.size)?;
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), usr.sha256);
+
+    // An offer the metadata does not back: another manifest, or another target.
+    let forged = Offer { manifest_sha256: "00".repeat(32), ..offer.clone() };
+    let e = source.fetch(&forged, "cairn", now).unwrap_err().to_string();
+    assert!(e.contains("does not match"), "{e}");
+    let elsewhere = Offer { path: "3-release.json".into(), ..offer.clone() };
+    assert!(source.fetch(&elsewhere, "cairn", now).unwrap_err().to_string().contains("no release manifest"));
+
+    // Thirty hours on, the first timestamp has expired; the server signed new ones meanwhile.
+    let timestamp_version = |s: &InProcess| -> Result<u64> {
+        let doc: Value = get_json(&format!("{}/v1/tuf/metadata/timestamp.json", s.url))?;
+        Ok(doc["signed"]["version"].as_u64().unwrap_or(0))
+    };
+    let before = timestamp_version(&s)?;
+    s.clock.advance_s(30 * 3600);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while timestamp_version(&s)? == before {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the server signed no new timestamp");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    source.fetch(&offer, "cairn", now + 30 * 3600)?;
+    Ok(())
+}
+
+/// GET `url` as JSON.
+fn get_json(url: &str) -> Result<Value> {
+    let http =
+        cairn_agent::http::client(&cairn_agent::http::ClientOptions::insecure(std::time::Duration::from_secs(10)))?;
+    Ok(serde_json::from_str(&http.get(url).send()?.error_for_status()?.text()?)?)
 }

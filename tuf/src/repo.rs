@@ -6,7 +6,7 @@
 //! names and targets under their sha256, so a feed is never seen half-updated.
 
 use crate::keys::{self, ROOT_THRESHOLD};
-use crate::releases::{Custom, target_name};
+use crate::releases::{Custom, Releases, target_name};
 use crate::{Error, Result, io, schema};
 use cairn_release::manifest::{MANIFEST, Release};
 use std::collections::HashMap;
@@ -73,6 +73,8 @@ fn url(path: &Path) -> Result<url::Url> {
 }
 
 /// The feed as a TUF client sees it, trusting its first root (so the chain of roots is checked).
+/// Expired metadata is loaded all the same: the publisher re-signs it, and `refresh` exists for
+/// a timestamp that has run out.
 async fn load(feed: &Path) -> Result<Repository> {
     let first = metadata_dir(feed).join("1.root.json");
     let root = tokio::fs::read(&first).await.map_err(io(&first))?;
@@ -80,6 +82,7 @@ async fn load(feed: &Path) -> Result<Repository> {
     tokio::fs::create_dir_all(&targets).await.map_err(io(&targets))?;
     Ok(RepositoryLoader::new(&root, url(&metadata_dir(feed))?, url(&targets)?)
         .transport(FilesystemTransport)
+        .expiration_enforcement(tough::ExpirationEnforcement::Unsafe)
         .load()
         .await?)
 }
@@ -285,6 +288,49 @@ pub fn rotate(feed: &Path, keys_dir: &Path, role: RoleType, now: u64, expiry: Ex
         Ok::<_, Error>(())
     })?;
     Ok(new_version)
+}
+
+/// What whoever serves a feed needs to know of it: its releases and its timestamp.
+#[derive(Clone, Debug)]
+pub struct FeedState {
+    pub releases: Releases,
+    pub timestamp_version: u64,
+    /// Unix seconds.
+    pub timestamp_expires: u64,
+}
+
+/// The feed's releases and timestamp, its signatures checked from its first root.
+pub fn state(feed: &Path) -> Result<FeedState> {
+    let repo = runtime()?.block_on(load(feed))?;
+    let releases = crate::releases::from_targets(repo.targets().signed.targets.iter().map(|(n, t)| (n.raw(), t)))
+        .map_err(Error::Feed)?;
+    let timestamp = &repo.timestamp().signed;
+    Ok(FeedState {
+        releases,
+        timestamp_version: timestamp.version.get(),
+        timestamp_expires: u64::try_from(timestamp.expires.as_second()).unwrap_or(0),
+    })
+}
+
+/// Checks that `keys_dir` holds a key that the feed's newest root names for `role`, so that
+/// whoever holds the directory can sign that role (a server refreshing timestamps).
+pub fn can_sign(feed: &Path, keys_dir: &Path, role: RoleType) -> Result<()> {
+    let repo = runtime()?.block_on(load(feed))?;
+    let root = &repo.root().signed;
+    let named = root.roles.get(&role).map(|r| r.keyids.clone()).unwrap_or_default();
+    for file in keys::files(keys_dir, role)? {
+        let id = keys::public(&file)?.key_id().map_err(schema(&file))?;
+        if named.contains(&id) {
+            return Ok(());
+        }
+    }
+    Err(Error::Feed(format!(
+        "{} holds no {} key that root {} of {} names",
+        keys_dir.display(),
+        keys::role_name(role),
+        root.version,
+        feed.display()
+    )))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use cairn_agent::ports::{RebootLock, ReleaseSource, RolloutServer, SystemClock, 
 use cairn_agent::server::HttpRolloutServer;
 use cairn_agent::source::{DirTransport, Feed, ServerSource};
 use cairn_agent::store::StateFile;
-use cairn_agent::tuf_feed::TufFeed;
+use cairn_agent::tuf_feed::{TufFeed, TufServerSource};
 use cairn_agent::{dbus, http};
 use cairn_release::keys::PublicKey;
 use cairn_release::update_config::{self, Strategy, UpdateConfig, UpdateSettings};
@@ -113,9 +113,18 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
             }
             let server: Arc<dyn RolloutServer> =
                 Arc::new(HttpRolloutServer::new(url, client.clone(), credentials.clone()));
-            let transport = transport(url, &config, &client);
-            let source = ServerSource { server: server.clone(), transport, trusted: trusted.clone() };
-            (Some(Box::new(source)), Some(server))
+            let source: Box<dyn ReleaseSource> = if tuf_root.exists() {
+                // The server's TUF repository: the offer names a target, verified through it.
+                let transport =
+                    Arc::from(transport(&format!("{}/v1/tuf", url.trim_end_matches('/')), &config, &client));
+                let state = PathBuf::from(cairn_release::layout::TUF_STATE_DIR);
+                let feed = TufFeed::new(transport, tuf_root.clone(), state, &config.channel);
+                Box::new(TufServerSource { server: server.clone(), feed })
+            } else {
+                let transport = transport(url, &config, &client);
+                Box::new(ServerSource { server: server.clone(), transport, trusted: trusted.clone() })
+            };
+            (Some(source), Some(server))
         }
         _ => match &config.source {
             // An image that trusts a TUF root reads its feed as a TUF repository.
@@ -148,6 +157,9 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
         _ => None,
     };
     let described = match &config.server {
+        Some(url) if tuf_root.exists() => {
+            format!("server {url} (group {}), releases through its TUF repository", config.group)
+        }
         Some(url) => format!("server {url} (group {})", config.group),
         None if tuf_root.exists() => {
             format!("TUF feed {} (channel {})", config.source.as_deref().unwrap_or("(none)"), config.channel)

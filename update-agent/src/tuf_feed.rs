@@ -4,7 +4,7 @@
 //! manifest as a verified target. Artifacts are downloaded by the usual resumable path and
 //! checked against the sha256 that both the manifest and the targets metadata name.
 
-use crate::ports::{Candidate, FetchError, Offered, ReleaseSource, SourceError, Transport};
+use crate::ports::{Candidate, FetchError, Offered, ReleaseSource, RolloutServer, SourceError, Transport};
 use cairn_release::checkin::{CheckIn, Offer};
 use cairn_release::manifest::Release;
 use cairn_tuf::client::{Client, Cost, Fetch, FetchFailure, TrustError, Verified};
@@ -67,6 +67,73 @@ impl TufFeed {
     }
 }
 
+impl TufFeed {
+    /// The release `offer` names, verified through the last check's metadata (and on
+    /// `channel`, when the host chooses its channel itself).
+    fn verify_offer(&self, offer: &Offer, os_id: &str, channel: Option<&str>) -> Result<Candidate, SourceError> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let verified = verified.as_ref().ok_or_else(|| SourceError::Refused("TUF: the feed was not checked".into()))?;
+        let targets = verified
+            .releases
+            .by_manifest(&offer.path)
+            .ok_or_else(|| SourceError::Refused(format!("TUF: the feed has no release manifest {:?}", offer.path)))?;
+        if let Some(channel) = channel
+            && !targets.on(channel)
+        {
+            return Err(SourceError::Refused(format!(
+                "TUF: release {} is not on channel {channel} (it is on {})",
+                targets.version,
+                targets.channels.join(", ")
+            )));
+        }
+        let manifest = verified.read(&targets.manifest.name).map_err(untrusted)?;
+        if hex::encode(Sha256::digest(&manifest)) != offer.manifest_sha256 {
+            return Err(SourceError::Refused(format!(
+                "release.json of {} does not match the sha256 it was offered with",
+                offer.version
+            )));
+        }
+        let release = Release::parse_trusted(&manifest)
+            .map_err(|source| SourceError::Verify { what: format!("release {}", offer.version), source })?;
+        if release.version != offer.version || release.version != targets.version || release.os_id != os_id {
+            return Err(SourceError::Refused(format!(
+                "offered {os_id} {} but the release is {} {}",
+                offer.version, release.os_id, release.version
+            )));
+        }
+        let artifacts = locate(&release, targets)?;
+        Ok(Candidate { release, artifacts })
+    }
+}
+
+/// A rollout server with a TUF repository: its check-in reply only names a release's target;
+/// the agent verifies the server's repository (at `/v1/tuf/`) and the release through it, so a
+/// server, or whoever sits between it and the host, can withhold an offer but not forge one.
+/// The server chooses the channel (by the host's group).
+pub struct TufServerSource {
+    pub server: Arc<dyn RolloutServer>,
+    pub feed: TufFeed,
+}
+
+impl ReleaseSource for TufServerSource {
+    fn offer(&self, checkin: &CheckIn, _now: u64) -> Result<Offered, SourceError> {
+        let reply = self.server.check_in(checkin)?;
+        Ok(match reply.update {
+            Some(offer) => Offered::Release(offer),
+            None => Offered::Nothing(reply.reason.unwrap_or_else(|| "the server offers no update".into())),
+        })
+    }
+
+    fn fetch(&self, offer: &Offer, os_id: &str, now: u64) -> Result<Candidate, SourceError> {
+        self.feed.check(now)?;
+        self.feed.verify_offer(offer, os_id, None)
+    }
+
+    fn transport(&self) -> &dyn Transport {
+        self.feed.transport()
+    }
+}
+
 /// A TUF refusal as the agent reports it: unreachable feeds are retried, the rest are refused
 /// with TUF's reason (shown by `updatectl status`).
 fn untrusted(e: TrustError) -> SourceError {
@@ -96,37 +163,7 @@ impl ReleaseSource for TufFeed {
         if self.verified.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
             self.check(now)?;
         }
-        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        let verified = verified.as_ref().expect("checked");
-        let targets = verified
-            .releases
-            .by_manifest(&offer.path)
-            .ok_or_else(|| SourceError::Refused(format!("TUF: the feed has no release manifest {:?}", offer.path)))?;
-        if !targets.on(&self.channel) {
-            return Err(SourceError::Refused(format!(
-                "TUF: release {} is not on channel {} (it is on {})",
-                targets.version,
-                self.channel,
-                targets.channels.join(", ")
-            )));
-        }
-        let manifest = verified.read(&targets.manifest.name).map_err(untrusted)?;
-        if hex::encode(Sha256::digest(&manifest)) != offer.manifest_sha256 {
-            return Err(SourceError::Refused(format!(
-                "release.json of {} does not match the sha256 it was offered with",
-                offer.version
-            )));
-        }
-        let release = Release::parse_trusted(&manifest)
-            .map_err(|source| SourceError::Verify { what: format!("release {}", offer.version), source })?;
-        if release.version != offer.version || release.version != targets.version || release.os_id != os_id {
-            return Err(SourceError::Refused(format!(
-                "offered {os_id} {} but the release is {} {}",
-                offer.version, release.os_id, release.version
-            )));
-        }
-        let artifacts = locate(&release, targets)?;
-        Ok(Candidate { release, artifacts })
+        self.verify_offer(offer, os_id, Some(&self.channel))
     }
 
     fn transport(&self) -> &dyn Transport {

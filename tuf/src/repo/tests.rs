@@ -72,6 +72,9 @@ fn refresh_moves_only_the_timestamp_with_its_key_alone() {
     assert_eq!(refresh(&feed, &online, now(), 3600).unwrap(), 2);
     let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
     assert_eq!((repo.timestamp().signed.version.get(), repo.snapshot().signed.version.get()), (2, 1));
+    // A timestamp that has run out is refreshed all the same (that is when it is needed).
+    refresh(&feed, &online, now() - 2 * 86400, 86400).unwrap();
+    assert_eq!(refresh(&feed, &online, now(), 3600).unwrap(), 4);
     // A key the root does not name cannot sign one.
     let stranger = t.path().join("stranger");
     keys::generate(&stranger).unwrap();
@@ -145,4 +148,24 @@ fn a_rotated_targets_key_takes_over_and_the_old_one_is_refused() {
         "signed with a retired key"
     );
     assert!(rotate(&feed, &keys_dir, RoleType::Root, now(), Expiry::default()).is_err());
+}
+
+#[test]
+fn the_state_names_releases_and_the_timestamp_and_signers_are_checked() {
+    let t = tempfile::tempdir().unwrap();
+    let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
+    init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
+    publish(&feed, &keys_dir, &release(t.path()), &stable(), now(), Expiry::default()).unwrap();
+    let state = state(&feed).unwrap();
+    assert_eq!(state.releases.newest("stable").unwrap().version, "2");
+    assert_eq!(state.timestamp_version, 2);
+    assert!(state.timestamp_expires > now() && state.timestamp_expires <= now() + 86400);
+    can_sign(&feed, &keys_dir, RoleType::Timestamp).unwrap();
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = can_sign(&feed, &empty, RoleType::Timestamp).unwrap_err().to_string();
+    assert!(e.contains("holds no timestamp key"), "{e}");
+    let stranger = t.path().join("stranger");
+    keys::generate(&stranger).unwrap();
+    assert!(can_sign(&feed, &stranger, RoleType::Timestamp).is_err());
 }
