@@ -250,6 +250,8 @@ fn a_host_trusting_a_tuf_root_refuses_a_freeze_and_follows_a_key_rotation() -> R
     let log = vm.run_ok("grep 'feed verified' /var/log/cairn/cairn-agent.log | tail -n 1", CMD)?;
     assert!(log.contains("(root 2): 2 request(s)"), "{log}");
     println!("a check with nothing new: {}", log.trim());
+    let memory = vm.run_ok("grep -E 'VmRSS|VmHWM' /proc/$(pidof cairn-agent)/status", CMD)?;
+    println!("cairn-agent after TUF checks and two updates (target < 10 MB idle): {}", memory.replace('\n', " "));
     Ok(())
 }
 

@@ -100,6 +100,7 @@ fn run() -> Result<()> {
     println!("ratio: {:.2}x of the floor (target >= 0.8x)", f.as_secs_f64() / a.as_secs_f64());
     if !args.iter().any(|a| a == "--no-vm") {
         agent_memory()?;
+        tuf_check_cost()?;
     }
     Ok(())
 }
@@ -131,6 +132,29 @@ fn agent_memory() -> Result<()> {
         kb(&idle, "VmRSS:")? as f64 / 1024.0,
         kb(&applied, "VmHWM:")? as f64 / 1024.0
     );
+    Ok(())
+}
+
+/// An agent reading a TUF feed (issue 15): what a check with nothing new costs (requests and
+/// bytes, from the agent's log), and its resident memory after such checks.
+fn tuf_check_cost() -> Result<()> {
+    let img = cairn_tests::tuf_image("tuf-20", "images/dev.toml", "20")?;
+    let (origin, _) = cairn_tests::test_tuf_repository()?;
+    let feed = tempfile::tempdir()?;
+    let status = std::process::Command::new("cp").arg("-a").arg(origin.join(".")).arg(feed.path()).status()?;
+    anyhow::ensure!(status.success(), "copying the test TUF repository");
+    let server = cairn_tests::http::FileServer::start(feed.path())?;
+    let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig::uefi(img.raw()))?;
+    let long = Duration::from_secs(300);
+    vm.wait_for_line("cairn: ready", 0, long)?;
+    cairn_tests::updates::configure_agent(&mut vm, &server, "off")?;
+    for _ in 0..3 {
+        vm.run_ok("updatectl check", long)?;
+    }
+    let log = vm.run_ok("grep 'feed verified' /var/log/cairn/cairn-agent.log", long)?;
+    let memory = vm.run_ok("grep -E 'VmRSS|VmHWM' /proc/$(pidof cairn-agent)/status", long)?;
+    println!("cairn-agent on a TUF feed, each check:\n{}", log.trim());
+    println!("cairn-agent resident memory after TUF checks (target < 10 MB idle):\n{}", memory.trim());
     Ok(())
 }
 
