@@ -1,6 +1,7 @@
 //! `cairn`: build Cairn images and boot them in QEMU.
 
 use anyhow::{Context, Result};
+use cairn_image::lock::LockMode;
 use cairn_image::{binaries, build};
 use clap::{Parser, Subcommand};
 use run::{RunOptions, UserData, run_vm};
@@ -126,6 +127,14 @@ enum Command {
         /// `cairn release publish --keys`.
         #[arg(long, value_name = "ROOT.json")]
         trust_root: Option<PathBuf>,
+        /// Take exactly the packages of the lock beside the spec (SPEC.lock); fail, naming
+        /// them, if any cannot be had at its locked version, or if the lock is missing or stale.
+        #[arg(long, conflicts_with = "update_lock")]
+        locked: bool,
+        /// Resolve the packages again (what the archive has now), rewrite the lock and print
+        /// what changed.
+        #[arg(long)]
+        update_lock: bool,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -314,7 +323,20 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Build { spec, version, out, cache, binaries, no_qcow2, signing_key, trust, trust_root, quiet } => {
+        Command::Build {
+            spec,
+            version,
+            out,
+            cache,
+            binaries,
+            no_qcow2,
+            signing_key,
+            trust,
+            trust_root,
+            locked,
+            update_lock,
+            quiet,
+        } => {
             let opts = build::BuildOptions {
                 spec_path: spec,
                 version,
@@ -328,6 +350,11 @@ fn run(cli: Cli) -> Result<()> {
                 signing_key,
                 trust,
                 trust_root,
+                lock: match (locked, update_lock) {
+                    (true, _) => LockMode::Locked,
+                    (_, true) => LockMode::Update,
+                    _ => LockMode::Use,
+                },
             };
             let report = build::build(&opts)?;
             println!(

@@ -113,6 +113,26 @@ impl Apt {
         }
     }
 
+    /// Why each of `debs` (locked versions) cannot be had: neither in the cache nor in the
+    /// archive at that version, or the archive's file is not the locked one. Empty: all can.
+    pub fn unobtainable(&self, debs: &[Deb]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for d in debs.iter().filter(|d| !self.cached_ok(d)) {
+            let mut cmd = self.command(&self.empty_archives());
+            cmd.args(["--print-uris", "-qq", "download"]).arg(format!("{}={}", d.package, d.version));
+            let listed = run(&mut cmd).map(|out| parse_print_uris(&String::from_utf8_lossy(&out.stdout)));
+            match listed {
+                Ok(Ok(found)) if found.iter().any(|f| f.sha256 == d.sha256) => {}
+                Ok(Ok(found)) if !found.is_empty() => problems.push(format!(
+                    "{} {}: the archive's file has sha256 {}, the lock says {}",
+                    d.package, d.version, found[0].sha256, d.sha256
+                )),
+                _ => problems.push(format!("{} {}: in neither the cache nor the archive", d.package, d.version)),
+            }
+        }
+        problems
+    }
+
     /// Downloads what the cache lacks and checks every file's size and sha256.
     /// Returns how many files were downloaded.
     pub fn fetch(&self, debs: &[Deb]) -> Result<usize> {

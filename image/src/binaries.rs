@@ -62,6 +62,15 @@ pub fn rustflags(workspace: &Path, target_dir: &Path) -> Vec<String> {
     flags
 }
 
+/// The compiler cargo builds Cairn's binaries with (`rustc 1.95.0 (...)`), for build.json;
+/// `None` for prebuilt binaries.
+pub fn toolchain(source: &Source) -> Result<Option<String>> {
+    let Source::Cargo { workspace, .. } = source else { return Ok(None) };
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = crate::tools::run(Command::new(rustc).current_dir(workspace).arg("--version"))?;
+    Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+}
+
 pub fn obtain(source: &Source, names: &[String], quiet: bool) -> Result<Vec<Binary>> {
     let dir = match source {
         Source::Dir(d) => d.clone(),

@@ -6,6 +6,7 @@ use crate::disk::{self, MIB, PartitionSpec};
 use crate::esp::{EspFile, LOADER_CONF};
 use crate::initramfs::{Initramfs, MODULES_LOAD};
 use crate::kmod::ModuleIndex;
+use crate::lock::{Lock, LockMode, Requested};
 use crate::rootfs::{self, MergeStats};
 use crate::spec::{FirstEntry, Spec, validate_version};
 use crate::steps::{StepTime, Steps};
@@ -38,6 +39,8 @@ pub struct BuildOptions {
     /// The TUF root metadata the image trusts: its feed is a TUF repository, and a release
     /// directory (`out/release/`, for `cairn release publish --keys`) is written.
     pub trust_root: Option<PathBuf>,
+    /// How the lock beside the spec (`SPEC.lock`) is used.
+    pub lock: LockMode,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,10 +83,20 @@ pub struct ReleaseReport {
 }
 
 #[derive(Debug, Serialize)]
+pub struct LockReport {
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize)]
 pub struct BuildReport {
     pub os_id: String,
     pub version: String,
     pub source_date_epoch: u64,
+    /// The lock the packages came from: its path and sha256.
+    pub lock: LockReport,
+    /// The compiler of Cairn's binaries (`None`: prebuilt binaries were given).
+    pub toolchain: Option<String>,
     pub kernel: KernelReport,
     pub cmdline: String,
     pub uki: String,
@@ -125,6 +138,62 @@ fn derived_guid(seed: &[u8], what: &str) -> Guid {
     Guid(b)
 }
 
+/// The lock of the spec at `spec_path` as a build with `mode` settles it (see `settle_lock`),
+/// without building anything.
+pub fn lock_spec(spec_path: &Path, cache: &Path, mode: LockMode) -> Result<(Lock, Vec<String>)> {
+    let spec = Spec::load(spec_path)?;
+    let apt = Apt::new(&cache.join("apt"))?;
+    let requested = Requested { packages: spec.packages.all(), kernel: spec.kernel.package.clone() };
+    settle_lock(&apt, &crate::lock::path_for(spec_path), requested, mode)
+}
+
+/// The lock this build uses: the one beside the spec while it answers the spec and its packages
+/// can be had; otherwise (never with `--locked`) what apt resolves now, written there with what
+/// changed told on stderr (and returned).
+fn settle_lock(apt: &Apt, path: &Path, requested: Requested, mode: LockMode) -> Result<(Lock, Vec<String>)> {
+    let shown = path.display();
+    let existing = Lock::read(path)?;
+    match (&existing, mode) {
+        (None, LockMode::Locked) => {
+            bail!("--locked: there is no lock {shown}; build once without --locked to write it")
+        }
+        (Some(lock), LockMode::Use | LockMode::Locked) if lock.requested == requested => {
+            let mut all = lock.debs();
+            all.push(Deb::from(&lock.kernel));
+            let problems = apt.unobtainable(&all);
+            if problems.is_empty() {
+                return Ok((lock.clone(), Vec::new()));
+            }
+            if mode == LockMode::Locked {
+                bail!(
+                    "--locked: {shown}: these packages cannot be had at their locked versions (no other is taken):\n  {}",
+                    problems.join("\n  ")
+                );
+            }
+            eprintln!("cairn: {shown}: resolving again, as these cannot be had:\n  {}", problems.join("\n  "));
+        }
+        (Some(lock), LockMode::Locked) => bail!(
+            "--locked: {shown} was made for packages {:?} and kernel {}, the spec asks for {:?} and {}; \
+             run `cairn build --update-lock`",
+            lock.requested.packages,
+            lock.requested.kernel,
+            requested.packages,
+            requested.kernel
+        ),
+        _ => {}
+    }
+    let debs = apt.resolve_closure(&requested.packages)?;
+    let (kernel, meta) = apt.resolve_kernel(&requested.kernel)?;
+    let lock = Lock::new(requested, &debs, &kernel, meta.as_ref());
+    let changes = crate::lock::changes(existing.as_ref(), &lock);
+    if existing.as_ref() != Some(&lock) {
+        cairn_release::durable::write_atomic(path, lock.to_text().as_bytes(), 0o644)
+            .with_context(|| format!("writing {shown}"))?;
+        eprintln!("cairn: wrote {shown}: {} change(s)\n  {}", changes.len(), changes.join("\n  "));
+    }
+    Ok((lock, changes))
+}
+
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let started = std::time::Instant::now();
     let mut spec = Spec::load(&opts.spec_path)?;
@@ -146,15 +215,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let apt = Apt::new(&opts.cache.join("apt"))?;
 
     // Cargo compiles Cairn's binaries while apt resolves and downloads.
-    let (bins, (debs, kernel, kernel_meta)) = std::thread::scope(|s| -> Result<_> {
+    let lock_path = crate::lock::path_for(&opts.spec_path);
+    let requested = Requested { packages: spec.packages.all(), kernel: spec.kernel.package.clone() };
+    let (bins, (debs, kernel, kernel_meta, lock)) = std::thread::scope(|s| -> Result<_> {
         let cargo = s.spawn(|| binaries::obtain(&opts.binaries, &spec.cairn.binaries, opts.quiet));
         let fetched = steps.run("resolve + fetch", || {
-            let debs = apt.resolve_closure(&spec.packages.all())?;
-            let (kernel, meta) = apt.resolve_kernel(&spec.kernel.package)?;
+            let (lock, _) = settle_lock(&apt, &lock_path, requested, opts.lock)?;
+            let debs = lock.debs();
+            let kernel = Deb::from(&lock.kernel);
+            let meta = lock.kernel_meta.as_ref().map(Deb::from);
             let mut all = debs.clone();
             all.push(kernel.clone());
             let downloaded = apt.fetch(&all)?;
-            Ok(((debs, kernel, meta), downloaded == 0))
+            Ok(((debs, kernel, meta, lock), downloaded == 0))
         });
         let bins = steps.run("cairn binaries", || {
             let r = cargo.join().map_err(|_| anyhow::anyhow!("building binaries panicked"))??;
@@ -489,6 +562,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         os_id: spec.os.id.clone(),
         version: version.clone(),
         source_date_epoch: epoch,
+        lock: LockReport { path: lock_path.display().to_string(), sha256: lock.digest() },
+        toolchain: binaries::toolchain(&opts.binaries)?,
         kernel: KernelReport {
             package: kernel.package.clone(),
             version: kernel.version.clone(),

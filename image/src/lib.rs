@@ -10,6 +10,7 @@ pub mod esp;
 pub mod fsimage;
 pub mod initramfs;
 pub mod kmod;
+pub mod lock;
 pub mod release;
 pub mod rootfs;
 pub mod spec;

@@ -159,6 +159,7 @@ pub fn build_options(spec: &str, version: &str, out: PathBuf) -> BuildOptions {
         signing_key: None,
         trust: Vec::new(),
         trust_root: None,
+        lock: cairn_image::lock::LockMode::Use,
     }
 }
 

@@ -182,3 +182,50 @@ fn binaries_in_usr_carry_no_build_machine_paths() -> Result<()> {
     assert_eq!(checked, 4);
     Ok(())
 }
+
+/// Issue 21's lock: a spec's lock is written, then taken as it is; a locked version the archive
+/// and the cache do not have fails `--locked` naming it (nothing else is taken), while an
+/// unlocked build resolves again and says what it changed; a lock made for other packages
+/// fails `--locked` too.
+#[test]
+fn a_locked_build_takes_only_locked_packages_and_names_what_it_cannot_get() -> Result<()> {
+    use cairn_image::build::lock_spec;
+    use cairn_image::lock::{Lock, LockMode};
+    let t = tempfile::tempdir()?;
+    let spec = t.path().join("spec.toml");
+    let base = workspace().join("images/default.toml");
+    std::fs::write(&spec, format!("extends = {:?}\n", base.display().to_string()))?;
+    let cache = cairn_image::default_cache_dir();
+    let lock_path = t.path().join("spec.lock");
+
+    let (written, changes) = lock_spec(&spec, &cache, LockMode::Use)?;
+    assert!(lock_path.exists() && !changes.is_empty(), "a first build writes the lock: {changes:?}");
+    let busybox = written.packages.iter().find(|p| p.name == "busybox").context("busybox locked")?.clone();
+    let (again, changes) = lock_spec(&spec, &cache, LockMode::Locked)?;
+    assert_eq!((again, changes.len()), (written.clone(), 0), "the lock is taken as it is");
+
+    // A version that exists nowhere (as if the archive had moved on since the lock was made).
+    let bogus = "1:0.0-not-in-any-archive";
+    let mut edited = written.clone();
+    let entry = edited.packages.iter_mut().find(|p| p.name == "busybox").context("busybox")?;
+    entry.version = bogus.into();
+    entry.filename = format!("busybox_{}_amd64.deb", bogus.replace(':', "%3a"));
+    entry.sha256 = "00".repeat(32);
+    std::fs::write(&lock_path, edited.to_text())?;
+    let e = format!("{:#}", lock_spec(&spec, &cache, LockMode::Locked).unwrap_err());
+    assert!(
+        e.contains("--locked") && e.contains(&format!("busybox {bogus}: in neither the cache nor the archive")),
+        "{e}"
+    );
+    assert!(std::fs::read_to_string(&lock_path)?.contains(bogus), "--locked never writes the lock");
+    let (moved, changes) = lock_spec(&spec, &cache, LockMode::Use)?;
+    assert_eq!(changes, [format!("~ busybox {bogus} -> {}", busybox.version)]);
+    assert_eq!(moved, written);
+    assert_eq!(Lock::read(&lock_path)?, Some(written));
+
+    // The spec asks for more than the lock was made for.
+    std::fs::write(&spec, format!("extends = {:?}\n[packages]\nextra = [\"jq\"]\n", base.display().to_string()))?;
+    let e = format!("{:#}", lock_spec(&spec, &cache, LockMode::Locked).unwrap_err());
+    assert!(e.contains("--update-lock"), "{e}");
+    Ok(())
+}
