@@ -138,21 +138,34 @@ fn derived_guid(seed: &[u8], what: &str) -> Guid {
     Guid(b)
 }
 
-/// The lock of the spec at `spec_path` as a build with `mode` settles it (see `settle_lock`),
-/// without building anything.
-pub fn lock_spec(spec_path: &Path, cache: &Path, mode: LockMode) -> Result<(Lock, Vec<String>)> {
+/// The lock of the spec at `spec_path` as a build with `mode` and `toolchain` settles it (see
+/// `settle_lock`), without building anything.
+pub fn lock_spec(
+    spec_path: &Path,
+    cache: &Path,
+    mode: LockMode,
+    toolchain: Option<&str>,
+) -> Result<(Lock, Vec<String>)> {
     let spec = Spec::load(spec_path)?;
     let apt = Apt::new(&cache.join("apt"))?;
     let requested = Requested { packages: spec.packages.all(), kernel: spec.kernel.package.clone() };
-    settle_lock(&apt, &crate::lock::path_for(spec_path), requested, mode)
+    settle_lock(&apt, &crate::lock::path_for(spec_path), requested, mode, toolchain)
 }
 
-/// The lock this build uses: the one beside the spec while it answers the spec and its packages
-/// can be had; otherwise (never with `--locked`) what apt resolves now, written there with what
-/// changed told on stderr (and returned).
-fn settle_lock(apt: &Apt, path: &Path, requested: Requested, mode: LockMode) -> Result<(Lock, Vec<String>)> {
+/// The lock this build uses: the one beside the spec while it answers the spec, its packages
+/// can be had and it names this build's compiler; otherwise (never with `--locked`) what apt
+/// resolves now and this compiler, written there with what changed told on stderr (and
+/// returned). `toolchain` is `None` for prebuilt binaries: the lock's is kept.
+fn settle_lock(
+    apt: &Apt,
+    path: &Path,
+    requested: Requested,
+    mode: LockMode,
+    toolchain: Option<&str>,
+) -> Result<(Lock, Vec<String>)> {
     let shown = path.display();
     let existing = Lock::read(path)?;
+    let mut kept = None;
     match (&existing, mode) {
         (None, LockMode::Locked) => {
             bail!("--locked: there is no lock {shown}; build once without --locked to write it")
@@ -161,16 +174,21 @@ fn settle_lock(apt: &Apt, path: &Path, requested: Requested, mode: LockMode) -> 
             let mut all = lock.debs();
             all.push(Deb::from(&lock.kernel));
             let problems = apt.unobtainable(&all);
-            if problems.is_empty() {
-                return Ok((lock.clone(), Vec::new()));
-            }
-            if mode == LockMode::Locked {
-                bail!(
+            match (problems.is_empty(), mode) {
+                (true, _) => kept = Some(lock.clone()),
+                (false, LockMode::Locked) => bail!(
                     "--locked: {shown}: these packages cannot be had at their locked versions (no other is taken):\n  {}",
                     problems.join("\n  ")
-                );
+                ),
+                (false, _) => {
+                    eprintln!("cairn: {shown}: resolving again, as these cannot be had:\n  {}", problems.join("\n  "))
+                }
             }
-            eprintln!("cairn: {shown}: resolving again, as these cannot be had:\n  {}", problems.join("\n  "));
+            if let (LockMode::Locked, Some(locked), Some(now)) = (mode, &lock.toolchain, toolchain)
+                && locked != now
+            {
+                bail!("--locked: {shown} was made with {locked}, this build's compiler is {now}");
+            }
         }
         (Some(lock), LockMode::Locked) => bail!(
             "--locked: {shown} was made for packages {:?} and kernel {}, the spec asks for {:?} and {}; \
@@ -182,9 +200,19 @@ fn settle_lock(apt: &Apt, path: &Path, requested: Requested, mode: LockMode) -> 
         ),
         _ => {}
     }
-    let debs = apt.resolve_closure(&requested.packages)?;
-    let (kernel, meta) = apt.resolve_kernel(&requested.kernel)?;
-    let lock = Lock::new(requested, &debs, &kernel, meta.as_ref());
+    let mut lock = match kept {
+        Some(lock) => lock,
+        None => {
+            let debs = apt.resolve_closure(&requested.packages)?;
+            let (kernel, meta) = apt.resolve_kernel(&requested.kernel)?;
+            let mut lock = Lock::new(requested, &debs, &kernel, meta.as_ref());
+            lock.toolchain = existing.as_ref().and_then(|l| l.toolchain.clone());
+            lock
+        }
+    };
+    if let Some(now) = toolchain {
+        lock.toolchain = Some(now.to_string());
+    }
     let changes = crate::lock::changes(existing.as_ref(), &lock);
     if existing.as_ref() != Some(&lock) {
         cairn_release::durable::write_atomic(path, lock.to_text().as_bytes(), 0o644)
@@ -216,11 +244,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     // Cargo compiles Cairn's binaries while apt resolves and downloads.
     let lock_path = crate::lock::path_for(&opts.spec_path);
+    let toolchain = binaries::toolchain(&opts.binaries)?;
     let requested = Requested { packages: spec.packages.all(), kernel: spec.kernel.package.clone() };
     let (bins, (debs, kernel, kernel_meta, lock)) = std::thread::scope(|s| -> Result<_> {
         let cargo = s.spawn(|| binaries::obtain(&opts.binaries, &spec.cairn.binaries, opts.quiet));
         let fetched = steps.run("resolve + fetch", || {
-            let (lock, _) = settle_lock(&apt, &lock_path, requested, opts.lock)?;
+            let (lock, _) = settle_lock(&apt, &lock_path, requested, opts.lock, toolchain.as_deref())?;
             let debs = lock.debs();
             let kernel = Deb::from(&lock.kernel);
             let meta = lock.kernel_meta.as_ref().map(Deb::from);
@@ -563,7 +592,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         version: version.clone(),
         source_date_epoch: epoch,
         lock: LockReport { path: lock_path.display().to_string(), sha256: lock.digest() },
-        toolchain: binaries::toolchain(&opts.binaries)?,
+        toolchain,
         kernel: KernelReport {
             package: kernel.package.clone(),
             version: kernel.version.clone(),

@@ -57,6 +57,9 @@ pub struct Lock {
     /// The meta package it was found through (`linux-image-cloud-amd64`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_meta: Option<LockedDeb>,
+    /// The compiler of Cairn's static binaries (`rustc --version`): `--locked` refuses another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain: Option<String>,
     /// The closure of `requested.packages`, by name.
     #[serde(rename = "package")]
     pub packages: Vec<LockedDeb>,
@@ -106,6 +109,7 @@ impl Lock {
             requested,
             kernel: kernel.into(),
             kernel_meta: kernel_meta.map(LockedDeb::from),
+            toolchain: None,
             packages,
         }
     }
@@ -175,6 +179,12 @@ pub fn changes(old: Option<&Lock>, new: &Lock) -> Vec<String> {
         if !after.contains_key(name) {
             out.push(format!("- {name} {v}"));
         }
+    }
+    let old_toolchain = old.and_then(|l| l.toolchain.as_deref());
+    if let Some(t) = new.toolchain.as_deref()
+        && old_toolchain != Some(t)
+    {
+        out.push(format!("~ toolchain {} -> {t}", old_toolchain.unwrap_or("(none)")));
     }
     out
 }

@@ -191,6 +191,7 @@ fn binaries_in_usr_carry_no_build_machine_paths() -> Result<()> {
 fn a_locked_build_takes_only_locked_packages_and_names_what_it_cannot_get() -> Result<()> {
     use cairn_image::build::lock_spec;
     use cairn_image::lock::{Lock, LockMode};
+    const RUSTC: &str = "rustc 1.0.0 (the lock's)";
     let t = tempfile::tempdir()?;
     let spec = t.path().join("spec.toml");
     let base = workspace().join("images/default.toml");
@@ -198,10 +199,10 @@ fn a_locked_build_takes_only_locked_packages_and_names_what_it_cannot_get() -> R
     let cache = cairn_image::default_cache_dir();
     let lock_path = t.path().join("spec.lock");
 
-    let (written, changes) = lock_spec(&spec, &cache, LockMode::Use)?;
+    let (written, changes) = lock_spec(&spec, &cache, LockMode::Use, Some(RUSTC))?;
     assert!(lock_path.exists() && !changes.is_empty(), "a first build writes the lock: {changes:?}");
     let busybox = written.packages.iter().find(|p| p.name == "busybox").context("busybox locked")?.clone();
-    let (again, changes) = lock_spec(&spec, &cache, LockMode::Locked)?;
+    let (again, changes) = lock_spec(&spec, &cache, LockMode::Locked, Some(RUSTC))?;
     assert_eq!((again, changes.len()), (written.clone(), 0), "the lock is taken as it is");
 
     // A version that exists nowhere (as if the archive had moved on since the lock was made).
@@ -212,20 +213,26 @@ fn a_locked_build_takes_only_locked_packages_and_names_what_it_cannot_get() -> R
     entry.filename = format!("busybox_{}_amd64.deb", bogus.replace(':', "%3a"));
     entry.sha256 = "00".repeat(32);
     std::fs::write(&lock_path, edited.to_text())?;
-    let e = format!("{:#}", lock_spec(&spec, &cache, LockMode::Locked).unwrap_err());
+    let e = format!("{:#}", lock_spec(&spec, &cache, LockMode::Locked, Some(RUSTC)).unwrap_err());
     assert!(
         e.contains("--locked") && e.contains(&format!("busybox {bogus}: in neither the cache nor the archive")),
         "{e}"
     );
     assert!(std::fs::read_to_string(&lock_path)?.contains(bogus), "--locked never writes the lock");
-    let (moved, changes) = lock_spec(&spec, &cache, LockMode::Use)?;
+    let (moved, changes) = lock_spec(&spec, &cache, LockMode::Use, Some(RUSTC))?;
     assert_eq!(changes, [format!("~ busybox {bogus} -> {}", busybox.version)]);
     assert_eq!(moved, written);
     assert_eq!(Lock::read(&lock_path)?, Some(written));
 
+    // Another compiler: --locked refuses it, an unlocked build records it.
+    let e = format!("{:#}", lock_spec(&spec, &cache, LockMode::Locked, Some("rustc 9.9.9")).unwrap_err());
+    assert!(e.contains(&format!("was made with {RUSTC}, this build's compiler is rustc 9.9.9")), "{e}");
+    let (_, changes) = lock_spec(&spec, &cache, LockMode::Use, Some("rustc 9.9.9"))?;
+    assert_eq!(changes, [format!("~ toolchain {RUSTC} -> rustc 9.9.9")]);
+
     // The spec asks for more than the lock was made for.
     std::fs::write(&spec, format!("extends = {:?}\n[packages]\nextra = [\"jq\"]\n", base.display().to_string()))?;
-    let e = format!("{:#}", lock_spec(&spec, &cache, LockMode::Locked).unwrap_err());
+    let e = format!("{:#}", lock_spec(&spec, &cache, LockMode::Locked, Some(RUSTC)).unwrap_err());
     assert!(e.contains("--update-lock"), "{e}");
     Ok(())
 }
