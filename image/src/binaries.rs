@@ -10,8 +10,8 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(Clone, Debug)]
 pub enum Source {
-    /// Build with cargo in this workspace.
-    Cargo { workspace: PathBuf, target_dir: PathBuf },
+    /// Build with cargo in this workspace (with this cargo home, else the environment's).
+    Cargo { workspace: PathBuf, target_dir: PathBuf, cargo_home: Option<PathBuf> },
     /// Take prebuilt static binaries from a directory.
     Dir(PathBuf),
 }
@@ -24,7 +24,7 @@ impl Source {
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf());
         let target_dir =
             std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
-        Source::Cargo { workspace, target_dir }
+        Source::Cargo { workspace, target_dir, cargo_home: None }
     }
 }
 
@@ -36,7 +36,7 @@ pub struct Binary {
 }
 
 /// Where cargo keeps downloaded crates: `CARGO_HOME`, else `~/.cargo`.
-pub fn cargo_home() -> Option<PathBuf> {
+pub fn default_cargo_home() -> Option<PathBuf> {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -46,14 +46,14 @@ pub fn cargo_home() -> Option<PathBuf> {
 /// and with the build machine's paths (the cargo home, this checkout, the target directory)
 /// rewritten to fixed ones, so the binaries, and so `/usr` and its verity root hash, do not
 /// depend on where they were built. The standard library comes with `/rustc/<commit>` paths.
-pub fn rustflags(workspace: &Path, target_dir: &Path) -> Vec<String> {
+pub fn rustflags(workspace: &Path, target_dir: &Path, cargo_home: Option<&Path>) -> Vec<String> {
     let mut flags = vec!["-C".to_string(), "target-feature=+crt-static".to_string()];
     let mut remap = |from: &Path, to: &str| {
         // Absolute, as rustc sees them; a path that does not exist (yet) is taken as given.
         let from = from.canonicalize().unwrap_or_else(|_| from.to_path_buf());
         flags.push(format!("--remap-path-prefix={}={to}", from.display()));
     };
-    if let Some(home) = cargo_home() {
+    if let Some(home) = cargo_home.map(Path::to_path_buf).or_else(default_cargo_home) {
         remap(&home, "/cargo");
     }
     // The more specific prefix last: rustc applies the last remapping that matches.
@@ -74,7 +74,7 @@ pub fn toolchain(source: &Source) -> Result<Option<String>> {
 pub fn obtain(source: &Source, names: &[String], quiet: bool) -> Result<Vec<Binary>> {
     let dir = match source {
         Source::Dir(d) => d.clone(),
-        Source::Cargo { workspace, target_dir } => {
+        Source::Cargo { workspace, target_dir, cargo_home } => {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
             cmd.current_dir(workspace)
@@ -82,7 +82,10 @@ pub fn obtain(source: &Source, names: &[String], quiet: bool) -> Result<Vec<Bina
                 .arg("--target-dir")
                 .arg(target_dir)
                 // With --target these apply to Cairn's binaries only, not to build scripts.
-                .env("CARGO_ENCODED_RUSTFLAGS", rustflags(workspace, target_dir).join("\u{1f}"));
+                .env("CARGO_ENCODED_RUSTFLAGS", rustflags(workspace, target_dir, cargo_home.as_deref()).join("\u{1f}"));
+            if let Some(home) = cargo_home {
+                cmd.env("CARGO_HOME", home);
+            }
             if quiet {
                 cmd.arg("--quiet");
             }
@@ -112,12 +115,14 @@ mod tests {
 
     #[test]
     fn the_build_machines_paths_are_remapped_most_specific_last() {
-        let flags = rustflags(Path::new("/w/cairn"), Path::new("/w/cairn/target"));
+        let flags = rustflags(Path::new("/w/cairn"), Path::new("/w/cairn/target"), None);
         assert_eq!(&flags[..2], ["-C", "target-feature=+crt-static"]);
         let remaps: Vec<&str> = flags.iter().filter_map(|f| f.strip_prefix("--remap-path-prefix=")).collect();
         assert!(remaps.ends_with(&["/w/cairn=/cairn", "/w/cairn/target=/cairn-target"]), "{remaps:?}");
-        if cargo_home().is_some() {
+        if default_cargo_home().is_some() {
             assert!(remaps[0].ends_with("=/cargo"), "{remaps:?}");
         }
+        let flags = rustflags(Path::new("/w/cairn"), Path::new("/w/cairn/target"), Some(Path::new("/elsewhere")));
+        assert!(flags.contains(&"--remap-path-prefix=/elsewhere=/cargo".to_string()), "{flags:?}");
     }
 }

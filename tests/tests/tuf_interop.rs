@@ -19,6 +19,8 @@ if info is None:
     sys.exit("no target " + name)
 print(updater.download_target(info))
 print(info.custom["version"])
+import json
+print(json.dumps(info.custom, sort_keys=True))
 "#;
 
 /// A virtual environment with python-tuf, made once per target directory.
@@ -94,5 +96,41 @@ fn python_tuf_reads_a_cairn_feed_and_refuses_a_tampered_target() -> Result<()> {
     std::fs::write(stored.path(), bytes)?;
     let (ok, out) = ngclient(&python, &url, &root, "2-usr.img.zst", t.path())?;
     assert!(!ok, "python-tuf accepted a tampered target:\n{out}");
+    Ok(())
+}
+
+/// What an image ships: a host built trusting the test repository's root 1 (`cairn build
+/// --trust-root`), its release published into (a copy of) that repository; python-tuf, given
+/// only that root, downloads and verifies the real `/usr` target and reads its custom metadata
+/// (kind, channels, the verity root hash the image was built with).
+#[test]
+fn python_tuf_verifies_an_images_usr_target_from_the_root_it_ships() -> Result<()> {
+    let python = python_tuf()?;
+    let img = cairn_tests::tuf_image("tuf-21", "images/dev.toml", "21")?;
+    let (origin, origin_keys) = cairn_tests::test_tuf_repository()?;
+    let t = tempfile::tempdir()?;
+    let (feed, keys) = (t.path().join("feed"), t.path().join("keys"));
+    for (from, to) in [(&origin, &feed), (&origin_keys, &keys)] {
+        let status = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
+        anyhow::ensure!(status.success(), "copying {}", from.display());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    cairn_tuf::publish(&feed, &keys, &img.dir.join("release"), &["stable".into()], now, cairn_tuf::Expiry::default())?;
+    let server = cairn_tests::http::FileServer::start(&feed)?;
+    let url = format!("http://127.0.0.1:{}", server.port);
+    // The root the image ships is the repository's first.
+    let shipped = origin.join("metadata/1.root.json");
+    assert_eq!(img.report["tuf_root_version"], 1);
+    let (ok, out) = ngclient(&python, &url, &shipped, "21-usr.img.zst", t.path())?;
+    assert!(ok, "python-tuf refused the image's feed:\n{out}");
+    let mut lines = out.lines();
+    let downloaded = PathBuf::from(lines.next().context("the downloaded path")?);
+    let release: serde_json::Value = serde_json::from_slice(&std::fs::read(img.dir.join("release/release.json"))?)?;
+    let usr = release["artifacts"].as_array().into_iter().flatten().find(|a| a["kind"] == "usr").context("usr")?;
+    assert_eq!(usr["sha256"].as_str(), Some(cairn_image::apt::sha256_file(&downloaded)?.as_str()));
+    assert_eq!(lines.next(), Some("21"));
+    let custom: serde_json::Value = serde_json::from_str(lines.next().context("custom metadata")?)?;
+    assert_eq!((custom["kind"].as_str(), custom["channels"][0].as_str()), (Some("usr"), Some("stable")), "{custom}");
+    assert_eq!(custom["verity"]["root_hash"], img.report["usr"]["root_hash"], "{custom}");
     Ok(())
 }
