@@ -535,7 +535,7 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
     use cairn_agent::ports::{Offered, ReleaseSource, RolloutServer};
     use cairn_agent::server::HttpRolloutServer;
     use cairn_agent::source::ServerSource;
-    use cairn_release::checkin::{CheckIn, Event, EventKind};
+    use cairn_release::checkin::{Event, EventKind};
     use cairn_release::update_config::Secret;
     let s = InProcess::start(Backend::Sqlite)?;
     s.release("2", "stable")?;
@@ -552,16 +552,7 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
             http.clone(),
         ))
     };
-    let checkin = CheckIn {
-        format: 1,
-        instance_id: instance_id.into(),
-        group: "default".into(),
-        os_id: "cairn".into(),
-        version: "1".into(),
-        slot: "a".into(),
-        state: "idle".into(),
-        rolled_back: vec![],
-    };
+    let checkin = idle_checkin(instance_id);
     // Without an enrollment token the host cannot check in, and says why.
     let unenrolled = HttpRolloutServer::new(&s.url, http.clone(), credentials(None));
     let e = unenrolled.check_in(&checkin);
@@ -736,7 +727,7 @@ fn a_server_with_a_tuf_repository_offers_targets_the_agent_verifies() -> Result<
     use cairn_agent::ports::{Offered, ReleaseSource};
     use cairn_agent::server::HttpRolloutServer;
     use cairn_agent::tuf_feed::{TufFeed, TufServerSource};
-    use cairn_release::checkin::{CheckIn, Offer};
+    use cairn_release::checkin::Offer;
     use cairn_release::update_config::Secret;
     use cairn_server::tuf::TufRepository;
     use cairn_tuf::keys::RoleType;
@@ -779,16 +770,7 @@ fn a_server_with_a_tuf_repository_offers_targets_the_agent_verifies() -> Result<
         server,
         feed: TufFeed::new(transport, feed.join("metadata/1.root.json"), t.path().join("state"), "stable"),
     };
-    let checkin = CheckIn {
-        format: 1,
-        instance_id: instance_id.into(),
-        group: "default".into(),
-        os_id: "cairn".into(),
-        version: "1".into(),
-        slot: "a".into(),
-        state: "idle".into(),
-        rolled_back: vec![],
-    };
+    let checkin = idle_checkin(instance_id);
     let Offered::Release(offer) = source.offer(&checkin, now)? else { anyhow::bail!("no offer") };
     assert_eq!((offer.version.as_str(), offer.path.as_str()), ("2", "2-release.json"));
     let candidate = source.fetch(&offer, "cairn", now)?;
@@ -819,6 +801,11 @@ fn a_server_with_a_tuf_repository_offers_targets_the_agent_verifies() -> Result<
     }
     source.fetch(&offer, "cairn", now + 30 * 3600)?;
     Ok(())
+}
+
+/// What an idle host running 1 in slot a of group `default` says.
+fn idle_checkin(instance_id: &str) -> cairn_release::checkin::CheckIn {
+    serde_json::from_value(checkin(instance_id, "default", "1")).expect("a check-in")
 }
 
 /// GET `url` as JSON.

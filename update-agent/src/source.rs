@@ -76,13 +76,18 @@ pub struct ServerSource {
     pub trusted: Vec<PublicKey>,
 }
 
+/// What a rollout server's check-in reply offers, or why nothing.
+pub fn server_offer(server: &dyn RolloutServer, checkin: &CheckIn) -> Result<Offered, SourceError> {
+    let reply = server.check_in(checkin)?;
+    Ok(match reply.update {
+        Some(offer) => Offered::Release(offer),
+        None => Offered::Nothing(reply.reason.unwrap_or_else(|| "the server offers no update".into())),
+    })
+}
+
 impl ReleaseSource for ServerSource {
     fn offer(&self, checkin: &CheckIn, _now: u64) -> Result<Offered, SourceError> {
-        let reply = self.server.check_in(checkin)?;
-        Ok(match reply.update {
-            Some(offer) => Offered::Release(offer),
-            None => Offered::Nothing(reply.reason.unwrap_or_else(|| "the server offers no update".into())),
-        })
+        server_offer(&*self.server, checkin)
     }
 
     fn fetch(&self, offer: &Offer, os_id: &str, now: u64) -> Result<Candidate, SourceError> {

@@ -117,11 +117,7 @@ pub struct TufServerSource {
 
 impl ReleaseSource for TufServerSource {
     fn offer(&self, checkin: &CheckIn, _now: u64) -> Result<Offered, SourceError> {
-        let reply = self.server.check_in(checkin)?;
-        Ok(match reply.update {
-            Some(offer) => Offered::Release(offer),
-            None => Offered::Nothing(reply.reason.unwrap_or_else(|| "the server offers no update".into())),
-        })
+        crate::source::server_offer(&*self.server, checkin)
     }
 
     fn fetch(&self, offer: &Offer, os_id: &str, now: u64) -> Result<Candidate, SourceError> {
