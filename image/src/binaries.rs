@@ -43,11 +43,14 @@ pub fn default_cargo_home() -> Option<PathBuf> {
 }
 
 /// The flags of Cairn's binaries: static (stage 1 runs before any shared library is reachable),
-/// and with the build machine's paths (the cargo home, this checkout, the target directory)
-/// rewritten to fixed ones, so the binaries, and so `/usr` and its verity root hash, do not
+/// without symbols, and with the build machine's paths (the cargo home, this checkout, the
+/// target directory) rewritten to fixed ones, so the binaries, and so `/usr` and its verity root hash, do not
 /// depend on where they were built. The standard library comes with `/rustc/<commit>` paths.
 pub fn rustflags(workspace: &Path, target_dir: &Path, cargo_home: Option<&Path>) -> Vec<String> {
-    let mut flags = vec!["-C".to_string(), "target-feature=+crt-static".to_string()];
+    // No symbol table: the names LLVM gives promoted local symbols (`anon.HASH.N.llvm.NUMBER`)
+    // differ between build machines, and a table stripped by the linker keeps the build id a
+    // hash of what ships.
+    let mut flags = ["-C", "target-feature=+crt-static", "-C", "strip=symbols"].map(String::from).to_vec();
     let mut remap = |from: &Path, to: &str| {
         // Absolute, as rustc sees them; a path that does not exist (yet) is taken as given.
         let from = from.canonicalize().unwrap_or_else(|_| from.to_path_buf());
@@ -116,7 +119,7 @@ mod tests {
     #[test]
     fn the_build_machines_paths_are_remapped_most_specific_last() {
         let flags = rustflags(Path::new("/w/cairn"), Path::new("/w/cairn/target"), None);
-        assert_eq!(&flags[..2], ["-C", "target-feature=+crt-static"]);
+        assert_eq!(&flags[..4], ["-C", "target-feature=+crt-static", "-C", "strip=symbols"]);
         let remaps: Vec<&str> = flags.iter().filter_map(|f| f.strip_prefix("--remap-path-prefix=")).collect();
         assert!(remaps.ends_with(&["/w/cairn=/cairn", "/w/cairn/target=/cairn-target"]), "{remaps:?}");
         if default_cargo_home().is_some() {
