@@ -31,6 +31,19 @@ fn v3_never_ready() -> Result<Image> {
     signed_image("update-3", "images/test-bad-update.toml", "3")
 }
 
+/// Every image these tests boot, built before any of their VMs starts: a build beside a VM
+/// under TCG takes the two cores from it, and its console deadlines pass (CI saw both a guest's
+/// TCP connect and a crash-point step time out while another test built its images).
+fn all_images() -> Result<()> {
+    for image in [v1, v2, v3_never_ready, v4] {
+        image()?;
+    }
+    for version in ["20", "21", "22"] {
+        tuf_v(version)?;
+    }
+    Ok(())
+}
+
 fn key() -> Result<cairn_release::keys::SecretKey> {
     cairn_image::release::load_secret(&test_signing_key()?)
 }
@@ -59,6 +72,7 @@ fn disk_after(vm: &mut Vm) -> Result<PathBuf> {
 
 #[test]
 fn healthy_update_is_blessed_and_a_bad_one_rolls_back_by_itself() -> Result<()> {
+    all_images()?;
     let (img1, img2, img3) = (v1()?, v2()?, v3_never_ready()?);
     let feed = tempfile::tempdir()?;
     publish(feed.path(), &img2)?;
@@ -111,6 +125,7 @@ fn healthy_update_is_blessed_and_a_bad_one_rolls_back_by_itself() -> Result<()> 
 
 #[test]
 fn the_agent_killed_at_each_crash_point_leaves_a_bootable_host_and_retries() -> Result<()> {
+    all_images()?;
     let (img1, img2) = (v1()?, v2()?);
     let feed = tempfile::tempdir()?;
     publish(feed.path(), &img2)?;
@@ -174,6 +189,7 @@ fn tuf_v(version: &str) -> Result<Image> {
 /// the host. Also reports what a check with nothing new costs.
 #[test]
 fn a_host_trusting_a_tuf_root_refuses_a_freeze_and_follows_a_key_rotation() -> Result<()> {
+    all_images()?;
     let (img20, img21, img22) = (tuf_v("20")?, tuf_v("21")?, tuf_v("22")?);
     let (origin_feed, origin_keys) = test_tuf_repository()?;
     let work = tempfile::tempdir()?;
@@ -288,6 +304,7 @@ fn edit_release(
 
 #[test]
 fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> Result<()> {
+    all_images()?;
     let (img1, img2) = (v1()?, v2()?);
     let pristine = tempfile::tempdir()?;
     publish(pristine.path(), &img2)?;
@@ -423,6 +440,7 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
 /// shows it there.
 #[test]
 fn a_host_is_granted_an_update_by_the_rollout_server() -> Result<()> {
+    all_images()?;
     use cairn_tests::server::{Api, workspace_binary};
     let (img1, img2) = (v1()?, v2()?);
     let tmp = tempfile::tempdir()?;
@@ -483,6 +501,7 @@ fn a_host_is_granted_an_update_by_the_rollout_server() -> Result<()> {
 /// the same hosts are given 4: at most two reboot at once (and two held slots at once).
 #[test]
 fn three_hosts_reboot_n_at_a_time_under_the_fleetlock() -> Result<()> {
+    all_images()?;
     use cairn_tests::server::Api;
     let (img1, img2, img4) = (v1()?, v2()?, v4()?);
     let tmp = tempfile::tempdir()?;
