@@ -9,6 +9,7 @@
 //! costs the probe for the next root and the timestamp.
 
 use crate::releases::{self, Releases};
+use cairn_release::durable::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -257,25 +258,26 @@ impl Client {
     }
 
     /// The root a check starts from: the newest of the one kept on ROOT and the image's.
-    fn starting_root(&self) -> Result<Vec<u8>, TrustError> {
+    fn starting_root(&self) -> Result<(Vec<u8>, u64), TrustError> {
         let shipped = std::fs::read(&self.shipped_root)
             .map_err(|e| TrustError::Local(format!("{}: {e}", self.shipped_root.display())))?;
         let shipped_version = root_version(&shipped)
             .ok_or_else(|| TrustError::Local(format!("{}: not TUF root metadata", self.shipped_root.display())))?;
-        Ok(match std::fs::read(self.state.join(KEPT_ROOT)) {
-            Ok(kept) if root_version(&kept).is_some_and(|v| v > shipped_version) => kept,
-            _ => shipped,
+        let kept = std::fs::read(self.state.join(KEPT_ROOT)).ok().and_then(|b| root_version(&b).map(|v| (b, v)));
+        Ok(match kept {
+            Some((kept, version)) if version > shipped_version => (kept, version),
+            _ => (shipped, shipped_version),
         })
     }
 
     /// The version of the newest root this host has verified (the image's if none newer).
     pub fn trusted_root_version(&self) -> Result<u64, TrustError> {
-        Ok(root_version(&self.starting_root()?).unwrap_or(0))
+        Ok(self.starting_root()?.1)
     }
 
     /// Loads and verifies the feed at `now` (Unix seconds).
     pub fn check(&self, now: u64) -> Result<Verified, TrustError> {
-        let root = self.starting_root()?;
+        let (root, root_version) = self.starting_root()?;
         let datastore = self.state.join(DATASTORE);
         let verified_dir = self.state.join(VERIFIED);
         for dir in [&datastore, &verified_dir] {
@@ -306,7 +308,7 @@ impl Client {
             )
             .map_err(|e| TrustError::from_tough(e, &adapter.failures))?;
         check_fresh(&expiries(&repo), now)?;
-        self.keep(&repo, &adapter)?;
+        self.keep(&repo, root_version, &adapter)?;
         let releases = releases::from_targets(repo.targets().signed.targets.iter().map(|(name, t)| (name.raw(), t)))
             .map_err(TrustError::Refused)?;
         let cost =
@@ -314,35 +316,22 @@ impl Client {
         Ok(Verified { repo, runtime, adapter, cost, releases })
     }
 
-    /// Keeps what this check verified: the root when it is newer than the kept one, and the
-    /// versioned metadata it downloaded.
-    fn keep(&self, repo: &Repository, adapter: &Adapter) -> Result<(), TrustError> {
+    /// Keeps what this check verified: the root when the chain went past the one it started
+    /// from, and the versioned metadata it downloaded.
+    fn keep(&self, repo: &Repository, started_from: u64, adapter: &Adapter) -> Result<(), TrustError> {
         let local = |what: &Path, e: std::io::Error| TrustError::Local(format!("{}: {e}", what.display()));
+        let write = |path: &Path, data: &[u8]| write_atomic(path, data, 0o644).map_err(|e| local(path, e));
         let root = &repo.root();
-        let kept = self.state.join(KEPT_ROOT);
-        let kept_version = std::fs::read(&kept).ok().and_then(|b| root_version(&b)).unwrap_or(0);
-        if root.signed.version.get() > kept_version {
+        if root.signed.version.get() > started_from {
             let bytes = serde_json::to_vec(root).map_err(|e| TrustError::Local(format!("root metadata: {e}")))?;
-            write_durably(&kept, &bytes).map_err(|e| local(&kept, e))?;
+            write(&self.state.join(KEPT_ROOT), &bytes)?;
         }
         let fresh = std::mem::take(&mut *adapter.fresh.lock().unwrap_or_else(|e| e.into_inner()));
         for (name, data) in fresh {
-            let path = adapter.verified_dir.join(&name);
-            write_durably(&path, &data).map_err(|e| local(&path, e))?;
+            write(&adapter.verified_dir.join(&name), &data)?;
         }
         Ok(())
     }
-}
-
-/// Writes through a temporary file, synced, renamed over the old one, the directory synced.
-fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 fn expiries(repo: &Repository) -> [(RoleType, jiff::Timestamp); 4] {

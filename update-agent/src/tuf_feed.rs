@@ -50,11 +50,6 @@ impl TufFeed {
         TufFeed { client, transport, channel: channel.to_string(), verified: Mutex::new(None) }
     }
 
-    /// What the last check cost (requests and bytes), if there was one.
-    pub fn last_cost(&self) -> Option<Cost> {
-        self.verified.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|v| v.cost)
-    }
-
     fn check(&self, now: u64) -> Result<(), SourceError> {
         let verified = self.client.check(now).map_err(untrusted)?;
         let Cost { requests, bytes } = verified.cost;
