@@ -214,6 +214,27 @@ fn package_version_from_filename(f: &str) -> Option<(String, String)> {
 mod tests {
     use super::*;
 
+    /// A cached file that is not the one the lock (or apt's index) names is refused and removed,
+    /// never unpacked into an image.
+    #[test]
+    fn a_cached_package_with_another_sha256_is_refused_and_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let apt = Apt::new(t.path()).unwrap();
+        let deb = Deb {
+            package: "busybox".into(),
+            version: "1".into(),
+            filename: "busybox_1_amd64.deb".into(),
+            size: 5,
+            sha256: hex::encode(Sha256::digest(b"right")),
+        };
+        std::fs::write(apt.path_of(&deb), b"wrong").unwrap();
+        let e = apt.fetch(std::slice::from_ref(&deb)).unwrap_err().to_string();
+        assert!(e.contains("has sha256") && e.contains(&deb.sha256), "{e}");
+        assert!(!apt.path_of(&deb).exists(), "the wrong file is removed");
+        std::fs::write(apt.path_of(&deb), b"right").unwrap();
+        assert_eq!(apt.fetch(&[deb]).unwrap(), 0, "the right file is taken from the cache");
+    }
+
     #[test]
     fn parses_print_uris() {
         let text = "'http://deb.debian.org/debian/pool/main/g/gmp/libgmp10_6.2.1%2bdfsg1-1.1_amd64.deb' libgmp10_2%3a6.2.1+dfsg1-1.1_amd64.deb 562588 SHA256:abcd\n";
