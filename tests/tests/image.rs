@@ -119,10 +119,20 @@ fn same_inputs_give_the_same_disk() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let cache = fresh_cache_sharing_downloads(dir.path())?;
     let out = dir.path().join("repro-b");
+    // The second cargo home fetches its crates again; it takes the first one's settings (a
+    // registry mirror, say), which name no path that reaches a binary.
+    let cargo_home = place.join("cargo-home");
+    std::fs::create_dir_all(&cargo_home)?;
+    for config in ["config.toml", "config"] {
+        if let Some(from) = cairn_image::binaries::default_cargo_home().map(|h| h.join(config)).filter(|p| p.is_file())
+        {
+            std::fs::copy(from, cargo_home.join(config))?;
+        }
+    }
     let binaries = cairn_image::binaries::Source::Cargo {
         workspace: checkout.clone(),
         target_dir: place.join("target"),
-        cargo_home: Some(place.join("cargo-home")),
+        cargo_home: Some(cargo_home),
     };
     let report = cairn_image::build::build(&cairn_image::build::BuildOptions {
         cache,
