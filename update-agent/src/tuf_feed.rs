@@ -60,9 +60,7 @@ impl TufFeed {
         *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = Some(verified);
         Ok(())
     }
-}
 
-impl TufFeed {
     /// The release `offer` names, verified through the last check's metadata (and on
     /// `channel`, when the host chooses its channel itself).
     fn verify_offer(&self, offer: &Offer, os_id: &str, channel: Option<&str>) -> Result<Candidate, SourceError> {
