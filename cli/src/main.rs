@@ -29,27 +29,19 @@ enum ReleaseCommand {
         #[arg(long, value_name = "DIR")]
         keys: PathBuf,
     },
-    /// Add a release directory to a static feed (any HTTP server can serve it). With --keys, the
-    /// feed is a TUF repository (`cairn release init`): the release's files become targets and
-    /// targets, snapshot and timestamp are signed again. With --signing-key, the signed-index
-    /// feed the agent reads today.
+    /// Add a release directory to a TUF feed (`cairn release init`; any HTTP server can serve
+    /// it): release.json and the artifacts it names (each checked against its sha256) become
+    /// targets, and targets, snapshot and timestamp are signed again.
     Publish {
         #[arg(long, value_name = "FEED")]
         feed: PathBuf,
-        /// The TUF role keys (targets, snapshot, timestamp) of a feed made by `release init`.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["signing_key", "trust"])]
-        keys: Option<PathBuf>,
-        #[arg(long, value_name = "KEY", required_unless_present = "keys")]
-        signing_key: Option<PathBuf>,
-        /// Keys the release may be signed by, besides the signing key's own.
-        #[arg(long, value_name = "PUB")]
-        trust: Vec<PathBuf>,
-        #[arg(long, default_value = "stable")]
-        channel: String,
-        /// How long the index stays valid.
-        #[arg(long, default_value_t = 30)]
-        valid_days: u64,
-        /// The release directory (`cairn build --signing-key` writes OUT/release).
+        /// The feed's role keys (targets, snapshot, timestamp).
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        /// A channel the release is on (repeatable).
+        #[arg(long = "channel", default_value = "stable")]
+        channels: Vec<String>,
+        /// The release directory (`cairn build --trust-root` writes OUT/release).
         release: PathBuf,
     },
     /// Sign a new timestamp for a TUF feed with its timestamp key alone (before the last one
@@ -60,8 +52,12 @@ enum ReleaseCommand {
         #[arg(long, value_name = "DIR")]
         keys: PathBuf,
         /// How long the new timestamp is valid (e.g. 1d, 12h).
-        #[arg(long, value_name = "DURATION", default_value = "1d")]
+        #[arg(long, value_name = "DURATION", default_value = "1d", conflicts_with = "all")]
         expires: String,
+        /// Sign targets (the same ones) and snapshot again too, with their usual lifetimes: needs
+        /// the targets key, before the targets (90 days) or snapshot (7 days) run out.
+        #[arg(long)]
+        all: bool,
     },
     /// Replace a TUF feed's targets, snapshot or timestamp key (lost, or leaving): a new key in
     /// DIR, the old one moved to DIR/retired, the next root version naming the new key, and the
@@ -73,12 +69,6 @@ enum ReleaseCommand {
         keys: PathBuf,
         #[arg(long, value_parser = ["targets", "snapshot", "timestamp"])]
         role: String,
-    },
-    /// Check a release directory: signature by a trusted key, expiry, every artifact's sha256.
-    Verify {
-        #[arg(long, value_name = "PUB", required = true)]
-        trust: Vec<PathBuf>,
-        release: PathBuf,
     },
 }
 
@@ -115,13 +105,6 @@ enum Command {
         /// Skip writing disk.qcow2.
         #[arg(long)]
         no_qcow2: bool,
-        /// Sign the build as a release (written to OUT/release/) with this key; the image
-        /// trusts it unless the spec says otherwise.
-        #[arg(long, value_name = "KEY")]
-        signing_key: Option<PathBuf>,
-        /// Also trust this public key for updates (repeatable).
-        #[arg(long, value_name = "PUB")]
-        trust: Vec<PathBuf>,
         /// Trust this TUF root metadata (a feed's `metadata/1.root.json`): the image reads its
         /// feed as a TUF repository, and the release is written to OUT/release/ for
         /// `cairn release publish --keys`.
@@ -138,12 +121,13 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Make an ed25519 release signing key pair: DIR/release.key (0600) and DIR/release.pub.
+    /// Make the TUF role keys missing in DIR (0600, never overwritten): three root keys of
+    /// which two sign, a targets, a snapshot and a timestamp key. `release init` does it too.
     Keygen {
         #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        keys: PathBuf,
     },
-    /// Signed releases and static feeds.
+    /// Releases and their TUF feeds.
     #[command(subcommand)]
     Release(ReleaseCommand),
     /// Host configuration (#cloud-config).
@@ -254,14 +238,12 @@ fn run(cli: Cli) -> Result<()> {
             let code = validate(&file, json)?;
             std::process::exit(code);
         }
-        Command::Keygen { out } => {
-            let pk = cairn_image::release::keygen(&out)?;
-            println!(
-                "key {} written to {}/release.key (keep it secret) and {}/release.pub",
-                pk.id(),
-                out.display(),
-                out.display()
-            );
+        Command::Keygen { keys } => {
+            let made = cairn_tuf::keys::generate(&keys)?;
+            for key in &made {
+                println!("made {}", key.display());
+            }
+            println!("{} new key(s) in {}; keep the root and targets keys offline", made.len(), keys.display());
             Ok(())
         }
         Command::Release(ReleaseCommand::Init { feed, keys }) => {
@@ -269,13 +251,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} is a TUF repository: metadata/1.root.json (keys in {})", feed.display(), keys.display());
             Ok(())
         }
-        Command::Release(ReleaseCommand::Publish { feed, keys: Some(keys), release, channel, .. }) => {
+        Command::Release(ReleaseCommand::Publish { feed, keys, release, channels }) => {
             let names =
-                cairn_tuf::publish(&feed, &keys, &release, &[channel], unix_now()?, cairn_tuf::Expiry::default())?;
+                cairn_tuf::publish(&feed, &keys, &release, &channels, unix_now()?, cairn_tuf::Expiry::default())?;
             println!("published {} target(s) to {}: {}", names.len(), feed.display(), names.join(", "));
             Ok(())
         }
-        Command::Release(ReleaseCommand::Refresh { feed, keys, expires }) => {
+        Command::Release(ReleaseCommand::Refresh { feed, keys, all: true, .. }) => {
+            cairn_tuf::resign(&feed, &keys, unix_now()?, cairn_tuf::Expiry::default())?;
+            println!("targets, snapshot and timestamp of {} signed again", feed.display());
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Refresh { feed, keys, expires, all: false }) => {
             let valid = cairn_release::duration::parse(&expires).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
             let version = cairn_tuf::refresh(&feed, &keys, unix_now()?, valid.as_secs())?;
             println!("timestamp {version} of {} valid for {expires}", feed.display());
@@ -291,52 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("root {version} of {} names the new {} key", feed.display(), cairn_tuf::keys::role_name(role));
             Ok(())
         }
-        Command::Release(ReleaseCommand::Publish {
-            feed,
-            keys: None,
-            signing_key,
-            trust,
-            channel,
-            valid_days,
-            release,
-        }) => {
-            let signing_key = signing_key.ok_or_else(|| anyhow::anyhow!("--signing-key or --keys"))?;
-            let key = cairn_image::release::load_secret(&signing_key)?;
-            let mut trusted = vec![key.public()];
-            for p in &trust {
-                trusted.push(cairn_image::release::load_public(p)?);
-            }
-            let entry = cairn_image::release::publish(&feed, &release, &key, &trusted, &channel, valid_days)?;
-            println!("published {} at {}/{}", entry.version, feed.display(), entry.path);
-            Ok(())
-        }
-        Command::Release(ReleaseCommand::Verify { trust, release }) => {
-            let trusted = trust.iter().map(|p| cairn_image::release::load_public(p)).collect::<Result<Vec<_>>>()?;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            let r = cairn_image::release::verify_release_dir(&release, &trusted, now)?;
-            println!(
-                "{} {}: signature and {} artifacts verified; expires at {}",
-                r.os_id,
-                r.version,
-                r.artifacts.len(),
-                r.expires
-            );
-            Ok(())
-        }
-        Command::Build {
-            spec,
-            version,
-            out,
-            cache,
-            binaries,
-            no_qcow2,
-            signing_key,
-            trust,
-            trust_root,
-            locked,
-            update_lock,
-            quiet,
-        } => {
+        Command::Build { spec, version, out, cache, binaries, no_qcow2, trust_root, locked, update_lock, quiet } => {
             let opts = build::BuildOptions {
                 spec_path: spec,
                 version,
@@ -347,8 +289,6 @@ fn run(cli: Cli) -> Result<()> {
                 interactive: std::io::stderr().is_terminal(),
                 quiet,
                 qcow2: !no_qcow2,
-                signing_key,
-                trust,
                 trust_root,
                 lock: match (locked, update_lock) {
                     (true, _) => LockMode::Locked,

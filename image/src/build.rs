@@ -32,10 +32,6 @@ pub struct BuildOptions {
     pub interactive: bool,
     pub quiet: bool,
     pub qcow2: bool,
-    /// Sign a release (written to `out/release/`) with this key.
-    pub signing_key: Option<PathBuf>,
-    /// More public keys the image trusts for updates.
-    pub trust: Vec<PathBuf>,
     /// The TUF root metadata the image trusts: its feed is a TUF repository, and a release
     /// directory (`out/release/`, for `cairn release publish --keys`) is written.
     pub trust_root: Option<PathBuf>,
@@ -76,10 +72,7 @@ pub struct KernelReport {
 #[derive(Debug, Serialize)]
 pub struct ReleaseReport {
     pub dir: String,
-    /// The key that signed release.json (none for a release that only a TUF feed vouches for).
-    pub key_id: Option<String>,
     pub created: u64,
-    pub expires: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,11 +101,9 @@ pub struct BuildReport {
     pub packages: Vec<Deb>,
     pub initramfs_modules: Vec<String>,
     pub outputs: BTreeMap<String, Output>,
-    /// Ids of the release keys the image trusts.
-    pub trusted_keys: Vec<String>,
     /// The version of the TUF root metadata the image trusts, if any.
     pub tuf_root_version: Option<u64>,
-    /// The signed release, when the build was signed.
+    /// The release directory for `cairn release publish`, when the image trusts a root.
     pub release: Option<ReleaseReport>,
     pub steps: Vec<StepTime>,
     pub total_ms: u64,
@@ -288,16 +279,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let update_toml = toml::to_string(&spec.update)?;
     let salt: [u8; 32] = Sha256::digest(format!("cairn verity salt {} {version}", spec.os.id)).into();
 
-    let signing_key = opts.signing_key.as_deref().map(crate::release::load_secret).transpose()?;
-    let mut trusted: Vec<cairn_release::keys::PublicKey> = Vec::new();
-    for p in spec.release.trusted_keys.iter().map(|k| spec.base_dir.join(k)).chain(opts.trust.iter().cloned()) {
-        trusted.push(crate::release::load_public(&p)?);
-    }
-    if let (Some(k), true) = (&signing_key, spec.release.trust_signing_key) {
-        trusted.push(k.public());
-    }
-    trusted.sort_by_key(|k| k.id());
-    trusted.dedup();
     let tuf_root = match &opts.trust_root {
         None => None,
         Some(path) => {
@@ -327,9 +308,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         h.update(spec.os.id.as_bytes());
         for dir in &overlays {
             h.update(rootfs::tree_digest(dir)?);
-        }
-        for k in &trusted {
-            h.update(k.to_text());
         }
         if let Some((root, _)) = &tuf_root {
             h.update(b"tuf root ");
@@ -371,10 +349,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         rootfs::write_file(&usr.join("lib/os-release"), os_release.as_bytes(), 0o644)?;
         let update_file = cairn_release::update_config::IMAGE_FILE.trim_start_matches('/');
         rootfs::write_file(&tree.join(update_file), update_toml.as_bytes(), 0o644)?;
-        for k in &trusted {
-            let path = tree.join(cairn_release::layout::TRUSTED_KEYS_DIR).join(format!("{}.pub", k.id()));
-            rootfs::write_file(&path, k.to_text().as_bytes(), 0o644)?;
-        }
         if let Some((root, _)) = &tuf_root {
             rootfs::write_file(&tree.join(cairn_release::layout::TUF_ROOT), root, 0o644)?;
         }
@@ -462,9 +436,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Ok(((), false))
     })?;
 
-    let release = match (&signing_key, &tuf_root) {
-        (None, None) => None,
-        (key, _) => Some(steps.run("release", || {
+    let release = match &tuf_root {
+        None => None,
+        Some(_) => Some(steps.run("release", || {
             // The compressed /usr is derived from the cached image, so it is cached beside it.
             let zst = usr_img.with_extension("img.zst");
             let cached = zst.exists();
@@ -484,16 +458,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     hash_offset: params.hash_offset,
                 },
                 created,
-                valid_for_days: spec.release.valid_days,
             };
             let dir = opts.out.join("release");
-            let r = crate::release::write_release_dir(&dir, &inputs, &zst, key.as_ref())?;
-            let report = ReleaseReport {
-                dir: "release".into(),
-                key_id: key.as_ref().map(|k| k.public().id()),
-                created: r.created,
-                expires: r.expires,
-            };
+            let r = crate::release::write_release_dir(&dir, &inputs, &zst)?;
+            let report = ReleaseReport { dir: "release".into(), created: r.created };
             Ok((report, cached))
         })?),
     };
@@ -619,7 +587,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         packages: debs,
         initramfs_modules: initrd_modules,
         outputs,
-        trusted_keys: trusted.iter().map(|k| k.id()).collect(),
         tuf_root_version: tuf_root.as_ref().map(|(_, version)| *version),
         release,
         steps: steps.times.clone(),

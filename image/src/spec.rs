@@ -20,8 +20,6 @@ pub struct Spec {
     pub partitions: Partitions,
     #[serde(default)]
     pub boot: Boot,
-    #[serde(default)]
-    pub release: Release,
     /// The update agent's settings, installed as /usr/lib/cairn/update.toml (docs/releases.md).
     #[serde(default)]
     pub update: cairn_release::update_config::UpdateSettings,
@@ -124,34 +122,6 @@ impl Default for Boot {
 
 fn default_deadline() -> u32 {
     120
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Release {
-    /// Paths of trusted release public keys (relative to the spec file).
-    #[serde(default)]
-    pub trusted_keys: Vec<String>,
-    /// Whether the key a build is signed with is trusted by the image too.
-    #[serde(default = "default_true")]
-    pub trust_signing_key: bool,
-    /// How long a signed release stays installable.
-    #[serde(default = "default_valid_days")]
-    pub valid_days: u64,
-}
-
-impl Default for Release {
-    fn default() -> Self {
-        Release { trusted_keys: vec![], trust_signing_key: true, valid_days: default_valid_days() }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_valid_days() -> u64 {
-    180
 }
 
 impl Spec {

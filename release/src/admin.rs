@@ -12,15 +12,18 @@ pub struct Channel {
     pub updated_at: i64,
 }
 
+/// A release in the server's TUF repository (`GET /v1/admin/packages`): what a channel or a pin
+/// may name. Releases are published into the repository offline (`cairn release publish`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Package {
     pub version: String,
-    pub os_id: String,
+    /// The TUF channels it was published on.
+    pub channels: Vec<String>,
+    /// Its release.json target, and that target's sha256 (what a check-in offers).
+    pub manifest: String,
     pub manifest_sha256: String,
-    pub signed_by: String,
-    pub base_url: Option<String>,
-    pub complete: bool,
-    pub created_at: i64,
+    /// Bytes of all its targets.
+    pub size: u64,
 }
 
 /// `POST /v1/admin/channels`.
@@ -37,30 +40,6 @@ pub struct NewChannel {
 #[serde(deny_unknown_fields)]
 pub struct ChannelVersion {
     pub version: String,
-}
-
-// ---- packages ----
-
-/// `POST /v1/admin/packages`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UploadRequest {
-    /// The exact text of release.json.
-    pub manifest: String,
-    /// The exact text of release.json.sig.
-    pub signature: String,
-    /// Artifacts are served from this URL (the directory holding release.json) instead of by
-    /// this server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_url: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PackageStatus {
-    #[serde(flatten)]
-    pub package: Package,
-    /// Artifacts still to upload, with their sizes.
-    pub missing: Vec<(String, u64)>,
 }
 
 // ---- groups, hosts, events ----

@@ -28,12 +28,8 @@ pub const BOOT_ENV: &str = "/run/cairn/boot.env";
 /// The running release's os-release (`ID`, `VERSION_ID`), on the verity-protected `/usr`.
 pub const OS_RELEASE: &str = "/usr/lib/os-release";
 
-/// Public keys of trusted release signers, relative to the root (under `/usr`, so dm-verity
-/// protects them).
-pub const TRUSTED_KEYS_DIR: &str = "usr/share/cairn/keys";
-
-/// The TUF root metadata the image trusts (`cairn build --trust-root`), relative to the root:
-/// with it, the agent reads its feed as a TUF repository.
+/// The TUF root metadata the image trusts (`cairn build --trust-root`), relative to the root
+/// (under `/usr`, so dm-verity protects it): without it, the agent trusts no release.
 pub const TUF_ROOT: &str = "usr/share/cairn/tuf/root.json";
 
 /// Where the agent keeps its TUF state on ROOT: the newest root it verified, tough's datastore,

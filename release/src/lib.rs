@@ -11,7 +11,6 @@ pub mod control;
 pub mod durable;
 pub mod duration;
 pub mod gpt;
-pub mod keys;
 pub mod layout;
 pub mod maintenance;
 pub mod manifest;

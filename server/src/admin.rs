@@ -1,5 +1,5 @@
 //! The admin API's service: what operators can do to channels, groups, the fleet's records and
-//! reboot locks, with the rules that go with it (a channel names only complete packages, a
+//! reboot locks, with the rules that go with it (a channel names only releases of the TUF repository, a
 //! resumed rollout forgives the failures that halted it, ...). Handlers (`crate::api`) parse
 //! and answer; queries live in `crate::store`.
 
@@ -37,28 +37,44 @@ impl Server {
         Ok(store::channels(&self.db).await?)
     }
 
+    /// The releases of the TUF repository, read again (an operator may just have published).
     pub async fn packages(&self) -> ApiResult<Vec<Package>> {
-        Ok(store::packages(&self.db).await?)
+        let Some(tuf) = self.reread_tuf().await? else { return Ok(Vec::new()) };
+        Ok(tuf.packages())
     }
 
-    /// A channel or pin may only name a package that can be offered: a release in the TUF
-    /// repository or a complete package.
-    async fn require_complete_package(&self, version: &str) -> ApiResult<()> {
-        if self.tuf.as_ref().is_some_and(|t| t.release(version).is_some()) {
-            return Ok(());
+    /// The TUF repository as it is on disk now, if the server has one.
+    async fn reread_tuf(&self) -> ApiResult<Option<std::sync::Arc<crate::tuf::TufRepository>>> {
+        let Some(tuf) = self.tuf.clone() else { return Ok(None) };
+        let reader = tuf.clone();
+        tokio::task::spawn_blocking(move || reader.reread())
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the TUF repository: {e}")))?;
+        Ok(Some(tuf))
+    }
+
+    /// A channel or pin may only name a release that can be offered: one in the TUF repository
+    /// (read again first, so a release published a moment ago can be named at once).
+    async fn require_release(&self, version: &str) -> ApiResult<()> {
+        match self.reread_tuf().await? {
+            None => Err(ApiError::BadRequest(format!(
+                "no release {version:?}: this server has no TUF repository (--tuf-repo)"
+            ))),
+            Some(tuf) if tuf.release(version).is_none() => {
+                Err(ApiError::BadRequest(format!("no release {version:?} in the TUF repository")))
+            }
+            Some(_) => {
+                self.invalidate_groups();
+                Ok(())
+            }
         }
-        let p =
-            self.signed_package(version).await.map_err(|_| ApiError::BadRequest(format!("no package {version:?}")))?;
-        if !p.package.complete {
-            return Err(ApiError::BadRequest(format!("package {version} is not completely uploaded")));
-        }
-        Ok(())
     }
 
     pub async fn create_channel(&self, c: NewChannel) -> ApiResult<Channel> {
         validate_name("channel", &c.name, 64)?;
         if let Some(v) = &c.version {
-            self.require_complete_package(v).await?;
+            self.require_release(v).await?;
         }
         let now = self.now_ms();
         if !store::create_channel(&self.db, &c.name, c.version.as_deref(), now).await? {
@@ -69,7 +85,7 @@ impl Server {
     }
 
     pub async fn set_channel(&self, name: String, c: ChannelVersion) -> ApiResult<Channel> {
-        self.require_complete_package(&c.version).await?;
+        self.require_release(&c.version).await?;
         let now = self.now_ms();
         if !store::set_channel_version(&self.db, &name, &c.version, now).await? {
             return Err(ApiError::NotFound(format!("unknown channel {name:?}")));
@@ -94,7 +110,7 @@ impl Server {
             return Err(ApiError::BadRequest(format!("unknown channel {:?}", g.channel)));
         }
         if let Some(v) = &g.policy.pinned_version {
-            self.require_complete_package(v).await?;
+            self.require_release(v).await?;
         }
         Ok(())
     }

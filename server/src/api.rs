@@ -1,6 +1,6 @@
 //! The HTTP API. Agents: `POST /v1/enroll` (with the group's enrollment token), then with their
-//! own credential `POST /v1/checkin` and `POST /v1/events`; `GET /v1/packages/VERSION/FILE`
-//! (byte ranges; releases are signed, so the files are public). Operators, with a bearer token:
+//! own credential `POST /v1/checkin` and `POST /v1/events`; `GET /v1/tuf/DIR/FILE`, the TUF
+//! repository (byte ranges; every byte is signed or named by what is, so it is public). Operators, with a bearer token:
 //! `/v1/admin/...`. Also `/metrics` and `/healthz`.
 //! Every refusal is a 4xx with `{"error": "..."}` naming the problem, and changes nothing.
 
@@ -16,9 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cairn_release::admin::{Channel, ChannelVersion, EventRecord, Group, GroupChange, Instance, LockGroup};
-use cairn_release::admin::{LockRelease, LockSlots, NewChannel, Package, RolloutStatus, UploadRequest};
+use cairn_release::admin::{LockRelease, LockSlots, NewChannel, Package, RolloutStatus};
 use cairn_release::checkin::{CHECKIN_PATH, CheckIn, ENROLL_PATH, EVENTS_PATH, EnrollRequest, Event};
-use cairn_release::manifest::{MANIFEST, SIGNATURE_SUFFIX, safe_name};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
@@ -38,9 +37,7 @@ pub fn router(server: Arc<Server>, request_timeout: std::time::Duration) -> Rout
     let admin = Router::new()
         .route("/channels", get(list_channels).post(create_channel))
         .route("/channels/{name}", put(set_channel))
-        .route("/packages", get(list_packages).post(upload_package))
-        .route("/packages/{version}", get(package_status).delete(delete_package))
-        .route("/packages/{version}/artifacts/{name}", put(upload_artifact).layer(DefaultBodyLimit::disable()))
+        .route("/packages", get(list_packages))
         .route("/groups", get(list_groups).post(create_group))
         .route("/groups/{name}", get(get_group).patch(update_group))
         .route("/instances", get(list_instances))
@@ -64,7 +61,6 @@ pub fn router(server: Arc<Server>, request_timeout: std::time::Duration) -> Rout
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout));
     Router::new()
         .merge(agents)
-        .route("/v1/packages/{version}/{file}", get(package_file))
         .route("/v1/tuf/{dir}/{file}", get(tuf_file))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -142,23 +138,6 @@ async fn report(State(s): S, headers: HeaderMap, body: Bytes) -> ApiResult<Statu
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn package_file(State(s): S, Path((version, file)): Path<(String, String)>, req: Request) -> ApiResult<Response> {
-    cairn_release::version::validate(&version).map_err(|e| ApiError::BadRequest(format!("version: {e}")))?;
-    if !safe_name(&file) {
-        return Err(ApiError::BadRequest(format!("file name {file:?}: not a plain file name")));
-    }
-    let signature = format!("{MANIFEST}{SIGNATURE_SUFFIX}");
-    if file == MANIFEST || file == signature {
-        let p = s.signed_package(&version).await?;
-        let text = if file == MANIFEST { p.manifest } else { p.signature };
-        return Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response());
-    }
-    let path = s.artifact_path(&version, &file).await?;
-    // ServeFile answers Range requests (206, 416) and conditional ones.
-    let response = ServeFile::new(path).oneshot(req).await.map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(response.map(Body::new))
-}
-
 /// A file of the TUF repository: public, as every byte of it is signed or named by what is.
 async fn tuf_file(State(s): S, Path((dir, file)): Path<(String, String)>, req: Request) -> ApiResult<Response> {
     let tuf = s.tuf.as_ref().ok_or_else(|| ApiError::NotFound("this server has no TUF repository".into()))?;
@@ -201,28 +180,6 @@ async fn set_channel(State(s): S, Path(name): Path<String>, body: Bytes) -> ApiR
 
 async fn list_packages(State(s): S) -> ApiResult<Json<Vec<Package>>> {
     Ok(Json(s.packages().await?))
-}
-
-async fn upload_package(State(s): S, body: Bytes) -> ApiResult<Response> {
-    let req: UploadRequest = parse("package", &body)?;
-    Ok((StatusCode::CREATED, Json(s.upload_package(&req).await?)).into_response())
-}
-
-async fn package_status(State(s): S, Path(version): Path<String>) -> ApiResult<Response> {
-    Ok(Json(s.package_status(&version).await?).into_response())
-}
-
-async fn upload_artifact(
-    State(s): S,
-    Path((version, name)): Path<(String, String)>,
-    body: Body,
-) -> ApiResult<Response> {
-    Ok(Json(s.store_artifact(&version, &name, body).await?).into_response())
-}
-
-async fn delete_package(State(s): S, Path(version): Path<String>) -> ApiResult<StatusCode> {
-    s.delete_package(&version).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- groups ----

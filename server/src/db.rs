@@ -57,6 +57,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial schema", include_str!("migrations/0001_initial.sql")),
     (2, "fleetlock semaphores", include_str!("migrations/0002_fleetlock.sql")),
     (3, "host identity, ending tokens", include_str!("migrations/0003_identity.sql")),
+    (4, "releases come from the TUF repository", include_str!("migrations/0004_tuf_packages.sql")),
 ];
 
 impl Db {

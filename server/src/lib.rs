@@ -11,7 +11,6 @@ pub mod fleetlock;
 pub mod identity;
 pub mod locks;
 pub mod metrics;
-pub mod packages;
 pub mod policy;
 pub mod ratelimit;
 pub mod rollout;

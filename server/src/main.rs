@@ -1,7 +1,6 @@
 //! `cairn-server serve` and `cairn-server token create|list|revoke`.
 
 use anyhow::{Context, Result, bail};
-use cairn_release::keys::PublicKey;
 use cairn_server::clock::{Clock, SystemClock};
 use cairn_server::db::Db;
 use cairn_server::identity::{Limits, Retention};
@@ -92,9 +91,6 @@ struct ServeArgs {
     listen: String,
     #[command(flatten)]
     store: StoreArgs,
-    /// A release public key (file) accepted on package upload; repeat for several.
-    #[arg(long = "trust", value_name = "PUB", required = true)]
-    trust: Vec<PathBuf>,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -182,17 +178,11 @@ fn init_logs(format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     init_logs(args.log_format);
-    let mut trusted = Vec::new();
-    for path in &args.trust {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--trust {}", path.display()))?;
-        trusted.push(PublicKey::parse(&text).with_context(|| format!("--trust {}", path.display()))?);
-    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(serve::tls_config(cert, key).await?),
         _ => None,
     };
     let db = args.store.open().await?;
-    let data_dir = args.store.data.clone();
     let store = if args.etcd.is_empty() {
         locks::Store::Database
     } else {
@@ -230,7 +220,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => None,
     };
-    let mut server = Server::new(db, Arc::new(SystemClock), trusted, data_dir)
+    let mut server = Server::new(db, Arc::new(SystemClock))
         .with_tuf(tuf)
         .with_locks(locks)
         .with_limits(limits)

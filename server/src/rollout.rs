@@ -11,10 +11,8 @@ use crate::metrics::Metrics;
 use crate::policy::{Decision, GroupPolicy, HostView, RolloutCounts, decide, should_halt, target_version};
 use crate::store::{self, Group, Instance};
 use cairn_release::checkin::{CheckIn, CheckInReply, Event, EventKind, FORMAT, Offer};
-use cairn_release::keys::PublicKey;
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,16 +28,13 @@ const COUNTS_CACHE_MS: i64 = 250;
 #[derive(Debug)]
 pub struct GroupView {
     pub group: Group,
-    /// The target version, if its package is complete on this server; else why not.
+    /// The target version's offer, if the TUF repository has that release; else why not.
     pub target: Result<Offer, String>,
 }
 
 pub struct Server {
     pub db: Db,
     pub clock: Arc<dyn Clock>,
-    pub trusted: Vec<PublicKey>,
-    /// Where uploaded artifacts live (`packages/VERSION/NAME`); `None`: only URL references.
-    pub data_dir: Option<PathBuf>,
     pub metrics: Metrics,
     /// Reboot semaphores (FleetLock).
     pub locks: Locks,
@@ -61,18 +56,11 @@ pub struct Server {
     counts: Mutex<HashMap<(String, String), (i64, RolloutCounts)>>,
 }
 
-/// The path agents fetch a stored package from, relative to the server's URL.
-pub fn package_path(version: &str) -> String {
-    format!("v1/packages/{version}")
-}
-
 impl Server {
-    pub fn new(db: Db, clock: Arc<dyn Clock>, trusted: Vec<PublicKey>, data_dir: Option<PathBuf>) -> Server {
+    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Server {
         Server {
             db,
             clock,
-            trusted,
-            data_dir,
             metrics: Metrics::new(),
             locks: Locks::default(),
             limits: crate::identity::Limits::default(),
@@ -100,7 +88,7 @@ impl Server {
         Server { agent_auth: false, ..self }
     }
 
-    /// Offers releases of this TUF repository (a version in it before a stored package).
+    /// Offers releases of this TUF repository (without one, a server coordinates reboots only).
     pub fn with_tuf(self, tuf: Option<Arc<crate::tuf::TufRepository>>) -> Server {
         Server { tuf, ..self }
     }
@@ -153,17 +141,9 @@ impl Server {
             store::group(&self.db, name).await?.ok_or_else(|| ApiError::NotFound(format!("unknown group {name:?}")))?;
         let target = match target_version(&group.policy, group.channel_version.as_deref()) {
             None => Err(format!("channel {:?} has no version yet", group.channel)),
-            Some(version) => match self.tuf.as_ref().and_then(|t| t.offer(version)) {
-                Some(offer) => Ok(offer),
-                None => match store::package(&self.db, version).await? {
-                    Some(p) if p.package.complete => Ok(Offer {
-                        version: version.to_string(),
-                        path: p.package.base_url.clone().unwrap_or_else(|| package_path(version)),
-                        manifest_sha256: p.package.manifest_sha256.clone(),
-                    }),
-                    Some(_) => Err(format!("the package of {version} is not completely uploaded")),
-                    None => Err(format!("no package of {version} on this server")),
-                },
+            Some(version) => match &self.tuf {
+                None => Err("this server has no TUF repository".into()),
+                Some(tuf) => tuf.offer(version).ok_or_else(|| format!("the TUF repository has no release {version}")),
             },
         };
         let view = Arc::new(GroupView { group, target });

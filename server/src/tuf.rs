@@ -5,6 +5,7 @@
 //! left; a server that cannot sign refuses to start, and a refresh that fails is logged as an
 //! error each time with when hosts will start refusing the feed.
 
+use cairn_release::admin::Package;
 use cairn_release::checkin::Offer;
 use cairn_tuf::keys::RoleType;
 use cairn_tuf::releases::ReleaseTargets;
@@ -66,18 +67,39 @@ impl TufRepository {
         self.state().timestamp_expires
     }
 
-    /// Re-reads the repository (an operator may have published) and signs a new timestamp if
-    /// it is due. Blocking: file I/O and signing.
-    pub fn maintain(&self, now: u64) -> Result<Maintained, cairn_tuf::Error> {
-        let mut state = cairn_tuf::repo::state(&self.dir)?;
-        let mut done = Maintained::Fresh;
-        if needs_refresh(state.timestamp_expires, now, self.lifetime) {
-            let version = cairn_tuf::refresh(&self.dir, &self.keys, now, self.lifetime)?;
-            state = cairn_tuf::repo::state(&self.dir)?;
-            done = Maintained::Refreshed(version);
-        }
+    /// Reads the repository again (an operator may have published). Blocking: file I/O.
+    pub fn reread(&self) -> Result<(), cairn_tuf::Error> {
+        let state = cairn_tuf::repo::state(&self.dir)?;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
-        Ok(done)
+        Ok(())
+    }
+
+    /// Reads the repository again and signs a new timestamp if it is due. Blocking: file I/O
+    /// and signing.
+    pub fn maintain(&self, now: u64) -> Result<Maintained, cairn_tuf::Error> {
+        self.reread()?;
+        if !needs_refresh(self.timestamp_expires(), now, self.lifetime) {
+            return Ok(Maintained::Fresh);
+        }
+        let version = cairn_tuf::refresh(&self.dir, &self.keys, now, self.lifetime)?;
+        self.reread()?;
+        Ok(Maintained::Refreshed(version))
+    }
+
+    /// Every release in the repository, oldest version first.
+    pub fn packages(&self) -> Vec<Package> {
+        let mut releases = self.state().releases.0.clone();
+        releases.sort_by(|a, b| cairn_release::version::compare(&a.version, &b.version));
+        releases
+            .into_iter()
+            .map(|r| Package {
+                size: r.files.values().map(|f| f.length).sum(),
+                version: r.version,
+                channels: r.channels,
+                manifest: r.manifest.name,
+                manifest_sha256: r.manifest.sha256,
+            })
+            .collect()
     }
 
     /// The file an agent asks for as `/v1/tuf/{metadata|targets}/{name}`; `None` for any other

@@ -58,13 +58,6 @@ pub fn image_with_cache(name: &str, spec: &str, version: &str, cache: &Path) -> 
     build_once(name, |dir| BuildOptions { cache: cache.to_path_buf(), ..build_options(spec, version, dir) })
 }
 
-/// Like [`image`], signed with [`test_signing_key`] (which the image then trusts): the
-/// directory holds `release/` for a feed.
-pub fn signed_image(name: &str, spec: &str, version: &str) -> Result<Image> {
-    let key = test_signing_key()?;
-    build_once(name, |dir| BuildOptions { signing_key: Some(key), ..build_options(spec, version, dir) })
-}
-
 /// Like [`image`], trusting the root of [`test_tuf_repository`] (and no key): the directory
 /// holds `release/` for `cairn_tuf::publish`.
 pub fn tuf_image(name: &str, spec: &str, version: &str) -> Result<Image> {
@@ -96,10 +89,63 @@ pub fn test_tuf_repository() -> Result<(PathBuf, PathBuf)> {
     if !fresh {
         let _ = std::fs::remove_dir_all(&feed);
         let _ = std::fs::remove_dir_all(&keys);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        cairn_tuf::init(&feed, &keys, now, cairn_tuf::Expiry::default())?;
+        cairn_tuf::init(&feed, &keys, unix_now(), cairn_tuf::Expiry::default())?;
     }
     Ok((feed, keys))
+}
+
+/// A copy of the test TUF repository in `dir` for a test to publish into: the feed, all its
+/// keys, and `online`, the timestamp key alone (what a rollout server holds). Every role but
+/// the root is signed afresh, so the copy is valid however old the repository is.
+pub struct TufCopy {
+    pub feed: PathBuf,
+    pub keys: PathBuf,
+    pub online: PathBuf,
+}
+
+impl TufCopy {
+    pub fn new(dir: &Path) -> Result<TufCopy> {
+        let (feed, keys) = test_tuf_repository()?;
+        let copy = TufCopy { feed: dir.join("feed"), keys: dir.join("keys"), online: dir.join("online") };
+        copy_dir(&feed, &copy.feed)?;
+        copy_dir(&keys, &copy.keys)?;
+        std::fs::create_dir_all(&copy.online)?;
+        let timestamp = |dir: &Path| cairn_tuf::keys::path(dir, cairn_tuf::keys::RoleType::Timestamp, 1);
+        std::fs::copy(timestamp(&copy.keys), timestamp(&copy.online))?;
+        cairn_tuf::resign(&copy.feed, &copy.keys, unix_now(), cairn_tuf::Expiry::default())?;
+        Ok(copy)
+    }
+
+    /// Signs the release directory `release` into the feed on `channels`.
+    pub fn publish(&self, release: &Path, channels: &[&str]) -> Result<()> {
+        let channels: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+        cairn_tuf::publish(&self.feed, &self.keys, release, &channels, unix_now(), cairn_tuf::Expiry::default())?;
+        Ok(())
+    }
+
+    /// Signs `img`'s release into the feed on channel stable.
+    pub fn publish_image(&self, img: &Image) -> Result<()> {
+        self.publish(&img.dir.join("release"), &["stable"])
+    }
+
+    /// `cairn-server serve` arguments serving this feed with the timestamp key alone.
+    pub fn serve_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec!["--tuf-repo".into(), path(&self.feed), "--tuf-keys".into(), path(&self.online)]
+    }
+}
+
+/// `cp -a FROM/. TO` after emptying TO.
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to)?;
+    let status = std::process::Command::new("cp").arg("-a").arg(from.join(".")).arg(to).status()?;
+    anyhow::ensure!(status.success(), "copying {} to {}", from.display(), to.display());
+    Ok(())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
 }
 
 /// Builds once per process under `images_dir()/name`; concurrent test processes serialize on
@@ -125,26 +171,9 @@ fn build_once(name: &str, options: impl FnOnce(PathBuf) -> BuildOptions) -> Resu
     Ok(img)
 }
 
-/// The release signing key of tests: fixed, so signed test builds hit the build cache across
-/// runs. Never trusted by anything but test images.
-pub fn test_signing_key() -> Result<PathBuf> {
-    static WRITTEN: Mutex<()> = Mutex::new(());
-    let _one_writer = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = images_dir().join("test-release-key");
-    let secret = dir.join(cairn_image::release::SECRET_FILE);
-    let key = cairn_release::keys::SecretKey::from_seed(*b"cairn test release key, not real");
-    std::fs::create_dir_all(&dir)?;
-    cairn_release::durable::write_atomic(&secret, key.to_text().as_bytes(), 0o600)?;
-    cairn_release::durable::write_atomic(
-        &dir.join(cairn_image::release::PUBLIC_FILE),
-        key.public().to_text().as_bytes(),
-        0o644,
-    )?;
-    Ok(secret)
-}
-
 /// Options for building `spec` (relative to the workspace) as `version` into `out`, as tests
-/// and benchmarks do: the default cache, binaries from this workspace, quiet, no qcow2, unsigned.
+/// and benchmarks do: the default cache, binaries from this workspace, quiet, no qcow2, no root
+/// of trust.
 pub fn build_options(spec: &str, version: &str, out: PathBuf) -> BuildOptions {
     BuildOptions {
         spec_path: workspace().join(spec),
@@ -156,8 +185,6 @@ pub fn build_options(spec: &str, version: &str, out: PathBuf) -> BuildOptions {
         interactive: false,
         quiet: true,
         qcow2: false,
-        signing_key: None,
-        trust: Vec::new(),
         trust_root: None,
         lock: cairn_image::lock::LockMode::Use,
     }

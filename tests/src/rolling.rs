@@ -8,17 +8,16 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// cairn-server on the test machine's loopback, its data in `dir`, trusting the test release
-/// key: the process, an admin token and its port.
-pub fn rollout_server(dir: &Path) -> Result<(ServerProcess, String, u16)> {
-    let public = dir.join("release.pub");
-    let key = cairn_image::release::load_secret(&crate::test_signing_key()?)?;
-    std::fs::write(&public, key.public().to_text())?;
+/// cairn-server on the test machine's loopback, its data in `dir`, serving a copy of the test
+/// TUF repository with `images`' releases published: the process, an admin token and its port.
+pub fn rollout_server(dir: &Path, images: &[&crate::Image]) -> Result<(ServerProcess, String, u16)> {
+    let repo = crate::TufCopy::new(&dir.join("tuf"))?;
+    for img in images {
+        repo.publish_image(img)?;
+    }
     let store = vec!["--data".to_string(), dir.join("data").display().to_string()];
     let token = crate::server::create_token(&store)?;
-    let mut args = store;
-    args.extend(["--trust".into(), public.display().to_string()]);
-    let server = crate::server::ServerProcess::spawn(&args)?;
+    let server = crate::server::ServerProcess::spawn(&[store, repo.serve_args()].concat())?;
     let port: u16 = server.url.rsplit(':').next().context("port")?.parse()?;
     Ok((server, token, port))
 }

@@ -1,10 +1,9 @@
 //! Helpers for rollout-server tests and benchmarks: a PostgreSQL started in a temporary
-//! directory, `cairn-server` as a process or in-process, small signed releases, and a JSON client.
+//! directory, `cairn-server` as a process or in-process, small releases in a TUF repository, and
+//! a JSON client.
 
 use crate::etcd::Etcd;
 use anyhow::{Context, Result, anyhow, bail};
-use cairn_release::keys::SecretKey;
-use cairn_release::manifest::{Artifact, ArtifactKind, Compression, FORMAT, Release, VerityInfo, sign};
 use cairn_server::clock::{Clock, ManualClock, SystemClock};
 use cairn_server::db::Db;
 use cairn_server::locks::{self, Locks, etcd::EtcdSemaphores};
@@ -12,7 +11,6 @@ use cairn_server::rollout::Server;
 use cairn_server::serve::{self, Running};
 use serde_json::Value;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -133,7 +131,7 @@ pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
 }
 
 /// Whether `bin` exists and is newer than every source of `package` and of `cairn-release`
-/// (their only workspace dependency) and than Cargo.lock: what make would decide.
+/// and `cairn-tuf` (their workspace dependencies) and than Cargo.lock: what make would decide.
 fn is_newer_than_sources(bin: &Path, package: &str) -> Result<bool> {
     let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return Ok(false) };
     let dir = match package {
@@ -143,7 +141,7 @@ fn is_newer_than_sources(bin: &Path, package: &str) -> Result<bool> {
     };
     let root = crate::workspace();
     let mut newest = std::fs::metadata(root.join("Cargo.lock"))?.modified()?;
-    let mut pending = vec![root.join(dir), root.join("release")];
+    let mut pending = vec![root.join(dir), root.join("release"), root.join("tuf")];
     while let Some(d) = pending.pop() {
         for entry in std::fs::read_dir(&d)? {
             let entry = entry?;
@@ -237,50 +235,12 @@ pub fn create_token(store_args: &[String]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
-/// A small signed release in `dir/VERSION/`: release.json, its signature and two artifacts of
-/// random bytes. Enough for the server, which checks signatures, sizes and hashes, not contents.
-pub fn fake_release(dir: &Path, version: &str, key: &SecretKey) -> Result<PathBuf> {
+/// A small release in `dir/VERSION/`: release.json and two artifacts of bytes made from the
+/// version. Enough for a server and an agent's fetch, which check sizes and hashes, not contents.
+pub fn fake_release(dir: &Path, version: &str) -> Result<PathBuf> {
     let out = dir.join(version);
-    std::fs::create_dir_all(&out)?;
-    let mut artifacts = Vec::new();
-    for (name, kind, size) in [("uki.efi", ArtifactKind::Uki, 70_000usize), ("usr.img.zst", ArtifactKind::Usr, 130_000)]
-    {
-        let mut bytes = vec![0u8; size];
-        let mut h = Sha256::digest(format!("{version}/{name}").as_bytes()).to_vec();
-        for chunk in bytes.chunks_mut(32) {
-            h = Sha256::digest(&h).to_vec();
-            chunk.copy_from_slice(&h[..chunk.len()]);
-        }
-        std::fs::write(out.join(name), &bytes)?;
-        let sha = hex::encode(Sha256::digest(&bytes));
-        artifacts.push(Artifact {
-            name: name.into(),
-            kind,
-            size: size as u64,
-            sha256: sha.clone(),
-            compression: Compression::None,
-            uncompressed_size: size as u64,
-            uncompressed_sha256: sha,
-            verity: (kind == ArtifactKind::Usr).then(|| VerityInfo {
-                root_hash: "00".repeat(32),
-                salt: "00".repeat(32),
-                data_blocks: 1,
-                hash_offset: 4096,
-            }),
-        });
-    }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let release = Release {
-        format: FORMAT,
-        os_id: "cairn".into(),
-        version: version.into(),
-        created: now,
-        expires: now + 86400 * 30,
-        artifacts,
-    };
-    let manifest = serde_json::to_vec_pretty(&release)?;
-    std::fs::write(out.join("release.json"), &manifest)?;
-    std::fs::write(out.join("release.json.sig"), sign(&manifest, &[key]))?;
+    let usr: Vec<u8> = (0..130_000u32).map(|i| (i as u8) ^ version.as_bytes()[0]).collect();
+    cairn_tuf::releases::example_release(&out, version, &usr)?;
     Ok(out)
 }
 
@@ -420,27 +380,6 @@ impl Api {
         }
         Ok(value)
     }
-
-    /// Uploads the release in `dir` (documents, then each artifact).
-    pub fn upload(&self, dir: &Path) -> Result<Value> {
-        let manifest = std::fs::read_to_string(dir.join("release.json"))?;
-        let signature = std::fs::read_to_string(dir.join("release.json.sig"))?;
-        let status =
-            self.ok("POST", "/v1/admin/packages", &serde_json::json!({"manifest": manifest, "signature": signature}))?;
-        let version = status["version"].as_str().ok_or_else(|| anyhow!("no version in {status}"))?.to_string();
-        let mut last = status.clone();
-        for missing in status["missing"].as_array().cloned().unwrap_or_default() {
-            let name = missing[0].as_str().ok_or_else(|| anyhow!("odd missing entry {missing}"))?;
-            let body = std::fs::read(dir.join(name))?;
-            let (code, value) =
-                self.call("PUT", &format!("/v1/admin/packages/{version}/artifacts/{name}"), Some(body))?;
-            if code != 200 {
-                bail!("uploading {name}: {code} {value}");
-            }
-            last = value;
-        }
-        Ok(last)
-    }
 }
 
 /// A check-in document.
@@ -453,11 +392,6 @@ pub fn checkin(id: &str, group: &str, version: &str) -> Value {
 
 pub fn event(id: &str, kind: &str, version: &str) -> Value {
     serde_json::json!({"format": 1, "instance_id": id, "kind": kind, "version": version})
-}
-
-/// The release key the in-process servers trust.
-pub fn release_key() -> SecretKey {
-    SecretKey::from_seed(*b"cairn server test release key 01")
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -475,8 +409,6 @@ pub struct Options {
     /// Rate limits (default: none).
     pub limits: Option<cairn_server::identity::Limits>,
     pub settings: Option<serve::Settings>,
-    /// A TUF repository the server offers releases from.
-    pub tuf: Option<Arc<cairn_server::tuf::TufRepository>>,
 }
 
 /// A server in this process (so the test owns its clock), on a real socket.
@@ -487,6 +419,9 @@ pub struct InProcess {
     pub url: String,
     pub token: String,
     pub tmp: tempfile::TempDir,
+    /// The server's TUF repository (a copy of the test one): releases are published into it.
+    pub repo: crate::TufCopy,
+    pub tuf: Arc<cairn_server::tuf::TufRepository>,
     /// The etcd of `Backend::Etcd`, for tests that restart it.
     pub etcd: Option<Etcd>,
     _pg: Option<Postgres>,
@@ -511,6 +446,8 @@ impl InProcess {
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
         let data = tmp.path().join("data");
         let token = cairn_server::tokens::generate()?;
+        let repo = crate::TufCopy::new(&tmp.path().join("tuf"))?;
+        let tuf = Arc::new(cairn_server::tuf::TufRepository::open(&repo.feed, &repo.online, 86400)?);
         let running = rt.block_on(async {
             let db = match &pg {
                 None => Db::sqlite(&data).await?,
@@ -522,8 +459,8 @@ impl InProcess {
                 None => locks::Store::Database,
             };
             let locks = Locks { store, create_on_first_use: options.lock_groups_on_first_use };
-            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()))
-                .with_tuf(options.tuf.clone())
+            let server = Server::new(db, clock.clone())
+                .with_tuf(Some(tuf.clone()))
                 .with_locks(locks)
                 // Tests simulate many hosts from one address: no rate limits unless asked for.
                 .with_limits(options.limits.unwrap_or_else(cairn_server::identity::Limits::unlimited));
@@ -531,7 +468,7 @@ impl InProcess {
             serve::start(Arc::new(server), listener, None, options.settings.unwrap_or_default())
         })?;
         let url = format!("http://{}", running.addr);
-        Ok(InProcess { rt, running: Some(running), clock, url, token, tmp, etcd, _pg: pg })
+        Ok(InProcess { rt, running: Some(running), clock, url, token, tmp, repo, tuf, etcd, _pg: pg })
     }
 
     pub fn admin(&self) -> Api {
@@ -543,11 +480,9 @@ impl InProcess {
         Api::agent(&self.url, &self.token)
     }
 
-    /// Uploads release `version` (signed by the trusted key) and makes it the channel's.
+    /// Publishes release `version` into the server's TUF repository and makes it the channel's.
     pub fn release(&self, version: &str, channel: &str) -> Result<()> {
-        let dir = fake_release(&self.tmp.path().join("releases"), version, &release_key())?;
-        let status = self.admin().upload(&dir)?;
-        assert_eq!(status["complete"], json!(true), "{status}");
+        self.repo.publish(&fake_release(&self.tmp.path().join("releases"), version)?, &["stable"])?;
         self.admin().ok("PUT", &format!("/v1/admin/channels/{channel}"), &json!({"version": version}))?;
         Ok(())
     }

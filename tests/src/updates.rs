@@ -1,22 +1,12 @@
 //! Driving the update agent of a VM from its console: a feed of test releases served on the
 //! test machine's loopback, the agent pointed at it, its status polled with `updatectl`.
 
-use crate::Image;
 use crate::http::FileServer;
 use anyhow::{Result, bail};
 use cairn_qemu::Vm;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const CMD: Duration = Duration::from_secs(120);
-
-/// Adds `img`'s release (signed with the test key) to the feed in `dir`, as `cairn release
-/// publish` does.
-pub fn publish(dir: &Path, img: &Image) -> Result<()> {
-    let k = cairn_image::release::load_secret(&crate::test_signing_key()?)?;
-    cairn_image::release::publish(dir, &img.dir.join("release"), &k, &[k.public()], "stable", 30)?;
-    Ok(())
-}
 
 /// Points the agent at `server` (seen from the VM at 10.0.2.2) with `strategy`, synced to disk,
 /// and restarts it; returns once the restarted agent's API shows these settings.

@@ -168,28 +168,34 @@ fn copy_tracked_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cairn build --trust-root`: the root goes into `/usr` (where verity protects it), build.json
+/// names its version, and the release directory is what `cairn release publish` signs; a
+/// directory whose artifact does not match its release.json is refused, naming the file.
 #[test]
-fn signed_build_writes_a_verifiable_release_and_trusts_its_key() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let public = cairn_image::release::keygen(&dir.path().join("keys"))?;
-    let out = images_dir().join("signed");
-    let report = cairn_image::build::build(&cairn_image::build::BuildOptions {
-        signing_key: Some(dir.path().join("keys/release.key")),
-        ..build_options("images/default.toml", "1.0.0", out.clone())
-    })?;
-    assert_eq!(report.trusted_keys, vec![public.id()]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let release = cairn_image::release::verify_release_dir(&out.join("release"), std::slice::from_ref(&public), now)?;
-    assert_eq!(release.version, "1.0.0");
+fn a_build_trusting_a_root_ships_it_and_writes_a_publishable_release() -> Result<()> {
+    let img = tuf_image("update-2", "images/dev.toml", "2")?;
+    assert_eq!(img.report["tuf_root_version"], 1);
+    let release_dir = img.dir.join("release");
+    let manifest = std::fs::read(release_dir.join("release.json"))?;
+    let release = cairn_release::manifest::Release::parse_trusted(&manifest)?;
+    assert_eq!(release.version, "2");
     let usr = release.artifact(cairn_release::manifest::ArtifactKind::Usr);
-    assert_eq!(usr.verity.as_ref().map(|v| v.root_hash.as_str()), Some(report.usr.root_hash.as_str()));
-    // The key is in the image's /usr, where verity protects it.
-    let listing = tool(Command::new("dump.erofs").args(["--ls", "--path=/share/cairn/keys"]).arg(out.join("usr.img")))?;
-    assert!(listing.contains(&format!("{}.pub", public.id())), "{listing}");
-    // Another key does not verify it.
-    let other = cairn_image::release::keygen(&dir.path().join("other"))?;
-    let err = cairn_image::release::verify_release_dir(&out.join("release"), &[other], now).unwrap_err();
-    assert!(format!("{err:#}").contains("no trusted key"), "{err:#}");
+    assert_eq!(usr.verity.as_ref().map(|v| v.root_hash.as_str()), img.report["usr"]["root_hash"].as_str());
+    let listing =
+        tool(Command::new("dump.erofs").args(["--ls", "--path=/share/cairn/tuf"]).arg(img.dir.join("usr.img")))?;
+    assert!(listing.contains("root.json"), "{listing}");
+    let t = tempfile::tempdir()?;
+    let repo = TufCopy::new(&t.path().join("repo"))?;
+    repo.publish_image(&img)?;
+    // The same release with its UKI altered: nothing is signed.
+    let altered = t.path().join("altered");
+    copy_dir(&release_dir, &altered)?;
+    let uki = release.artifact(cairn_release::manifest::ArtifactKind::Uki).name.clone();
+    std::fs::write(altered.join(&uki), b"not the UKI release.json names")?;
+    let before = std::fs::read(repo.feed.join("metadata/timestamp.json"))?;
+    let err = repo.publish(&altered, &["stable"]).unwrap_err();
+    assert!(format!("{err:#}").contains(&uki), "{err:#}");
+    assert_eq!(std::fs::read(repo.feed.join("metadata/timestamp.json"))?, before, "nothing signed");
     Ok(())
 }
 

@@ -4,13 +4,13 @@
 //! SIGKILL and clean shutdowns.
 
 use anyhow::Result;
-use cairn_release::keys::SecretKey;
 use cairn_server::clock::{Clock, ManualClock, SystemClock};
 use cairn_server::db::Db;
 use cairn_server::rollout::Server;
 use cairn_server::serve;
+use cairn_tests::TufCopy;
 use cairn_tests::server::{
-    Api, Backend, InProcess, Options, Postgres, ServerProcess, checkin, create_token, event, fake_release, release_key,
+    Api, Backend, InProcess, Options, Postgres, ServerProcess, checkin, create_token, event, fake_release,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -41,55 +41,20 @@ fn api_scenario(backend: Backend) -> Result<()> {
     assert_eq!(groups[0]["channel"], "stable");
     assert_eq!(groups[0]["channel_version"], Value::Null);
 
-    // A package signed by another key changes nothing.
-    let releases = s.tmp.path().join("releases");
-    let foreign = fake_release(&releases.join("foreign"), "2", &SecretKey::from_seed([9; 32]))?;
-    let manifest = std::fs::read_to_string(foreign.join("release.json"))?;
-    let signature = std::fs::read_to_string(foreign.join("release.json.sig"))?;
-    let (code, body) =
-        admin.send("POST", "/v1/admin/packages", &json!({"manifest": manifest, "signature": signature}))?;
-    assert_eq!(code, 400);
-    assert!(error_of(&body).contains("signed by no trusted key"), "{body}");
-    let (code, body) = admin.send(
-        "POST",
-        "/v1/admin/packages",
-        &json!({"manifest": manifest.replace("cairn", "evil"), "signature": signature}),
-    )?;
-    assert_eq!(code, 400, "{body}");
+    // Releases come from the server's TUF repository: a channel names only one it has.
     assert_eq!(admin.ok("GET", "/v1/admin/packages", &Value::Null)?, json!([]));
-
-    // The real one: documents first, then artifacts, each checked against the signature.
-    let dir = fake_release(&releases, "2", &release_key())?;
-    let manifest = std::fs::read_to_string(dir.join("release.json"))?;
-    let signature = std::fs::read_to_string(dir.join("release.json.sig"))?;
-    let (code, status) =
-        admin.send("POST", "/v1/admin/packages", &json!({"manifest": manifest, "signature": signature}))?;
-    assert_eq!(code, 201, "{status}");
-    assert_eq!(status["complete"], json!(false));
-    assert_eq!(status["missing"].as_array().map(Vec::len), Some(2));
-    let put =
-        |name: &str, body: Vec<u8>| admin.call("PUT", &format!("/v1/admin/packages/2/artifacts/{name}"), Some(body));
-    let uki = std::fs::read(dir.join("uki.efi"))?;
-    let mut altered = uki.clone();
-    altered[100] ^= 1;
-    let (code, body) = put("uki.efi", altered)?;
-    assert_eq!(code, 400);
-    assert!(error_of(&body).contains("does not match the signed"), "{body}");
-    let (code, body) = put("uki.efi", [uki.clone(), vec![0]].concat())?;
-    assert_eq!((code, error_of(&body).contains("larger than")), (413, true), "{body}");
-    let (code, body) = put("..%2F..%2Fcairn-server.db", uki.clone())?;
-    assert_eq!(code, 400, "{body}");
-    assert!(error_of(&body).contains("not a plain file name"), "{body}");
-    let (code, body) = put("other.bin", uki.clone())?;
-    assert_eq!((code, error_of(&body).contains("not an artifact")), (404, true), "{body}");
-    assert!(!s.tmp.path().join("data/packages/2/uki.efi").exists(), "a refused upload left a file");
-    // Incomplete: not offered, and no channel may point at it.
     let (code, body) = admin.send("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
-    assert_eq!((code, error_of(&body).contains("not completely uploaded")), (400, true), "{body}");
-    let status = admin.upload(&dir)?;
-    assert_eq!(status["complete"], json!(true), "{status}");
+    assert_eq!((code, error_of(&body).contains("no release \"2\" in the TUF repository")), (400, true), "{body}");
+    let releases = s.tmp.path().join("releases");
+    let dir = fake_release(&releases, "2")?;
+    s.repo.publish(&dir, &["stable"])?;
+    let manifest = std::fs::read_to_string(dir.join("release.json"))?;
+    let packages = admin.ok("GET", "/v1/admin/packages", &Value::Null)?;
+    assert_eq!(packages[0]["version"], "2", "published a moment ago, listed at once: {packages}");
+    assert_eq!(packages[0]["manifest"], "2-release.json");
+    assert_eq!(packages[0]["channels"], json!(["stable"]));
     let (code, body) = admin.send("PUT", "/v1/admin/channels/stable", &json!({"version": "9"}))?;
-    assert_eq!((code, error_of(&body).contains("no package")), (400, true), "{body}");
+    assert_eq!((code, error_of(&body).contains("no release \"9\"")), (400, true), "{body}");
 
     // Before the channel has a version, hosts are told why there is nothing.
     let reply = agent.ok("POST", "/v1/checkin", &checkin("h1", "default", "1"))?;
@@ -112,23 +77,31 @@ fn api_scenario(backend: Backend) -> Result<()> {
     let (code, body) = h1.send("POST", "/v1/checkin", &checkin("h1", "nope", "1"))?;
     assert_eq!((code, error_of(&body).contains("enrolled in group \"default\"")), (403, true), "{body}");
 
-    // A host behind the channel is offered the release; what it fetches is what was signed.
+    // A host behind the channel is offered the release's manifest target; the repository
+    // serves it and the artifacts (byte ranges too), and nothing outside metadata/ and targets/.
     let reply = agent.ok("POST", "/v1/checkin", &checkin("h1", "default", "1"))?;
     let offer = &reply["update"];
     assert_eq!(offer["version"], "2", "{reply}");
-    assert_eq!(offer["path"], "v1/packages/2");
-    assert_eq!(offer["manifest_sha256"], hex::encode(Sha256::digest(manifest.as_bytes())));
+    assert_eq!(offer["path"], "2-release.json");
+    let manifest_sha256 = hex::encode(Sha256::digest(manifest.as_bytes()));
+    assert_eq!(offer["manifest_sha256"], manifest_sha256);
     let http = reqwest::blocking::Client::new();
-    let got = http.get(format!("{}/v1/packages/2/release.json", s.url)).send()?.bytes()?;
+    let target = |name: &str| -> Result<String> {
+        let sha = hex::encode(Sha256::digest(std::fs::read(dir.join(name))?));
+        Ok(format!("{}/v1/tuf/targets/{sha}.2-{name}", s.url))
+    };
+    let got = http.get(target("release.json")?).send()?.bytes()?;
     assert_eq!(&got[..], manifest.as_bytes());
     let usr = std::fs::read(dir.join("usr.img.zst"))?;
-    let part = http.get(format!("{}/v1/packages/2/usr.img.zst", s.url)).header("range", "bytes=1000-1999").send()?;
+    let part = http.get(target("usr.img.zst")?).header("range", "bytes=1000-1999").send()?;
     assert_eq!(part.status().as_u16(), 206);
     assert_eq!(&part.bytes()?[..], &usr[1000..2000]);
-    let (code, _) = agent.get("/v1/packages/2/..%2F..%2Fcairn-server.db")?;
-    assert_eq!(code, 400);
-    let (code, _) = agent.get("/v1/packages/2/cairn-server.db")?;
-    assert_eq!(code, 404);
+    for path in
+        ["/v1/tuf/targets/..%2F..%2Fdata%2Fcairn-server.db", "/v1/tuf/online/timestamp-1.pk8", "/v1/packages/2/x"]
+    {
+        let (code, _) = agent.get(path)?;
+        assert_eq!(code, 404, "{path}");
+    }
 
     // Events: only a host's own, with its credential.
     let (code, body) = agent.send("POST", "/v1/events", &event("stranger", "staged", "2"))?;
@@ -180,26 +153,12 @@ fn api_scenario(backend: Backend) -> Result<()> {
     let (code, _) = admin.send("POST", "/v1/admin/groups", &json!({"name": "default"}))?;
     assert_eq!(code, 409);
     assert_eq!(admin.ok("GET", "/v1/admin/groups", &Value::Null)?.as_array().map(Vec::len), Some(1));
-    // A package whose artifacts are served elsewhere: complete at once, offered by URL.
-    let elsewhere = fake_release(&releases.join("cdn"), "3", &release_key())?;
-    let (code, status) = admin.send(
-        "POST",
-        "/v1/admin/packages",
-        &json!({
-            "manifest": std::fs::read_to_string(elsewhere.join("release.json"))?,
-            "signature": std::fs::read_to_string(elsewhere.join("release.json.sig"))?,
-            "base_url": "https://cdn.example.com/releases/3",
-        }),
-    )?;
-    assert_eq!((code, &status["complete"]), (201, &json!(true)), "{status}");
+    // A group pinned to another release of the repository is offered that one.
+    s.repo.publish(&fake_release(&releases, "3")?, &["beta"])?;
     admin.ok("POST", "/v1/admin/groups", &json!({"name": "edge", "pinned_version": "3"}))?;
     let reply = agent.ok("POST", "/v1/checkin", &checkin("h9", "edge", "1"))?;
-    assert_eq!(reply["update"]["path"], "https://cdn.example.com/releases/3", "{reply}");
-    let (code, _) = agent.get("/v1/packages/3/uki.efi")?;
-    assert_eq!(code, 404, "not stored here");
+    assert_eq!(reply["update"]["path"], "3-release.json", "{reply}");
     admin.ok("PATCH", "/v1/admin/groups/edge", &json!({"pinned_version": ""}))?;
-    let (code, body) = admin.send("DELETE", "/v1/admin/packages/2", &Value::Null)?;
-    assert_eq!((code, error_of(&body).contains("channel stable")), (409, true), "{body}");
 
     // Metrics.
     let text = http.get(format!("{}/metrics", s.url)).send()?.text()?;
@@ -318,13 +277,14 @@ fn unlimited() -> Vec<String> {
     ["--enroll-rate", "0", "--rate-limit", "0"].map(String::from).to_vec()
 }
 
-fn setup_process(data: &Path, key_file: &Path) -> Result<(ServerProcess, Api)> {
-    let store = vec!["--data".to_string(), data.display().to_string()];
-    let token = create_token(&store)?;
-    let mut args = store;
-    args.extend(["--trust".to_string(), key_file.display().to_string()]);
-    args.extend(unlimited());
-    let server = ServerProcess::spawn(&args)?;
+/// `serve` arguments for a server with its data in `data` and the repository `repo`.
+fn process_args(data: &Path, repo: &TufCopy) -> Vec<String> {
+    [vec!["--data".to_string(), data.display().to_string()], repo.serve_args(), unlimited()].concat()
+}
+
+fn setup_process(data: &Path, repo: &TufCopy) -> Result<(ServerProcess, Api)> {
+    let token = create_token(&["--data".to_string(), data.display().to_string()])?;
+    let server = ServerProcess::spawn(&process_args(data, repo))?;
     let api = Api::new(&server.url, Some(&token));
     Ok((server, api))
 }
@@ -335,11 +295,9 @@ fn setup_process(data: &Path, key_file: &Path) -> Result<(ServerProcess, Api)> {
 fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
-    let key_file = tmp.path().join("release.pub");
-    std::fs::write(&key_file, release_key().public().to_text())?;
-    let (mut server, admin) = setup_process(&data, &key_file)?;
-    let dir = fake_release(&tmp.path().join("releases"), "2", &release_key())?;
-    admin.upload(&dir)?;
+    let repo = TufCopy::new(&tmp.path().join("tuf"))?;
+    repo.publish(&fake_release(&tmp.path().join("releases"), "2")?, &["stable"])?;
+    let (mut server, admin) = setup_process(&data, &repo)?;
     admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
     admin.ok("PATCH", "/v1/admin/groups/default", &json!({"max_per_period": 100000, "halt_after": 0}))?;
 
@@ -350,13 +308,7 @@ fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
     let before = SystemClock.now_ms();
     agent.ok("POST", "/v1/checkin", &checkin("steady", "default", "2"))?;
     assert!(server.stop()?.success());
-    let mut server = ServerProcess::spawn(
-        &[
-            ["--data".into(), data.display().to_string(), "--trust".into(), key_file.display().to_string()].to_vec(),
-            unlimited(),
-        ]
-        .concat(),
-    )?;
+    let mut server = ServerProcess::spawn(&process_args(&data, &repo))?;
     let admin = Api::new(&server.url, admin.token.as_deref());
     let steady = admin.ok("GET", "/v1/admin/instances?version=2", &Value::Null)?;
     assert!(steady[0]["last_checkin"].as_i64().unwrap_or(0) >= before, "heartbeat lost at shutdown: {steady}");
@@ -401,13 +353,7 @@ fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
     let (grants, events) = acked.lock().unwrap().clone();
     assert!(grants.len() >= 150, "{} grants", grants.len());
 
-    let server = ServerProcess::spawn(
-        &[
-            ["--data".into(), data.display().to_string(), "--trust".into(), key_file.display().to_string()].to_vec(),
-            unlimited(),
-        ]
-        .concat(),
-    )?;
+    let server = ServerProcess::spawn(&process_args(&data, &repo))?;
     let admin = Api::new(&server.url, admin.token.as_deref());
     let stored = admin.ok("GET", "/v1/admin/events?limit=100000", &Value::Null)?;
     let stored: HashSet<(String, String)> = stored
@@ -435,9 +381,8 @@ fn acknowledged_grants_and_events_survive_sigkill_and_shutdown() -> Result<()> {
 fn updatectl_manages_channels_packages_groups_and_rollouts() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
-    let key_file = tmp.path().join("release.pub");
-    std::fs::write(&key_file, release_key().public().to_text())?;
-    let (server, admin) = setup_process(&data, &key_file)?;
+    let repo = TufCopy::new(&tmp.path().join("tuf"))?;
+    let (server, admin) = setup_process(&data, &repo)?;
     let token = admin.token.clone().unwrap_or_default();
     let updatectl = cairn_tests::server::workspace_binary("updatectl", "updatectl")?;
     let run = |args: &[&str], token: Option<&str>, url: &str| -> Result<(i32, String, String)> {
@@ -473,12 +418,13 @@ fn updatectl_manages_channels_packages_groups_and_rollouts() -> Result<()> {
     let (code, _, err) = run(&["group", "list"], Some(&token), "http://127.0.0.1:9")?;
     assert_eq!(code, 3, "{err}");
 
-    let dir = fake_release(&tmp.path().join("releases"), "2", &release_key())?;
-    let out = ok(&["package", "upload", dir.to_str().unwrap(), "--quiet"])?;
-    assert!(out.contains("package 2 uploaded, complete: true"), "{out}");
+    // Published offline into the repository the server serves: listed, and a channel may name it.
+    repo.publish(&fake_release(&tmp.path().join("releases"), "2")?, &["stable"])?;
     let packages: Value = serde_json::from_str(&ok(&["--json", "package", "list"])?)?;
     assert_eq!(packages[0]["version"], "2");
-    fails(&["channel", "set-version", "stable", "9"], 1, "no package")?;
+    let table = ok(&["package", "list"])?;
+    assert!(table.lines().nth(1).unwrap_or_default().starts_with("2 ") && table.contains("stable"), "{table}");
+    fails(&["channel", "set-version", "stable", "9"], 1, "no release \"9\"")?;
     ok(&["channel", "set-version", "stable", "2"])?;
     assert!(ok(&["channel", "list"])?.lines().any(|l| l.starts_with("stable") && l.contains(" 2 ")));
 
@@ -522,19 +468,16 @@ fn updatectl_manages_channels_packages_groups_and_rollouts() -> Result<()> {
     );
     let human = ok(&["rollout", "status"])?;
     assert!(human.contains("Group canary (channel stable): target 2, active"), "{human}");
-    fails(&["package", "delete", "2"], 1, "in use by channel stable")?;
     Ok(())
 }
 
-/// The agent's side of the protocol (check-in, verified fetch of what is offered, events)
-/// against a real server.
+/// The agent's side of the protocol (enrollment, check-in, events) against a real server.
 #[test]
 fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<()> {
     use cairn_agent::credential::Credentials;
-    use cairn_agent::http::{ClientOptions, HttpTransport, client};
-    use cairn_agent::ports::{Offered, ReleaseSource, RolloutServer};
+    use cairn_agent::http::{ClientOptions, client};
+    use cairn_agent::ports::RolloutServer;
     use cairn_agent::server::HttpRolloutServer;
-    use cairn_agent::source::ServerSource;
     use cairn_release::checkin::{Event, EventKind};
     use cairn_release::update_config::Secret;
     let s = InProcess::start(Backend::Sqlite)?;
@@ -570,18 +513,10 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
     assert!(e.contains("401"), "a wrong enrollment token: {e}");
     assert!(!credential_file.exists());
     let server = Arc::new(HttpRolloutServer::new(&s.url, http.clone(), credentials(token)));
-    let source = |key: &SecretKey| -> Result<ServerSource> {
-        let transport = Box::new(HttpTransport::new(&s.url, http.clone()));
-        Ok(ServerSource { server: server.clone(), transport, trusted: vec![key.public()] })
-    };
-    let now = (SystemClock.now_ms() / 1000) as u64;
-    let trusted = source(&release_key())?;
-    let Offered::Release(offer) = trusted.offer(&checkin, now)? else { anyhow::bail!("no offer") };
-    let candidate = trusted.fetch(&offer, "cairn", now)?;
-    let usr = candidate.location(candidate.release.artifact(cairn_release::manifest::ArtifactKind::Usr));
-    assert_eq!((candidate.release.version.as_str(), usr), ("2", "v1/packages/2/usr.img.zst"));
-    // Another key: the offer is not trusted.
-    assert!(source(&SecretKey::from_seed([3; 32]))?.fetch(&offer, "cairn", now).is_err());
+    // The offer names the release's manifest target (verified by the agent: the next test).
+    let reply = server.check_in(&checkin)?;
+    let offer = reply.update.ok_or_else(|| anyhow::anyhow!("no offer: {:?}", reply.reason))?;
+    assert_eq!((offer.version.as_str(), offer.path.as_str()), ("2", "2-release.json"));
     let event = Event {
         format: 1,
         instance_id: checkin.instance_id.clone(),
@@ -614,13 +549,9 @@ fn serves_https_when_given_a_certificate() -> Result<()> {
         .arg(&cert)
         .output()?;
     anyhow::ensure!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    let key_file = tmp.path().join("release.pub");
-    std::fs::write(&key_file, release_key().public().to_text())?;
     let server = ServerProcess::spawn(&[
         "--data".into(),
         tmp.path().join("data").display().to_string(),
-        "--trust".into(),
-        key_file.display().to_string(),
         "--tls-cert".into(),
         cert.display().to_string(),
         "--tls-key".into(),
@@ -650,9 +581,10 @@ fn serves_https_when_given_a_certificate() -> Result<()> {
     assert!(agent_client(&options(None, false))?.get(format!("{}/healthz", server.url)).send().is_err());
     let http = agent.get(format!("{plain}/healthz")).send();
     assert!(http.is_err(), "plain http without insecure");
-    let not_pem = tmp.path().join("release.pub");
+    let not_pem = tmp.path().join("not-a-certificate.pem");
+    std::fs::write(&not_pem, "hello")?;
     let e = agent_client(&options(Some(&not_pem), false)).unwrap_err().to_string();
-    assert!(e.contains("ca_bundle") && e.contains("release.pub"), "{e}");
+    assert!(e.contains("ca_bundle") && e.contains("not-a-certificate.pem"), "{e}");
     Ok(())
 }
 
@@ -662,7 +594,9 @@ fn serves_https_when_given_a_certificate() -> Result<()> {
 fn replicas_sharing_postgres_never_grant_more_than_the_rate() -> Result<()> {
     let pg = Postgres::start()?;
     let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("data");
+    let repo = TufCopy::new(&tmp.path().join("tuf"))?;
+    repo.publish(&fake_release(tmp.path(), "2")?, &["stable"])?;
+    let tuf = Arc::new(cairn_server::tuf::TufRepository::open(&repo.feed, &repo.online, 86400)?);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let token = cairn_server::tokens::generate()?;
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
@@ -670,7 +604,8 @@ fn replicas_sharing_postgres_never_grant_more_than_the_rate() -> Result<()> {
         let mut replicas = Vec::new();
         for _ in 0..2 {
             let db = Db::postgres(&pg.url()).await?;
-            let server = Server::new(db, clock.clone(), vec![release_key().public()], Some(data.clone()))
+            let server = Server::new(db, clock.clone())
+                .with_tuf(Some(tuf.clone()))
                 .with_limits(cairn_server::identity::Limits::unlimited());
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             replicas.push(serve::start(Arc::new(server), listener, None, serve::Settings::default())?);
@@ -681,7 +616,6 @@ fn replicas_sharing_postgres_never_grant_more_than_the_rate() -> Result<()> {
     })?;
     let urls: Vec<String> = replicas.iter().map(|r| format!("http://{}", r.addr)).collect();
     let admin = Api::new(&urls[0], Some(&token));
-    admin.upload(&fake_release(tmp.path(), "2", &release_key())?)?;
     admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
     // Half of them may be granted: enough grant transactions overlap that any gap in the
     // locking shows.
@@ -729,28 +663,12 @@ fn a_server_with_a_tuf_repository_offers_targets_the_agent_verifies() -> Result<
     use cairn_agent::tuf_feed::{TufFeed, TufServerSource};
     use cairn_release::checkin::Offer;
     use cairn_release::update_config::Secret;
-    use cairn_server::tuf::TufRepository;
-    use cairn_tuf::keys::RoleType;
 
-    let t = tempfile::tempdir()?;
-    let (feed, keys, online) = (t.path().join("feed"), t.path().join("keys"), t.path().join("online"));
-    let now = (SystemClock.now_ms() / 1000) as u64;
-    cairn_tuf::init(&feed, &keys, now, cairn_tuf::Expiry::default())?;
-    let release = fake_release(&t.path().join("releases"), "2", &release_key())?;
-    cairn_tuf::publish(&feed, &keys, &release, &["stable".into()], now, cairn_tuf::Expiry::default())?;
-    // The server gets the timestamp key only.
-    std::fs::create_dir_all(&online)?;
-    std::fs::copy(
-        cairn_tuf::keys::path(&keys, RoleType::Timestamp, 1),
-        cairn_tuf::keys::path(&online, RoleType::Timestamp, 1),
-    )?;
-    let tuf = Arc::new(TufRepository::open(&feed, &online, 86400)?);
     let settings = serve::Settings { tuf_every: std::time::Duration::from_millis(200), ..Default::default() };
-    let s = InProcess::start_with(
-        Backend::Sqlite,
-        Options { tuf: Some(tuf.clone()), settings: Some(settings), ..Default::default() },
-    )?;
-    // A channel may name a version that is only in the TUF repository.
+    let s = InProcess::start_with(Backend::Sqlite, Options { settings: Some(settings), ..Default::default() })?;
+    let t = &s.tmp;
+    s.repo.publish(&fake_release(&t.path().join("releases"), "2")?, &["stable"])?;
+    let now = (SystemClock.now_ms() / 1000) as u64;
     s.admin().ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
 
     let http = client(&ClientOptions::insecure(std::time::Duration::from_secs(10)))?;
@@ -768,7 +686,7 @@ fn a_server_with_a_tuf_repository_offers_targets_the_agent_verifies() -> Result<
     let transport = Arc::new(HttpTransport::new(&format!("{}/v1/tuf", s.url), http.clone()));
     let source = TufServerSource {
         server,
-        feed: TufFeed::new(transport, feed.join("metadata/1.root.json"), t.path().join("state"), "stable"),
+        feed: TufFeed::new(transport, s.repo.feed.join("metadata/1.root.json"), t.path().join("state"), "stable"),
     };
     let checkin = idle_checkin(instance_id);
     let Offered::Release(offer) = source.offer(&checkin, now)? else { anyhow::bail!("no offer") };

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use cairn_server::identity::{Limits, Retention};
 use cairn_server::ratelimit::RateLimiter;
-use cairn_tests::server::{Api, Backend, InProcess, Options, ServerProcess, checkin, create_token, event, release_key};
+use cairn_tests::server::{Api, Backend, InProcess, Options, ServerProcess, checkin, create_token, event};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -263,13 +263,11 @@ fn spawn(args: &[&str]) -> Result<ServerProcess> {
 fn admin_tokens_expire_and_are_revoked() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data").display().to_string();
-    let key = tmp.path().join("release.pub");
-    std::fs::write(&key, release_key().public().to_text())?;
     let store = ["--data".to_string(), data.clone()];
     let short =
         create_token(&[&store[..], &["--name".into(), "short".into(), "--expires".into(), "1s".into()]].concat())?;
     let ops = create_token(&[&store[..], &["--name".into(), "ops".into()]].concat())?;
-    let server = spawn(&["--data", &data, "--trust", key.to_str().context("path")?])?;
+    let server = spawn(&["--data", &data])?;
     let works = |token: &str| -> Result<u16> { Ok(Api::new(&server.url, Some(token)).get("/v1/admin/groups")?.0) };
     assert_eq!(works(&ops)?, 200);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -302,22 +300,17 @@ fn admin_tokens_expire_and_are_revoked() -> Result<()> {
 fn metrics_token_and_no_plain_http_off_loopback() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data").display().to_string();
-    let key = tmp.path().join("release.pub");
-    std::fs::write(&key, release_key().public().to_text())?;
     let token_file = tmp.path().join("metrics.token");
     std::fs::write(&token_file, "cairn_metrics_secret\n")?;
-    let key = key.to_str().context("path")?;
     let tf = token_file.to_str().context("path")?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644))?;
     let bin = cairn_tests::server::server_binary()?;
-    let serve = |extra: &[&str]| {
-        std::process::Command::new(&bin).args(["serve", "--data", &data, "--trust", key]).args(extra).output()
-    };
+    let serve = |extra: &[&str]| std::process::Command::new(&bin).args(["serve", "--data", &data]).args(extra).output();
     let out = serve(&["--listen", "127.0.0.1:0", "--metrics-token-file", tf])?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("readable by others"), "a world-readable token file");
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
-    let server = spawn(&["--data", &data, "--trust", key, "--metrics-token-file", tf])?;
+    let server = spawn(&["--data", &data, "--metrics-token-file", tf])?;
     let http = reqwest::blocking::Client::new();
     assert_eq!(http.get(format!("{}/metrics", server.url)).send()?.status().as_u16(), 401);
     let ok = http.get(format!("{}/metrics", server.url)).bearer_auth("cairn_metrics_secret").send()?;

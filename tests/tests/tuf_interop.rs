@@ -67,10 +67,8 @@ fn python_tuf_reads_a_cairn_feed_and_refuses_a_tampered_target() -> Result<()> {
     let t = tempfile::tempdir()?;
     let (feed, keys) = (t.path().join("feed"), t.path().join("keys"));
     let release = t.path().join("release");
-    std::fs::create_dir_all(&release)?;
-    std::fs::write(release.join("release.json"), cairn_tuf::releases::example_manifest("2"))?;
     let usr: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(release.join("usr.img.zst"), &usr)?;
+    cairn_tuf::releases::example_release(&release, "2", &usr)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     cairn_tuf::init(&feed, &keys, now, cairn_tuf::Expiry::default())?;
     cairn_tuf::publish(&feed, &keys, &release, &["stable".into()], now, cairn_tuf::Expiry::default())?;
@@ -106,29 +104,24 @@ fn python_tuf_reads_a_cairn_feed_and_refuses_a_tampered_target() -> Result<()> {
 #[test]
 fn python_tuf_verifies_an_images_usr_target_from_the_root_it_ships() -> Result<()> {
     let python = python_tuf()?;
-    let img = cairn_tests::tuf_image("tuf-21", "images/dev.toml", "21")?;
-    let (origin, origin_keys) = cairn_tests::test_tuf_repository()?;
+    let img = cairn_tests::tuf_image("update-2", "images/dev.toml", "2")?;
     let t = tempfile::tempdir()?;
-    let (feed, keys) = (t.path().join("feed"), t.path().join("keys"));
-    for (from, to) in [(&origin, &feed), (&origin_keys, &keys)] {
-        let status = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
-        anyhow::ensure!(status.success(), "copying {}", from.display());
-    }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    cairn_tuf::publish(&feed, &keys, &img.dir.join("release"), &["stable".into()], now, cairn_tuf::Expiry::default())?;
+    let repo = cairn_tests::TufCopy::new(t.path())?;
+    repo.publish_image(&img)?;
+    let feed = repo.feed.clone();
     let server = cairn_tests::http::FileServer::start(&feed)?;
     let url = format!("http://127.0.0.1:{}", server.port);
     // The root the image ships is the repository's first.
-    let shipped = origin.join("metadata/1.root.json");
+    let shipped = cairn_tests::test_tuf_repository()?.0.join("metadata/1.root.json");
     assert_eq!(img.report["tuf_root_version"], 1);
-    let (ok, out) = ngclient(&python, &url, &shipped, "21-usr.img.zst", t.path())?;
+    let (ok, out) = ngclient(&python, &url, &shipped, "2-usr.img.zst", t.path())?;
     assert!(ok, "python-tuf refused the image's feed:\n{out}");
     let mut lines = out.lines();
     let downloaded = PathBuf::from(lines.next().context("the downloaded path")?);
     let release: serde_json::Value = serde_json::from_slice(&std::fs::read(img.dir.join("release/release.json"))?)?;
     let usr = release["artifacts"].as_array().into_iter().flatten().find(|a| a["kind"] == "usr").context("usr")?;
     assert_eq!(usr["sha256"].as_str(), Some(cairn_image::apt::sha256_file(&downloaded)?.as_str()));
-    assert_eq!(lines.next(), Some("21"));
+    assert_eq!(lines.next(), Some("2"));
     let custom: serde_json::Value = serde_json::from_str(lines.next().context("custom metadata")?)?;
     assert_eq!((custom["kind"].as_str(), custom["channels"][0].as_str()), (Some("usr"), Some("stable")), "{custom}");
     assert_eq!(custom["verity"]["root_hash"], img.report["usr"]["root_hash"], "{custom}");

@@ -10,7 +10,7 @@ pub mod keys;
 pub mod releases;
 pub mod repo;
 
-pub use repo::{Expiry, init, publish, refresh, rotate};
+pub use repo::{Expiry, init, publish, refresh, resign, rotate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -133,19 +133,23 @@ pub fn from_targets<'a>(
     Ok(Releases(releases))
 }
 
-/// A `release.json` of `version` naming `uki.efi` and `usr.img.zst` (whose hashes it does not
-/// know): for tests of feeds, which never look inside the files.
+/// Writes a release directory of `version` into `dir`: `uki.efi`, `usr.img.zst` holding `usr`
+/// (neither is a real image) and the `release.json` naming them with their sizes and hashes.
+/// Returns release.json's bytes. For tests of feeds, which never look inside the files.
 #[doc(hidden)]
-pub fn example_manifest(version: &str) -> String {
+pub fn example_release(dir: &std::path::Path, version: &str, usr: &[u8]) -> std::io::Result<Vec<u8>> {
     use cairn_release::manifest::{Artifact, Compression, VerityInfo};
-    let artifact = |name: &str, kind, verity| Artifact {
+    use sha2::{Digest, Sha256};
+    std::fs::create_dir_all(dir)?;
+    let uki = format!("uki of {version}").into_bytes();
+    let artifact = |name: &str, kind, bytes: &[u8], verity| Artifact {
         name: name.into(),
         kind,
-        size: 1,
-        sha256: "00".repeat(32),
+        size: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
         compression: Compression::Zstd,
-        uncompressed_size: 1,
-        uncompressed_sha256: "00".repeat(32),
+        uncompressed_size: bytes.len() as u64,
+        uncompressed_sha256: hex::encode(Sha256::digest(bytes)),
         verity,
     };
     let verity = VerityInfo { root_hash: "ab".repeat(32), salt: "cd".repeat(32), data_blocks: 1, hash_offset: 4096 };
@@ -154,11 +158,14 @@ pub fn example_manifest(version: &str) -> String {
         os_id: "cairn".into(),
         version: version.into(),
         created: 0,
-        expires: u64::MAX,
         artifacts: vec![
-            artifact("uki.efi", ArtifactKind::Uki, None),
-            artifact("usr.img.zst", ArtifactKind::Usr, Some(verity)),
+            artifact("uki.efi", ArtifactKind::Uki, &uki, None),
+            artifact("usr.img.zst", ArtifactKind::Usr, usr, Some(verity)),
         ],
     };
-    serde_json::to_string_pretty(&release).expect("serializable")
+    let manifest = serde_json::to_vec_pretty(&release).expect("serializable");
+    std::fs::write(dir.join("uki.efi"), uki)?;
+    std::fs::write(dir.join("usr.img.zst"), usr)?;
+    std::fs::write(dir.join(MANIFEST), &manifest)?;
+    Ok(manifest)
 }

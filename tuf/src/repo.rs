@@ -9,6 +9,7 @@ use crate::keys::{self, ROOT_THRESHOLD};
 use crate::releases::{Custom, Releases, target_name};
 use crate::{Error, Result, io, schema};
 use cairn_release::manifest::{MANIFEST, Release};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -172,18 +173,10 @@ pub fn publish(
     now: u64,
     expiry: Expiry,
 ) -> Result<Vec<String>> {
-    let manifest = release.join(MANIFEST);
-    let doc: Release = serde_json::from_slice(&std::fs::read(&manifest).map_err(io(&manifest))?)
-        .map_err(|e| Error::Feed(format!("{}: {e}", manifest.display())))?;
     if channels.is_empty() {
         return Err(Error::Feed("a release is published on at least one channel".into()));
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(release)
-        .map_err(io(release))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
+    let (doc, files) = release_files(release)?;
     let (_, root_path) = latest_root(feed)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -212,6 +205,49 @@ pub fn publish(
         signed.write(metadata_dir(feed)).await?;
         Ok(names)
     })
+}
+
+/// Signs targets (the same targets), snapshot and timestamp again with new versions and
+/// expiries: what an operator runs, with the targets key, when no release has been published
+/// for a while and the targets or snapshot metadata would expire.
+pub fn resign(feed: &Path, keys_dir: &Path, now: u64, expiry: Expiry) -> Result<()> {
+    let (_, root_path) = latest_root(feed)?;
+    runtime()?.block_on(async {
+        let repo = load(feed).await?;
+        let versions = next_versions(&repo);
+        let mut editor = RepositoryEditor::from_repo(&root_path, repo).await?;
+        stamp(&mut editor, versions, now, expiry)?;
+        let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
+        signed.write(metadata_dir(feed)).await?;
+        Ok(())
+    })
+}
+
+/// The release in directory `dir` and the files to publish: release.json and the artifacts it
+/// names, each checked against its size and sha256 there (nothing else in the directory), so a
+/// broken or altered release is never signed.
+fn release_files(dir: &Path) -> Result<(Release, Vec<PathBuf>)> {
+    let manifest = dir.join(MANIFEST);
+    let doc = Release::parse_trusted(&std::fs::read(&manifest).map_err(io(&manifest))?)
+        .map_err(|e| Error::Feed(format!("{}: {e}", manifest.display())))?;
+    let mut files = vec![manifest];
+    for artifact in &doc.artifacts {
+        let path = dir.join(&artifact.name);
+        let mut file = std::fs::File::open(&path).map_err(io(&path))?;
+        let mut hasher = Sha256::new();
+        let size = std::io::copy(&mut file, &mut hasher).map_err(io(&path))?;
+        let sha256 = hex::encode(hasher.finalize());
+        if size != artifact.size || sha256 != artifact.sha256 {
+            return Err(Error::Feed(format!(
+                "{}: {size} bytes with sha256 {sha256}, but release.json says {} bytes with sha256 {}",
+                path.display(),
+                artifact.size,
+                artifact.sha256
+            )));
+        }
+        files.push(path);
+    }
+    Ok((doc, files))
 }
 
 /// Signs a new timestamp (the same snapshot, a new version and expiry) with the timestamp key

@@ -11,11 +11,10 @@ use cairn_agent::fleetlock::{FleetLockClient, LockAuth};
 use cairn_agent::linux::host::{LinuxHost, detect_running};
 use cairn_agent::ports::{RebootLock, ReleaseSource, RolloutServer, SystemClock, Transport};
 use cairn_agent::server::HttpRolloutServer;
-use cairn_agent::source::{DirTransport, Feed, ServerSource};
+use cairn_agent::source::DirTransport;
 use cairn_agent::store::StateFile;
 use cairn_agent::tuf_feed::{TufFeed, TufServerSource};
 use cairn_agent::{dbus, http};
-use cairn_release::keys::PublicKey;
 use cairn_release::update_config::{self, Strategy, UpdateConfig, UpdateSettings};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,23 +57,6 @@ fn load_config() -> UpdateConfig {
     })
 }
 
-fn trusted_keys(dir: &Path) -> Vec<PublicKey> {
-    let mut keys = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = e.path();
-        if path.extension().is_some_and(|x| x == "pub") {
-            match std::fs::read_to_string(&path)
-                .map_err(anyhow::Error::from)
-                .and_then(|t| PublicKey::parse(&t).map_err(|e| anyhow::anyhow!("{e}")))
-            {
-                Ok(k) => keys.push(k),
-                Err(e) => eprintln!("error: {}: {e}", path.display()),
-            }
-        }
-    }
-    keys
-}
-
 fn transport(source: &str, config: &UpdateConfig, client: &reqwest::blocking::Client) -> Box<dyn Transport> {
     if source.starts_with("http://") || source.starts_with("https://") {
         Box::new(http::HttpTransport::new(source, client.clone()).with_download_timeout(config.download_timeout))
@@ -86,8 +68,13 @@ fn transport(source: &str, config: &UpdateConfig, client: &reqwest::blocking::Cl
 fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Result<()> {
     let config = load_config();
     let host = LinuxHost::new(detect_running()?).context("finding this host's disk")?;
-    let trusted = trusted_keys(&Path::new("/").join(cairn_release::layout::TRUSTED_KEYS_DIR));
     let tuf_root = Path::new("/").join(cairn_release::layout::TUF_ROOT);
+    // Without a root to trust, no release can be verified: updates are off, loudly.
+    let trusts_a_root = tuf_root.exists();
+    if !trusts_a_root {
+        eprintln!("error: {} is missing: this image trusts no release feed, so it never updates", tuf_root.display());
+    }
+    let state = PathBuf::from(cairn_release::layout::TUF_STATE_DIR);
     let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
     let options = http::ClientOptions {
         read_timeout: READ_TIMEOUT,
@@ -105,7 +92,7 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
             client.clone(),
         ))
     });
-    // With a rollout server, releases come from where it says (relative to the server).
+    // With a rollout server, the offer names a release of the server's TUF repository.
     let (source, server): (Option<Box<dyn ReleaseSource>>, _) = match (&config.server, &credentials) {
         (Some(url), Some(credentials)) => {
             if machine_id.is_empty() {
@@ -113,30 +100,20 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
             }
             let server: Arc<dyn RolloutServer> =
                 Arc::new(HttpRolloutServer::new(url, client.clone(), credentials.clone()));
-            let source: Box<dyn ReleaseSource> = if tuf_root.exists() {
-                // The server's TUF repository: the offer names a target, verified through it.
+            let source = trusts_a_root.then(|| {
                 let transport =
                     Arc::from(transport(&format!("{}/v1/tuf", url.trim_end_matches('/')), &config, &client));
-                let state = PathBuf::from(cairn_release::layout::TUF_STATE_DIR);
-                let feed = TufFeed::new(transport, tuf_root.clone(), state, &config.channel);
-                Box::new(TufServerSource { server: server.clone(), feed })
-            } else {
-                let transport = transport(url, &config, &client);
-                Box::new(ServerSource { server: server.clone(), transport, trusted: trusted.clone() })
-            };
-            (Some(source), Some(server))
+                let feed = TufFeed::new(transport, tuf_root.clone(), state.clone(), &config.channel);
+                Box::new(TufServerSource { server: server.clone(), feed }) as Box<dyn ReleaseSource>
+            });
+            (source, Some(server))
         }
         _ => match &config.source {
-            // An image that trusts a TUF root reads its feed as a TUF repository.
-            Some(s) if tuf_root.exists() => {
+            Some(s) if trusts_a_root => {
                 let transport = Arc::from(transport(s, &config, &client));
-                let state = PathBuf::from(cairn_release::layout::TUF_STATE_DIR);
-                (Some(Box::new(TufFeed::new(transport, tuf_root.clone(), state, &config.channel))), None)
+                (Some(Box::new(TufFeed::new(transport, tuf_root.clone(), state, &config.channel)) as _), None)
             }
-            Some(s) => {
-                (Some(Box::new(Feed { transport: transport(s, &config, &client), trusted: trusted.clone() })), None)
-            }
-            None => (None, None),
+            _ => (None, None),
         },
     };
     let lock = match (&config.lock_server, config.strategy) {
@@ -157,24 +134,17 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
         _ => None,
     };
     let described = match &config.server {
-        Some(url) if tuf_root.exists() => {
-            format!("server {url} (group {}), releases through its TUF repository", config.group)
-        }
-        Some(url) => format!("server {url} (group {})", config.group),
-        None if tuf_root.exists() => {
-            format!("TUF feed {} (channel {})", config.source.as_deref().unwrap_or("(none)"), config.channel)
-        }
-        None => config.source.clone().unwrap_or_else(|| "(none)".into()),
+        Some(url) => format!("server {url} (group {}), releases through its TUF repository", config.group),
+        None => format!("TUF feed {} (channel {})", config.source.as_deref().unwrap_or("(none)"), config.channel),
     };
     eprintln!(
-        "cairn-agent: running {} {} in slot {}; source {}; strategy {}; every {}s; {} trusted key(s)",
+        "cairn-agent: running {} {} in slot {}; source {}; strategy {}; every {}s",
         host.running.os_id,
         host.running.version,
         host.running.slot.letter(),
         described,
         config.strategy.as_str(),
         config.interval.as_secs(),
-        trusted.len()
     );
     let seed = std::fs::read("/etc/machine-id").unwrap_or_default();
     let ports = Ports {

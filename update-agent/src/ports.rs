@@ -6,7 +6,7 @@
 
 use cairn_release::checkin::{CheckIn, CheckInReply, Event, Offer};
 use cairn_release::gpt::Slot;
-use cairn_release::manifest::{Artifact, Release, VerifyError};
+use cairn_release::manifest::{Artifact, ManifestError, Release};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -137,7 +137,7 @@ pub enum SourceError {
     #[error("fetching {path}: {source}")]
     Fetch { path: String, source: FetchError },
     #[error("{what}: {source}")]
-    Verify { what: String, source: VerifyError },
+    Verify { what: String, source: ManifestError },
     /// Verified, but not what was asked for (another version, another OS, a path leaving the
     /// feed): never retried as is.
     #[error("{0}")]

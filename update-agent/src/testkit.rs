@@ -1,53 +1,77 @@
-//! Test fixtures: a signed feed holding one small release, a disk image with USR-A and USR-B,
+//! Test fixtures: a TUF feed holding one small release, a disk image with USR-A and USR-B,
 //! and a directory standing in for the ESP.
 
 use crate::ports::EntriesDir;
 use crate::slots;
+use crate::source::DirTransport;
+use crate::tuf_feed::TufFeed;
 use crate::update::Target;
 use cairn_release::checkin::CheckIn;
 use cairn_release::gpt::Slot;
-use cairn_release::keys::SecretKey;
-use cairn_release::manifest::{self, Artifact, ArtifactKind, Compression, FeedEntry, FeedIndex, Release, VerityInfo};
+use cairn_release::manifest::{Artifact, ArtifactKind, Compression, FORMAT, Release, VerityInfo};
 use cairn_release::verity;
 use sha2::{Digest, Sha256};
 use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
 
 pub struct World {
     pub _dir: tempfile::TempDir,
-    pub feed: std::path::PathBuf,
-    pub disk: std::path::PathBuf,
-    pub esp: std::path::PathBuf,
-    pub state: std::path::PathBuf,
-    pub staging: std::path::PathBuf,
-    pub key: SecretKey,
+    /// The release directory, as `cairn build` writes it.
+    pub release: PathBuf,
+    /// A TUF feed with that release on channel stable (or the channel `world_on` names).
+    pub feed: PathBuf,
+    /// The root the host's image ships, and where the host keeps what it verified.
+    pub shipped_root: PathBuf,
+    pub tuf_state: PathBuf,
+    pub disk: PathBuf,
+    pub esp: PathBuf,
+    pub state: PathBuf,
+    pub staging: PathBuf,
 }
 
-/// A feed holding `version` (a small verity image, zstd), a disk with USR-A/USR-B, an ESP
-/// directory holding the running 1.0.0 entry.
-pub fn world(version: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let key = SecretKey::from_seed([9; 32]);
-    let feed = dir.path().join("feed");
-    let rel = feed.join(format!("releases/{version}"));
-    std::fs::create_dir_all(&rel).unwrap();
+impl World {
+    /// The host's view of the feed, following `channel`.
+    pub fn source(&self, channel: &str) -> TufFeed {
+        let transport = Arc::new(DirTransport(self.feed.clone()));
+        TufFeed::new(transport, self.shipped_root.clone(), self.tuf_state.clone(), channel)
+    }
+
+    /// The feed's copy of the release's file `name` (`targets/SHA256.VERSION-NAME`).
+    pub fn published(&self, name: &str) -> PathBuf {
+        let suffix = format!("-{name}");
+        std::fs::read_dir(self.feed.join("targets"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(&suffix))
+            .unwrap_or_else(|| panic!("no published {name}"))
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A release directory of `version` in `dir`: a small verity image (zstd) and a UKI.
+fn release_dir(dir: &Path, version: &str) {
+    std::fs::create_dir_all(dir).unwrap();
     let data: Vec<u8> = (0..64 * 4096).map(|i| (i * 31 % 251) as u8).collect();
     let salt = [1u8; 32];
     let tree = verity::build(&data[..], 64, salt).unwrap();
     let mut img = data;
     img.extend_from_slice(&tree.hash_area);
     let zst = zstd::encode_all(&img[..], 3).unwrap();
-    std::fs::write(rel.join("usr.img.zst"), &zst).unwrap();
+    std::fs::write(dir.join("usr.img.zst"), &zst).unwrap();
     let uki = format!("uki of {version}").into_bytes();
-    std::fs::write(rel.join(format!("cairn-{version}.efi")), &uki).unwrap();
+    std::fs::write(dir.join(format!("cairn-{version}.efi")), &uki).unwrap();
     let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
     let release = Release {
-        format: 1,
+        format: FORMAT,
         os_id: "cairn".into(),
         version: version.into(),
         created: 100,
-        expires: 10_000,
         artifacts: vec![
             Artifact {
                 name: format!("cairn-{version}.efi"),
@@ -76,23 +100,27 @@ pub fn world(version: &str) -> World {
             },
         ],
     };
-    let m = serde_json::to_vec(&release).unwrap();
-    std::fs::write(rel.join("release.json"), &m).unwrap();
-    std::fs::write(rel.join("release.json.sig"), manifest::sign(&m, &[&key])).unwrap();
-    let index = FeedIndex {
-        format: 1,
-        channel: "stable".into(),
-        created: 100,
-        expires: 10_000,
-        releases: vec![FeedEntry {
-            version: version.into(),
-            path: format!("releases/{version}"),
-            manifest_sha256: sha(&m),
-        }],
-    };
-    let i = serde_json::to_vec(&index).unwrap();
-    std::fs::write(feed.join("index.json"), &i).unwrap();
-    std::fs::write(feed.join("index.json.sig"), manifest::sign(&i, &[&key])).unwrap();
+    std::fs::write(dir.join("release.json"), serde_json::to_vec(&release).unwrap()).unwrap();
+}
+
+/// A feed holding `version` on channel stable, a disk with USR-A/USR-B, an ESP directory
+/// holding the running 1.0.0 entry.
+pub fn world(version: &str) -> World {
+    world_on(version, "stable")
+}
+
+/// Like [`world`], the release published on `channel`.
+pub fn world_on(version: &str, channel: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join(format!("release-{version}"));
+    release_dir(&release, version);
+    let (feed, keys) = (dir.path().join("feed"), dir.path().join("keys"));
+    let expiry = cairn_tuf::Expiry::default();
+    cairn_tuf::init(&feed, &keys, now(), expiry).unwrap();
+    cairn_tuf::publish(&feed, &keys, &release, &[channel.to_string()], now(), expiry).unwrap();
+    let shipped_root = dir.path().join("shipped-root.json");
+    std::fs::copy(feed.join("metadata/1.root.json"), &shipped_root).unwrap();
+    let tuf_state = dir.path().join("tuf-state");
 
     let disk = dir.path().join("disk.raw");
     let f = File::create(&disk).unwrap();
@@ -115,7 +143,7 @@ pub fn world(version: &str) -> World {
     std::fs::write(esp.join("cairn-1.0.0.efi"), b"running uki").unwrap();
     let state = dir.path().join("state.json");
     let staging = dir.path().join("staging");
-    World { _dir: dir, feed, disk, esp, state, staging, key }
+    World { _dir: dir, release, feed, shipped_root, tuf_state, disk, esp, state, staging }
 }
 
 /// The boot entries in the ESP directory of `w`, by file name.

@@ -130,20 +130,9 @@ enum ChannelCmd {
 
 #[derive(Subcommand)]
 enum PackageCmd {
+    /// The releases of the server's TUF repository (published offline with `cairn release
+    /// publish`), which channels and pins may name.
     List,
-    /// Upload a signed release directory (release.json, its .sig and the artifacts).
-    Upload {
-        dir: PathBuf,
-        /// Do not upload artifacts: hosts fetch them from this URL (the directory of release.json).
-        #[arg(long, value_name = "URL")]
-        url: Option<String>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
-    Delete {
-        version: String,
-    },
 }
 
 #[derive(Args, Default)]
@@ -279,16 +268,6 @@ fn fleet(cli: Cli) -> server::Result<()> {
             output(&vec![c], as_json, |v| server::print_channels(v))
         }
         Cmd::Package(PackageCmd::List) => server::show_list(&client, "/packages", as_json, server::print_packages)?,
-        Cmd::Package(PackageCmd::Upload { dir, url, quiet }) => {
-            let status = server::upload(&client, &dir, url.as_deref(), quiet || as_json)?;
-            output(&status, as_json, |s| {
-                println!("package {} uploaded, complete: {}", s.package.version, s.package.complete)
-            })
-        }
-        Cmd::Package(PackageCmd::Delete { version }) => {
-            let _: Value = client.call(Method::DELETE, &format!("/packages/{version}"), &Value::Null)?;
-            output(&json!({"deleted": version}), as_json, |_| println!("package {version} deleted"))
-        }
         Cmd::Group(GroupCmd::List) => server::show_list(&client, "/groups", as_json, server::print_groups)?,
         Cmd::Group(GroupCmd::Show { name }) => {
             let g: Group = client.get(&format!("/groups/{name}"))?;

@@ -2,8 +2,7 @@
 //! `--json` for scripts; exit codes say what kind of failure happened (see [`Failure`]).
 
 use crate::table::{self, age, or_dash};
-use cairn_release::admin::UploadRequest;
-use cairn_release::admin::{Channel, EventRecord, Group, Instance, LockGroup, Package, PackageStatus, RolloutStatus};
+use cairn_release::admin::{Channel, EventRecord, Group, Instance, LockGroup, Package, RolloutStatus};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -204,18 +203,9 @@ pub fn print_channels(channels: &[Channel]) {
 pub fn print_packages(packages: &[Package]) {
     let rows: Vec<Vec<String>> = packages
         .iter()
-        .map(|p| {
-            vec![
-                p.version.clone(),
-                p.os_id.clone(),
-                yes_no(p.complete),
-                p.signed_by.clone(),
-                or_dash(p.base_url.as_deref()),
-                age(p.created_at),
-            ]
-        })
+        .map(|p| vec![p.version.clone(), p.channels.join(","), p.size.to_string(), p.manifest_sha256[..12].to_string()])
         .collect();
-    table::print(&["VERSION", "OS", "COMPLETE", "SIGNED BY", "ARTIFACTS AT", "ADDED"], &rows);
+    table::print(&["VERSION", "CHANNELS", "BYTES", "RELEASE.JSON SHA256"], &rows);
 }
 
 pub fn print_groups(groups: &[Group]) {
@@ -335,36 +325,4 @@ pub fn print_locks(groups: &[LockGroup]) {
         }
     }
     table::print(&["GROUP", "HELD", "TOKEN", "ANONYMOUS", "HOLDER", "SINCE"], &rows_out);
-}
-
-/// Uploads the release in `dir`: its signed documents, then each artifact the server is
-/// missing, with a progress bar.
-pub fn upload(client: &Client, dir: &Path, base_url: Option<&str>, quiet: bool) -> Result<PackageStatus> {
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .map_err(|e| Failure::Usage(format!("{}: {e}", dir.join(name).display())))
-    };
-    let request = UploadRequest {
-        manifest: read("release.json")?,
-        signature: read("release.json.sig")?,
-        base_url: base_url.map(str::to_string),
-    };
-    let mut status: PackageStatus = client.call(reqwest::Method::POST, "/packages", &request)?;
-    let version = status.package.version.clone();
-    for (name, _) in status.missing.clone() {
-        let path = dir.join(&name);
-        let file = std::fs::File::open(&path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
-        let size = file.metadata().map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?.len();
-        let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(size) };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:20} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-                .expect("template"),
-        );
-        bar.set_message(name.clone());
-        let body = reqwest::blocking::Body::sized(bar.wrap_read(file), size);
-        let path = format!("/packages/{version}/artifacts/{name}");
-        status = Client::typed(&path, client.send(reqwest::Method::PUT, &path, Some(body))?)?;
-        bar.finish();
-    }
-    Ok(status)
 }

@@ -5,7 +5,7 @@
 use crate::db::Db;
 use crate::policy::RolloutCounts;
 use anyhow::Result;
-pub use cairn_release::admin::{Channel, EventRecord, Group, GroupPolicy, Instance, Package};
+pub use cairn_release::admin::{Channel, EventRecord, Group, GroupPolicy, Instance};
 use serde::Deserialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Executor, Row};
@@ -13,14 +13,6 @@ use sqlx::{Any, Executor, Row};
 pub mod hosts;
 pub mod lock_groups;
 pub mod lock_holders;
-
-/// A package with its signed documents, as the agent fetches them.
-#[derive(Clone, Debug)]
-pub struct SignedPackage {
-    pub package: Package,
-    pub manifest: String,
-    pub signature: String,
-}
 
 /// What a check-in needs to know of the host: its stored row and the grant it holds.
 #[derive(Clone, Debug)]
@@ -94,20 +86,6 @@ fn instance_from(row: &AnyRow) -> Result<Instance> {
     })
 }
 
-const PACKAGE_COLUMNS: &str = "version, os_id, manifest_sha256, signed_by, base_url, complete, created_at";
-
-fn package_from(row: &AnyRow) -> Result<Package> {
-    Ok(Package {
-        version: row.try_get(0)?,
-        os_id: row.try_get(1)?,
-        manifest_sha256: row.try_get(2)?,
-        signed_by: row.try_get(3)?,
-        base_url: row.try_get(4)?,
-        complete: row.try_get::<i64, _>(5)? != 0,
-        created_at: row.try_get(6)?,
-    })
-}
-
 // ---- channels ----
 
 pub async fn channels(db: &Db) -> Result<Vec<Channel>> {
@@ -144,65 +122,6 @@ pub async fn set_channel_version(db: &Db, name: &str, version: &str, now: i64) -
         .bind(now)
         .execute(&db.write)
         .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-// ---- packages ----
-
-pub async fn packages(db: &Db) -> Result<Vec<Package>> {
-    let rows =
-        sqlx::query(&format!("SELECT {PACKAGE_COLUMNS} FROM packages ORDER BY created_at")).fetch_all(&db.read).await?;
-    rows.iter().map(package_from).collect()
-}
-
-pub async fn package(db: &Db, version: &str) -> Result<Option<SignedPackage>> {
-    let row = sqlx::query(&format!("SELECT {PACKAGE_COLUMNS}, manifest, signature FROM packages WHERE version = $1"))
-        .bind(version)
-        .fetch_optional(&db.read)
-        .await?;
-    row.map(|r| Ok(SignedPackage { package: package_from(&r)?, manifest: r.try_get(7)?, signature: r.try_get(8)? }))
-        .transpose()
-}
-
-/// `false` when the version exists already.
-pub async fn insert_package(db: &Db, p: &SignedPackage) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO packages (version, os_id, manifest, signature, manifest_sha256, signed_by, base_url, complete, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (version) DO NOTHING",
-    )
-    .bind(&p.package.version)
-    .bind(&p.package.os_id)
-    .bind(&p.manifest)
-    .bind(&p.signature)
-    .bind(&p.package.manifest_sha256)
-    .bind(&p.package.signed_by)
-    .bind(&p.package.base_url)
-    .bind(flag(p.package.complete))
-    .bind(p.package.created_at)
-    .execute(&db.write)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub async fn mark_package_complete(db: &Db, version: &str) -> Result<()> {
-    sqlx::query("UPDATE packages SET complete = 1 WHERE version = $1").bind(version).execute(&db.write).await?;
-    Ok(())
-}
-
-/// Who points at the version (channels and pins), so it is not deleted from under them.
-pub async fn package_users(db: &Db, version: &str) -> Result<Vec<String>> {
-    let rows = sqlx::query(
-        "SELECT 'channel ' || name FROM channels WHERE version = $1 \
-         UNION ALL SELECT 'group ' || name FROM host_groups WHERE pinned_version = $1",
-    )
-    .bind(version)
-    .fetch_all(&db.write)
-    .await?;
-    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
-}
-
-pub async fn delete_package(db: &Db, version: &str) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM packages WHERE version = $1").bind(version).execute(&db.write).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -29,13 +29,8 @@ fn run() -> Result<()> {
         None => 3,
     };
     let work = tempfile::Builder::new().prefix("cairn-bench-apply-").tempdir_in("/var/tmp")?;
-    let key_dir = work.path().join("keys");
-    cairn_image::release::keygen(&key_dir)?;
-    let out = cairn_tests::images_dir().join("bench-apply");
-    cairn_image::build::build(&cairn_image::build::BuildOptions {
-        signing_key: Some(key_dir.join("release.key")),
-        ..cairn_tests::build_options("images/default.toml", "2.0.0", out.clone())
-    })?;
+    // An image trusting a root writes its release directory, which is what is applied here.
+    let out = cairn_tests::tuf_image("bench-apply", "images/default.toml", "2.0.0")?.dir;
     let manifest = std::fs::read(out.join("release/release.json"))?;
     let release: Release = serde_json::from_slice(&manifest)?;
     let usr = release.artifact(ArtifactKind::Usr).clone();
@@ -107,11 +102,12 @@ fn run() -> Result<()> {
 
 /// The agent's memory on a VM running release 1 while it stages release 2 (strategy off).
 fn agent_memory() -> Result<()> {
-    let img1 = cairn_tests::signed_image("update-1", "images/dev.toml", "1")?;
-    let img2 = cairn_tests::signed_image("update-2", "images/dev.toml", "2")?;
-    let feed = tempfile::tempdir()?;
-    cairn_tests::updates::publish(feed.path(), &img2)?;
-    let server = cairn_tests::http::FileServer::start(feed.path())?;
+    let img1 = cairn_tests::tuf_image("update-1", "images/dev.toml", "1")?;
+    let img2 = cairn_tests::tuf_image("update-2", "images/dev.toml", "2")?;
+    let work = tempfile::tempdir()?;
+    let repo = cairn_tests::TufCopy::new(work.path())?;
+    repo.publish_image(&img2)?;
+    let server = cairn_tests::http::FileServer::start(&repo.feed)?;
     let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig::uefi(img1.raw()))?;
     let long = Duration::from_secs(300);
     vm.wait_for_line("cairn: ready", 0, long)?;
@@ -138,12 +134,10 @@ fn agent_memory() -> Result<()> {
 /// An agent reading a TUF feed (issue 15): what a check with nothing new costs (requests and
 /// bytes, from the agent's log), and its resident memory after such checks.
 fn tuf_check_cost() -> Result<()> {
-    let img = cairn_tests::tuf_image("tuf-20", "images/dev.toml", "20")?;
-    let (origin, _) = cairn_tests::test_tuf_repository()?;
-    let feed = tempfile::tempdir()?;
-    let status = std::process::Command::new("cp").arg("-a").arg(origin.join(".")).arg(feed.path()).status()?;
-    anyhow::ensure!(status.success(), "copying the test TUF repository");
-    let server = cairn_tests::http::FileServer::start(feed.path())?;
+    let img = cairn_tests::tuf_image("update-1", "images/dev.toml", "1")?;
+    let work = tempfile::tempdir()?;
+    let repo = cairn_tests::TufCopy::new(work.path())?;
+    let server = cairn_tests::http::FileServer::start(&repo.feed)?;
     let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig::uefi(img.raw()))?;
     let long = Duration::from_secs(300);
     vm.wait_for_line("cairn: ready", 0, long)?;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use cairn_qemu::{Vm, VmConfig};
 use cairn_tests::rolling::{from_lock, handoffs, most_rebooting_at_once, roll, rollout_server};
 use cairn_tests::server::Api;
-use cairn_tests::signed_image;
+use cairn_tests::tuf_image;
 use cairn_tests::updates::configure_agent_for_fleetlock;
 use std::time::{Duration, Instant};
 
@@ -43,14 +43,12 @@ fn run() -> Result<()> {
     };
     let retry = cairn_release::duration::parse(&lock_retry).map_err(|e| anyhow::anyhow!("--lock-retry: {e}"))?;
     // The same images as the VM tests (shared build directory).
-    let v1 = signed_image("update-1", "images/dev.toml", "1")?;
-    let v2 = signed_image("update-2", "images/dev.toml", "2")?;
-    let v4 = signed_image("update-4", "images/dev.toml", "4")?;
+    let v1 = tuf_image("update-1", "images/dev.toml", "1")?;
+    let v2 = tuf_image("update-2", "images/dev.toml", "2")?;
+    let v4 = tuf_image("update-4", "images/dev.toml", "4")?;
     let tmp = tempfile::tempdir()?;
-    let (server, token, port) = rollout_server(tmp.path())?;
+    let (server, token, port) = rollout_server(tmp.path(), &[&v2, &v4])?;
     let admin = Api::new(&server.url, Some(&token));
-    admin.upload(&v2.dir.join("release"))?;
-    admin.upload(&v4.dir.join("release"))?;
     let enroll = Api::agent(&server.url, &token).enrollment_token("default")?.context("the default group")?;
 
     println!("== rolling update (FleetLock slots=1, lock_retry={lock_retry}, 2 vCPU TCG VMs)");

@@ -18,7 +18,6 @@
 //!        [--connections C] [--instances N] [--idle N] [--only sqlite|postgres]
 
 use anyhow::{Context, Result, bail};
-use cairn_release::keys::SecretKey;
 use cairn_server::db::Db;
 use cairn_server::store::{self, Instance};
 use cairn_tests::server::{Api, Postgres, ServerProcess, create_token, fake_release};
@@ -240,19 +239,18 @@ fn steady_request(n: usize, instances: usize, authenticated: bool) -> Request {
 }
 
 fn bench_server(name: &str, store_args: Vec<String>, o: &Options, work: &std::path::Path) -> Result<(Measured, u64)> {
-    let key = SecretKey::from_seed(*b"cairn server bench release key!!");
-    let key_file = work.join(format!("{name}.pub"));
-    std::fs::write(&key_file, key.public().to_text())?;
+    let repo = cairn_tests::TufCopy::new(&work.join(format!("{name}-tuf")))?;
+    repo.publish(&fake_release(&work.join(format!("{name}-releases")), "2")?, &["stable"])?;
     let t = Instant::now();
     register(&store_args, o.instances)?;
     eprintln!("{name}: registered {} hosts in {:.1} s", o.instances, t.elapsed().as_secs_f64());
     let token = create_token(&store_args)?;
     let mut args = store_args.clone();
     // The load comes from one address at thousands a second: no per-client rate limit.
-    args.extend(["--trust".into(), key_file.display().to_string(), "--rate-limit".into(), "0".into()]);
+    args.extend(repo.serve_args());
+    args.extend(["--rate-limit".into(), "0".into()]);
     let server = ServerProcess::spawn_logging(&args, "warn")?;
     let admin = Api::new(&server.url, Some(&token));
-    admin.upload(&fake_release(&work.join(format!("{name}-releases")), "2", &key)?)?;
     admin.ok("PUT", "/v1/admin/channels/stable", &json!({"version": "2"}))?;
     admin.ok("PATCH", "/v1/admin/groups/default", &json!({"max_per_period": 2, "halt_after": 0}))?;
     let instances = o.instances;

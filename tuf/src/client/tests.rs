@@ -50,10 +50,7 @@ impl Fixture {
 
     fn publish_with(&self, feed: &Path, keys: &Path, version: &str, channel: &str) {
         let dir = self.t.path().join(format!("release-{version}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("release.json"), crate::releases::example_manifest(version)).unwrap();
-        std::fs::write(dir.join("usr.img.zst"), format!("usr of {version}").repeat(1000)).unwrap();
-        std::fs::write(dir.join("uki.efi"), format!("uki of {version}")).unwrap();
+        crate::releases::example_release(&dir, version, format!("usr of {version}").repeat(1000).as_bytes()).unwrap();
         publish(feed, keys, &dir, &[channel.to_string()], now(), Expiry::default()).unwrap();
     }
 
@@ -95,7 +92,8 @@ fn the_newest_release_on_the_channel_is_found_and_read_verified() {
     assert_eq!(v.releases.newest("alpha"), None, "no release on that channel");
     let two = v.releases.newest("stable").unwrap();
     assert_eq!(two.manifest.name, "2-release.json");
-    assert_eq!(v.read(&two.manifest.name).unwrap(), crate::releases::example_manifest("2").into_bytes());
+    let manifest = std::fs::read(f.t.path().join("release-2/release.json")).unwrap();
+    assert_eq!(v.read(&two.manifest.name).unwrap(), manifest);
     let usr = &two.files["usr.img.zst"];
     let on_disk = std::fs::read(f.feed.join(Verified::target_path(usr))).unwrap();
     assert_eq!(on_disk, "usr of 2".repeat(1000).into_bytes(), "the target's path is under its hash");

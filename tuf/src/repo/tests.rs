@@ -7,12 +7,10 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// A release directory: release.json (version 2) and an artifact.
+/// A release directory: release.json (version 2) and its artifacts.
 fn release(dir: &Path) -> PathBuf {
     let r = dir.join("release");
-    std::fs::create_dir_all(&r).unwrap();
-    std::fs::write(r.join("release.json"), crate::releases::example_manifest("2")).unwrap();
-    std::fs::write(r.join("usr.img.zst"), vec![7u8; 100_000]).unwrap();
+    crate::releases::example_release(&r, "2", &[7u8; 100_000]).unwrap();
     r
 }
 
@@ -41,7 +39,7 @@ fn a_published_release_is_read_back_verified() {
     init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
     assert!(init(&feed, &keys_dir, now(), Expiry::default()).unwrap_err().to_string().contains("has a root already"));
     let names = publish(&feed, &keys_dir, &release(t.path()), &stable(), now(), Expiry::default()).unwrap();
-    assert_eq!(names, ["2-release.json", "2-usr.img.zst"]);
+    assert_eq!(names, ["2-release.json", "2-uki.efi", "2-usr.img.zst"]);
     assert_eq!(read_target(&feed, "2-usr.img.zst").unwrap(), vec![7u8; 100_000]);
     let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
     assert_eq!(repo.targets().signed.version.get(), 2);
@@ -57,6 +55,31 @@ fn a_published_release_is_read_back_verified() {
     bytes[500] ^= 1;
     std::fs::write(stored.path(), bytes).unwrap();
     assert!(read_target(&feed, "2-usr.img.zst").is_err(), "a tampered target was read");
+}
+
+#[test]
+fn resign_renews_every_online_role_and_keeps_the_targets() {
+    let t = tempfile::tempdir().unwrap();
+    let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
+    let long_ago = now() - 100 * 86400;
+    init(&feed, &keys_dir, long_ago, Expiry::default()).unwrap();
+    publish(&feed, &keys_dir, &release(t.path()), &stable(), long_ago, Expiry::default()).unwrap();
+    // Published 100 days ago: targets (90 days) and snapshot (7) have run out; tough refuses.
+    assert!(runtime().unwrap().block_on(tough_loads(&feed)).is_err());
+    resign(&feed, &keys_dir, now(), Expiry::default()).unwrap();
+    runtime().unwrap().block_on(tough_loads(&feed)).unwrap();
+    let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
+    assert_eq!(repo.targets().signed.version.get(), 3);
+    assert_eq!(read_target(&feed, "2-usr.img.zst").unwrap(), vec![7u8; 100_000]);
+}
+
+/// The feed as tough's client loads it with expiry enforced (the publisher's own `load` does
+/// not enforce it).
+async fn tough_loads(feed: &Path) -> Result<()> {
+    let root = std::fs::read(feed.join("metadata/1.root.json")).map_err(io(feed))?;
+    let base = |dir: &str| url::Url::from_directory_path(feed.join(dir)).unwrap();
+    RepositoryLoader::new(&root, base("metadata"), base("targets")).load().await?;
+    Ok(())
 }
 
 #[test]

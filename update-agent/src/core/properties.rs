@@ -169,7 +169,6 @@ impl Model {
                     os_id: "cairn".into(),
                     version: offer.version.clone(),
                     created: 0,
-                    expires: u64::MAX,
                     artifacts: vec![],
                 };
                 Ok(Candidate::beside(release, &offer.path))
@@ -350,13 +349,6 @@ proptest! {
 fn the_downgrade_check_fires() {
     let mut m = Model::new(0, 5, vec![], false);
     let core = m.start(Strategy::Immediate);
-    let release = Release {
-        format: 1,
-        os_id: "cairn".into(),
-        version: version(4),
-        created: 0,
-        expires: u64::MAX,
-        artifacts: vec![],
-    };
+    let release = Release { format: 1, os_id: "cairn".into(), version: version(4), created: 0, artifacts: vec![] };
     m.answer(&core, &Phase::Checking, &Request::WriteUsr(Candidate::beside(release, "r")), false);
 }

@@ -1,12 +1,12 @@
 //! Whole update cycles through the driver, against a disk image file, a directory for the ESP,
-//! a signed feed on disk and fakes of the host, the clock, the rollout server and the lock.
+//! a TUF feed on disk and fakes of the host, the clock, the rollout server and the lock.
 
 use super::*;
 use crate::core::schedule::{ASSESS_POLL, FIRST_CHECK_DELAY};
 use crate::core::state::{AgentState, Phase};
 use crate::ports::{EntriesDir, Esp, FetchError, HostError, Running, SourceError, TargetDevice};
-use crate::source::{DirTransport, Feed, ServerSource};
 use crate::testkit::{World, esp_names, world};
+use crate::tuf_feed::TufServerSource;
 use cairn_release::checkin::{CheckIn, Event, EventKind};
 use cairn_release::gpt::Slot;
 use cairn_release::maintenance::{Maintenance, MaintenanceSettings, WindowSettings};
@@ -139,12 +139,10 @@ fn agent(w: &World, version: &str, slot: Slot, strategy: Strategy, rig: &Rig) ->
         maintenance: rig.maintenance.clone(),
         ..cairn_release::update_config::UpdateSettings::default().resolve().expect("the defaults resolve")
     };
-    let trusted = vec![w.key.public()];
-    let transport = Box::new(DirTransport(w.feed.clone()));
     let server = rig.server.clone().map(|s| Arc::new(s) as Arc<dyn RolloutServer>);
     let source: Box<dyn ReleaseSource> = match &server {
-        Some(server) => Box::new(ServerSource { server: server.clone(), transport, trusted }),
-        None => Box::new(Feed { transport, trusted }),
+        Some(server) => Box::new(TufServerSource { server: server.clone(), feed: w.source("stable") }),
+        None => Box::new(w.source("stable")),
     };
     let ports = Ports {
         host,
@@ -228,11 +226,11 @@ fn fleetlock_host_starting_idle_gives_back_a_slot_it_may_hold() {
 
 /// A rig whose agent checks in with a rollout server offering the world's release.
 fn server_rig(w: &World, version: &str) -> Rig {
-    let manifest = std::fs::read(w.feed.join(format!("releases/{version}/release.json"))).unwrap();
+    let manifest = std::fs::read(w.release.join("release.json")).unwrap();
     let server = FakeServer::default();
     *server.offer.lock().unwrap() = Some(cairn_release::checkin::Offer {
         version: version.into(),
-        path: format!("releases/{version}"),
+        path: format!("{version}-release.json"),
         manifest_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest)),
     });
     Rig { server: Some(server), ..rig() }
@@ -451,7 +449,7 @@ fn apply_installs_and_reboots_whatever_the_strategy() {
 #[test]
 fn a_tampered_image_is_an_error_with_backoff_and_no_entry() {
     let (w, r) = (world("2.0.0"), rig());
-    let usr = w.feed.join("releases/2.0.0/usr.img.zst");
+    let usr = w.published("usr.img.zst");
     let mut bytes = std::fs::read(&usr).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
