@@ -11,13 +11,15 @@ bin=./target/release
 state=out/demo-server
 mkdir -p "$state"
 
-# A release key of the demo's own: the image trusts it and so does the server.
-[ -s "$state/keys/release.key" ] || "$bin/cairn" keygen --out "$state/keys"
-"$bin/cairn" build --spec images/demo.toml --out out --signing-key "$state/keys/release.key"
+# A TUF repository of the demo's own: the image trusts its root; the server serves it and signs
+# its timestamps with the timestamp key alone (the other keys stay in $state/keys).
+[ -s "$state/feed/metadata/1.root.json" ] || "$bin/cairn" release init --feed "$state/feed" --keys "$state/keys"
+mkdir -p "$state/online-keys" && cp -p "$state/keys"/timestamp-*.pk8 "$state/online-keys/"
+"$bin/cairn" build --spec images/demo.toml --out out --trust-root "$state/feed/metadata/1.root.json"
 
 [ -s "$state/token" ] || (umask 077 && "$bin/cairn-server" token create --data "$state" > "$state/token")
-"$bin/cairn-server" serve --listen 127.0.0.1:8270 --data "$state" --trust "$state/keys/release.pub" \
-    > "$state/server.out" 2> "$state/server.log" &
+"$bin/cairn-server" serve --listen 127.0.0.1:8270 --data "$state" \
+    --tuf-repo "$state/feed" --tuf-keys "$state/online-keys" > "$state/server.out" 2> "$state/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT INT TERM
 
@@ -39,10 +41,12 @@ in every 30 s. In another terminal:
     $bin/updatectl instance list          # the VM, once it has checked in
     $bin/updatectl rollout status
 
-To roll out an update: build version 2 with the same key, upload it, point the channel at it:
+To roll out an update: build version 2 trusting the same root, sign it into the repository the
+server serves, point the channel at it:
 
-    $bin/cairn build --spec images/demo.toml --out out/v2 --version 2 --signing-key $state/keys/release.key
-    $bin/updatectl package upload out/v2/release && $bin/updatectl channel set-version stable 2
+    $bin/cairn build --spec images/demo.toml --out out/v2 --version 2 --trust-root $state/feed/metadata/1.root.json
+    $bin/cairn release publish --feed $state/feed --keys $state/keys out/v2/release
+    $bin/updatectl channel set-version stable 2
 
 MSG
 "$bin/cairn" run --image out/disk.qcow2 --snapshot --config "$state/user-data" "$@"

@@ -23,11 +23,18 @@ import json
 print(json.dumps(info.custom, sort_keys=True))
 "#;
 
-/// A virtual environment with python-tuf, made once per target directory.
+/// A virtual environment with python-tuf, made once per target directory (tests in this
+/// process and in others wait for the one making it).
 fn python_tuf() -> Result<PathBuf> {
+    static ONE_MAKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _this_process = ONE_MAKER.lock().unwrap_or_else(|e| e.into_inner());
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| cairn_tests::workspace().join("target"));
+    std::fs::create_dir_all(&target)?;
+    let lock_file = std::fs::File::create(target.join("python-tuf.lock"))?;
+    let _other_processes = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking the python-tuf environment: {e}"))?;
     let venv = target.join("python-tuf");
     let python = venv.join("bin/python");
     let ready = venv.join(".installed");
