@@ -36,6 +36,8 @@ genisoimage:genisoimage
 ssh:openssh-client
 ssh-keygen:openssh-client
 /usr/share/doc/python3-venv/copyright:python3-venv
+docker-registry:docker-registry
+skopeo:skopeo
 "
 
 missing=""

@@ -145,6 +145,10 @@ enum Command {
         /// Forward 127.0.0.1:N on this host to the guest's ssh port.
         #[arg(long)]
         ssh_port: Option<u16>,
+        /// Forward 127.0.0.1:HOST on this host to the guest's port GUEST (a published container
+        /// port); `/udp` for UDP. Repeatable.
+        #[arg(long = "forward", value_name = "HOST:GUEST[/udp]")]
+        forwards: Vec<cairn_qemu::Forward>,
         /// Keep the image unchanged: the VM writes to a throwaway overlay.
         #[arg(long)]
         snapshot: bool,
@@ -307,10 +311,21 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run { image, mem, cpus, ssh_port, snapshot, exit_on_ready, timeout, config, config_drive } => {
+        Command::Run {
+            image,
+            mem,
+            cpus,
+            ssh_port,
+            forwards,
+            snapshot,
+            exit_on_ready,
+            timeout,
+            config,
+            config_drive,
+        } => {
             let user_data = config.map(|file| UserData { file, drive: config_drive });
-            let options =
-                RunOptions { mem, cpus, ssh_port, snapshot, exit_on_ready, timeout: Duration::from_secs(timeout) };
+            let timeout = Duration::from_secs(timeout);
+            let options = RunOptions { mem, cpus, ssh_port, forwards, snapshot, exit_on_ready, timeout };
             run_vm(image, options, user_data)
         }
     }

@@ -9,6 +9,8 @@ pub struct RunOptions {
     pub mem: u32,
     pub cpus: u32,
     pub ssh_port: Option<u16>,
+    /// Host loopback ports forwarded to the guest's (published container ports).
+    pub forwards: Vec<cairn_qemu::Forward>,
     pub snapshot: bool,
     pub exit_on_ready: bool,
     pub timeout: Duration,
@@ -43,6 +45,7 @@ pub fn run_vm(image: PathBuf, o: RunOptions, user_data: Option<UserData>) -> Res
     cfg.mem_mib = o.mem;
     cfg.cpus = o.cpus;
     cfg.ssh_port = o.ssh_port;
+    cfg.forwards = o.forwards.clone();
     cfg.echo_console = true;
     // Lives until QEMU exits (it reads the drive while the guest runs).
     let scratch = tempfile::tempdir()?;

@@ -171,6 +171,26 @@ fn prune(host: &Session, dir: &str, keep: &[String], changed: &mut Vec<String>) 
     Ok(())
 }
 
+/// Removes the `hosts.toml` (and CA) of registries an earlier config wrote and this one does
+/// not name; a registry directory the user wrote stays.
+fn prune_registries(host: &Session, keep: &[crate::registry::Registry], changed: &mut Vec<String>) -> Result<()> {
+    let dir = crate::registry::HOSTS_DIR;
+    let Some(d) = host.root.dir(dir).map_err(io(format!("reading {dir}")))? else { return Ok(()) };
+    for name in d.names().map_err(io(format!("reading {dir}")))? {
+        let hosts = format!("{dir}/{name}/hosts.toml");
+        if keep.iter().any(|r| r.host == name) || !host.read(&hosts).starts_with(MARK) {
+            continue;
+        }
+        for file in [hosts, format!("{dir}/{name}/ca.crt")] {
+            if !host.read(&file).is_empty() {
+                host.remove(&file)?;
+                changed.push(format!("{file} removed"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies `c` to the host; returns what changed (empty when it already was so).
 pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
     let root = Root::open(&host.root).map_err(io("opening the root"))?;
@@ -263,8 +283,28 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         note(host.stage(&file, text.as_bytes(), 0o644, 0, 0)?, file);
         services.push(name);
     }
+    for r in &c.registries {
+        let file = format!("{}/{}/hosts.toml", crate::registry::HOSTS_DIR, r.host);
+        note(host.stage(&file, crate::registry::hosts_toml(r, MARK).as_bytes(), 0o644, 0, 0)?, file);
+        if let Some(pem) = &r.ca {
+            let file = crate::registry::ca_path(r);
+            note(host.stage(&file, pem.as_bytes(), 0o644, 0, 0)?, file);
+        }
+    }
+    // Credentials are root's alone; the file goes when no registry has any.
+    let auth_file = crate::registry::AUTH_FILE;
+    let auth = crate::registry::auth_file(&c.registries, MARK);
+    if let Some(text) = &auth {
+        note(host.stage(auth_file, text.as_bytes(), 0o600, 0, 0)?, auth_file.into());
+    }
+    let drop_auth_file = auth.is_none() && host.read(auth_file).starts_with(MARK);
     let containers: Vec<String> = c.containers.iter().map(|k| k.name.clone()).collect();
     host.commit(staged)?;
+    if drop_auth_file {
+        host.remove(auth_file)?;
+        changed.push(format!("{auth_file} removed"));
+    }
+    prune_registries(host, &c.registries, &mut changed)?;
     if drop_update_file {
         host.remove(update_file)?;
         changed.push(format!("{update_file} removed"));
@@ -393,6 +433,29 @@ cairn:
         assert!(std::fs::read_to_string(t.path().join("etc/cairn/update.toml")).unwrap().contains("cairn_secret"));
         apply(&config("#cloud-config\ncairn:\n  update: {server: \"https://u.example\"}\n"), &h).unwrap();
         assert_eq!(mode(), 0o644);
+    }
+
+    #[test]
+    fn registries_become_hosts_files_and_root_only_credentials_and_go_with_the_config() {
+        let (t, h) = host();
+        let doc = "#cloud-config\ncairn:\n  registries:\n    \"10.0.2.2:5000\": {insecure: true}\n    \
+                   registry.example.com: {username: bot, password: hunter2}\n";
+        let changed = apply(&config(doc), &h).unwrap();
+        assert!(changed.iter().any(|c| c == "/etc/containerd/certs.d/10.0.2.2:5000/hosts.toml"), "{changed:?}");
+        let hosts = std::fs::read_to_string(t.path().join("etc/containerd/certs.d/10.0.2.2:5000/hosts.toml")).unwrap();
+        assert!(hosts.contains("server = \"http://10.0.2.2:5000\""), "{hosts}");
+        let auth = t.path().join("etc/cairn/registry-auth.toml");
+        assert_eq!(std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(std::fs::read_to_string(&auth).unwrap().contains("hunter2"));
+        assert!(!hosts.contains("hunter2"), "no secret in a world-readable file");
+        // The user's own registry directory stays; the config's go with it.
+        std::fs::create_dir_all(t.path().join("etc/containerd/certs.d/mine.example")).unwrap();
+        std::fs::write(t.path().join("etc/containerd/certs.d/mine.example/hosts.toml"), "server = \"x\"\n").unwrap();
+        let changed = apply(&config("#cloud-config\nhostname: n\n"), &h).unwrap();
+        assert!(changed.contains(&"/etc/cairn/registry-auth.toml removed".to_string()), "{changed:?}");
+        assert!(!auth.exists());
+        assert!(!t.path().join("etc/containerd/certs.d/10.0.2.2:5000/hosts.toml").exists());
+        assert!(t.path().join("etc/containerd/certs.d/mine.example/hosts.toml").exists());
     }
 
     #[test]

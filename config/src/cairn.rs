@@ -6,7 +6,7 @@ use cairn_release::service_file::{Ready, Restart, ServiceFile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const KEYS: &[&str] = &["update", "services", "containers"];
+pub const KEYS: &[&str] = &["update", "services", "containers", "registries"];
 
 /// The keys of a `cairn.services` entry: its name, and the fields of cairn-init's service files
 /// (`cairn_release::service_file`) but `tty` (a development image's console shell, not for
@@ -28,7 +28,8 @@ pub struct Service {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     pub name: String,
-    /// An OCI archive: an absolute path on the host, or an http(s) URL to fetch it from.
+    /// A registry reference (`nginx`, `registry:5000/app:1`, `app@sha256:...`), or an OCI
+    /// archive: an absolute path on the host, or an http(s) URL to fetch it from.
     pub image: String,
     /// The archive's SHA-256, checked after a fetch: needed for a plain-http URL, which anyone
     /// on the path could otherwise answer.
@@ -132,15 +133,15 @@ pub fn container(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Op
     let before = w.diagnostics.len();
     let name = name(w, f, item, item_path);
     let image = match f.get("image") {
-        Some((v, p)) => w.text(v, &p).filter(|i| {
-            let ok = i.starts_with('/') || i.starts_with("http://") || i.starts_with("https://");
-            if !ok {
-                w.error(v.at, &p, format!("{i:?}: an OCI archive's absolute path or http(s) URL"));
+        Some((v, p)) => w.text(v, &p).filter(|i| match crate::container::source(i) {
+            Ok(_) => true,
+            Err(e) => {
+                w.error(v.at, &p, e);
+                false
             }
-            ok
         }),
         None => {
-            w.error(item.at, item_path, "needs an image (an OCI archive's path or URL)");
+            w.error(item.at, item_path, "needs an image (a registry reference, or an OCI archive's path or URL)");
             None
         }
     };

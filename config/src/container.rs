@@ -1,13 +1,21 @@
 //! Running a `cairn.containers` entry through containerd: `cairn-cloud-config container NAME`
-//! is the init service `container-NAME`. It takes the OCI archive (a path, or a URL fetched
-//! once and kept), imports it with `ctr` under a name of its own, removes what a crash left of
-//! an earlier run, and becomes `ctr run` in the foreground: init supervises it, restarts it per
-//! its `restart`, and stops it with SIGTERM, which `ctr` hands to the container.
+//! is the init service `container-NAME`. Its image is an OCI archive (a path, or a URL fetched
+//! once and kept), imported with `ctr` under a name of its own, or a registry reference, pulled
+//! by containerd's CRI image service (`crate::cri`) through the registry's `hosts.toml` and
+//! pinned: a tag is resolved when the container's spec is new or changed, and every later start
+//! runs the same image (`repo@sha256:...`) until the spec changes. It removes what a crash left
+//! of an earlier run and becomes `ctr run` in the foreground: init supervises it, restarts it
+//! per its `restart` (with backoff: a registry that cannot be reached is retried), and stops it
+//! with SIGTERM, which `ctr` hands to the container.
 //!
-//! Containers share the host's network (there are no CNI plugins in the image): a container
-//! that listens on a port listens on the host's.
+//! Containers share the host's network (there are no CNI plugins in the image yet): a
+//! container that listens on a port listens on the host's.
 
 use crate::cairn::Container;
+use crate::cri::{Images, PullError};
+use crate::registry::Credentials;
+use oci_spec::distribution::Reference;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,14 +24,62 @@ use std::time::Duration;
 pub const SPECS_DIR: &str = "/etc/cairn/containers";
 /// Archives fetched from URLs (on ROOT: fetched once, not at every start).
 pub const IMAGES_DIR: &str = "/var/lib/cairn/images";
+/// What each container pulled from a registry, for which spec (on ROOT: kept across reboots).
+pub const PULLED_DIR: &str = "/var/lib/cairn/containers";
 pub const CTR: &str = "/usr/bin/ctr";
 /// The longest a fetch of an archive may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Where a container's image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An OCI archive on the host, or fetched from an http(s) URL.
+    Archive,
+    /// A registry reference, normalized as Docker does (`nginx` is
+    /// `docker.io/library/nginx:latest`).
+    Registry(Reference),
+}
+
+/// What `image` names: an absolute path or an http(s) URL is an archive; anything else must
+/// be a registry reference.
+pub fn source(image: &str) -> Result<Source, String> {
+    if image.starts_with('/') || image.starts_with("http://") || image.starts_with("https://") {
+        return Ok(Source::Archive);
+    }
+    if [".tar", ".tar.gz", ".tgz"].iter().any(|x| image.ends_with(x)) {
+        return Err(format!("{image:?} looks like an archive: its path must be absolute"));
+    }
+    image.parse::<Reference>().map(Source::Registry).map_err(|e| {
+        format!("{image:?} is neither a registry reference ({e}) nor an OCI archive's absolute path or http(s) URL")
+    })
+}
+
+/// The reference as containerd names the image (registry, repository, then tag or digest).
+pub fn normalized(r: &Reference) -> String {
+    let name = format!("{}/{}", r.registry(), r.repository());
+    match (r.digest(), r.tag()) {
+        (Some(d), _) => format!("{name}@{d}"),
+        (None, Some(t)) => format!("{name}:{t}"),
+        (None, None) => format!("{name}:latest"),
+    }
+}
+
+/// Where an image is in containerd: its namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runnable {
+    pub namespace: &'static str,
+    pub image: String,
+}
 
 /// The containerd image a container's archive is imported as: the archive's index under a name
 /// of Cairn's, so any archive works whatever names it carries.
 pub fn image_ref(name: &str) -> String {
     format!("cairn.local/{name}:latest")
+}
+
+/// An imported archive, in containerd's default namespace.
+pub fn imported(name: &str) -> Runnable {
+    Runnable { namespace: "default", image: image_ref(name) }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +92,8 @@ pub enum ContainerError {
     Fetch { image: String, message: String },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("pulling {0}")]
+    Pull(#[from] PullError),
 }
 
 pub fn load(dir: &Path, name: &str) -> Result<Container, ContainerError> {
@@ -49,9 +107,10 @@ pub fn import_args(name: &str, archive: &Path) -> Vec<String> {
     vec!["images".into(), "import".into(), "--index-name".into(), image_ref(name), archive.display().to_string()]
 }
 
-/// `ctr` argument lists that remove what an earlier run left (each may fail: nothing to remove).
-pub fn cleanup_args(name: &str) -> Vec<Vec<String>> {
-    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+/// `ctr` argument lists that remove what an earlier run left in `namespace` (each may fail:
+/// nothing to remove).
+pub fn cleanup_args(name: &str, namespace: &str) -> Vec<Vec<String>> {
+    let v = |a: &[&str]| ["--namespace", namespace].iter().chain(a).map(|s| s.to_string()).collect::<Vec<_>>();
     vec![
         v(&["tasks", "kill", "-s", "SIGKILL", name]),
         v(&["tasks", "delete", name]),
@@ -59,17 +118,88 @@ pub fn cleanup_args(name: &str) -> Vec<Vec<String>> {
     ]
 }
 
-/// `ctr` arguments that run container `c` in the foreground.
-pub fn run_args(c: &Container) -> Vec<String> {
-    let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "--net-host".into()];
+/// `ctr` arguments that run container `c` from `image` in the foreground.
+pub fn run_args(c: &Container, image: &Runnable) -> Vec<String> {
+    let mut args: Vec<String> =
+        vec!["--namespace".into(), image.namespace.into(), "run".into(), "--rm".into(), "--net-host".into()];
     for (k, v) in &c.environment {
         args.push("--env".into());
         args.push(format!("{k}={v}"));
     }
-    args.push(image_ref(&c.name));
+    args.push(image.image.clone());
     args.push(c.name.clone());
     args.extend(c.command.iter().cloned());
     args
+}
+
+/// What a container pulled, for which spec: `PULLED_DIR/NAME.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulled {
+    /// sha256 of the spec the image was resolved for.
+    pub spec: String,
+    /// The image as pulled, pinned: `repo@sha256:...`.
+    pub image: String,
+}
+
+/// The sha256 of a container's spec: a changed spec resolves its tag again.
+pub fn spec_digest(c: &Container) -> String {
+    hex::encode(Sha256::digest(toml::to_string(c).expect("a container serializes").as_bytes()))
+}
+
+/// The pinned image to run, if the record is for this spec and containerd still has it.
+pub fn reuse(record: Option<&Pulled>, spec: &str, present: impl FnOnce(&str) -> bool) -> Option<String> {
+    record.filter(|r| r.spec == spec && present(&r.image)).map(|r| r.image.clone())
+}
+
+/// The repository of a normalized reference: without its tag or digest.
+fn repository(reference: &str) -> &str {
+    if let Some((repo, _)) = reference.split_once('@') {
+        return repo;
+    }
+    match reference.rsplit_once(':') {
+        // A colon before the last slash is a registry's port, not a tag.
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => reference,
+    }
+}
+
+/// Of the names containerd pulled an image by, the `repo@sha256:...` of `reference`'s repository.
+pub fn pinned(reference: &str, repo_digests: &[String]) -> Option<String> {
+    let repo = repository(reference);
+    repo_digests.iter().find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo)).cloned()
+}
+
+/// The registry image container `c` runs: the pinned one if its spec is unchanged and
+/// containerd has it, else `reference` pulled now (with `credentials`) and pinned.
+pub fn registry_image(
+    c: &Container,
+    reference: &Reference,
+    credentials: Option<&Credentials>,
+    images: &mut Images,
+    pulled_dir: &Path,
+) -> Result<Runnable, ContainerError> {
+    let record_path = pulled_dir.join(format!("{}.toml", c.name));
+    let record: Option<Pulled> = std::fs::read_to_string(&record_path).ok().and_then(|t| toml::from_str(&t).ok());
+    let spec = spec_digest(c);
+    let mut present = |image: &str| images.status(image).ok().flatten().is_some();
+    if let Some(image) = reuse(record.as_ref(), &spec, &mut present) {
+        return Ok(Runnable { namespace: crate::cri::NAMESPACE, image });
+    }
+    let name = normalized(reference);
+    eprintln!("container {}: pulling {name}", c.name);
+    images.pull(&name, credentials)?;
+    let info = images.status(&name)?.ok_or_else(|| PullError::Other {
+        image: name.clone(),
+        detail: "containerd does not have it after the pull".into(),
+    })?;
+    let image = pinned(&name, &info.repo_digests).unwrap_or(name);
+    eprintln!("container {}: pulled {image}", c.name);
+    let record = Pulled { spec, image: image.clone() };
+    let io = |source| ContainerError::Io { what: format!("writing {}", record_path.display()), source };
+    std::fs::create_dir_all(pulled_dir).map_err(io)?;
+    cairn_release::durable::write_atomic(&record_path, toml::to_string(&record).expect("serializes").as_bytes(), 0o644)
+        .map_err(io)?;
+    Ok(Runnable { namespace: crate::cri::NAMESPACE, image })
 }
 
 /// The archive on this host: the path itself, or the URL's download under `images_dir`
@@ -145,8 +275,10 @@ mod tests {
             restart: "always".into(),
         };
         assert_eq!(
-            run_args(&c),
+            run_args(&c, &imported("web")),
             [
+                "--namespace",
+                "default",
                 "run",
                 "--rm",
                 "--net-host",
@@ -161,6 +293,37 @@ mod tests {
         );
         assert_eq!(import_args("web", Path::new("/var/web.tar"))[3], "cairn.local/web:latest");
         assert_eq!(archive(&c, Path::new("/nonexistent")).unwrap(), Path::new("/var/web.tar"));
+    }
+
+    #[test]
+    fn images_are_archives_or_references_normalized_as_docker_does() {
+        assert_eq!(source("/var/web.tar"), Ok(Source::Archive));
+        assert_eq!(source("https://example.com/web.tar"), Ok(Source::Archive));
+        let norm = |i: &str| match source(i).unwrap() {
+            Source::Registry(r) => normalized(&r),
+            Source::Archive => panic!("{i} is not an archive"),
+        };
+        assert_eq!(norm("nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(norm("user/app:2"), "docker.io/user/app:2");
+        assert_eq!(norm("10.0.2.2:5000/web:1"), "10.0.2.2:5000/web:1");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(norm(&format!("quay.io/org/app@{digest}")), format!("quay.io/org/app@{digest}"));
+        for bad in ["web.tar", "Web", "a//b", "web:", "web:tag with space", "x@sha256:12"] {
+            assert!(source(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_pinned_image_is_reused_only_for_the_same_spec_while_containerd_has_it() {
+        let record = Pulled { spec: "s1".into(), image: "r/web@sha256:aa".into() };
+        assert_eq!(reuse(Some(&record), "s1", |_| true), Some("r/web@sha256:aa".into()));
+        assert_eq!(reuse(Some(&record), "s2", |_| true), None, "a changed spec resolves its tag again");
+        assert_eq!(reuse(Some(&record), "s1", |_| false), None, "an image containerd lost is pulled again");
+        assert_eq!(reuse(None, "s1", |_| true), None);
+        let digests = ["10.0.2.2:5000/other@sha256:bb".to_string(), "10.0.2.2:5000/web@sha256:aa".to_string()];
+        assert_eq!(pinned("10.0.2.2:5000/web:1", &digests), Some(digests[1].clone()));
+        assert_eq!(pinned("10.0.2.2:5000/web@sha256:aa", &digests), Some(digests[1].clone()));
+        assert_eq!(pinned("10.0.2.2:5000/none:1", &digests), None);
     }
 
     #[test]

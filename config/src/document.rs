@@ -38,6 +38,8 @@ pub struct CloudConfig {
     pub update: Option<UpdateSettings>,
     pub services: Vec<Service>,
     pub containers: Vec<Container>,
+    /// How containerd reaches registries (`cairn.registries`).
+    pub registries: Vec<crate::registry::Registry>,
 }
 
 /// What a document turned out to be.
@@ -330,6 +332,9 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
         }
         if let Some((v, p)) = cf.get("containers") {
             c.containers = w.records(v, &p, cairn::CONTAINER_KEYS, cairn::container);
+        }
+        if let Some((v, p)) = cf.get("registries") {
+            c.registries = crate::registry::registries(w, v, &p);
         }
         unique(w, c.services.iter().map(|s| s.name.as_str()), v, &p, "services");
         unique(w, c.containers.iter().map(|k| k.name.as_str()), v, &p, "containers");

@@ -1,6 +1,6 @@
 //! Cairn's `#cloud-config`: the CoreOS fields (`hostname`, `users`, `ssh_authorized_keys`,
 //! `write_files`, `manage_etc_hosts`, `coreos.update`, `coreos.locksmith`; `coreos.units` with
-//! a warning) and a `cairn:` section (`update`, `services`, `containers`). Dashes and
+//! a warning) and a `cairn:` section (`update`, `services`, `containers`, `registries`). Dashes and
 //! underscores in keys are the same. A document is read whole: every error and warning comes
 //! with its line, column and key path, and a document with an error yields nothing.
 
@@ -9,6 +9,7 @@ pub mod apply;
 pub mod boot;
 pub mod cairn;
 pub mod container;
+pub mod cri;
 pub mod datasource;
 pub mod diag;
 pub mod document;
@@ -16,6 +17,7 @@ pub mod files;
 pub mod instance;
 pub mod local;
 pub mod platform;
+pub mod registry;
 pub mod rooted;
 pub mod update;
 pub mod users;

@@ -257,6 +257,23 @@ impl Walker {
         ok.then_some(out)
     }
 
+    /// A mapping with keys of the document's choosing: `(key, value, path)` of each entry.
+    pub fn entries<'n>(&mut self, v: Value<'n>, path: &str) -> Option<Vec<(String, Value<'n>, String)>> {
+        let Node::Mapping(map) = v.node else {
+            self.expected(v, path, "a mapping");
+            return None;
+        };
+        Some(
+            map.iter()
+                .map(|(key, node)| {
+                    let key = key.as_str().to_string();
+                    let p = child(path, &key);
+                    (key, Value { node, at: at(node, v.at) }, p)
+                })
+                .collect(),
+        )
+    }
+
     /// A mapping of strings to strings (an environment).
     pub fn string_map(&mut self, v: Value, path: &str) -> Option<BTreeMap<String, String>> {
         let Node::Mapping(map) = v.node else {

@@ -29,6 +29,7 @@ fn the_schema_names_the_parsers_keys() {
         (keys(&defs["window"]), set(update::WINDOW_KEYS), "maintenance.window"),
         (keys(&defs["service"]), set(&cairn::service_keys()), "cairn.services"),
         (keys(&defs["container"]), set(cairn::CONTAINER_KEYS), "cairn.containers"),
+        (keys(&defs["registry"]), set(cairn_config::registry::REGISTRY_KEYS), "cairn.registries"),
         (keys(&defs["user"]), set(users::KEYS), "users"),
         (keys(&defs["write_file"]), set(files::KEYS), "write_files"),
     ];

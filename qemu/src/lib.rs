@@ -29,6 +29,45 @@ pub enum Boot {
     Kernel { kernel: PathBuf, initrd: PathBuf, append: String },
 }
 
+/// A port of the host's loopback (127.0.0.1: never another address) forwarded to the guest's
+/// through QEMU's user network: `HOST:GUEST`, `HOST:GUEST/udp` (`cairn run --forward`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub udp: bool,
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl Forward {
+    pub fn tcp(host: u16, guest: u16) -> Forward {
+        Forward { udp: false, host, guest }
+    }
+
+    /// QEMU's `hostfwd=` value.
+    fn hostfwd(&self) -> String {
+        let proto = if self.udp { "udp" } else { "tcp" };
+        format!("{proto}:127.0.0.1:{}-:{}", self.host, self.guest)
+    }
+}
+
+impl std::str::FromStr for Forward {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Forward, String> {
+        let (ports, udp) = match s.rsplit_once('/') {
+            Some((p, "udp")) => (p, true),
+            Some((p, "tcp")) => (p, false),
+            Some((_, other)) => return Err(format!("{s:?}: {other:?} is not tcp or udp")),
+            None => (s, false),
+        };
+        let port = |p: &str| p.parse::<u16>().ok().filter(|n| *n > 0);
+        match ports.split_once(':').map(|(h, g)| (port(h), port(g))) {
+            Some((Some(host), Some(guest))) => Ok(Forward { udp, host, guest }),
+            _ => Err(format!("{s:?}: HOST:GUEST ports (1-65535), with /udp for UDP")),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub boot: Boot,
@@ -38,8 +77,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Forward this host loopback port to the guest's port 22.
     pub ssh_port: Option<u16>,
-    /// More TCP forwards: (host loopback port, guest port).
-    pub forwards: Vec<(u16, u16)>,
+    /// Ports of the host's loopback forwarded to the guest's.
+    pub forwards: Vec<Forward>,
     /// More options of the user-mode network (`net=...`, `guestfwd=...`).
     pub net_options: Vec<String>,
     /// Copy the console to our stdout as it arrives.
@@ -148,8 +187,8 @@ impl Vm {
         if let Some(p) = cfg.ssh_port {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
         }
-        for (host, guest) in &cfg.forwards {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        for f in &cfg.forwards {
+            netdev.push_str(&format!(",hostfwd={}", f.hostfwd()));
         }
         for option in &cfg.net_options {
             netdev.push(',');
@@ -400,5 +439,21 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Forward;
+
+    #[test]
+    fn forwards_are_loopback_ports_tcp_unless_udp_is_said() {
+        let f: Forward = "8080:80".parse().unwrap();
+        assert_eq!((f, f.hostfwd()), (Forward::tcp(8080, 80), "tcp:127.0.0.1:8080-:80".to_string()));
+        let u: Forward = "5353:53/udp".parse().unwrap();
+        assert_eq!(u.hostfwd(), "udp:127.0.0.1:5353-:53");
+        for bad in ["8080", "0:80", "8080:70000", "a:b", "8080:80/sctp", "1.2.3.4:8080:80"] {
+            assert!(bad.parse::<Forward>().is_err(), "{bad}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod http;
+pub mod registry;
 pub mod rolling;
 pub mod server;
 pub mod updates;

@@ -177,7 +177,7 @@ cairn:
     let disk = disk_over(&img.raw(), dir.path())?;
     let (ssh_port, web_port) = (free_port()?, free_port()?);
     let mut cfg = VmConfig { persistent: true, ssh_port: Some(ssh_port), ..VmConfig::uefi(&disk) };
-    cfg.forwards.push((web_port, WEB_PORT));
+    cfg.forwards.push(cairn_qemu::Forward::tcp(web_port, WEB_PORT));
     cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), config.clone()));
 
     let mut vm = start(&cfg)?;
@@ -335,7 +335,7 @@ cairn:
     let drive = nova_config_drive(dir.path(), &doc, &meta)?;
     let (ssh_port, web_port) = (free_port()?, free_port()?);
     let mut cfg = VmConfig { ssh_port: Some(ssh_port), ..VmConfig::uefi(img.raw()) };
-    cfg.forwards.push((web_port, WEB_PORT));
+    cfg.forwards.push(cairn_qemu::Forward::tcp(web_port, WEB_PORT));
     // vdb: the config drive; vdc: the container's OCI archive.
     cfg.extra_disks = vec![drive, archive];
 

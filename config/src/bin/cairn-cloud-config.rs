@@ -123,18 +123,42 @@ fn run_container(name: &str) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let archive = match container::archive(&spec, Path::new(container::IMAGES_DIR)) {
-        Ok(a) => a,
+    let image = match container::source(&spec.image) {
+        Ok(container::Source::Archive) => import_archive(&spec),
+        Ok(container::Source::Registry(reference)) => pull(&spec, &reference),
+        Err(e) => Err(e),
+    };
+    let image = match image {
+        Ok(i) => i,
         Err(e) => return fail(&e),
     };
-    match Command::new(container::CTR).args(container::import_args(name, &archive)).status() {
-        Ok(s) if s.success() => {}
-        Ok(s) => return fail(&format!("importing {}: ctr {s}", archive.display())),
-        Err(e) => return fail(&format!("running {}: {e}", container::CTR)),
-    }
-    for args in container::cleanup_args(name) {
+    for args in container::cleanup_args(name, image.namespace) {
         let _ = Command::new(container::CTR).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
-    let e = Command::new(container::CTR).args(container::run_args(&spec)).exec();
+    let e = Command::new(container::CTR).args(container::run_args(&spec, &image)).exec();
     fail(&format!("running {}: {e}", container::CTR))
+}
+
+/// The container's archive, imported into containerd.
+fn import_archive(spec: &cairn_config::cairn::Container) -> Result<container::Runnable, String> {
+    let archive = container::archive(spec, Path::new(container::IMAGES_DIR)).map_err(|e| e.to_string())?;
+    match Command::new(container::CTR).args(container::import_args(&spec.name, &archive)).status() {
+        Ok(s) if s.success() => Ok(container::imported(&spec.name)),
+        Ok(s) => Err(format!("importing {}: ctr {s}", archive.display())),
+        Err(e) => Err(format!("running {}: {e}", container::CTR)),
+    }
+}
+
+/// The container's registry image, pulled by containerd unless the one pinned for this spec
+/// is still there.
+fn pull(
+    spec: &cairn_config::cairn::Container,
+    reference: &oci_spec::distribution::Reference,
+) -> Result<container::Runnable, String> {
+    let auth = cairn_config::registry::read_auth(Path::new(cairn_config::registry::AUTH_FILE))?;
+    let credentials = auth.get(reference.registry());
+    let mut images =
+        cairn_config::cri::Images::connect(Path::new(cairn_config::cri::SOCKET)).map_err(|e| e.to_string())?;
+    container::registry_image(spec, reference, credentials, &mut images, Path::new(container::PULLED_DIR))
+        .map_err(|e| e.to_string())
 }

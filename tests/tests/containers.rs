@@ -1,0 +1,152 @@
+//! VM tests of containers from registries (issue 17): Debian's `docker-registry` on the test
+//! machine's loopback (10.0.2.2 inside QEMU), an image made by the test pushed to it with skopeo,
+//! and a host whose cloud-config names the registry (plain HTTP: `insecure`), a mirror for a
+//! registry that does not exist, and a registry whose credentials are wrong. containerd pulls
+//! by tag, by digest and through the mirror; the containers answer on ports forwarded from the
+//! test machine; the bad ones say why, and the host stays ready.
+
+use anyhow::{Context, Result};
+use cairn_qemu::{Forward, Vm, VmConfig};
+use cairn_tests::registry::Registry;
+use cairn_tests::*;
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(300);
+const CMD: Duration = Duration::from_secs(120);
+const PULL: Duration = Duration::from_secs(300);
+
+/// GET / on the test machine's `port` until it answers 200 (or the deadline): the body.
+fn http_get_until(port: u16, deadline: Duration) -> Result<String> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: cairn\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if body.starts_with("HTTP/1.") && body.contains(" 200 ") => return Ok(body),
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("127.0.0.1:{port} did not answer 200 within {deadline:?}; last: {last}")
+}
+
+/// A container entry serving `text` with busybox's httpd on the guest's `port`.
+fn web(name: &str, image: &str, text: &str, port: u16) -> String {
+    format!(
+        "    - name: {name}\n      image: {image}\n      command: [/bin/busybox, sh, -c, \"mkdir -p /www && \
+         echo {text} > /www/index.html && exec /bin/busybox httpd -f -p {port} -h /www\"]\n"
+    )
+}
+
+/// The last lines of container `name`'s log.
+fn log(vm: &mut Vm, name: &str) -> String {
+    vm.run(&format!("cairnctl log container-{name} -n 40"), CMD).map(|o| o.output).unwrap_or_default()
+}
+
+/// Polls container `name`'s log until it contains `what`.
+fn log_until(vm: &mut Vm, name: &str, what: &str) -> Result<String> {
+    let deadline = Instant::now() + PULL;
+    loop {
+        let text = log(vm, name);
+        if text.contains(what) {
+            return Ok(text);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "container-{name}'s log never said {what:?}:\n{text}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Result<()> {
+    let img = dev_image()?;
+    let work = tempfile::tempdir()?;
+    let open = Registry::start(None)?;
+    let locked = Registry::start(Some(("bot", "right-password")))?;
+    let archive = oci_archive(work.path(), "cairn.test/web:1")?;
+    let digest = open.push(&archive, "web", "1")?;
+    let (o, l) = (open.port, locked.port);
+    let user_data = format!(
+        "#cloud-config\ncairn:\n  registries:\n    \"10.0.2.2:{o}\": {{insecure: true}}\n    \
+         \"registry.invalid:5000\": {{mirrors: [\"http://10.0.2.2:{o}\"], insecure: true}}\n    \
+         \"10.0.2.2:{l}\": {{insecure: true, username: bot, password: wrong-password}}\n  containers:\n{}{}{}{}{}",
+        web("web", &format!("10.0.2.2:{o}/web:1"), "tagged", 8080),
+        web("pinned", &format!("10.0.2.2:{o}/web@{digest}"), "pinned", 8081),
+        web("mirrored", "registry.invalid:5000/web:1", "mirrored", 8082),
+        web("denied", &format!("10.0.2.2:{l}/web:1"), "denied", 8083),
+        web("missing", &format!("10.0.2.2:{o}/web:nope"), "missing", 8084),
+    );
+    let config = work.path().join("user-data");
+    std::fs::write(&config, &user_data)?;
+    let disk = work.path().join("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(img.raw())
+        .arg(&disk)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_>>()?;
+    let mut cfg = VmConfig { persistent: true, ..VmConfig::uefi(&disk) };
+    for (host, guest) in ports.iter().zip([8080, 8081, 8082]) {
+        cfg.forwards.push(Forward::tcp(*host, guest));
+    }
+    cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), config));
+
+    let mut vm = Vm::start(&cfg)?;
+    vm.wait_for_line("cairn: ready", 0, READY)?;
+    let ready = Instant::now();
+    for (port, text, name) in
+        [(ports[0], "tagged", "web"), (ports[1], "pinned", "pinned"), (ports[2], "mirrored", "mirrored")]
+    {
+        let page = http_get_until(port, PULL).with_context(|| log(&mut vm, name))?;
+        assert!(page.contains(text), "{name}: {page}");
+    }
+    println!("from ready to three containers pulled and answering: {:.1} s", ready.elapsed().as_secs_f64());
+
+    // The bad pulls name the image and the problem; the host is up all the same.
+    let denied = log_until(&mut vm, "denied", "refused the credentials")?;
+    assert!(denied.contains(&format!("10.0.2.2:{l}/web:1")), "{denied}");
+    let missing = log_until(&mut vm, "missing", "no such image or tag")?;
+    assert!(missing.contains(&format!("10.0.2.2:{o}/web:nope")), "{missing}");
+    // The password is root's alone and in no log or status.
+    let auth = vm.run_ok("stat -c '%a %U' /etc/cairn/registry-auth.toml", CMD)?;
+    assert_eq!(auth.trim(), "600 root");
+    let leaks = vm.run(
+        "grep -rl wrong-password /var/log /run/cairn 2>/dev/null; cairnctl status | grep -c wrong-password",
+        CMD,
+    )?;
+    assert_eq!(leaks.output.trim(), "0", "the password leaked: {}", leaks.output);
+    let hosts = vm.run_ok("cat /etc/containerd/certs.d/registry.invalid:5000/hosts.toml", CMD)?;
+    assert!(hosts.contains(&format!("[host.\"http://10.0.2.2:{o}\"]")), "{hosts}");
+
+    // The tag was resolved once: a restart runs the pinned image without asking the registry.
+    let pulls = |vm: &mut Vm| log(vm, "web").matches("pulling 10.0.2.2").count();
+    assert_eq!(pulls(&mut vm), 1);
+    vm.run_ok("cairnctl restart container-web", CMD)?;
+    http_get_until(ports[0], PULL)?;
+    assert_eq!(pulls(&mut vm), 1, "a restart pulled again:\n{}", log(&mut vm, "web"));
+
+    // After a reboot the images are there: from ready to answering, nothing pulled.
+    let mark = vm.console().mark();
+    vm.send(b"reboot\n")?;
+    vm.wait_for_line("cairn: ready", mark, READY)?;
+    let ready = Instant::now();
+    http_get_until(ports[0], PULL)?;
+    let cached = ready.elapsed();
+    http_get_until(ports[1], PULL)?;
+    println!(
+        "after a reboot, from ready to the first container answering (image cached): {:.2} s",
+        cached.as_secs_f64()
+    );
+    let record = vm.run_ok("cat /var/lib/cairn/containers/web.toml", CMD)?;
+    assert!(record.contains(&format!("@{digest}")), "the tag is pinned to what was pulled: {record}");
+    Ok(())
+}
