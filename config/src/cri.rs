@@ -6,10 +6,15 @@ use crate::registry::Credentials;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{AuthConfig, ImageSpec, ImageStatusRequest, PullImageRequest};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// containerd's API socket.
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
+/// The longest a question about an image may take, and a whole pull: a containerd that does not
+/// answer (still starting, stuck) is an error, which init retries, never a runner hung for ever.
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+const PULL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The containerd namespace CRI keeps its images in (`ctr -n k8s.io`).
 pub const NAMESPACE: &str = "k8s.io";
 
@@ -73,6 +78,7 @@ impl Images {
             .block_on(async {
                 // The URI is not used: every connection goes to the socket.
                 Endpoint::from_static("http://containerd")
+                    .connect_timeout(ASK_TIMEOUT)
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
                         async move {
@@ -96,10 +102,13 @@ impl Images {
         });
         let request = PullImageRequest { image: Some(spec(image)), auth, sandbox_config: None };
         let client = &mut self.client;
-        let reply = self.runtime.block_on(client.pull_image(request));
+        let reply = self.runtime.block_on(tokio::time::timeout(PULL_TIMEOUT, client.pull_image(request)));
         match reply {
-            Ok(r) => Ok(r.into_inner().image_ref),
-            Err(status) => Err(PullError::classify(image, status.code(), status.message())),
+            Ok(Ok(r)) => Ok(r.into_inner().image_ref),
+            Ok(Err(status)) => Err(PullError::classify(image, status.code(), status.message())),
+            Err(_) => {
+                Err(PullError::Other { image: image.into(), detail: format!("no answer within {PULL_TIMEOUT:?}") })
+            }
         }
     }
 
@@ -107,10 +116,12 @@ impl Images {
     pub fn status(&mut self, image: &str) -> Result<Option<ImageInfo>, PullError> {
         let request = ImageStatusRequest { image: Some(spec(image)), verbose: false };
         let client = &mut self.client;
-        let reply = self.runtime.block_on(client.image_status(request)).map_err(|s| PullError::Containerd {
-            socket: self.socket.display().to_string(),
-            detail: s.message().to_string(),
-        })?;
+        let fail = |detail: String| PullError::Containerd { socket: self.socket.display().to_string(), detail };
+        let reply = self
+            .runtime
+            .block_on(tokio::time::timeout(ASK_TIMEOUT, client.image_status(request)))
+            .map_err(|_| fail(format!("no answer within {ASK_TIMEOUT:?}")))?
+            .map_err(|s| fail(s.message().to_string()))?;
         Ok(reply.into_inner().image.map(|i| ImageInfo { id: i.id, repo_digests: i.repo_digests }))
     }
 }

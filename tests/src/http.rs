@@ -118,3 +118,30 @@ fn serve(mut stream: TcpStream, root: &Path, fault: Option<Fault>, stop: &Atomic
     std::io::copy(&mut f.take(len - from), &mut stream)?;
     stream.flush()
 }
+
+/// The body of `GET /` on the test machine's loopback `port` (forwarded to a VM), retried until
+/// it answers 200 or `deadline` passes (a container starts after its host is ready).
+pub fn get_until(port: u16, deadline: Duration) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let start = std::time::Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: cairn\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if body.starts_with("HTTP/1.") && body.contains(" 200 ") => return Ok(body),
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        // QEMU accepts a forwarded connection even when nothing listens in the guest (the read
+        // then times out): pace the retries rather than spin.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("nothing answered 200 on forwarded port {port} within {deadline:?}; last: {last}")
+}

@@ -14,7 +14,7 @@ use cairn_tests::server::free_port;
 use cairn_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(120);
@@ -60,33 +60,6 @@ fn ssh(port: u16, user: &str, key: &Path, remote: &str) -> Result<(bool, String,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
-}
-
-/// The body of `GET /` on the host's `port`, retried until `deadline` (the container starts
-/// after the host is ready).
-fn http_get_until(port: u16, deadline: Duration) -> Result<String> {
-    use std::io::{Read, Write};
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < deadline {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: cairn\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })();
-        match attempt {
-            Ok(body) if body.starts_with("HTTP/1.") && body.contains(" 200 ") => return Ok(body),
-            Ok(body) => last = body,
-            Err(e) => last = e.to_string(),
-        }
-        // QEMU accepts a forwarded connection even when nothing listens in the guest; pace
-        // the retries rather than spin.
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    bail!("nothing answered on forwarded port {port} within {deadline:?}; last: {last}")
 }
 
 /// A web server container: busybox httpd serving a page made from its environment.
@@ -219,7 +192,7 @@ cairn:
     assert!(status.contains("http://10.0.2.2:9 (group canary)"), "{status}");
     assert!(status.contains("Cloud-config:    applied from fw_cfg opt/cairn/user-data"), "{status}");
 
-    let page = http_get_until(web_port, CONTAINER)
+    let page = cairn_tests::http::get_until(web_port, CONTAINER)
         .with_context(|| vm.run("cairnctl log container-web -n 50", CMD).map(|o| o.output).unwrap_or_default())?;
     assert!(page.contains("hello from a cairn container"), "{page}");
 
@@ -353,7 +326,7 @@ cairn:
     assert!(status.contains("Strategy:        immediate"), "{status}");
     assert!(status.contains("Source:          http://10.0.2.2:9/stable/"), "{status}");
     assert!(status.contains("Cloud-config:    applied from config-2 /dev/vdb"), "{status}");
-    let page = http_get_until(web_port, CONTAINER)
+    let page = cairn_tests::http::get_until(web_port, CONTAINER)
         .with_context(|| vm.run("cairnctl log container-web -n 50", CMD).map(|o| o.output).unwrap_or_default())?;
     assert!(page.contains("hello from a cairn container"), "{page}");
     Ok(())

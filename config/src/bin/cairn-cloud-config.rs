@@ -132,8 +132,13 @@ fn run_container(name: &str) -> i32 {
         Ok(i) => i,
         Err(e) => return fail(&e),
     };
-    for args in container::cleanup_args(name, image.namespace) {
-        let _ = Command::new(container::CTR).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let quiet = |args: Vec<String>| {
+        Command::new(container::CTR).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status()
+    };
+    if quiet(container::exists_args(name, image.namespace)).is_ok_and(|s| s.success()) {
+        for args in container::cleanup_args(name, image.namespace) {
+            let _ = quiet(args);
+        }
     }
     let e = Command::new(container::CTR).args(container::run_args(&spec, &image)).exec();
     fail(&format!("running {}: {e}", container::CTR))
