@@ -102,7 +102,9 @@ impl Images {
         });
         let request = PullImageRequest { image: Some(spec(image)), auth, sandbox_config: None };
         let client = &mut self.client;
-        let reply = self.runtime.block_on(tokio::time::timeout(PULL_TIMEOUT, client.pull_image(request)));
+        // The timer is made inside the runtime: it needs its time driver.
+        let reply =
+            self.runtime.block_on(async { tokio::time::timeout(PULL_TIMEOUT, client.pull_image(request)).await });
         match reply {
             Ok(Ok(r)) => Ok(r.into_inner().image_ref),
             Ok(Err(status)) => Err(PullError::classify(image, status.code(), status.message())),
@@ -119,7 +121,7 @@ impl Images {
         let fail = |detail: String| PullError::Containerd { socket: self.socket.display().to_string(), detail };
         let reply = self
             .runtime
-            .block_on(tokio::time::timeout(ASK_TIMEOUT, client.image_status(request)))
+            .block_on(async { tokio::time::timeout(ASK_TIMEOUT, client.image_status(request)).await })
             .map_err(|_| fail(format!("no answer within {ASK_TIMEOUT:?}")))?
             .map_err(|s| fail(s.message().to_string()))?;
         Ok(reply.into_inner().image.map(|i| ImageInfo { id: i.id, repo_digests: i.repo_digests }))
