@@ -92,9 +92,8 @@ impl Images {
         Ok(Images { runtime, client: ImageServiceClient::new(channel), socket: socket.to_path_buf() })
     }
 
-    /// Pulls `image` (a normalized reference), with `credentials` for its registry if any; the
-    /// image's id is returned.
-    pub fn pull(&mut self, image: &str, credentials: Option<&Credentials>) -> Result<String, PullError> {
+    /// Pulls `image` (a normalized reference), with `credentials` for its registry if any.
+    pub fn pull(&mut self, image: &str, credentials: Option<&Credentials>) -> Result<(), PullError> {
         let auth = credentials.map(|c| AuthConfig {
             username: c.username.clone(),
             password: c.password.0.clone(),
@@ -106,7 +105,7 @@ impl Images {
         let reply =
             self.runtime.block_on(async { tokio::time::timeout(PULL_TIMEOUT, client.pull_image(request)).await });
         match reply {
-            Ok(Ok(r)) => Ok(r.into_inner().image_ref),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) => Err(PullError::classify(image, status.code(), status.message())),
             Err(_) => {
                 Err(PullError::Other { image: image.into(), detail: format!("no answer within {PULL_TIMEOUT:?}") })

@@ -139,8 +139,8 @@ pub fn hosts_toml(r: &Registry, mark: &str) -> String {
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     let mut out = format!("{mark}server = {}\n", quote(&server_url(r)));
     let mut hosts: Vec<String> = r.mirrors.clone();
-    if r.insecure {
-        // The registry itself over plain HTTP needs its own entry too.
+    if r.insecure || r.ca.is_some() {
+        // The registry itself over plain HTTP, or with its own CA, needs its own entry too.
         hosts.push(server_url(r));
     }
     for h in hosts {
@@ -151,10 +151,6 @@ pub fn hosts_toml(r: &Registry, mark: &str) -> String {
         if r.insecure {
             out.push_str("  skip_verify = true\n");
         }
-    }
-    if r.ca.is_some() && !r.insecure {
-        out.push_str(&format!("\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n", quote(&server_url(r))));
-        out.push_str(&format!("  ca = {}\n", quote(&ca_path(r))));
     }
     out
 }

@@ -64,10 +64,7 @@ impl Server {
             Some(tuf) if tuf.release(version).is_none() => {
                 Err(ApiError::BadRequest(format!("no release {version:?} in the TUF repository")))
             }
-            Some(_) => {
-                self.invalidate_groups();
-                Ok(())
-            }
+            Some(_) => Ok(()),
         }
     }
 
