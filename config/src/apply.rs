@@ -152,10 +152,16 @@ fn container_service(k: &crate::cairn::Container) -> ServiceFile {
         command: [RUN_CONTAINER, "container", k.name.as_str()].map(str::to_string).to_vec(),
         after: vec!["containerd".into()],
         restart: Restart::parse(&k.restart),
-        stop_timeout: Some("10s".into()),
+        // The container's own grace, then time to tear its sandbox down (network, ports).
+        stop_timeout: Some(format!("{}s", crate::container::sandbox::stop_timeout(k).as_secs() + 20)),
+        // The runner forwards the container's output: bounded on disk by init.
+        log_max_bytes: Some(CONTAINER_LOG_MAX_BYTES),
         ..ServiceFile::default()
     }
 }
+
+/// The most of a container's output init keeps on disk.
+const CONTAINER_LOG_MAX_BYTES: u64 = 4 << 20;
 
 /// Removes marked files in `dir` that `keep` does not name.
 fn prune(host: &Session, dir: &str, keep: &[String], changed: &mut Vec<String>) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The `cairn:` section's `services` (for cairn-init, as `/etc/cairn/services/NAME.toml`) and
 //! `containers` (for containerd).
 
+use crate::container::options::{Network, Port, User, Volume};
 use crate::walk::{Fields, Value, Walker};
 use cairn_release::service_file::{Ready, Restart, ServiceFile};
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,20 @@ pub fn service_keys() -> Vec<&'static str> {
     std::iter::once("name").chain(fields).collect()
 }
 
-pub const CONTAINER_KEYS: &[&str] = &["name", "image", "sha256", "command", "environment", "restart"];
+pub const CONTAINER_KEYS: &[&str] = &[
+    "name",
+    "image",
+    "sha256",
+    "command",
+    "environment",
+    "restart",
+    "network",
+    "ports",
+    "volumes",
+    "user",
+    "working_dir",
+    "stop_timeout",
+];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Service {
@@ -25,7 +39,7 @@ pub struct Service {
     pub file: ServiceFile,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     pub name: String,
     /// A registry reference (`nginx`, `registry:5000/app:1`, `app@sha256:...`), or an OCI
@@ -38,6 +52,21 @@ pub struct Container {
     pub command: Vec<String>,
     pub environment: BTreeMap<String, String>,
     pub restart: String,
+    /// Left out of the spec file when it is the default, so a spec written before networks
+    /// existed keeps its digest (and its pinned image).
+    #[serde(default, skip_serializing_if = "Network::is_bridge")]
+    pub network: Network,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// How long the container has after SIGTERM before it is killed (a duration, `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<String>,
 }
 
 /// The name of the init service that runs container `name`.
@@ -165,11 +194,56 @@ pub fn container(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Op
     let command = f.get("command").and_then(|(v, p)| w.strings(v, &p)).unwrap_or_default();
     let environment = f.get("environment").and_then(|(v, p)| w.string_map(v, &p)).unwrap_or_default();
     let restart = f.get("restart").map_or(Some("always".to_string()), |(v, p)| restart(w, v, &p));
+    let network = f.get("network").map_or(Some(Network::default()), |(v, p)| {
+        let n = w.text(v, &p)?;
+        let network = Network::parse(&n);
+        if network.is_none() {
+            w.error(v.at, &p, format!("{n:?} is not one of {}", Network::NAMES.join(", ")));
+        }
+        network
+    });
+    let ports: Vec<Port> = f.get("ports").and_then(|(v, p)| parsed_list(w, v, &p)).unwrap_or_default();
+    if !ports.is_empty()
+        && network.is_some_and(|n| !n.is_bridge())
+        && let Some((v, p)) = f.get("ports")
+    {
+        w.error(v.at, &p, "ports are published from the bridge network only (network: bridge)");
+    }
+    let volumes = f.get("volumes").and_then(|(v, p)| parsed_list(w, v, &p)).unwrap_or_default();
+    let user = f.get("user").and_then(|(v, p)| parsed(w, v, &p));
+    let working_dir = f.get("working_dir").and_then(|(v, p)| w.absolute_path(v, &p));
+    let stop_timeout = f.get("stop_timeout").and_then(|(v, p)| w.duration(v, &p));
     let clean = !crate::diag::has_errors(&w.diagnostics[before..]);
     if !clean {
         return None;
     }
-    Some(Container { name: name?, image: image?, sha256, command, environment, restart: restart? })
+    Some(Container {
+        name: name?,
+        image: image?,
+        sha256,
+        command,
+        environment,
+        restart: restart?,
+        network: network?,
+        ports,
+        volumes,
+        user,
+        working_dir,
+        stop_timeout,
+    })
+}
+
+/// A text value read by its type's `FromStr`, whose message says what is wrong.
+fn parsed<T: std::str::FromStr<Err = String>>(w: &mut Walker, v: Value, path: &str) -> Option<T> {
+    let s = w.text(v, path)?;
+    s.parse().map_err(|e: String| w.error(v.at, path, e)).ok()
+}
+
+/// A list of text values, each read by its type's `FromStr`.
+fn parsed_list<T: std::str::FromStr<Err = String>>(w: &mut Walker, v: Value, path: &str) -> Option<Vec<T>> {
+    let items = w.list(v, path)?;
+    let all: Vec<Option<T>> = items.into_iter().map(|(item, p)| parsed(w, item, &p)).collect();
+    all.into_iter().collect()
 }
 
 #[cfg(test)]

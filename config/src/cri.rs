@@ -1,10 +1,19 @@
-//! containerd's CRI image service, over its socket: what pulls an image by reference. containerd
+//! containerd's CRI, over its socket. The image service pulls an image by reference: containerd
 //! resolves it through the registry's `hosts.toml` (mirrors, plain HTTP, CAs: `crate::registry`)
-//! and unpacks it; credentials go in the request, never in an argument or a log line.
+//! and unpacks it; credentials go in the request, never in an argument or a log line. The
+//! runtime service runs each container in a sandbox of its own: containerd makes its network
+//! namespace and calls the CNI plugins (bridge, published ports), writes its `resolv.conf` and
+//! `hosts`, and logs its output to a file.
 
 use crate::registry::Credentials;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{AuthConfig, ImageSpec, ImageStatusRequest, PullImageRequest};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    AuthConfig, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxStatusRequest, PullImageRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -15,6 +24,8 @@ pub const SOCKET: &str = "/run/containerd/containerd.sock";
 /// answer (still starting, stuck) is an error, which init retries, never a runner hung for ever.
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 const PULL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Making or tearing down a sandbox or a container (runc, CNI plugins) under a slow emulator.
+const SANDBOX_TIMEOUT: Duration = Duration::from_secs(120);
 /// The containerd namespace CRI keeps its images in (`ctr -n k8s.io`).
 pub const NAMESPACE: &str = "k8s.io";
 
@@ -59,15 +70,37 @@ pub struct ImageInfo {
     pub repo_digests: Vec<String>,
 }
 
-/// A client of containerd's CRI image service (blocking: it runs its own small runtime).
-pub struct Images {
+/// A CRI runtime call that failed: which, and containerd's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("containerd's CRI at {socket}: {call}: {detail}")]
+pub struct CriError {
+    pub socket: String,
+    pub call: &'static str,
+    pub detail: String,
+}
+
+/// A container's state, as far as its runner acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Running,
+    /// Created, not started yet (or containerd cannot tell).
+    Other,
+    Exited {
+        code: i32,
+        reason: String,
+    },
+}
+
+/// A client of containerd's CRI (blocking: it runs its own small runtime).
+pub struct Cri {
     runtime: tokio::runtime::Runtime,
     client: ImageServiceClient<Channel>,
+    runtime_client: RuntimeServiceClient<Channel>,
     socket: PathBuf,
 }
 
-impl Images {
-    pub fn connect(socket: &Path) -> Result<Images, PullError> {
+impl Cri {
+    pub fn connect(socket: &Path) -> Result<Cri, PullError> {
         let fail = |detail: String| PullError::Containerd { socket: socket.display().to_string(), detail };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -89,7 +122,108 @@ impl Images {
                     .await
             })
             .map_err(|e| fail(e.to_string()))?;
-        Ok(Images { runtime, client: ImageServiceClient::new(channel), socket: socket.to_path_buf() })
+        Ok(Cri {
+            runtime,
+            client: ImageServiceClient::new(channel.clone()),
+            runtime_client: RuntimeServiceClient::new(channel),
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// Runs one runtime call with a deadline.
+    fn ask<T, F>(&self, call: &'static str, timeout: Duration, request: F) -> Result<T, CriError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let fail = |detail: String| CriError { socket: self.socket.display().to_string(), call, detail };
+        // The timer is made inside the runtime: it needs its time driver.
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, request).await })
+            .map_err(|_| fail(format!("no answer within {timeout:?}")))?
+            .map(tonic::Response::into_inner)
+            .map_err(|s| fail(s.message().to_string()))
+    }
+
+    /// Starts a sandbox (network namespace, CNI, the pause process): its id.
+    pub fn run_sandbox(&mut self, config: &PodSandboxConfig, runtime_handler: &str) -> Result<String, CriError> {
+        let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: runtime_handler.into() };
+        let client = &mut self.runtime_client.clone();
+        Ok(self.ask("RunPodSandbox", SANDBOX_TIMEOUT, client.run_pod_sandbox(request))?.pod_sandbox_id)
+    }
+
+    /// The sandbox's address on its network, if it has one.
+    pub fn sandbox_ip(&mut self, sandbox: &str) -> Result<Option<String>, CriError> {
+        let request = PodSandboxStatusRequest { pod_sandbox_id: sandbox.into(), verbose: false };
+        let client = &mut self.runtime_client.clone();
+        let reply = self.ask("PodSandboxStatus", ASK_TIMEOUT, client.pod_sandbox_status(request))?;
+        Ok(reply.status.and_then(|s| s.network).map(|n| n.ip).filter(|ip| !ip.is_empty()))
+    }
+
+    /// Creates and starts a container in `sandbox`: its id.
+    pub fn start_container(
+        &mut self,
+        sandbox: &str,
+        config: &ContainerConfig,
+        sandbox_config: &PodSandboxConfig,
+    ) -> Result<String, CriError> {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(config.clone()),
+            sandbox_config: Some(sandbox_config.clone()),
+        };
+        let client = &mut self.runtime_client.clone();
+        let id = self.ask("CreateContainer", SANDBOX_TIMEOUT, client.create_container(request))?.container_id;
+        let request = StartContainerRequest { container_id: id.clone() };
+        let client = &mut self.runtime_client.clone();
+        self.ask("StartContainer", SANDBOX_TIMEOUT, client.start_container(request))?;
+        Ok(id)
+    }
+
+    pub fn container_state(&mut self, id: &str) -> Result<State, CriError> {
+        let request = ContainerStatusRequest { container_id: id.into(), verbose: false };
+        let client = &mut self.runtime_client.clone();
+        let status = self.ask("ContainerStatus", ASK_TIMEOUT, client.container_status(request))?.status;
+        Ok(match status {
+            Some(s) if s.state == k8s_cri::v1::ContainerState::ContainerRunning as i32 => State::Running,
+            Some(s) if s.state == k8s_cri::v1::ContainerState::ContainerExited as i32 => {
+                State::Exited { code: s.exit_code, reason: s.reason }
+            }
+            _ => State::Other,
+        })
+    }
+
+    /// SIGTERM to the container, SIGKILL after `grace`.
+    pub fn stop_container(&mut self, id: &str, grace: Duration) -> Result<(), CriError> {
+        let request = StopContainerRequest { container_id: id.into(), timeout: grace.as_secs() as i64 };
+        let client = &mut self.runtime_client.clone();
+        self.ask("StopContainer", grace + ASK_TIMEOUT, client.stop_container(request))?;
+        Ok(())
+    }
+
+    /// Stops and removes every sandbox labelled `label=value`, with its containers, network
+    /// namespace and CNI attachments (published ports): what a stop or a crash left behind.
+    pub fn remove_sandboxes(&mut self, label: &str, value: &str) -> Result<usize, CriError> {
+        let filter = PodSandboxFilter {
+            label_selector: HashMap::from([(label.to_string(), value.to_string())]),
+            ..PodSandboxFilter::default()
+        };
+        let client = &mut self.runtime_client.clone();
+        let items = self
+            .ask(
+                "ListPodSandbox",
+                ASK_TIMEOUT,
+                client.list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) }),
+            )?
+            .items;
+        for sandbox in &items {
+            let client = &mut self.runtime_client.clone();
+            let request = StopPodSandboxRequest { pod_sandbox_id: sandbox.id.clone() };
+            self.ask("StopPodSandbox", SANDBOX_TIMEOUT, client.stop_pod_sandbox(request))?;
+            let client = &mut self.runtime_client.clone();
+            let request = RemovePodSandboxRequest { pod_sandbox_id: sandbox.id.clone() };
+            self.ask("RemovePodSandbox", SANDBOX_TIMEOUT, client.remove_pod_sandbox(request))?;
+        }
+        Ok(items.len())
     }
 
     /// Pulls `image` (a normalized reference), with `credentials` for its registry if any.

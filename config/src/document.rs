@@ -338,6 +338,7 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
         }
         unique(w, c.services.iter().map(|s| s.name.as_str()), v, &p, "services");
         unique(w, c.containers.iter().map(|k| k.name.as_str()), v, &p, "containers");
+        published_once(w, &c.containers, v, &p);
         let containers: Vec<String> = c.containers.iter().map(|k| cairn::container_service(&k.name)).collect();
         unique(
             w,
@@ -352,6 +353,20 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
         c.update = Some(settings);
     }
     c
+}
+
+/// A host port (and protocol) is published by one container only: the second could not bind it.
+fn published_once(w: &mut Walker, containers: &[cairn::Container], v: Value, path: &str) {
+    let mut seen = std::collections::BTreeMap::new();
+    for k in containers {
+        for port in &k.ports {
+            let key = (port.host_port, port.protocol == crate::container::options::Protocol::Udp);
+            if let Some(first) = seen.insert(key, k.name.as_str()) {
+                let message = format!("host port {port} of container {:?} is already published by {first:?}", k.name);
+                w.error(v.at, &crate::walk::child(path, "containers"), message);
+            }
+        }
+    }
 }
 
 fn unique<'a>(w: &mut Walker, names: impl Iterator<Item = &'a str>, v: Value, path: &str, what: &str) {

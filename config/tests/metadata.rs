@@ -242,9 +242,8 @@ fn a_container_archive_by_http_is_checked_against_its_digest() {
         name: "web".into(),
         image: format!("{base}/web.tar"),
         sha256,
-        command: vec![],
-        environment: Default::default(),
         restart: "always".into(),
+        ..Container::default()
     };
     let err = cairn_config::container::archive(&container(Some("00".repeat(32))), images.path()).unwrap_err();
     assert!(err.to_string().contains("the archive's sha256 is"), "{err}");

@@ -303,6 +303,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         for b in &bins {
             h.update(format!("bin {} {}\n", b.name, b.sha256));
         }
+        for x in &spec.packages.exclude {
+            h.update(format!("exclude {x}\n"));
+        }
         h.update(&os_release);
         h.update(&update_toml);
         h.update(spec.os.id.as_bytes());
@@ -329,6 +332,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         for dir in &unpacked {
             rootfs::merge_package(dir, &tree, &mut stats)?;
         }
+        rootfs::exclude(&tree, &spec.packages.exclude)?;
         let usr = tree.join("usr");
         let mods_dest = usr.join("lib/modules").join(&kernel_release);
         rootfs::link_tree(&modules_dir, &mods_dest, &mut stats)?;

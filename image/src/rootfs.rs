@@ -88,6 +88,23 @@ fn replace(dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes the spec's `packages.exclude` paths (absolute, under `/usr`) from the merged tree.
+pub fn exclude(tree: &Path, paths: &[String]) -> Result<()> {
+    for p in paths {
+        let rel = p.strip_prefix("/usr/").filter(|r| !r.is_empty() && !r.split('/').any(|c| c == ".." || c == "."));
+        let Some(rel) = rel else {
+            anyhow::bail!("packages.exclude: {p:?} is not a path under /usr/");
+        };
+        let path = tree.join("usr").join(rel);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path)?,
+            Ok(_) => fs::remove_file(&path)?,
+            Err(_) => anyhow::bail!("packages.exclude: {p} is in none of the packages"),
+        }
+    }
+    Ok(())
+}
+
 /// Creates a directory (and parents) with an explicit mode, independent of the umask.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
     if !path.is_dir() {
@@ -219,6 +236,23 @@ mod tests {
         assert_eq!(d("usr/bin/ctr").as_deref(), Some("usr/bin/ctr"));
         assert_eq!(d("etc/containerd/config.toml").as_deref(), Some("usr/share/factory/etc/containerd/config.toml"));
         assert_eq!(d("var/lib/x"), None);
+    }
+
+    #[test]
+    fn excluded_paths_go_and_a_missing_one_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        write_file(&t.path().join("usr/lib/cni/dhcp"), b"x", 0o755).unwrap();
+        write_file(&t.path().join("usr/lib/cni/bridge"), b"x", 0o755).unwrap();
+        write_file(&t.path().join("usr/share/doc/a/README"), b"x", 0o644).unwrap();
+        exclude(t.path(), &["/usr/lib/cni/dhcp".into(), "/usr/share/doc".into()]).unwrap();
+        assert!(!t.path().join("usr/lib/cni/dhcp").exists());
+        assert!(!t.path().join("usr/share/doc").exists());
+        assert!(t.path().join("usr/lib/cni/bridge").exists());
+        let e = exclude(t.path(), &["/usr/lib/cni/dchp".into()]).unwrap_err();
+        assert!(e.to_string().contains("/usr/lib/cni/dchp is in none of the packages"), "{e}");
+        for bad in ["/etc/passwd", "/usr/", "/usr/../etc", "usr/lib"] {
+            assert!(exclude(t.path(), &[bad.into()]).is_err(), "{bad}");
+        }
     }
 
     #[test]

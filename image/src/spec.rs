@@ -57,6 +57,10 @@ pub struct Packages {
     /// Installed on top of `install`: a spec that `extends` another adds packages here.
     #[serde(default)]
     pub extra: Vec<String>,
+    /// Paths of the merged `/usr` tree left out of the image (a package's parts the image has
+    /// no use for, as dpkg's `path-exclude`): each must exist, so a typo is an error.
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 impl Packages {

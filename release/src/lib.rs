@@ -7,6 +7,7 @@ pub mod admin;
 pub mod checkin;
 pub mod cmdline;
 pub mod config_status;
+pub mod container_status;
 pub mod control;
 pub mod durable;
 pub mod duration;

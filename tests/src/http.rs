@@ -119,9 +119,20 @@ fn serve(mut stream: TcpStream, root: &Path, fault: Option<Fault>, stop: &Atomic
     stream.flush()
 }
 
-/// The body of `GET /` on the test machine's loopback `port` (forwarded to a VM), retried until
-/// it answers 200 or `deadline` passes (a container starts after its host is ready).
+/// The answer (status line, headers and body) to `GET /` on the test machine's loopback `port`
+/// (forwarded to a VM), retried until it answers 200 or `deadline` passes (a container starts
+/// after its host is ready).
 pub fn get_until(port: u16, deadline: Duration) -> anyhow::Result<String> {
+    get_answer(port, "/", deadline)
+}
+
+/// The body alone of `GET path`, retried as `get_until` does.
+pub fn get_until_path(port: u16, path: &str, deadline: Duration) -> anyhow::Result<String> {
+    let answer = get_answer(port, path, deadline)?;
+    Ok(answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
+
+fn get_answer(port: u16, path: &str, deadline: Duration) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let start = std::time::Instant::now();
     let mut last = String::new();
@@ -129,7 +140,7 @@ pub fn get_until(port: u16, deadline: Duration) -> anyhow::Result<String> {
         let attempt = (|| -> std::io::Result<String> {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: cairn\r\n\r\n")?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: cairn\r\n\r\n")?;
             let mut body = String::new();
             s.read_to_string(&mut body)?;
             Ok(body)
@@ -143,5 +154,5 @@ pub fn get_until(port: u16, deadline: Duration) -> anyhow::Result<String> {
         // then times out): pace the retries rather than spin.
         std::thread::sleep(Duration::from_millis(100));
     }
-    anyhow::bail!("nothing answered 200 on forwarded port {port} within {deadline:?}; last: {last}")
+    anyhow::bail!("nothing answered 200 to GET {path} on forwarded port {port} within {deadline:?}; last: {last}")
 }

@@ -62,8 +62,8 @@ fn ssh(port: u16, user: &str, key: &Path, remote: &str) -> Result<(bool, String,
     ))
 }
 
-/// A web server container: busybox httpd serving a page made from its environment.
-/// `image` is a path, or a plain-http URL with the archive's digest after a space.
+/// A web server container on the host's network: busybox httpd serving a page made from its
+/// environment. `image` is a path, or a plain-http URL with the archive's digest after a space.
 fn web_container(image: &str) -> String {
     let image = match image.split_once(' ') {
         Some((url, digest)) => format!("{url}\n      sha256: {digest}"),
@@ -73,6 +73,7 @@ fn web_container(image: &str) -> String {
         r#"  containers:
     - name: web
       image: {image}
+      network: host
       command: [/bin/busybox, sh, -c, "mkdir -p /www && echo \"$GREETING\" > /www/index.html && exec /bin/busybox httpd -f -p {WEB_PORT} -h /www"]
       environment:
         GREETING: hello from a cairn container

@@ -2,8 +2,10 @@
 //! machine's loopback (10.0.2.2 inside QEMU), an image made by the test pushed to it with skopeo,
 //! and a host whose cloud-config names the registry (plain HTTP: `insecure`), a mirror for a
 //! registry that does not exist, and a registry whose credentials are wrong. containerd pulls
-//! by tag, by digest and through the mirror; the containers answer on ports forwarded from the
-//! test machine; the bad ones say why, and the host stays ready.
+//! by tag, by digest and through the mirror; each container runs on the host's bridge and
+//! answers on its published port, forwarded from the test machine; one reaches another by its
+//! address, one runs as another user, one keeps a named volume across a reboot; the bad ones say
+//! why, and the host stays ready.
 
 use anyhow::{Context, Result};
 use cairn_qemu::{Forward, Vm, VmConfig};
@@ -15,11 +17,39 @@ const READY: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(120);
 const PULL: Duration = Duration::from_secs(300);
 
-/// A container entry serving `text` with busybox's httpd on the guest's `port`.
+/// A container entry serving `text` with busybox's httpd on its port 80, published on the
+/// guest's `port`.
 fn web(name: &str, image: &str, text: &str, port: u16) -> String {
     format!(
-        "    - name: {name}\n      image: {image}\n      command: [/bin/busybox, sh, -c, \"mkdir -p /www && \
-         echo {text} > /www/index.html && exec /bin/busybox httpd -f -p {port} -h /www\"]\n"
+        "    - name: {name}\n      image: {image}\n      ports: [\"{port}:80\"]\n      command: [/bin/busybox, sh, -c, \
+         \"mkdir -p /www && echo {text} > /www/index.html && exec /bin/busybox httpd -f -p 80 -h /www\"]\n"
+    )
+}
+
+/// The entry of container "web": it also counts its starts in a named volume it serves.
+fn counting_web(image: &str, port: u16) -> String {
+    format!(
+        "    - name: web\n      image: {image}\n      ports: [\"{port}:80\"]\n      volumes: [\"site:/www/data\"]\n      \
+         command: [/bin/busybox, sh, -c, \"mkdir -p /www && echo tagged > /www/index.html && \
+         echo start >> /www/data/starts && exec /bin/busybox httpd -f -p 80 -h /www\"]\n"
+    )
+}
+
+/// The entry of container "mirrored": run as uid 1000 in /dev/shm, it says who it is, on its
+/// (unprivileged) port 8000.
+fn user_web(image: &str, port: u16) -> String {
+    format!(
+        "    - name: mirrored\n      image: {image}\n      ports: [\"{port}:8000\"]\n      user: \"1000:1000\"\n      \
+         working_dir: /dev/shm\n      command: [/bin/busybox, sh, -c, \
+         \"echo mirrored uid $(/bin/busybox id -u) in $(/bin/busybox pwd) > index.html && \
+         exec /bin/busybox httpd -f -p 8000 -h /dev/shm\"]\n"
+    )
+}
+
+/// A shell word that is the CRI id of container `name` (not its sandbox), found by its label.
+fn container_id(name: &str) -> String {
+    format!(
+        "$(ctr -n k8s.io containers ls -q 'labels.\"io.cairn.container\"=={name},labels.\"io.cri-containerd.kind\"==container')"
     )
 }
 
@@ -54,9 +84,9 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
         "#cloud-config\ncairn:\n  registries:\n    \"10.0.2.2:{o}\": {{insecure: true}}\n    \
          \"registry.invalid:5000\": {{mirrors: [\"http://10.0.2.2:{o}\"], insecure: true}}\n    \
          \"10.0.2.2:{l}\": {{insecure: true, username: bot, password: wrong-password}}\n  containers:\n{}{}{}{}{}",
-        web("web", &format!("10.0.2.2:{o}/web:1"), "tagged", 8080),
+        counting_web(&format!("10.0.2.2:{o}/web:1"), 8080),
         web("pinned", &format!("10.0.2.2:{o}/web@{digest}"), "pinned", 8081),
-        web("mirrored", "registry.invalid:5000/web:1", "mirrored", 8082),
+        user_web("registry.invalid:5000/web:1", 8082),
         web("denied", &format!("10.0.2.2:{l}/web:1"), "denied", 8083),
         web("missing", &format!("10.0.2.2:{o}/web:nope"), "missing", 8084),
     );
@@ -86,12 +116,57 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
         assert!(page.contains(text), "{name}: {page}");
     }
     println!("from ready to three containers pulled and answering: {:.1} s", ready.elapsed().as_secs_f64());
+    let page = cairn_tests::http::get_until_path(ports[2], "/", CMD)?;
+    assert_eq!(page.trim(), "mirrored uid 1000 in /dev/shm", "user and working_dir");
+
+    // On the bridge, each in its own namespace: pinned reaches web by its address, and the test
+    // machine (10.0.2.2) through the host's masquerade.
+    let web_log = log(&mut vm, "web");
+    let address = web_log
+        .lines()
+        .filter(|l| l.contains("container web: running "))
+        .find_map(|l| l.split_once(" at ").map(|(_, a)| a.split_whitespace().next().unwrap_or("").to_string()))
+        .with_context(|| format!("web's address in its log:\n{web_log}"))?;
+    assert!(address.starts_with("10.88."), "{address}:\n{web_log}");
+    println!("web's log:\n{web_log}");
+    let exec =
+        |what: &str| format!("ctr -n k8s.io tasks exec --exec-id probe {} /bin/busybox {what}", container_id("pinned"));
+    let peer = vm.run_ok(&exec(&format!("wget -q -O - http://{address}/")), CMD)?;
+    assert_eq!(peer.trim(), "tagged", "pinned reaching web at {address}");
+    // (The answer has no newline of its own: one is added so the console shows it on a line.)
+    let out = vm.run_ok(&exec(&format!("sh -c 'wget -q -O - http://10.0.2.2:{o}/v2/ 2>&1; echo'")), CMD)?;
+    if out.trim() != "{}" {
+        let state = vm.run("iptables -t nat -S; iptables -S; cat /proc/sys/net/ipv4/ip_forward; ip route; lsmod", CMD);
+        panic!(
+            "the registry's API root, from inside a container: {out:?}\n{}",
+            state.map(|o| o.output).unwrap_or_default()
+        );
+    }
+    let resolv = vm.run_ok(&exec("cat /etc/resolv.conf"), CMD)?;
+    let host_resolv = vm.run_ok("cat /etc/resolv.conf", CMD)?;
+    assert_eq!(resolv.trim(), host_resolv.trim(), "the container resolves names with the host's servers");
+    let own = vm.run_ok(&exec("hostname"), CMD)?;
+    assert_eq!(own.trim(), "pinned");
 
     // The bad pulls name the image and the problem; the host is up all the same.
     let denied = log_until(&mut vm, "denied", "refused the credentials")?;
     assert!(denied.contains(&format!("10.0.2.2:{l}/web:1")), "{denied}");
     let missing = log_until(&mut vm, "missing", "no such image or tag")?;
     assert!(missing.contains(&format!("10.0.2.2:{o}/web:nope")), "{missing}");
+    // updatectl status says which containers failed and why (a runner retrying is "pulling"
+    // for a moment: asked again until both show failed).
+    let deadline = Instant::now() + PULL;
+    loop {
+        let status = vm.run_ok("updatectl status", CMD)?;
+        let line = status.lines().find(|l| l.starts_with("Containers:")).unwrap_or_default().to_string();
+        if line.contains("denied failed:") && line.contains("missing failed:") {
+            assert!(line.contains("refused the credentials") && line.contains("no such image or tag"), "{line}");
+            assert!(line.contains("web running ("), "{line}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "updatectl status never showed both failures:\n{status}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     // The password is root's alone and in no log or status.
     let auth = vm.run_ok("stat -c '%a %U' /etc/cairn/registry-auth.toml", CMD)?;
     assert_eq!(auth.trim(), "600 root");
@@ -104,29 +179,51 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     assert!(hosts.contains(&format!("[host.\"http://10.0.2.2:{o}\"]")), "{hosts}");
 
     // The tag was resolved once: a restart runs the pinned image without asking the registry.
-    let pulls = |vm: &mut Vm| -> usize {
-        let out = vm.run("grep -c 'pulling 10.0.2.2' /var/log/cairn/container-web.log", CMD);
+    let count = |vm: &mut Vm, what: &str| -> usize {
+        let out = vm.run(&format!("grep -c '{what}' /var/log/cairn/container-web.log"), CMD);
         out.ok().and_then(|o| o.output.trim().parse().ok()).unwrap_or(usize::MAX)
     };
-    assert_eq!(pulls(&mut vm), 1);
+    // Waits until web's log says `what` once more than `before` times.
+    let once_more = |vm: &mut Vm, what: &str, before: usize| -> Result<()> {
+        let deadline = Instant::now() + PULL;
+        while count(vm, what) <= before {
+            anyhow::ensure!(Instant::now() < deadline, "web's log never said {what:?} again:\n{}", log(vm, "web"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    };
+    let (pulling, running) = ("pulling 10.0.2.2", "container web: running");
+    assert_eq!(count(&mut vm, pulling), 1);
+    let runs = count(&mut vm, running);
     vm.run_ok("cairnctl restart container-web", CMD)?;
+    once_more(&mut vm, running, runs)?;
     cairn_tests::http::get_until(ports[0], PULL)?;
-    assert_eq!(pulls(&mut vm), 1, "a restart pulled again:\n{}", log(&mut vm, "web"));
+    assert_eq!(count(&mut vm, pulling), 1, "a restart pulled again:\n{}", log(&mut vm, "web"));
 
     // Its process killed, the container is restarted per its policy (always); its runner
-    // killed (a crash: the task lives on under its shim), the next start clears what was left.
-    vm.run_ok("ctr -n k8s.io tasks kill -s SIGKILL web", CMD)?;
+    // killed (a crash: the container lives on under its shim), the next start clears what was
+    // left: one sandbox and one container of web's, one published port.
+    let runs = count(&mut vm, running);
+    vm.run_ok(&format!("ctr -n k8s.io tasks kill -s SIGKILL {}", container_id("web")), CMD)?;
+    once_more(&mut vm, "exited with code 137", 0)?;
+    once_more(&mut vm, running, runs)?;
     cairn_tests::http::get_until(ports[0], PULL).with_context(|| log(&mut vm, "web"))?;
     let killed = vm.run_ok(
         "n=0; for p in /proc/[0-9]*; do { tr '\\0' ' ' < $p/cmdline; } 2>/dev/null \
-         | grep -q '^/usr/bin/ctr --namespace k8s.io run .*/web@sha256:[0-9a-f]* web ' \
+         | grep -q '^/usr/sbin/cairn-cloud-config container web $' \
          && kill -9 ${p#/proc/} && n=$((n+1)); done; echo $n",
         CMD,
     )?;
     assert_eq!(killed.trim(), "1", "the runner of web, killed");
+    log_until(&mut vm, "web", "removed what an earlier run left")?;
+    once_more(&mut vm, running, runs + 1)?;
     cairn_tests::http::get_until(ports[0], PULL).with_context(|| log(&mut vm, "web"))?;
-    let tasks = vm.run_ok("ctr -n k8s.io tasks ls", CMD)?;
-    assert_eq!(tasks.lines().filter(|l| l.starts_with("web ")).count(), 1, "{tasks}");
+    let left = vm.run_ok("ctr -n k8s.io containers ls -q 'labels.\"io.cairn.container\"==web' | wc -l", CMD)?;
+    assert_eq!(left.trim(), "2", "web's sandbox and container, once");
+    let rules = vm.run_ok("iptables -t nat -S | grep -c -- '--dport 8080 -j DNAT'", CMD)?;
+    assert_eq!(rules.trim(), "1", "one DNAT rule for web's port");
+    let starts = vm.run_ok("wc -l < /var/lib/cairn/volumes/site/starts", CMD)?;
+    let starts: usize = starts.trim().parse()?;
 
     // Booted again with only the good containers (the failing ones would keep the CPU busy
     // retrying) on 2 vCPUs: from ready to answering with the image cached, nothing pulled.
@@ -151,8 +248,10 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
         "second boot, 2 vCPUs: from ready to the container answering (image cached): {:.2} s",
         cached.as_secs_f64()
     );
-    assert_eq!(pulls(&mut vm), 1, "a reboot pulled again:\n{}", log(&mut vm, "web"));
+    assert_eq!(count(&mut vm, pulling), 1, "a reboot pulled again:\n{}", log(&mut vm, "web"));
     let record = vm.run_ok("cat /var/lib/cairn/containers/web.toml", CMD)?;
     assert!(record.contains(&format!("@{digest}")), "the tag is pinned to what was pulled: {record}");
+    let kept = cairn_tests::http::get_until_path(ports[0], "/data/starts", CMD)?;
+    assert_eq!(kept.lines().count(), starts + 1, "the named volume kept its content across the reboot: {kept}");
     Ok(())
 }

@@ -109,6 +109,13 @@ impl UpdateApi {
     async fn cloud_config(&self) -> String {
         self.cloud_config.clone()
     }
+    /// What each of cloud-config's containers is doing (pulling, running, failed with why,
+    /// exited), read when asked; empty when there are none.
+    #[zbus(property)]
+    async fn containers(&self) -> String {
+        use cairn_release::container_status::{DIR, SPECS_DIR, read_all, summary};
+        summary(&read_all(std::path::Path::new(DIR), std::path::Path::new(SPECS_DIR)))
+    }
 }
 
 /// Serves the API until the bus goes away; every status change is signalled.

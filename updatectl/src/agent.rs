@@ -40,6 +40,8 @@ pub trait Update1 {
     fn source(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn cloud_config(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn containers(&self) -> zbus::Result<String>;
 }
 
 /// States in which a check is still under way.
@@ -73,6 +75,9 @@ pub async fn print_status(p: &Update1Proxy<'_>) -> zbus::Result<()> {
     // An older agent has no such property: say nothing rather than fail.
     if let Ok(c) = p.cloud_config().await {
         println!("Cloud-config:    {}", or_dash(c));
+    }
+    if let Ok(c) = p.containers().await {
+        println!("Containers:      {}", or_dash(c));
     }
     Ok(())
 }

@@ -11,7 +11,6 @@ use cairn_config::boot::{Machine, configure, find};
 use cairn_config::container;
 use cairn_config::platform::Platform;
 use cairn_release::config_status;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,7 +42,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["boot"] => boot(),
-        ["container", name] => run_container(name),
+        ["container", name] => container::run::run(name),
         _ => {
             eprintln!("usage: cairn-cloud-config boot | container NAME");
             2
@@ -112,58 +111,4 @@ fn dhcp(until: Instant) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn run_container(name: &str) -> i32 {
-    let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("container {name}: {e}");
-        1
-    };
-    let spec = match container::load(Path::new(container::SPECS_DIR), name) {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
-    let image = match container::source(&spec.image) {
-        Ok(container::Source::Archive) => import_archive(&spec),
-        Ok(container::Source::Registry(reference)) => pull(&spec, &reference),
-        Err(e) => Err(e),
-    };
-    let image = match image {
-        Ok(i) => i,
-        Err(e) => return fail(&e),
-    };
-    let quiet = |args: Vec<String>| {
-        Command::new(container::CTR).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status()
-    };
-    if quiet(container::exists_args(name, image.namespace)).is_ok_and(|s| s.success()) {
-        for args in container::cleanup_args(name, image.namespace) {
-            let _ = quiet(args);
-        }
-    }
-    let e = Command::new(container::CTR).args(container::run_args(&spec, &image)).exec();
-    fail(&format!("running {}: {e}", container::CTR))
-}
-
-/// The container's archive, imported into containerd.
-fn import_archive(spec: &cairn_config::cairn::Container) -> Result<container::Runnable, String> {
-    let archive = container::archive(spec, Path::new(container::IMAGES_DIR)).map_err(|e| e.to_string())?;
-    match Command::new(container::CTR).args(container::import_args(&spec.name, &archive)).status() {
-        Ok(s) if s.success() => Ok(container::imported(&spec.name)),
-        Ok(s) => Err(format!("importing {}: ctr {s}", archive.display())),
-        Err(e) => Err(format!("running {}: {e}", container::CTR)),
-    }
-}
-
-/// The container's registry image, pulled by containerd unless the one pinned for this spec
-/// is still there.
-fn pull(
-    spec: &cairn_config::cairn::Container,
-    reference: &oci_spec::distribution::Reference,
-) -> Result<container::Runnable, String> {
-    let auth = cairn_config::registry::read_auth(Path::new(cairn_config::registry::AUTH_FILE))?;
-    let credentials = auth.get(reference.registry());
-    let mut images =
-        cairn_config::cri::Images::connect(Path::new(cairn_config::cri::SOCKET)).map_err(|e| e.to_string())?;
-    container::registry_image(spec, reference, credentials, &mut images, Path::new(container::PULLED_DIR))
-        .map_err(|e| e.to_string())
 }

@@ -1,18 +1,18 @@
-//! Running a `cairn.containers` entry through containerd: `cairn-cloud-config container NAME`
-//! is the init service `container-NAME`. Its image is an OCI archive (a path, or a URL fetched
-//! once and kept), imported with `ctr` under a name of its own, or a registry reference, pulled
-//! by containerd's CRI image service (`crate::cri`) through the registry's `hosts.toml` and
-//! pinned: a tag is resolved when the container's spec is new or changed, and every later start
-//! runs the same image (`repo@sha256:...`) until the spec changes. It removes what a crash left
-//! of an earlier run and becomes `ctr run` in the foreground: init supervises it, restarts it
-//! per its `restart` (with backoff: a registry that cannot be reached is retried), and stops it
-//! with SIGTERM, which `ctr` hands to the container.
-//!
-//! Containers share the host's network (there are no CNI plugins in the image yet): a
-//! container that listens on a port listens on the host's.
+//! Running a `cairn.containers` entry through containerd's CRI (`run`: the init service
+//! `container-NAME`). Its image is an OCI archive (a path, or a URL fetched once and kept),
+//! imported with `ctr` under a name of its own, or a registry reference, pulled by containerd
+//! (`crate::cri`) through the registry's `hosts.toml` and pinned: a tag is resolved when the
+//! container's spec is new or changed, and every later start runs the same image
+//! (`repo@sha256:...`) until the spec changes.
+
+pub mod logs;
+pub mod options;
+pub mod pause;
+pub mod run;
+pub mod sandbox;
 
 use crate::cairn::Container;
-use crate::cri::{Images, PullError};
+use crate::cri::{Cri, PullError};
 use crate::registry::Credentials;
 use oci_spec::distribution::Reference;
 use serde::{Deserialize, Serialize};
@@ -64,22 +64,10 @@ pub fn normalized(r: &Reference) -> String {
     }
 }
 
-/// Where an image is in containerd: its namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Runnable {
-    pub namespace: &'static str,
-    pub image: String,
-}
-
 /// The containerd image a container's archive is imported as: the archive's index under a name
 /// of Cairn's, so any archive works whatever names it carries.
 pub fn image_ref(name: &str) -> String {
     format!("cairn.local/{name}:latest")
-}
-
-/// An imported archive, in containerd's default namespace.
-pub fn imported(name: &str) -> Runnable {
-    Runnable { namespace: "default", image: image_ref(name) }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,41 +90,10 @@ pub fn load(dir: &Path, name: &str) -> Result<Container, ContainerError> {
     toml::from_str(&text).map_err(|source| ContainerError::Parse { path, source })
 }
 
-/// `ctr` arguments that import `archive` for container `name`.
+/// `ctr` arguments that import `archive` for container `name`, where CRI finds it.
 pub fn import_args(name: &str, archive: &Path) -> Vec<String> {
-    vec!["images".into(), "import".into(), "--index-name".into(), image_ref(name), archive.display().to_string()]
-}
-
-/// `ctr` arguments that succeed only if container `name` exists in `namespace`: what a crash
-/// leaves behind (`ctr run --rm` removes it after a clean stop), so the common start costs one
-/// `ctr` call instead of the three of a cleanup.
-pub fn exists_args(name: &str, namespace: &str) -> Vec<String> {
-    ["--namespace", namespace, "containers", "info", name].map(str::to_string).to_vec()
-}
-
-/// `ctr` argument lists that remove what an earlier run left in `namespace` (each may fail:
-/// nothing to remove).
-pub fn cleanup_args(name: &str, namespace: &str) -> Vec<Vec<String>> {
-    let v = |a: &[&str]| ["--namespace", namespace].iter().chain(a).map(|s| s.to_string()).collect::<Vec<_>>();
-    vec![
-        v(&["tasks", "kill", "-s", "SIGKILL", name]),
-        v(&["tasks", "delete", name]),
-        v(&["containers", "delete", name]),
-    ]
-}
-
-/// `ctr` arguments that run container `c` from `image` in the foreground.
-pub fn run_args(c: &Container, image: &Runnable) -> Vec<String> {
-    let mut args: Vec<String> =
-        vec!["--namespace".into(), image.namespace.into(), "run".into(), "--rm".into(), "--net-host".into()];
-    for (k, v) in &c.environment {
-        args.push("--env".into());
-        args.push(format!("{k}={v}"));
-    }
-    args.push(image.image.clone());
-    args.push(c.name.clone());
-    args.extend(c.command.iter().cloned());
-    args
+    let args = ["--namespace", crate::cri::NAMESPACE, "images", "import", "--index-name"];
+    args.iter().map(|s| s.to_string()).chain([image_ref(name), archive.display().to_string()]).collect()
 }
 
 /// What a container pulled, for which spec: `PULLED_DIR/NAME.toml`.
@@ -182,15 +139,15 @@ pub fn registry_image(
     c: &Container,
     reference: &Reference,
     credentials: Option<&Credentials>,
-    images: &mut Images,
+    images: &mut Cri,
     pulled_dir: &Path,
-) -> Result<Runnable, ContainerError> {
+) -> Result<String, ContainerError> {
     let record_path = pulled_dir.join(format!("{}.toml", c.name));
     let record: Option<Pulled> = std::fs::read_to_string(&record_path).ok().and_then(|t| toml::from_str(&t).ok());
     let spec = spec_digest(c);
     let mut present = |image: &str| images.status(image).ok().flatten().is_some();
     if let Some(image) = reuse(record.as_ref(), &spec, &mut present) {
-        return Ok(Runnable { namespace: crate::cri::NAMESPACE, image });
+        return Ok(image);
     }
     let name = normalized(reference);
     eprintln!("container {}: pulling {name}", c.name);
@@ -206,7 +163,7 @@ pub fn registry_image(
     std::fs::create_dir_all(pulled_dir).map_err(io)?;
     cairn_release::durable::write_atomic(&record_path, toml::to_string(&record).expect("serializes").as_bytes(), 0o644)
         .map_err(io)?;
-    Ok(Runnable { namespace: crate::cri::NAMESPACE, image })
+    Ok(image)
 }
 
 /// The archive on this host: the path itself, or the URL's download under `images_dir`
@@ -272,33 +229,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_in_the_foreground_on_the_hosts_network_with_its_environment() {
-        let c = Container {
-            name: "web".into(),
-            image: "/var/web.tar".into(),
-            sha256: None,
-            command: vec!["/bin/busybox".into(), "httpd".into(), "-f".into()],
-            environment: [("A".to_string(), "1 2".to_string())].into(),
-            restart: "always".into(),
-        };
+    fn an_archive_on_the_host_is_imported_where_cri_finds_it() {
+        let c = Container { name: "web".into(), image: "/var/web.tar".into(), ..Container::default() };
         assert_eq!(
-            run_args(&c, &imported("web")),
-            [
-                "--namespace",
-                "default",
-                "run",
-                "--rm",
-                "--net-host",
-                "--env",
-                "A=1 2",
-                "cairn.local/web:latest",
-                "web",
-                "/bin/busybox",
-                "httpd",
-                "-f"
-            ]
+            import_args("web", Path::new("/var/web.tar")),
+            ["--namespace", "k8s.io", "images", "import", "--index-name", "cairn.local/web:latest", "/var/web.tar"]
         );
-        assert_eq!(import_args("web", Path::new("/var/web.tar"))[3], "cairn.local/web:latest");
         assert_eq!(archive(&c, Path::new("/nonexistent")).unwrap(), Path::new("/var/web.tar"));
     }
 
@@ -340,9 +276,11 @@ mod tests {
             name: "web".into(),
             image: "https://example.com/web.tar".into(),
             sha256: Some("ab".repeat(32)),
-            command: vec![],
-            environment: Default::default(),
             restart: "on-failure".into(),
+            ports: vec!["8080:80".parse().unwrap()],
+            volumes: vec!["data:/data:ro".parse().unwrap()],
+            user: Some("1000".parse().unwrap()),
+            ..Container::default()
         };
         std::fs::write(t.path().join("web.toml"), format!("# a comment\n{}", toml::to_string(&c).unwrap())).unwrap();
         assert_eq!(load(t.path(), "web").unwrap(), c);

@@ -1,0 +1,196 @@
+//! `cairn-cloud-config container NAME`: the init service `container-NAME`. It gets the image
+//! (imported or pulled, `super`), clears what an earlier run left, starts the container in a
+//! sandbox of its own through containerd's CRI, forwards its output, and stays until the
+//! container exits (its exit code becomes the service's, so init restarts it per `restart`) or
+//! init stops the service (SIGTERM: the container is stopped with its grace). Either way the
+//! sandbox is torn down: its network namespace, bridge address and published ports.
+
+use super::logs::Follower;
+use super::options::VolumeSource;
+use super::{Source, sandbox};
+use crate::cairn::Container;
+use crate::cri::{Cri, State};
+use cairn_release::container_status::{self, ContainerStatus};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How often a running container's state and output are looked at.
+const POLL: Duration = Duration::from_millis(250);
+/// How long an imported image may take to show in CRI (containerd learns of it by an event).
+const IMPORT_VISIBLE: Duration = Duration::from_secs(20);
+
+pub fn run(name: &str) -> i32 {
+    match run_container(name) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("container {name}: {e}");
+            report(name, container_status::State::Failed, e);
+            1
+        }
+    }
+}
+
+/// Tells `updatectl status` what the runner is doing (best effort: a status that cannot be
+/// written does not stop a container).
+fn report(name: &str, state: container_status::State, detail: String) {
+    let status = ContainerStatus { name: name.to_string(), state, detail };
+    if let Err(e) = status.write(Path::new(container_status::DIR)) {
+        eprintln!("container {name}: writing its status: {e}");
+    }
+}
+
+fn run_container(name: &str) -> Result<i32, String> {
+    // SIGTERM and SIGINT are read from a signalfd, between steps: a stop never leaves a
+    // sandbox half made. Blocked before any thread starts, so every thread has them blocked.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
+    let stop = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("a signalfd: {e}"))?;
+    let stopped = || matches!(stop.read_signal(), Ok(Some(_)));
+
+    let spec = super::load(Path::new(super::SPECS_DIR), name).map_err(|e| e.to_string())?;
+    report(name, container_status::State::Pulling, spec.image.clone());
+    let mut cri = Cri::connect(Path::new(crate::cri::SOCKET)).map_err(|e| e.to_string())?;
+    let image = match super::source(&spec.image)? {
+        Source::Archive => import_archive(&spec, &mut cri)?,
+        Source::Registry(reference) => pull(&spec, &reference, &mut cri)?,
+    };
+    ensure_pause(&mut cri)?;
+    let left = cri.remove_sandboxes(sandbox::LABEL, name).map_err(|e| e.to_string())?;
+    if left > 0 {
+        eprintln!("container {name}: removed what an earlier run left");
+    }
+    if stopped() {
+        return Ok(0);
+    }
+    prepare_host(&spec)?;
+    let result = supervise(&spec, &image, &mut cri, &stopped);
+    if let Err(e) = cri.remove_sandboxes(sandbox::LABEL, name) {
+        eprintln!("container {name}: tearing its sandbox down: {e}");
+    }
+    result
+}
+
+/// Named volumes' directories and a fresh log directory.
+fn prepare_host(spec: &Container) -> Result<(), String> {
+    for v in &spec.volumes {
+        if let VolumeSource::Named(_) = v.source {
+            let dir = v.host_path();
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating volume {dir}: {e}"))?;
+        }
+    }
+    let logs = sandbox::log_directory(&spec.name);
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).map_err(|e| format!("creating {logs}: {e}"))
+}
+
+/// Runs the container until it exits (its exit code) or a stop is asked for (0).
+fn supervise(spec: &Container, image: &str, cri: &mut Cri, stopped: &dyn Fn() -> bool) -> Result<i32, String> {
+    let name = &spec.name;
+    let started = Instant::now();
+    let sandbox_config = sandbox::sandbox_config(spec);
+    let sandbox = cri.run_sandbox(&sandbox_config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?;
+    let config = sandbox::container_config(spec, image);
+    let id = cri.start_container(&sandbox, &config, &sandbox_config).map_err(|e| e.to_string())?;
+    let address = cri.sandbox_ip(&sandbox).ok().flatten();
+    let running = format!("{image}{}", address.map(|a| format!(" at {a}")).unwrap_or_default());
+    eprintln!("container {name}: running {running} ({} ms)", started.elapsed().as_millis());
+    report(name, container_status::State::Running, running);
+    let mut log = Follower::new(Path::new(&sandbox_config.log_directory).join(sandbox::LOG_FILE));
+    let forward = |log: &mut Follower| {
+        if let Err(e) = log.forward(&mut std::io::stdout(), &mut std::io::stderr()) {
+            eprintln!("container {name}: reading its output: {e}");
+        }
+    };
+    loop {
+        forward(&mut log);
+        if stopped() {
+            let grace = sandbox::stop_timeout(spec);
+            eprintln!("container {name}: stopping (grace {grace:?})");
+            cri.stop_container(&id, grace).map_err(|e| e.to_string())?;
+            forward(&mut log);
+            return Ok(0);
+        }
+        if let State::Exited { code, reason } = cri.container_state(&id).map_err(|e| e.to_string())? {
+            forward(&mut log);
+            eprintln!("container {name}: exited with code {code} ({reason})");
+            report(name, container_status::State::Exited, format!("code {code}, {reason}"));
+            return Ok(code);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The container's archive, imported into CRI's namespace as `cairn.local/NAME:latest`.
+fn import_archive(spec: &Container, cri: &mut Cri) -> Result<String, String> {
+    let archive = super::archive(spec, Path::new(super::IMAGES_DIR)).map_err(|e| e.to_string())?;
+    let image = super::image_ref(&spec.name);
+    ctr_import(&image, &super::import_args(&spec.name, &archive))?;
+    visible(cri, &image, |_| true)?;
+    Ok(image)
+}
+
+/// The container's registry image, pulled by containerd unless the one pinned for this spec is
+/// still there.
+fn pull(spec: &Container, reference: &oci_spec::distribution::Reference, cri: &mut Cri) -> Result<String, String> {
+    let auth = crate::registry::read_auth(Path::new(crate::registry::AUTH_FILE))?;
+    let credentials = auth.get(reference.registry());
+    super::registry_image(spec, reference, credentials, cri, Path::new(super::PULLED_DIR)).map_err(|e| e.to_string())
+}
+
+fn ctr_import(image: &str, args: &[String]) -> Result<(), String> {
+    match Command::new(super::CTR).args(args).stdout(std::process::Stdio::null()).status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("importing {image}: ctr {s}")),
+        Err(e) => Err(format!("running {}: {e}", super::CTR)),
+    }
+}
+
+/// Waits until CRI has `image` with an id `ok` accepts.
+fn visible(cri: &mut Cri, image: &str, ok: impl Fn(&str) -> bool) -> Result<(), String> {
+    let until = Instant::now() + IMPORT_VISIBLE;
+    loop {
+        if cri.status(image).map_err(|e| e.to_string())?.is_some_and(|i| ok(&i.id)) {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(format!("containerd's CRI does not show {image} {IMPORT_VISIBLE:?} after its import"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The sandbox image made from this OS's `cairn-pause`, imported unless containerd has it. One
+/// runner at a time (they start together): the others find it there.
+fn ensure_pause(cri: &mut Cri) -> Result<(), String> {
+    let binary = std::fs::read(super::pause::BINARY).map_err(|e| format!("reading {}: {e}", super::pause::BINARY))?;
+    let archive = super::pause::archive(&binary).map_err(|e| format!("making the sandbox image: {e}"))?;
+    let is_this = |id: &str| id == archive.config_digest;
+    if cri.status(super::pause::IMAGE).map_err(|e| e.to_string())?.is_some_and(|i| is_this(&i.id)) {
+        return Ok(());
+    }
+    let dir = Path::new(sandbox::LOG_ROOT);
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let lock = std::fs::File::create(dir.join(".pause.lock")).map_err(|e| format!("the pause image's lock: {e}"))?;
+    let _held = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| format!("locking: {e}"))?;
+    if cri.status(super::pause::IMAGE).map_err(|e| e.to_string())?.is_some_and(|i| is_this(&i.id)) {
+        return Ok(());
+    }
+    let path = dir.join(".pause.tar");
+    std::fs::write(&path, &archive.tar).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let args: Vec<String> = ["--namespace", crate::cri::NAMESPACE, "images", "import"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([path.display().to_string()])
+        .collect();
+    let imported = ctr_import(super::pause::IMAGE, &args);
+    let _ = std::fs::remove_file(&path);
+    imported?;
+    visible(cri, super::pause::IMAGE, is_this)
+}

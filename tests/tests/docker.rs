@@ -1,0 +1,72 @@
+//! VM test of the Docker variant (images/docker.toml, issue 17): Docker Engine from Debian
+//! started as a service on the host's containerd; `docker run -d -p` of an image from a
+//! registry on the test machine's loopback serves on a port forwarded from the test machine.
+
+use anyhow::{Context, Result};
+use cairn_qemu::{Forward, Vm, VmConfig};
+use cairn_tests::registry::Registry;
+use cairn_tests::*;
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(300);
+const CMD: Duration = Duration::from_secs(180);
+
+#[test]
+fn docker_run_publishes_a_port_from_a_registry_image() -> Result<()> {
+    let img = image("test-docker", "images/test-docker.toml", "1.0.0")?;
+    let default = default_image()?;
+    let size = |i: &Image| -> Result<u64> { Ok(std::fs::metadata(i.dir.join("usr.img"))?.len()) };
+    println!("/usr: default {:.1} MB, Docker variant {:.1} MB", size(&default)? as f64 / 1e6, size(&img)? as f64 / 1e6);
+    let work = tempfile::tempdir()?;
+    let registry = Registry::start(None)?;
+    let archive = oci_archive(work.path(), "cairn.test/web:1")?;
+    registry.push(&archive, "web", "1")?;
+    let port = registry.port;
+    // Docker reads its registries from daemon.json, written as any file is.
+    let user_data = format!(
+        "#cloud-config\nwrite_files:\n  - path: /etc/docker/daemon.json\n    content: |\n      \
+         {{\"insecure-registries\": [\"10.0.2.2:{port}\"]}}\n"
+    );
+    let config = work.path().join("user-data");
+    std::fs::write(&config, user_data)?;
+    let disk = work.path().join("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(img.raw())
+        .arg(&disk)
+        .arg("4G")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let web = free_port()?;
+    let mut cfg = VmConfig { persistent: true, cpus: 2, ..VmConfig::uefi(&disk) };
+    cfg.forwards.push(Forward::tcp(web, 8080));
+    cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), config));
+
+    let mut vm = Vm::start(&cfg)?;
+    vm.wait_for_line("cairn: ready", 0, READY)?;
+    let why = |vm: &mut Vm| {
+        let out = vm.run("cairnctl status; cairnctl log docker -n 60", CMD);
+        out.map(|o| o.output).unwrap_or_default()
+    };
+    // dockerd is not a required service: wait for it to be ready.
+    let deadline = Instant::now() + CMD;
+    while vm.run("docker info --format '{{.ServerVersion}}'", CMD)?.status != 0 {
+        anyhow::ensure!(Instant::now() < deadline, "dockerd never answered:\n{}", why(&mut vm));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let started = Instant::now();
+    vm.run_ok(
+        &format!(
+            "docker run -d --name web -p 8080:80 10.0.2.2:{port}/web:1 /bin/busybox sh -c \
+             'mkdir -p /www && echo from docker > /www/index.html && exec /bin/busybox httpd -f -p 80 -h /www'"
+        ),
+        CMD,
+    )
+    .with_context(|| why(&mut vm))?;
+    let page = cairn_tests::http::get_until_path(web, "/", CMD).with_context(|| why(&mut vm))?;
+    assert_eq!(page.trim(), "from docker");
+    println!("docker run (pull included) to answering on the forwarded port: {:.1} s", started.elapsed().as_secs_f64());
+    let ps = vm.run_ok("docker ps --format '{{.Names}} {{.Status}}'", CMD)?;
+    assert!(ps.starts_with("web Up"), "{ps}");
+    Ok(())
+}
