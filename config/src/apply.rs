@@ -7,7 +7,7 @@ use crate::accounts::Accounts;
 use crate::document::CloudConfig;
 use crate::rooted::{self, Root, Temp};
 use crate::users::DEFAULT_USER;
-use cairn_release::service_file::{Restart, ServiceFile};
+use cairn_release::service_file::{Ready, Restart, ServiceFile};
 use std::path::PathBuf;
 
 /// Services and containers from cloud-config live beside the user's own files, marked so a
@@ -156,6 +156,10 @@ fn container_service(k: &crate::cairn::Container) -> ServiceFile {
         stop_timeout: Some(format!("{}s", crate::container::sandbox::stop_timeout(k).as_secs() + 20)),
         // The runner forwards the container's output: bounded on disk by init.
         log_max_bytes: Some(CONTAINER_LOG_MAX_BYTES),
+        // A container with a health command counts for the host's readiness once it is healthy
+        // (its runner listens then); one without never holds the host back (a pull may fail).
+        ready: k.health.as_ref().map(|_| Ready::UnixSocket(crate::container::options::ready_socket(&k.name).into())),
+        required: k.health.as_ref().map(|_| true),
         ..ServiceFile::default()
     }
 }

@@ -1,7 +1,7 @@
 //! The `cairn:` section's `services` (for cairn-init, as `/etc/cairn/services/NAME.toml`) and
 //! `containers` (for containerd).
 
-use crate::container::options::{Network, Port, User, Volume};
+use crate::container::options::{Health, Network, Port, User, Volume};
 use crate::walk::{Fields, Value, Walker};
 use cairn_release::service_file::{Ready, Restart, ServiceFile};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ pub const CONTAINER_KEYS: &[&str] = &[
     "user",
     "working_dir",
     "stop_timeout",
+    "health",
 ];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -67,6 +68,8 @@ pub struct Container {
     /// How long the container has after SIGTERM before it is killed (a duration, `10s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 /// The name of the init service that runs container `name`.
@@ -213,6 +216,7 @@ pub fn container(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Op
     let user = f.get("user").and_then(|(v, p)| parsed(w, v, &p));
     let working_dir = f.get("working_dir").and_then(|(v, p)| w.absolute_path(v, &p));
     let stop_timeout = f.get("stop_timeout").and_then(|(v, p)| w.duration(v, &p));
+    let health = f.get("health").and_then(|(v, p)| health(w, v, &p));
     let clean = !crate::diag::has_errors(&w.diagnostics[before..]);
     if !clean {
         return None;
@@ -230,7 +234,39 @@ pub fn container(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Op
         user,
         working_dir,
         stop_timeout,
+        health,
     })
+}
+
+fn health(w: &mut Walker, v: Value, path: &str) -> Option<Health> {
+    let f = w.mapping(v, path, Health::KEYS)?;
+    let before = w.diagnostics.len();
+    let command = match f.get("command") {
+        Some((v, p)) => w.strings(v, &p).filter(|c| {
+            if c.is_empty() {
+                w.error(v.at, &p, "needs at least the program");
+            }
+            !c.is_empty()
+        }),
+        None => {
+            w.error(v.at, path, "needs a command");
+            None
+        }
+    };
+    let interval = f.get("interval").and_then(|(v, p)| w.duration(v, &p));
+    let timeout = f.get("timeout").and_then(|(v, p)| w.duration(v, &p));
+    let retries = f.get("retries").and_then(|(v, p)| {
+        let n = w.u32(v, &p)?;
+        if n == 0 {
+            w.error(v.at, &p, "must be at least 1");
+            return None;
+        }
+        Some(n)
+    });
+    if crate::diag::has_errors(&w.diagnostics[before..]) {
+        return None;
+    }
+    Some(Health { command: command?, interval, timeout, retries })
 }
 
 /// A text value read by its type's `FromStr`, whose message says what is wrong.

@@ -9,9 +9,10 @@ use crate::registry::Credentials;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    AuthConfig, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
-    ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxStatusRequest, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    AuthConfig, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    ImageStatusRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxStatusRequest,
+    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -192,6 +193,22 @@ impl Cri {
         })
     }
 
+    /// Runs `command` in the container and waits for it (at most `timeout`): its exit code and
+    /// the end of its output.
+    pub fn exec(&mut self, id: &str, command: &[String], timeout: Duration) -> Result<(i32, String), CriError> {
+        let request = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: command.to_vec(),
+            timeout: timeout.as_secs().max(1) as i64,
+        };
+        let client = &mut self.runtime_client.clone();
+        let reply = self.ask("ExecSync", timeout + ASK_TIMEOUT, client.exec_sync(request))?;
+        let mut output = String::from_utf8_lossy(&reply.stdout).into_owned();
+        output.push_str(&String::from_utf8_lossy(&reply.stderr));
+        let tail: String = output.trim().chars().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect();
+        Ok((reply.exit_code, tail))
+    }
+
     /// SIGTERM to the container, SIGKILL after `grace`.
     pub fn stop_container(&mut self, id: &str, grace: Duration) -> Result<(), CriError> {
         let request = StopContainerRequest { container_id: id.into(), timeout: grace.as_secs() as i64 };
@@ -200,9 +217,9 @@ impl Cri {
         Ok(())
     }
 
-    /// Stops and removes every sandbox labelled `label=value`, with its containers, network
-    /// namespace and CNI attachments (published ports): what a stop or a crash left behind.
-    pub fn remove_sandboxes(&mut self, label: &str, value: &str) -> Result<usize, CriError> {
+    /// Stops and removes every sandbox labelled `label=value` but `keep`, with its containers,
+    /// network namespace and CNI attachments (published ports): what a stop or a crash left.
+    pub fn remove_sandboxes(&mut self, label: &str, value: &str, keep: Option<&str>) -> Result<usize, CriError> {
         let filter = PodSandboxFilter {
             label_selector: HashMap::from([(label.to_string(), value.to_string())]),
             ..PodSandboxFilter::default()
@@ -215,6 +232,7 @@ impl Cri {
                 client.list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) }),
             )?
             .items;
+        let items: Vec<_> = items.into_iter().filter(|s| Some(s.id.as_str()) != keep).collect();
         for sandbox in &items {
             let client = &mut self.runtime_client.clone();
             let request = StopPodSandboxRequest { pod_sandbox_id: sandbox.id.clone() };

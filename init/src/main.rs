@@ -2,7 +2,8 @@
 //!
 //! As PID 1 in the initramfs (where `/etc/initrd-release` exists) it is stage 1 and switches
 //! root into the real system; there it is stage 2. Invoked as `cairnctl`, `reboot` or
-//! `poweroff` it talks to the running PID 1 over its control socket.
+//! `poweroff` it talks to the running PID 1 over its control socket; as `pause`, it is the
+//! process of a container's sandbox.
 
 mod cloudconfig;
 mod console;
@@ -12,6 +13,7 @@ mod dm;
 mod firstboot;
 mod modules;
 mod mounts;
+mod pause;
 mod power;
 mod service;
 mod stage1;
@@ -35,6 +37,8 @@ fn main() {
         .unwrap_or_default();
     let pid1 = std::process::id() == 1;
     match program.as_str() {
+        // The sandbox image's entrypoint, `/pause`: PID 1 of a container's PID namespace.
+        "pause" => pause::run(),
         power::FINAL_NAME if pid1 => power::final_step(power::Action::from_arg(args.get(1).map_or("", |s| s))),
         "cairnctl" | "reboot" | "poweroff" | "halt" => std::process::exit(control::cli(&program, &args[1..])),
         _ if !pid1 => std::process::exit(control::cli("cairnctl", &args[1..])),

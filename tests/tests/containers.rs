@@ -85,7 +85,8 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
          \"registry.invalid:5000\": {{mirrors: [\"http://10.0.2.2:{o}\"], insecure: true}}\n    \
          \"10.0.2.2:{l}\": {{insecure: true, username: bot, password: wrong-password}}\n  containers:\n{}{}{}{}{}",
         counting_web(&format!("10.0.2.2:{o}/web:1"), 8080),
-        web("pinned", &format!("10.0.2.2:{o}/web@{digest}"), "pinned", 8081),
+        web("pinned", &format!("10.0.2.2:{o}/web@{digest}"), "pinned", 8081)
+            + "      health: {command: [/bin/busybox, test, -f, /www/index.html], interval: 1s, retries: 2}\n",
         user_web("registry.invalid:5000/web:1", 8082),
         web("denied", &format!("10.0.2.2:{l}/web:1"), "denied", 8083),
         web("missing", &format!("10.0.2.2:{o}/web:nope"), "missing", 8084),
@@ -106,16 +107,25 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     }
     cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), config));
 
+    let powered_on = Instant::now();
     let mut vm = Vm::start(&cfg)?;
     vm.wait_for_line("cairn: ready", 0, READY)?;
+    // pinned's health command holds "ready" back until its pull is done and it answers.
+    println!("from power-on to ready: {:.1} s", powered_on.elapsed().as_secs_f64());
     let ready = Instant::now();
+    let pinned = log(&mut vm, "pinned");
+    assert!(pinned.contains("container pinned: healthy"), "ready before pinned was healthy:\n{pinned}");
     for (port, text, name) in
         [(ports[0], "tagged", "web"), (ports[1], "pinned", "pinned"), (ports[2], "mirrored", "mirrored")]
     {
         let page = cairn_tests::http::get_until(port, PULL).with_context(|| log(&mut vm, name))?;
         assert!(page.contains(text), "{name}: {page}");
     }
-    println!("from ready to three containers pulled and answering: {:.1} s", ready.elapsed().as_secs_f64());
+    println!(
+        "from ready to three containers pulled and answering: {:.1} s ({:.1} s from power-on)",
+        ready.elapsed().as_secs_f64(),
+        powered_on.elapsed().as_secs_f64()
+    );
     let page = cairn_tests::http::get_until_path(ports[2], "/", CMD)?;
     assert_eq!(page.trim(), "mirrored uid 1000 in /dev/shm", "user and working_dir");
 
@@ -147,6 +157,17 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     assert_eq!(resolv.trim(), host_resolv.trim(), "the container resolves names with the host's servers");
     let own = vm.run_ok(&exec("hostname"), CMD)?;
     assert_eq!(own.trim(), "pinned");
+
+    // pinned's health command counts for the host's readiness (it passed before "ready"); two
+    // failures in a row (its page removed) restart it, and the new one serves again.
+    vm.run_ok(
+        &format!("ctr -n k8s.io tasks exec --exec-id spoil {} /bin/busybox rm /www/index.html", container_id("pinned")),
+        CMD,
+    )?;
+    let unhealthy = log_until(&mut vm, "pinned", "unhealthy")?;
+    assert!(unhealthy.contains("health check failed (1)"), "{unhealthy}");
+    let page = cairn_tests::http::get_until(ports[1], PULL).with_context(|| log(&mut vm, "pinned"))?;
+    assert!(page.contains("pinned"), "{page}");
 
     // The bad pulls name the image and the problem; the host is up all the same.
     let denied = log_until(&mut vm, "denied", "refused the credentials")?;
@@ -225,14 +246,15 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     let starts = vm.run_ok("wc -l < /var/lib/cairn/volumes/site/starts", CMD)?;
     let starts: usize = starts.trim().parse()?;
 
-    // Booted again with only the good containers (the failing ones would keep the CPU busy
-    // retrying) on 2 vCPUs: from ready to answering with the image cached, nothing pulled.
+    // Booted again with web alone (the failing ones would keep the CPU busy retrying, and
+    // pinned's health command would hold "ready" back) on 2 vCPUs: from ready to answering with
+    // the image cached, nothing pulled.
     let mark = vm.console().mark();
     vm.send(b"poweroff\n")?;
     vm.wait_for_line("cairn: powering off", mark, CMD)?;
     vm.wait_exit(Duration::from_secs(60))?;
     drop(vm);
-    let good_only = user_data.split("    - name: denied").next().context("the good entries")?;
+    let good_only = user_data.split("    - name: pinned").next().context("web's entry")?;
     std::fs::write(work.path().join("user-data"), good_only)?;
     let mut vm = Vm::start(&VmConfig { cpus: 2, ..cfg })?;
     vm.wait_for_line("cairn: ready", 0, READY)?;
@@ -243,7 +265,8 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     };
     cairn_tests::http::get_until(ports[0], PULL).with_context(|| why(&mut vm))?;
     let cached = ready.elapsed();
-    cairn_tests::http::get_until(ports[1], PULL).with_context(|| why(&mut vm))?;
+    let started = vm.run_ok("grep 'container web: running' /var/log/cairn/container-web.log | tail -1", CMD)?;
+    println!("{}", started.trim());
     println!(
         "second boot, 2 vCPUs: from ready to the container answering (image cached): {:.2} s",
         cached.as_secs_f64()

@@ -14,9 +14,9 @@ const CMD: Duration = Duration::from_secs(180);
 #[test]
 fn docker_run_publishes_a_port_from_a_registry_image() -> Result<()> {
     let img = image("test-docker", "images/test-docker.toml", "1.0.0")?;
-    let default = default_image()?;
-    let size = |i: &Image| -> Result<u64> { Ok(std::fs::metadata(i.dir.join("usr.img"))?.len()) };
-    println!("/usr: default {:.1} MB, Docker variant {:.1} MB", size(&default)? as f64 / 1e6, size(&img)? as f64 / 1e6);
+    // (The default image's /usr is compared by hand, docs/cloud-config.md: building it here too
+    // would cost CI a build.)
+    println!("/usr of the Docker variant: {:.1} MB", std::fs::metadata(img.dir.join("usr.img"))?.len() as f64 / 1e6);
     let work = tempfile::tempdir()?;
     let registry = Registry::start(None)?;
     let archive = oci_archive(work.path(), "cairn.test/web:1")?;

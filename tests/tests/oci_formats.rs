@@ -11,12 +11,12 @@ fn skopeo(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// The sandbox image each host makes from its cairn-pause: skopeo reads its index, manifest
+/// The sandbox image each host makes from its cairn-init: skopeo reads its index, manifest
 /// and config, and copies it (checking every blob against its digest).
 #[test]
 fn the_sandbox_image_is_an_oci_archive_skopeo_reads_and_copies() -> Result<()> {
     let t = tempfile::tempdir()?;
-    let binary = std::fs::read("/bin/busybox").context("a static binary to stand for cairn-pause")?;
+    let binary = std::fs::read("/bin/busybox").context("a static binary to stand for cairn-init")?;
     let archive = cairn_config::container::pause::archive(&binary)?;
     let path = t.path().join("pause.tar");
     std::fs::write(&path, &archive.tar)?;

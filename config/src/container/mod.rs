@@ -5,6 +5,7 @@
 //! container's spec is new or changed, and every later start runs the same image
 //! (`repo@sha256:...`) until the spec changes.
 
+pub mod health;
 pub mod logs;
 pub mod options;
 pub mod pause;

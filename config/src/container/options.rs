@@ -7,6 +7,24 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+/// Serde reads and writes the type as its text (`FromStr` and `Display`), as cloud-config has it.
+macro_rules! spelled_as_text {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<$t, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.to_string()
+            }
+        }
+    };
+}
+
 /// The network a container joins.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,18 +135,7 @@ impl fmt::Display for Port {
     }
 }
 
-impl TryFrom<String> for Port {
-    type Error = String;
-    fn try_from(s: String) -> Result<Port, String> {
-        s.parse()
-    }
-}
-
-impl From<Port> for String {
-    fn from(p: Port) -> String {
-        p.to_string()
-    }
-}
+spelled_as_text!(Port);
 
 /// Where a volume's content lives on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,18 +218,7 @@ impl fmt::Display for Volume {
     }
 }
 
-impl TryFrom<String> for Volume {
-    type Error = String;
-    fn try_from(s: String) -> Result<Volume, String> {
-        s.parse()
-    }
-}
-
-impl From<Volume> for String {
-    fn from(v: Volume) -> String {
-        v.to_string()
-    }
-}
+spelled_as_text!(Volume);
 
 /// Who the container's process runs as: `UID[:GID]`, or a name from the image's `/etc/passwd`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,17 +256,50 @@ impl fmt::Display for User {
     }
 }
 
-impl TryFrom<String> for User {
-    type Error = String;
-    fn try_from(s: String) -> Result<User, String> {
-        s.parse()
+spelled_as_text!(User);
+
+/// A health command, run in the container (like Docker's `HEALTHCHECK`): `retries` failures in a
+/// row restart the container, and a container with one is ready (for the host's readiness,
+/// like a required service) once it first succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub command: Vec<String>,
+    /// Between checks (a duration, default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// The longest one check may take (default: the interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Failures in a row that make it unhealthy (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
+impl Health {
+    pub const KEYS: &[&str] = &["command", "interval", "timeout", "retries"];
+    const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn duration(text: Option<&str>) -> Option<std::time::Duration> {
+        text.and_then(|t| cairn_release::duration::parse(t).ok())
+    }
+
+    pub fn interval(&self) -> std::time::Duration {
+        Self::duration(self.interval.as_deref()).unwrap_or(Self::DEFAULT_INTERVAL)
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        Self::duration(self.timeout.as_deref()).unwrap_or_else(|| self.interval())
+    }
+
+    pub fn retries(&self) -> u32 {
+        self.retries.unwrap_or(3).max(1)
     }
 }
 
-impl From<User> for String {
-    fn from(u: User) -> String {
-        u.to_string()
-    }
+/// Where a container's runner listens once its health command first succeeds: init's readiness
+/// check for the container's service.
+pub fn ready_socket(name: &str) -> String {
+    format!("/run/cairn/containers/{name}.ready")
 }
 
 #[cfg(test)]

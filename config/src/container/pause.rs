@@ -1,5 +1,5 @@
-//! The sandbox ("pause") image of containerd's CRI, made on the host from `/usr/sbin/cairn-pause`
-//! as an OCI image layout in a tar archive: containerd would otherwise pull `registry.k8s.io/pause`
+//! The sandbox ("pause") image of containerd's CRI, made on the host from `/usr/sbin/cairn-init`
+//! (which is the pause process when run as `/pause`) as an OCI image layout in a tar archive: containerd would otherwise pull `registry.k8s.io/pause`
 //! from the internet at the first container. The archive is a pure function of the binary, so
 //! its config digest (the image id containerd reports) tells whether the image containerd has is
 //! this one.
@@ -8,8 +8,9 @@ use sha2::{Digest, Sha256};
 
 /// The name containerd's CRI runs sandboxes from (`sandbox_image` in containerd's config.toml).
 pub const IMAGE: &str = "cairn.local/pause:1";
-/// The binary the image is made of, on the verified `/usr`.
-pub const BINARY: &str = "/usr/sbin/cairn-pause";
+/// The binary the image is made of, on the verified `/usr`: a static executable that is the
+/// pause process when its name is `pause`.
+pub const BINARY: &str = "/usr/sbin/cairn-init";
 
 /// An OCI image layout archive and the digest of its image config (`sha256:...`).
 pub struct Archive {
@@ -41,7 +42,7 @@ fn tar_of(files: &[(&str, u32, &[u8])]) -> std::io::Result<Vec<u8>> {
     b.into_inner()
 }
 
-/// The image of one static executable, `/pause`, as its entrypoint.
+/// The image of one static executable as `/pause`, its entrypoint.
 pub fn archive(binary: &[u8]) -> std::io::Result<Archive> {
     let layer = tar_of(&[("pause", 0o755, binary)])?;
     let config = serde_json::to_vec(&serde_json::json!({

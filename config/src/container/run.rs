@@ -5,6 +5,7 @@
 //! init stops the service (SIGTERM: the container is stopped with its grace). Either way the
 //! sandbox is torn down: its network namespace, bridge address and published ports.
 
+use super::health::{Tracker, Verdict};
 use super::logs::Follower;
 use super::options::VolumeSource;
 use super::{Source, sandbox};
@@ -14,10 +15,16 @@ use cairn_release::container_status::{self, ContainerStatus};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The runner's exit code when it stopped an unhealthy container (restarted by `always` and
+/// `on-failure` alike).
+const UNHEALTHY: i32 = 70;
+/// The sandbox image's id and the `/usr` it was made from (`crate::container::pause`).
+const PAUSE_NOTE: &str = "/var/lib/cairn/containers/.pause-image";
 /// How often a running container's state and output are looked at.
 const POLL: Duration = Duration::from_millis(250);
 /// How long an imported image may take to show in CRI (containerd learns of it by an event).
@@ -54,6 +61,7 @@ fn run_container(name: &str) -> Result<i32, String> {
         .map_err(|e| format!("a signalfd: {e}"))?;
     let stopped = || matches!(stop.read_signal(), Ok(Some(_)));
 
+    let begun = Instant::now();
     let spec = super::load(Path::new(super::SPECS_DIR), name).map_err(|e| e.to_string())?;
     report(name, container_status::State::Pulling, spec.image.clone());
     let mut cri = Cri::connect(Path::new(crate::cri::SOCKET)).map_err(|e| e.to_string())?;
@@ -62,16 +70,15 @@ fn run_container(name: &str) -> Result<i32, String> {
         Source::Registry(reference) => pull(&spec, &reference, &mut cri)?,
     };
     ensure_pause(&mut cri)?;
-    let left = cri.remove_sandboxes(sandbox::LABEL, name).map_err(|e| e.to_string())?;
-    if left > 0 {
-        eprintln!("container {name}: removed what an earlier run left");
-    }
+    let prepared = begun.elapsed();
     if stopped() {
         return Ok(0);
     }
     prepare_host(&spec)?;
-    let result = supervise(&spec, &image, &mut cri, &stopped);
-    if let Err(e) = cri.remove_sandboxes(sandbox::LABEL, name) {
+    let result = supervise(&spec, &image, &mut cri, &stopped, prepared);
+    let torn_down =
+        network_lock().and_then(|_network| cri.remove_sandboxes(sandbox::LABEL, name, None).map_err(|e| e.to_string()));
+    if let Err(e) = torn_down {
         eprintln!("container {name}: tearing its sandbox down: {e}");
     }
     result
@@ -87,20 +94,51 @@ fn prepare_host(spec: &Container) -> Result<(), String> {
     }
     let logs = sandbox::log_directory(&spec.name);
     let _ = std::fs::remove_dir_all(&logs);
+    // Not ready until its health command succeeds in this run.
+    let _ = std::fs::remove_file(super::options::ready_socket(&spec.name));
     std::fs::create_dir_all(&logs).map_err(|e| format!("creating {logs}: {e}"))
 }
 
 /// Runs the container until it exits (its exit code) or a stop is asked for (0).
-fn supervise(spec: &Container, image: &str, cri: &mut Cri, stopped: &dyn Fn() -> bool) -> Result<i32, String> {
+/// `prepared` is how long getting the image and clearing up took, for the log.
+fn supervise(
+    spec: &Container,
+    image: &str,
+    cri: &mut Cri,
+    stopped: &dyn Fn() -> bool,
+    prepared: Duration,
+) -> Result<i32, String> {
     let name = &spec.name;
     let started = Instant::now();
-    let sandbox_config = sandbox::sandbox_config(spec);
-    let sandbox = cri.run_sandbox(&sandbox_config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?;
+    // A run's id: nanoseconds since the epoch, new at every start.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let sandbox_config = sandbox::sandbox_config(spec, &run.to_string());
+    let sandbox = {
+        let _network = network_lock()?;
+        cri.run_sandbox(&sandbox_config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?
+    };
+    let sandbox_made = started.elapsed();
     let config = sandbox::container_config(spec, image);
     let id = cri.start_container(&sandbox, &config, &sandbox_config).map_err(|e| e.to_string())?;
+    let container_made = started.elapsed();
+    // What an earlier run left (a crash, a reboot) is removed once this one runs: a sandbox's
+    // uid is new for each run, so the two never clash, and the container does not wait for it.
+    let left = {
+        let _network = network_lock()?;
+        cri.remove_sandboxes(sandbox::LABEL, name, Some(&sandbox)).map_err(|e| e.to_string())?
+    };
+    if left > 0 {
+        eprintln!("container {name}: removed what an earlier run left");
+    }
     let address = cri.sandbox_ip(&sandbox).ok().flatten();
     let running = format!("{image}{}", address.map(|a| format!(" at {a}")).unwrap_or_default());
-    eprintln!("container {name}: running {running} ({} ms)", started.elapsed().as_millis());
+    let ms = |d: Duration| d.as_millis();
+    eprintln!(
+        "container {name}: running {running} (image and clean-up {} ms, sandbox {} ms, container {} ms)",
+        ms(prepared),
+        ms(sandbox_made),
+        ms(container_made - sandbox_made)
+    );
     report(name, container_status::State::Running, running);
     let mut log = Follower::new(Path::new(&sandbox_config.log_directory).join(sandbox::LOG_FILE));
     let forward = |log: &mut Follower| {
@@ -108,8 +146,39 @@ fn supervise(spec: &Container, image: &str, cri: &mut Cri, stopped: &dyn Fn() ->
             eprintln!("container {name}: reading its output: {e}");
         }
     };
+    let mut health = spec.health.as_ref().map(|h| (h, Tracker::new(h.retries()), Instant::now()));
+    // Held while the container is healthy: init's readiness check connects to it.
+    let mut ready: Option<UnixListener> = None;
     loop {
         forward(&mut log);
+        if let Some((check, tracker, next)) = &mut health
+            && Instant::now() >= *next
+        {
+            *next = Instant::now() + check.interval();
+            let (ok, said) = match cri.exec(&id, &check.command, check.timeout()) {
+                Ok((code, said)) => (code == 0, format!("exit code {code}: {said}")),
+                Err(e) => (false, e.to_string()),
+            };
+            match tracker.record(ok) {
+                Verdict::Healthy { first: true } => {
+                    eprintln!("container {name}: healthy");
+                    let path = super::options::ready_socket(name);
+                    ready = Some(UnixListener::bind(&path).map_err(|e| format!("listening on {path}: {e}"))?);
+                }
+                Verdict::Healthy { first: false } => {}
+                Verdict::Failing { failures } => {
+                    eprintln!("container {name}: health check failed ({failures}): {said}")
+                }
+                Verdict::Unhealthy => {
+                    eprintln!("container {name}: unhealthy ({said}); stopping it");
+                    drop(ready.take());
+                    cri.stop_container(&id, sandbox::stop_timeout(spec)).map_err(|e| e.to_string())?;
+                    forward(&mut log);
+                    report(name, container_status::State::Exited, format!("unhealthy: {said}"));
+                    return Ok(UNHEALTHY);
+                }
+            }
+        }
         if stopped() {
             let grace = sandbox::stop_timeout(spec);
             eprintln!("container {name}: stopping (grace {grace:?})");
@@ -125,6 +194,16 @@ fn supervise(spec: &Container, image: &str, cri: &mut Cri, stopped: &dyn Fn() ->
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Held while a sandbox is made or torn down: the CNI plugins that containerd runs then change
+/// the packet filter, and iptables over nf_tables refuses a change made beside another
+/// ("exit status 4"), so runners that start together take turns.
+fn network_lock() -> Result<Flock<std::fs::File>, String> {
+    let dir = Path::new(sandbox::LOG_ROOT);
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let file = std::fs::File::create(dir.join(".network.lock")).map_err(|e| format!("the network lock: {e}"))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| format!("taking the network lock: {e}"))
 }
 
 /// The container's archive, imported into CRI's namespace as `cairn.local/NAME:latest`.
@@ -166,31 +245,53 @@ fn visible(cri: &mut Cri, image: &str, ok: impl Fn(&str) -> bool) -> Result<(), 
     }
 }
 
-/// The sandbox image made from this OS's `cairn-pause`, imported unless containerd has it. One
-/// runner at a time (they start together): the others find it there.
+/// The sandbox image made from this OS's `cairn-init` (the pause process as `/pause`), imported
+/// unless containerd has it. One runner at a time (they start together): the others find it
+/// there. The image's id is noted on ROOT beside the verity root hash of the `/usr` it was made
+/// from, so while that `/usr` runs, a start asks containerd once instead of hashing the binary.
 fn ensure_pause(cri: &mut Cri) -> Result<(), String> {
-    let binary = std::fs::read(super::pause::BINARY).map_err(|e| format!("reading {}: {e}", super::pause::BINARY))?;
-    let archive = super::pause::archive(&binary).map_err(|e| format!("making the sandbox image: {e}"))?;
-    let is_this = |id: &str| id == archive.config_digest;
-    if cri.status(super::pause::IMAGE).map_err(|e| e.to_string())?.is_some_and(|i| is_this(&i.id)) {
+    let noted = Path::new(PAUSE_NOTE);
+    let usr = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| cairn_release::cmdline::value(&c, cairn_release::cmdline::USR_HASH).map(str::to_string));
+    let has = |cri: &mut Cri, id: &str| -> Result<bool, String> {
+        Ok(cri.status(super::pause::IMAGE).map_err(|e| e.to_string())?.is_some_and(|i| i.id == id))
+    };
+    if let (Some(usr), Ok(note)) = (&usr, std::fs::read_to_string(noted))
+        && let Some((for_usr, id)) = note.trim().split_once(' ')
+        && for_usr == usr
+        && has(cri, id)?
+    {
         return Ok(());
     }
+    let binary = std::fs::read(super::pause::BINARY).map_err(|e| format!("reading {}: {e}", super::pause::BINARY))?;
+    let archive = super::pause::archive(&binary).map_err(|e| format!("making the sandbox image: {e}"))?;
     let dir = Path::new(sandbox::LOG_ROOT);
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let lock = std::fs::File::create(dir.join(".pause.lock")).map_err(|e| format!("the pause image's lock: {e}"))?;
     let _held = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| format!("locking: {e}"))?;
-    if cri.status(super::pause::IMAGE).map_err(|e| e.to_string())?.is_some_and(|i| is_this(&i.id)) {
-        return Ok(());
+    if !has(cri, &archive.config_digest)? {
+        let path = dir.join(".pause.tar");
+        std::fs::write(&path, &archive.tar).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let args: Vec<String> = ["--namespace", crate::cri::NAMESPACE, "images", "import"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([path.display().to_string()])
+            .collect();
+        let imported = ctr_import(super::pause::IMAGE, &args);
+        let _ = std::fs::remove_file(&path);
+        imported?;
+        visible(cri, super::pause::IMAGE, |id| id == archive.config_digest)?;
     }
-    let path = dir.join(".pause.tar");
-    std::fs::write(&path, &archive.tar).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    let args: Vec<String> = ["--namespace", crate::cri::NAMESPACE, "images", "import"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([path.display().to_string()])
-        .collect();
-    let imported = ctr_import(super::pause::IMAGE, &args);
-    let _ = std::fs::remove_file(&path);
-    imported?;
-    visible(cri, super::pause::IMAGE, is_this)
+    if let Some(usr) = usr {
+        let note = format!("{usr} {}\n", archive.config_digest);
+        if let Err(e) = noted
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| cairn_release::durable::write_atomic(noted, note.as_bytes(), 0o644))
+        {
+            eprintln!("noting the sandbox image in {}: {e}", noted.display());
+        }
+    }
+    Ok(())
 }

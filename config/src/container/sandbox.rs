@@ -42,7 +42,9 @@ pub fn stop_timeout(c: &Container) -> Duration {
     c.stop_timeout.as_deref().and_then(|t| cairn_release::duration::parse(t).ok()).unwrap_or(DEFAULT_STOP_TIMEOUT)
 }
 
-pub fn sandbox_config(c: &Container) -> PodSandboxConfig {
+/// The sandbox of one run of container `c`; `run` tells runs apart (containerd reserves a
+/// sandbox's name until it is removed, and an earlier run's is removed after this one starts).
+pub fn sandbox_config(c: &Container, run: &str) -> PodSandboxConfig {
     let network = match c.network {
         Network::Host => NamespaceMode::Node,
         Network::Bridge | Network::None => NamespaceMode::Pod,
@@ -63,7 +65,7 @@ pub fn sandbox_config(c: &Container) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: c.name.clone(),
-            uid: c.name.clone(),
+            uid: format!("{}-{run}", c.name),
             namespace: SANDBOX_NAMESPACE.into(),
             attempt: 0,
         }),
@@ -153,14 +155,16 @@ mod tests {
             user: Some("1000:1000".parse().unwrap()),
             working_dir: Some("/data".into()),
             stop_timeout: Some("30s".into()),
+            health: None,
         }
     }
 
     #[test]
     fn a_bridged_container_publishes_its_ports_from_its_own_namespace() {
         let c = web();
-        let s = sandbox_config(&c);
+        let s = sandbox_config(&c, "1");
         assert_eq!(s.hostname, "web");
+        assert_eq!(s.metadata.unwrap().uid, "web-1");
         assert_eq!(s.log_directory, "/run/cairn/containers/web");
         assert_eq!(s.labels[LABEL], "web");
         assert_eq!(s.port_mappings.len(), 2);
@@ -180,7 +184,7 @@ mod tests {
         let mut c = web();
         c.ports.clear();
         c.network = Network::Host;
-        let s = sandbox_config(&c);
+        let s = sandbox_config(&c, "1");
         let ns = s.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
         assert_eq!(ns.network, NamespaceMode::Node as i32);
         assert_eq!(s.hostname, "");
