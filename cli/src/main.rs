@@ -102,9 +102,11 @@ enum Command {
         /// Take prebuilt static binaries from DIR instead of building them with cargo.
         #[arg(long, value_name = "DIR")]
         binaries: Option<PathBuf>,
-        /// Skip writing disk.qcow2.
-        #[arg(long)]
-        no_qcow2: bool,
+        /// The disk's formats, comma-separated: raw (always made), qcow2, vhd (fixed, Azure),
+        /// vmdk (stream-optimized: VMware, AWS), gce (disk.tar.gz). Default: the spec's
+        /// `output.formats` (raw and qcow2 unless it says).
+        #[arg(long, value_name = "LIST")]
+        format: Option<String>,
         /// Trust this TUF root metadata (a feed's `metadata/1.root.json`): the image reads its
         /// feed as a TUF repository, and the release is written to OUT/release/ for
         /// `cairn release publish --keys`.
@@ -282,7 +284,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("root {version} of {} names the new {} key", feed.display(), cairn_tuf::keys::role_name(role));
             Ok(())
         }
-        Command::Build { spec, version, out, cache, binaries, no_qcow2, trust_root, locked, update_lock, quiet } => {
+        Command::Build { spec, version, out, cache, binaries, format, trust_root, locked, update_lock, quiet } => {
             let opts = build::BuildOptions {
                 spec_path: spec,
                 version,
@@ -292,7 +294,7 @@ fn run(cli: Cli) -> Result<()> {
                 binaries: binaries.map(binaries::Source::Dir).unwrap_or_else(binaries::Source::default_cargo),
                 interactive: std::io::stderr().is_terminal(),
                 quiet,
-                qcow2: !no_qcow2,
+                formats: format.as_deref().map(cairn_image::formats::parse_list).transpose()?,
                 trust_root,
                 lock: match (locked, update_lock) {
                     (true, _) => LockMode::Locked,

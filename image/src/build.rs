@@ -31,7 +31,8 @@ pub struct BuildOptions {
     pub binaries: binaries::Source,
     pub interactive: bool,
     pub quiet: bool,
-    pub qcow2: bool,
+    /// The disk's formats; `None`: the spec's `output.formats`.
+    pub formats: Option<Vec<crate::formats::Format>>,
     /// The TUF root metadata the image trusts: its feed is a TUF repository, and a release
     /// directory (`out/release/`, for `cairn release publish --keys`) is written.
     pub trust_root: Option<PathBuf>,
@@ -536,24 +537,38 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         disk::write(&raw, disk_guid, disk_size, &parts)?;
         Ok(((), false))
     })?;
-    let qcow2 = opts.out.join("disk.qcow2");
+    let formats = match &opts.formats {
+        Some(f) => f.clone(),
+        None => spec.output.formats()?,
+    };
+    // An earlier build's disk in a format not made now would pass for this one's.
+    for name in crate::formats::Format::NAMES.iter().filter_map(|n| crate::formats::Format::parse(n)) {
+        if !formats.contains(&name) {
+            let _ = std::fs::remove_file(opts.out.join(name.file_name()));
+        }
+    }
     let usr_out = opts.out.join("usr.img");
     let _ = std::fs::remove_file(&usr_out);
     if std::fs::hard_link(&usr_img, &usr_out).is_err() {
         std::fs::copy(&usr_img, &usr_out)?;
     }
-    // qemu-img compresses on one core while the outputs are hashed on the other.
-    let outputs = steps.run("disk.qcow2 + checksums", || {
+    // Each format is converted by its own qemu-img or tar (each compresses on one core) while
+    // the outputs are hashed.
+    let outputs = steps.run("disk formats + checksums", || {
         std::thread::scope(|s| -> Result<_> {
-            let convert = opts.qcow2.then(|| s.spawn(|| fsimage::qcow2(&raw, &qcow2, false)));
+            let conversions: Vec<_> = formats
+                .iter()
+                .filter(|f| **f != crate::formats::Format::Raw)
+                .map(|f| s.spawn(|| crate::formats::convert(&raw, *f, &opts.out, epoch).map(|path| (*f, path))))
+                .collect();
             let mut outputs = BTreeMap::new();
             for (name, path) in [("disk.raw", &raw), ("uki", &uki_path), ("usr", &usr_out), ("initramfs", &initrd_path)]
             {
                 outputs.insert(name.to_string(), output_of(path)?);
             }
-            if let Some(c) = convert {
-                c.join().map_err(|_| anyhow::anyhow!("qcow2 conversion panicked"))??;
-                outputs.insert("disk.qcow2".to_string(), output_of(&qcow2)?);
+            for conversion in conversions {
+                let (format, path) = conversion.join().map_err(|_| anyhow::anyhow!("a disk conversion panicked"))??;
+                outputs.insert(format.file_name().to_string(), output_of(&path)?);
             }
             Ok((outputs, false))
         })

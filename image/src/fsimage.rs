@@ -49,20 +49,3 @@ pub fn set_times(path: &Path, epoch: u64) -> Result<()> {
     utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink)
         .with_context(|| format!("setting times of {}", path.display()))
 }
-
-/// A compressed qcow2 copy of a raw disk.
-pub fn qcow2(raw: &Path, out: &Path, progress: bool) -> Result<()> {
-    let tmp = out.with_extension("qcow2.tmp");
-    let mut cmd = Command::new("qemu-img");
-    cmd.args(["convert", "-f", "raw", "-O", "qcow2", "-c"]);
-    if progress {
-        cmd.arg("-p");
-        cmd.arg(raw).arg(&tmp);
-        crate::tools::run_visible(&mut cmd)?;
-    } else {
-        cmd.arg(raw).arg(&tmp);
-        run(&mut cmd)?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
-    Ok(())
-}

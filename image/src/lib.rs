@@ -7,6 +7,7 @@ pub mod configdrive;
 pub mod deb;
 pub mod disk;
 pub mod esp;
+pub mod formats;
 pub mod fsimage;
 pub mod initramfs;
 pub mod kmod;

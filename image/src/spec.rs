@@ -26,9 +26,37 @@ pub struct Spec {
     /// Directory trees (relative to the spec) copied into the image; only `usr/` may appear.
     #[serde(default)]
     pub overlay: Vec<String>,
+    #[serde(default)]
+    pub output: Output,
     /// The directory the spec was read from, for its relative paths.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
+}
+
+/// What the build writes besides the release's parts.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// The disk's formats (`crate::formats`); `cairn build --format` overrides them. The raw
+    /// disk is always made.
+    #[serde(default = "Output::default_formats")]
+    pub formats: Vec<String>,
+}
+
+impl Output {
+    fn default_formats() -> Vec<String> {
+        vec!["raw".into(), "qcow2".into()]
+    }
+
+    pub fn formats(&self) -> Result<Vec<crate::formats::Format>> {
+        crate::formats::parse_list(&self.formats.join(",")).context("output.formats")
+    }
+}
+
+impl Default for Output {
+    fn default() -> Output {
+        Output { formats: Output::default_formats() }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -159,12 +159,26 @@ fn which(p: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(p)).find(|p| p.is_file())
 }
 
+/// The disk's format for QEMU, by its magic: qcow2 and VMDK at the start, a VHD's footer
+/// (`conectix`) in its last 512 bytes; anything else is raw.
 fn image_format(path: &Path) -> Result<&'static str> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 8];
     let mut f = std::fs::File::open(path).with_context(|| format!("opening image {}", path.display()))?;
     let n = f.read(&mut magic)?;
-    Ok(if n == 4 && &magic == b"QFI\xfb" { "qcow2" } else { "raw" })
+    if n >= 4 && &magic[..4] == b"QFI\xfb" {
+        return Ok("qcow2");
+    }
+    if n >= 4 && &magic[..4] == b"KDMV" {
+        return Ok("vmdk");
+    }
+    if f.metadata()?.len() >= 512 {
+        f.seek(SeekFrom::End(-512))?;
+        if f.read(&mut magic)? == 8 && &magic == b"conectix" {
+            return Ok("vpc");
+        }
+    }
+    Ok("raw")
 }
 
 impl Vm {

@@ -59,6 +59,16 @@ pub fn image_with_cache(name: &str, spec: &str, version: &str, cache: &Path) -> 
     build_once(name, |dir| BuildOptions { cache: cache.to_path_buf(), ..build_options(spec, version, dir) })
 }
 
+/// Like [`image`], with the disk in `formats` too.
+pub fn image_in_formats(
+    name: &str,
+    spec: &str,
+    version: &str,
+    formats: &[cairn_image::formats::Format],
+) -> Result<Image> {
+    build_once(name, |dir| BuildOptions { formats: Some(formats.to_vec()), ..build_options(spec, version, dir) })
+}
+
 /// Like [`image`], trusting the root of [`test_tuf_repository`] (and no key): the directory
 /// holds `release/` for `cairn_tuf::publish`.
 pub fn tuf_image(name: &str, spec: &str, version: &str) -> Result<Image> {
@@ -185,7 +195,7 @@ pub fn build_options(spec: &str, version: &str, out: PathBuf) -> BuildOptions {
         binaries: cairn_image::binaries::Source::default_cargo(),
         interactive: false,
         quiet: true,
-        qcow2: false,
+        formats: Some(vec![cairn_image::formats::Format::Raw]),
         trust_root: None,
         lock: cairn_image::lock::LockMode::Use,
     }

@@ -42,7 +42,7 @@ fn run() -> Result<()> {
     let opts = |binaries: cairn_image::binaries::Source| BuildOptions {
         binaries,
         cache: cache.clone(),
-        qcow2: true,
+        formats: Some(vec![cairn_image::formats::Format::Raw, cairn_image::formats::Format::Qcow2]),
         ..cairn_tests::build_options("images/default.toml", "1.0.0", work.join("default"))
     };
 
