@@ -151,6 +151,10 @@ enum Command {
         /// port); `/udp` for UDP. Repeatable.
         #[arg(long = "forward", value_name = "HOST:GUEST[/udp]")]
         forwards: Vec<cairn_qemu::Forward>,
+        /// The boot disk's bus: virtio (virtio-blk), scsi (virtio-scsi) or nvme, as clouds' VMs
+        /// have them.
+        #[arg(long, default_value = "virtio", value_parser = parse_disk_bus)]
+        disk_bus: cairn_qemu::DiskBus,
         /// Keep the image unchanged: the VM writes to a throwaway overlay.
         #[arg(long)]
         snapshot: bool,
@@ -319,6 +323,7 @@ fn run(cli: Cli) -> Result<()> {
             cpus,
             ssh_port,
             forwards,
+            disk_bus,
             snapshot,
             exit_on_ready,
             timeout,
@@ -327,7 +332,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let user_data = config.map(|file| UserData { file, drive: config_drive });
             let timeout = Duration::from_secs(timeout);
-            let options = RunOptions { mem, cpus, ssh_port, forwards, snapshot, exit_on_ready, timeout };
+            let options = RunOptions { mem, cpus, ssh_port, forwards, disk_bus, snapshot, exit_on_ready, timeout };
             run_vm(image, options, user_data)
         }
     }
@@ -335,6 +340,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn unix_now() -> Result<u64> {
     Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())
+}
+
+fn parse_disk_bus(s: &str) -> Result<cairn_qemu::DiskBus, String> {
+    cairn_qemu::DiskBus::parse(s).ok_or_else(|| format!("{s:?}: one of {}", cairn_qemu::DiskBus::NAMES.join(", ")))
 }
 
 #[cfg(test)]

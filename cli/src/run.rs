@@ -11,6 +11,7 @@ pub struct RunOptions {
     pub ssh_port: Option<u16>,
     /// Host loopback ports forwarded to the guest's (published container ports).
     pub forwards: Vec<cairn_qemu::Forward>,
+    pub disk_bus: cairn_qemu::DiskBus,
     pub snapshot: bool,
     pub exit_on_ready: bool,
     pub timeout: Duration,
@@ -46,6 +47,7 @@ pub fn run_vm(image: PathBuf, o: RunOptions, user_data: Option<UserData>) -> Res
     cfg.cpus = o.cpus;
     cfg.ssh_port = o.ssh_port;
     cfg.forwards = o.forwards.clone();
+    cfg.disk_bus = o.disk_bus;
     cfg.echo_console = true;
     // Lives until QEMU exits (it reads the drive while the guest runs).
     let scratch = tempfile::tempdir()?;

@@ -412,8 +412,11 @@ mod tests {
 
     #[test]
     fn every_encoding_of_coreos_write_files_example_decodes() {
-        let doc =
-            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/coreos-doc-write-files.yaml")).unwrap();
+        let doc = std::fs::read(format!(
+            "{}/tests/corpus/coreos-doc-write-files.yaml",
+            std::env::var("CARGO_MANIFEST_DIR").unwrap()
+        ))
+        .unwrap();
         let files = config(&doc).write_files;
         let content: Vec<(&str, String, u32)> = files
             .iter()

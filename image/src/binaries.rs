@@ -17,11 +17,15 @@ pub enum Source {
 }
 
 impl Source {
-    /// The workspace this builder was compiled from, unless overridden by `CAIRN_SOURCE`.
+    /// The workspace: `CAIRN_SOURCE` if set; else the package cargo runs us from (tests, `cargo
+    /// run`: every package is one level down); else the one this builder was compiled from.
+    /// (Cargo reuses a build from another clone that shares the target directory, so the path
+    /// compiled in may be of a clone since deleted.)
     pub fn default_cargo() -> Source {
+        let package = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
         let workspace = std::env::var_os("CAIRN_SOURCE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf());
+            .unwrap_or_else(|| Path::new(&package).parent().expect("workspace").to_path_buf());
         let target_dir =
             std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
         Source::Cargo { workspace, target_dir, cargo_home: None }

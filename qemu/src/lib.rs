@@ -93,6 +93,51 @@ pub struct VmConfig {
     /// fw_cfg entries the guest reads under /sys/firmware/qemu_fw_cfg: (name, file).
     pub fw_cfg: Vec<(String, PathBuf)>,
     pub extra_args: Vec<String>,
+    /// The bus the boot disk is on (clouds' VMs have NVMe or SCSI disks).
+    pub disk_bus: DiskBus,
+}
+
+/// The controller of the boot disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    /// virtio-scsi (GCE's and many clouds' SCSI disks).
+    Scsi,
+    /// NVMe (AWS Nitro, Azure's newer sizes, GCE's NVMe).
+    Nvme,
+}
+
+impl DiskBus {
+    pub const NAMES: &[&str] = &["virtio", "scsi", "nvme"];
+
+    pub fn parse(s: &str) -> Option<DiskBus> {
+        match s {
+            "virtio" => Some(DiskBus::Virtio),
+            "scsi" => Some(DiskBus::Scsi),
+            "nvme" => Some(DiskBus::Nvme),
+            _ => None,
+        }
+    }
+
+    /// QEMU's arguments that attach `file` (of `format`) as the boot disk on this bus.
+    pub fn qemu_args(&self, format: &str, file: &Path) -> Vec<String> {
+        let drive = |iface: &str| format!("if={iface},format={format},file={},id=disk0", file.display());
+        match self {
+            DiskBus::Virtio => vec!["-drive".into(), drive("virtio")],
+            DiskBus::Scsi => vec![
+                "-device".into(),
+                "virtio-scsi-pci,id=scsi0".into(),
+                "-drive".into(),
+                drive("none"),
+                "-device".into(),
+                "scsi-hd,drive=disk0,bus=scsi0.0".into(),
+            ],
+            DiskBus::Nvme => {
+                vec!["-drive".into(), drive("none"), "-device".into(), "nvme,drive=disk0,serial=cairn0".into()]
+            }
+        }
+    }
 }
 
 impl VmConfig {
@@ -112,6 +157,7 @@ impl VmConfig {
             extra_disks: Vec::new(),
             fw_cfg: Vec::new(),
             extra_args: Vec::new(),
+            disk_bus: DiskBus::Virtio,
         }
     }
 }
@@ -237,7 +283,7 @@ impl Vm {
                     overlay = Some(o.clone());
                     (o, "qcow2")
                 };
-                cmd.arg("-drive").arg(format!("if=virtio,format={},file={}", disk.1, disk.0.display()));
+                cmd.args(cfg.disk_bus.qemu_args(disk.1, &disk.0));
             }
             Boot::Kernel { kernel, initrd, append } => {
                 cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);

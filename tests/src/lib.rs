@@ -14,9 +14,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-/// Where the workspace lives (the tests crate's parent).
+/// Where the workspace lives: the parent of the package cargo runs us from (every package is
+/// one level down), else of the tests crate as compiled. (Cargo reuses a build from another
+/// clone that shares the target directory, so the path compiled in may be of a deleted clone.)
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    let package = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&package).parent().expect("workspace").to_path_buf()
 }
 
 /// A directory for test images, kept between runs so rebuilds are incremental.

@@ -76,7 +76,7 @@ fn yaml_lines(doc: &[u8]) -> usize {
 }
 
 fn corpus() -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tests/corpus");
+    let dir = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../config/tests/corpus");
     let mut docs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .expect("the cloud-config corpus")
         .map(|e| e.expect("entry").path())
