@@ -38,6 +38,7 @@ ssh-keygen:openssh-client
 /usr/share/doc/python3-venv/copyright:python3-venv
 docker-registry:docker-registry
 skopeo:skopeo
+cloud-localds:cloud-image-utils
 "
 
 missing=""

@@ -155,6 +155,13 @@ enum Command {
         /// have them.
         #[arg(long, default_value = "virtio", value_parser = parse_disk_bus)]
         disk_bus: cairn_qemu::DiskBus,
+        /// The network card: virtio (virtio-net), e1000e or e1000.
+        #[arg(long, default_value = "virtio", value_parser = parse_nic)]
+        nic: cairn_qemu::Nic,
+        /// Attach FILE, read-only and raw, as another virtio disk (a NoCloud seed from
+        /// `cloud-localds`, a config drive). Repeatable.
+        #[arg(long = "attach", value_name = "FILE")]
+        attach: Vec<PathBuf>,
         /// Keep the image unchanged: the VM writes to a throwaway overlay.
         #[arg(long)]
         snapshot: bool,
@@ -324,6 +331,8 @@ fn run(cli: Cli) -> Result<()> {
             ssh_port,
             forwards,
             disk_bus,
+            nic,
+            attach,
             snapshot,
             exit_on_ready,
             timeout,
@@ -332,7 +341,8 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let user_data = config.map(|file| UserData { file, drive: config_drive });
             let timeout = Duration::from_secs(timeout);
-            let options = RunOptions { mem, cpus, ssh_port, forwards, disk_bus, snapshot, exit_on_ready, timeout };
+            let options =
+                RunOptions { mem, cpus, ssh_port, forwards, disk_bus, nic, attach, snapshot, exit_on_ready, timeout };
             run_vm(image, options, user_data)
         }
     }
@@ -340,6 +350,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn unix_now() -> Result<u64> {
     Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())
+}
+
+fn parse_nic(s: &str) -> Result<cairn_qemu::Nic, String> {
+    cairn_qemu::Nic::parse(s).ok_or_else(|| format!("{s:?}: one of {}", cairn_qemu::Nic::NAMES.join(", ")))
 }
 
 fn parse_disk_bus(s: &str) -> Result<cairn_qemu::DiskBus, String> {

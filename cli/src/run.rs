@@ -12,6 +12,9 @@ pub struct RunOptions {
     /// Host loopback ports forwarded to the guest's (published container ports).
     pub forwards: Vec<cairn_qemu::Forward>,
     pub disk_bus: cairn_qemu::DiskBus,
+    pub nic: cairn_qemu::Nic,
+    /// More disks (seeds, config drives, data).
+    pub attach: Vec<PathBuf>,
     pub snapshot: bool,
     pub exit_on_ready: bool,
     pub timeout: Duration,
@@ -48,6 +51,13 @@ pub fn run_vm(image: PathBuf, o: RunOptions, user_data: Option<UserData>) -> Res
     cfg.ssh_port = o.ssh_port;
     cfg.forwards = o.forwards.clone();
     cfg.disk_bus = o.disk_bus;
+    cfg.nic = o.nic;
+    for file in &o.attach {
+        if !file.exists() {
+            bail!("--attach {}: no such file", file.display());
+        }
+        cfg.extra_disks.push(file.clone());
+    }
     cfg.echo_console = true;
     // Lives until QEMU exits (it reads the drive while the guest runs).
     let scratch = tempfile::tempdir()?;

@@ -308,6 +308,18 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         note(host.stage(auth_file, text.as_bytes(), 0o600, 0, 0)?, auth_file.into());
     }
     let drop_auth_file = auth.is_none() && host.read(auth_file).starts_with(MARK);
+    let ntp_file = crate::ntp::CONFIG_SOURCES;
+    if let Some(ntp) = &c.ntp {
+        note(host.stage(ntp_file, crate::ntp::config_sources(ntp, MARK).as_bytes(), 0o644, 0, 0)?, ntp_file.into());
+    }
+    let drop_ntp_file = c.ntp.is_none() && host.read(ntp_file).starts_with(MARK);
+    // The network file is cloud-config's alone (cairn.network is how a user sets it).
+    let network_file = crate::network::CONFIG_FILE;
+    if let Some(net) = &c.network {
+        let text = serde_json::to_vec_pretty(net).expect("network settings serialize");
+        note(host.stage(network_file, &text, 0o644, 0, 0)?, network_file.into());
+    }
+    let drop_network_file = c.network.is_none() && !host.read(network_file).is_empty();
     let containers: Vec<String> = c.containers.iter().map(|k| k.name.clone()).collect();
     host.commit(staged)?;
     if drop_auth_file {
@@ -315,6 +327,14 @@ pub fn apply(c: &CloudConfig, host: &Host) -> Result<Vec<String>> {
         changed.push(format!("{auth_file} removed"));
     }
     prune_registries(host, &c.registries, &mut changed)?;
+    if drop_network_file {
+        host.remove(network_file)?;
+        changed.push(format!("{network_file} removed"));
+    }
+    if drop_ntp_file {
+        host.remove(ntp_file)?;
+        changed.push(format!("{ntp_file} removed"));
+    }
     if drop_update_file {
         host.remove(update_file)?;
         changed.push(format!("{update_file} removed"));

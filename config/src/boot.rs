@@ -7,8 +7,8 @@
 //! [`Machine`] so tests run all of this against a temporary directory and loopback servers.
 
 use crate::apply::{Host, apply};
-use crate::datasource::DatasourceError;
 pub use crate::datasource::Found;
+use crate::datasource::{DatasourceError, NetworkData, NetworkFormat};
 use crate::diag::Severity;
 use crate::document::{CloudConfig, Parsed, parse};
 pub use crate::platform::Machine;
@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 pub const LAST_GOOD: &str = "var/lib/cairn/cloud-config/user-data";
 /// Where it came from, beside it.
 pub const LAST_GOOD_SOURCE: &str = "var/lib/cairn/cloud-config/source";
+/// The network file found with it: its format's name on the first line, then its content.
+pub const LAST_GOOD_NETWORK: &str = "var/lib/cairn/cloud-config/network";
 
 /// One source tried: what it said and how long it took.
 #[derive(Clone, Debug)]
@@ -105,7 +107,7 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
     };
     let instance_only = (!found.instance.is_empty()).then(|| with_instance(CloudConfig::default()));
     // What to apply, what to call it, and whether it becomes the last good document.
-    let (config, what, keep) = match parse(&found.data) {
+    let (config, what, keep) = match read(&found) {
         Parsed::Empty => (instance_only, "instance metadata".to_string(), false),
         Parsed::Config(config, warnings) => {
             for w in &warnings {
@@ -127,7 +129,7 @@ pub fn configure(host: &Host, found: Option<Found>, find_ms: u64) -> Report {
                 Some(last) => {
                     let what = format!("the last good config (from {})", last.source);
                     status.last_good = Some(what.clone());
-                    match parse(&last.data) {
+                    match read(&last) {
                         Parsed::Config(config, _) => (Some(with_instance(*config)), what, false),
                         _ => {
                             lines.push(format!("{what} no longer parses; left as it is"));
@@ -195,7 +197,43 @@ fn changes(changed: &[String]) -> String {
     }
 }
 
+/// The user data and the network file beside it, read as one: either one invalid refuses both.
+/// `cairn.network` in the user data wins over the datasource's file.
+fn read(found: &Found) -> Parsed {
+    let parsed = parse(&found.data);
+    let Some(network) = &found.network else { return parsed };
+    match (parsed, network.parse()) {
+        (Parsed::Invalid(mut d), Err(n)) => {
+            d.extend(n);
+            Parsed::Invalid(d)
+        }
+        (Parsed::Invalid(d), Ok(_)) => Parsed::Invalid(d),
+        (_, Err(n)) => Parsed::Invalid(n),
+        (Parsed::Empty, Ok((net, warnings))) => {
+            Parsed::Config(Box::new(CloudConfig { network: Some(net), ..Default::default() }), warnings)
+        }
+        (Parsed::Config(mut c, mut warnings), Ok((net, more))) => {
+            c.network.get_or_insert(net);
+            warnings.extend(more);
+            Parsed::Config(c, warnings)
+        }
+    }
+}
+
 fn save_last_good(root: &Path, found: &Found) -> std::io::Result<()> {
+    let network = root.join(LAST_GOOD_NETWORK);
+    let network_text = found.network.as_ref().map(|n| [n.format.name().as_bytes(), b"\n", &n.data].concat());
+    match &network_text {
+        Some(t) if std::fs::read(&network).ok().as_ref() != Some(t) => {
+            std::fs::create_dir_all(network.parent().expect("a parent"))?;
+            cairn_release::durable::write_atomic(&network, t, 0o600)?
+        }
+        Some(_) => {}
+        None => match std::fs::remove_file(&network) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        },
+    }
     let data = root.join(LAST_GOOD);
     std::fs::create_dir_all(data.parent().expect("a parent"))?;
     let source = root.join(LAST_GOOD_SOURCE);
@@ -212,7 +250,14 @@ fn save_last_good(root: &Path, found: &Found) -> std::io::Result<()> {
 fn load_last_good(root: &Path) -> Option<Found> {
     let data = std::fs::read(root.join(LAST_GOOD)).ok()?;
     let source = std::fs::read_to_string(root.join(LAST_GOOD_SOURCE)).unwrap_or_else(|_| "unknown".into());
-    Some(Found::user_data(source, data))
+    let mut found = Found::user_data(source, data);
+    if let Ok(text) = std::fs::read(root.join(LAST_GOOD_NETWORK))
+        && let Some(newline) = text.iter().position(|b| *b == b'\n')
+        && let Some(format) = std::str::from_utf8(&text[..newline]).ok().and_then(NetworkFormat::from_name)
+    {
+        found.network = Some(NetworkData { format, data: text[newline + 1..].to_vec() });
+    }
+    Some(found)
 }
 
 #[cfg(test)]
@@ -241,6 +286,46 @@ mod tests {
         assert_eq!(read("etc/hostname"), "good\n");
         assert!(read("home/core/.ssh/authorized_keys").contains("good@x"));
         assert_eq!(read(LAST_GOOD), good, "the refused document is not kept");
+    }
+
+    /// A seed whose network-config is wrong is refused whole (its user data too), and the
+    /// network of the last good seed stays: a typo never costs the host its address.
+    #[test]
+    fn a_bad_network_config_refuses_the_seed_and_the_last_good_network_stays() {
+        let (t, h) = host();
+        let seed = |hostname: &str, network: &str| {
+            let mut f = Found::user_data(
+                "cidata /dev/sr0".into(),
+                format!("#cloud-config\nhostname: {hostname}\n").into_bytes(),
+            );
+            f.network = Some(NetworkData { format: NetworkFormat::NoCloud, data: network.as_bytes().to_vec() });
+            Some(f)
+        };
+        let good = "version: 2\nethernets:\n  eth0: {addresses: [10.0.2.15/24], gateway4: 10.0.2.2}\n";
+        let r = configure(&h, seed("good", good), 1);
+        assert_eq!(r.status.outcome, Outcome::Applied, "{:?}", r.lines);
+        let saved = crate::network::apply::load(t.path()).unwrap();
+        assert_eq!(saved.interfaces[0].addresses[0].to_string(), "10.0.2.15/24");
+        assert!(!saved.interfaces[0].dhcp4);
+
+        let typo = "version: 2\nethernets:\n  eth0: {addresses: [10.0.2.15/244], gateway4: 10.0.2.2}\n";
+        let r = configure(&h, seed("other", typo), 1);
+        assert_eq!(r.status.outcome, Outcome::Refused);
+        assert!(
+            r.lines.iter().any(|l| l.contains("3:22: error: network-config.ethernets.eth0.addresses[0]")),
+            "{:?}",
+            r.lines
+        );
+        assert_eq!(std::fs::read_to_string(t.path().join("etc/hostname")).unwrap(), "good\n");
+        assert_eq!(crate::network::apply::load(t.path()).unwrap(), saved);
+
+        // cairn.network in the user data wins over the seed's file; without either, DHCP.
+        let mut f = seed("good", good).unwrap();
+        f.data = b"#cloud-config\ncairn:\n  network:\n    interfaces: [{match: {name: eth1}}]\n".to_vec();
+        configure(&h, Some(f), 1);
+        assert_eq!(crate::network::apply::load(t.path()).unwrap().interfaces[0].matching.name.as_deref(), Some("eth1"));
+        configure(&h, found("#cloud-config\nhostname: plain\n"), 1);
+        assert_eq!(crate::network::apply::load(t.path()).unwrap(), crate::network::NetworkConfig::default());
     }
 
     #[test]

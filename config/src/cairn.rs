@@ -7,7 +7,7 @@ use cairn_release::service_file::{Ready, Restart, ServiceFile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const KEYS: &[&str] = &["update", "services", "containers", "registries"];
+pub const KEYS: &[&str] = &["update", "services", "containers", "registries", "ntp", "network"];
 
 /// The keys of a `cairn.services` entry: its name, and the fields of cairn-init's service files
 /// (`cairn_release::service_file`) but `tty` (a development image's console shell, not for

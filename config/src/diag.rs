@@ -22,6 +22,12 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    pub fn error_at(line: usize, column: usize, path: &str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic { severity: Severity::Error, line, column, path: path.into(), message: message.into() }
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let severity = match self.severity {

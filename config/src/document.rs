@@ -40,6 +40,10 @@ pub struct CloudConfig {
     pub containers: Vec<Container>,
     /// How containerd reaches registries (`cairn.registries`).
     pub registries: Vec<crate::registry::Registry>,
+    /// chronyd's time sources (`cairn.ntp`); without it, the platform's.
+    pub ntp: Option<crate::ntp::Ntp>,
+    /// The interfaces' configuration (`cairn.network`, or the datasource's network file).
+    pub network: Option<crate::network::NetworkConfig>,
 }
 
 /// What a document turned out to be.
@@ -159,6 +163,16 @@ fn within(mut d: Diagnostic, text: &str) -> Diagnostic {
         d.column = last.chars().count() + 1;
     }
     d
+}
+
+/// A YAML document that is not user data (a NoCloud `network-config`) as a marked tree, with
+/// the same limits: no deeper than `MAX_DEPTH`, no duplicate keys.
+pub fn load_yaml(text: &str) -> Result<Node, Diagnostic> {
+    if let Some(too_deep) = too_deep(text) {
+        return Err(too_deep);
+    }
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| within(load_error(&e), text))
 }
 
 /// Reads user data: `#cloud-config` on the first line (gzip-compressed or not).
@@ -335,6 +349,12 @@ fn read(w: &mut Walker, root: &Node) -> CloudConfig {
         }
         if let Some((v, p)) = cf.get("registries") {
             c.registries = crate::registry::registries(w, v, &p);
+        }
+        if let Some((v, p)) = cf.get("ntp") {
+            c.ntp = crate::ntp::ntp(w, v, &p);
+        }
+        if let Some((v, p)) = cf.get("network") {
+            c.network = crate::network::cairn::network(w, v, &p);
         }
         unique(w, c.services.iter().map(|s| s.name.as_str()), v, &p, "services");
         unique(w, c.containers.iter().map(|k| k.name.as_str()), v, &p, "containers");

@@ -16,6 +16,8 @@ pub mod document;
 pub mod files;
 pub mod instance;
 pub mod local;
+pub mod network;
+pub mod ntp;
 pub mod platform;
 pub mod registry;
 pub mod rooted;

@@ -15,10 +15,12 @@ pub const FW_CFG_NAME: &str = "opt/cairn/user-data";
 pub const CONFIG_DRIVE_LABEL: &str = "config-2";
 pub const CONFIG_DRIVE_USER_DATA: &str = "openstack/latest/user_data";
 pub const CONFIG_DRIVE_META_DATA: &str = "openstack/latest/meta_data.json";
+pub const CONFIG_DRIVE_NETWORK_DATA: &str = "openstack/latest/network_data.json";
 /// A NoCloud volume: its label and where the user data is on it.
 pub const NOCLOUD_LABEL: &str = "cidata";
 pub const NOCLOUD_USER_DATA: &str = "user-data";
 pub const NOCLOUD_META_DATA: &str = "meta-data";
+pub const NOCLOUD_NETWORK_CONFIG: &str = "network-config";
 
 /// The user data in fw_cfg entry `name` under `dir`; `None` if there is no such entry.
 pub fn fw_cfg(dir: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {

@@ -1,6 +1,7 @@
 //! Which platform the host runs on (so a QEMU host never waits on a cloud's metadata
 //! address), and the datasources it tries, in order: decided here and nowhere else.
 
+use crate::datasource::azure::{Azure, WIRE_SERVER};
 use crate::datasource::volume::{Kind, Volume};
 use crate::datasource::{Datasource, ec2::Ec2, fw_cfg::FwCfg, gce::Gce, openstack::OpenStack, url::Url};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,9 @@ pub struct Machine {
     /// `http://169.254.169.254` on a cloud.
     pub metadata_base: String,
 }
+
+/// The chassis asset tag of every Azure VM (what cloud-init and WALinuxAgent look for).
+pub const AZURE_ASSET_TAG: &str = "7783-7084-3265-9085-8269-3286-77";
 
 /// Where the link-local metadata services listen.
 pub const LINK_LOCAL: &str = "http://169.254.169.254";
@@ -63,6 +67,7 @@ pub enum Platform {
     Ec2,
     Gce,
     OpenStack,
+    Azure,
     /// Bare metal or an unknown hypervisor: only local sources.
     Other,
 }
@@ -74,12 +79,13 @@ impl Platform {
             Platform::Ec2 => "ec2",
             Platform::Gce => "gce",
             Platform::OpenStack => "openstack",
+            Platform::Azure => "azure",
             Platform::Other => "other",
         }
     }
 
     fn from_name(name: &str) -> Option<Platform> {
-        [Platform::Qemu, Platform::Ec2, Platform::Gce, Platform::OpenStack, Platform::Other]
+        [Platform::Qemu, Platform::Ec2, Platform::Gce, Platform::OpenStack, Platform::Azure, Platform::Other]
             .into_iter()
             .find(|p| p.name() == name)
     }
@@ -94,6 +100,8 @@ impl Platform {
         let has = |s: &str, what: &str| s.to_ascii_lowercase().contains(what);
         if has(&dmi.sys_vendor, "amazon") || has(&dmi.bios_vendor, "amazon") {
             Platform::Ec2
+        } else if dmi.chassis_asset_tag == AZURE_ASSET_TAG {
+            Platform::Azure
         } else if has(&dmi.sys_vendor, "google") || has(&dmi.product_name, "google compute engine") {
             Platform::Gce
         } else if has(&dmi.sys_vendor, "openstack")
@@ -129,6 +137,7 @@ impl Platform {
                 out.push(volume(Kind::ConfigDrive));
                 out.push(Box::new(OpenStack { base }));
             }
+            Platform::Azure => out.push(Box::new(Azure { base, wire_server: WIRE_SERVER.to_string() })),
             Platform::Other => {
                 out.push(volume(Kind::ConfigDrive));
                 out.push(volume(Kind::NoCloud));

@@ -70,6 +70,14 @@ impl<'n> Fields<'n> {
     pub fn path(&self) -> &str {
         &self.path
     }
+
+    /// The same fields with `from` read as `to` (another format's name for the same setting).
+    pub fn renamed(mut self, from: &str, to: &str) -> Fields<'n> {
+        if let Some(v) = self.entries.remove(from) {
+            self.entries.insert(to.to_string(), v);
+        }
+        self
+    }
 }
 
 #[derive(Default)]

@@ -14,6 +14,7 @@ fn set(list: &[&str]) -> BTreeSet<String> {
 
 #[test]
 fn the_schema_names_the_parsers_keys() {
+    use cairn_config::network::cairn as net;
     let path = format!("{}/../docs/cloud-config.schema.json", std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let defs = &schema["$defs"];
@@ -30,6 +31,24 @@ fn the_schema_names_the_parsers_keys() {
         (keys(&defs["service"]), set(&cairn::service_keys()), "cairn.services"),
         (keys(&defs["container"]), set(cairn::CONTAINER_KEYS), "cairn.containers"),
         (keys(&defs["registry"]), set(cairn_config::registry::REGISTRY_KEYS), "cairn.registries"),
+        (keys(&schema["properties"]["cairn"]["properties"]["ntp"]), set(cairn_config::ntp::KEYS), "cairn.ntp"),
+        (keys(&defs["network"]), set(net::KEYS), "cairn.network"),
+        (
+            keys(&defs["network"]["properties"]["interfaces"]["items"]),
+            set(net::INTERFACE_KEYS),
+            "cairn.network.interfaces",
+        ),
+        (
+            keys(&defs["network"]["properties"]["interfaces"]["items"]["properties"]["match"]),
+            set(net::MATCH_KEYS),
+            "cairn.network.interfaces[].match",
+        ),
+        (
+            keys(&defs["network"]["properties"]["interfaces"]["items"]["properties"]["routes"]["items"]),
+            set(net::ROUTE_KEYS),
+            "cairn.network.interfaces[].routes",
+        ),
+        (keys(&defs["network"]["properties"]["dns"]), set(net::DNS_KEYS), "cairn.network.dns"),
         (keys(&defs["user"]), set(users::KEYS), "users"),
         (keys(&defs["write_file"]), set(files::KEYS), "write_files"),
     ];

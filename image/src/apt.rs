@@ -72,17 +72,35 @@ impl Apt {
         c
     }
 
-    /// The packages and everything they depend on (no recommends), as for an empty system.
-    pub fn resolve_closure(&self, packages: &[String]) -> Result<Vec<Deb>> {
+    /// The packages and everything they depend on (no recommends), as for an empty system, but
+    /// for `without`, which apt is told are installed (at their candidate versions).
+    pub fn resolve_closure(&self, packages: &[String], without: &[String]) -> Result<Vec<Deb>> {
         if packages.is_empty() {
             return Ok(Vec::new());
         }
+        self.assume_installed(without)?;
         let mut cmd = self.command(&self.empty_archives());
         cmd.args(["--print-uris", "-qq", "-y", "install"]).args(packages);
         let out = run(&mut cmd).map_err(|e| explain_apt_failure(e, packages))?;
         let mut debs = parse_print_uris(&String::from_utf8_lossy(&out.stdout))?;
         debs.sort_by(|a, b| a.package.cmp(&b.package));
         Ok(debs)
+    }
+
+    /// Writes the status file apt resolves against: empty, or `packages` as installed, each
+    /// described by its candidate's own fields so versioned dependencies on it are met.
+    fn assume_installed(&self, packages: &[String]) -> Result<()> {
+        let mut status = String::new();
+        for p in packages {
+            let out = run(Command::new("apt-cache").args(["show", "--no-all-versions", p]))
+                .map_err(|e| explain_apt_failure(e, std::slice::from_ref(p)))?;
+            status.push_str(
+                &installed_stanza(&String::from_utf8_lossy(&out.stdout))
+                    .with_context(|| format!("apt-cache show {p} gave no package"))?,
+            );
+        }
+        let path = self.status_file();
+        std::fs::write(&path, status).with_context(|| format!("writing {}", path.display()))
     }
 
     /// The exact versioned kernel package behind `package` (a meta package such as
@@ -180,6 +198,27 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The first stanza of `apt-cache show` as a dpkg status entry of an installed package: the
+/// fields dependency resolution reads, and the status.
+fn installed_stanza(show: &str) -> Option<String> {
+    const KEPT: &[&str] = &["Package", "Version", "Architecture", "Multi-Arch", "Provides"];
+    let first = show.split("\n\n").next()?;
+    let mut out = String::new();
+    for line in first.lines().filter(|l| !l.starts_with(' ')) {
+        if let Some((key, _)) = line.split_once(':')
+            && KEPT.contains(&key)
+        {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !out.starts_with("Package:") {
+        return None;
+    }
+    out.push_str("Status: install ok installed\n\n");
+    Some(out)
+}
+
 /// Parses apt's `--print-uris` lines: `'URI' FILENAME SIZE SHA256:HEX`.
 fn parse_print_uris(text: &str) -> Result<Vec<Deb>> {
     let mut debs = Vec::new();
@@ -213,6 +252,19 @@ fn package_version_from_filename(f: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_left_out_dependency_is_an_installed_status_entry_of_its_candidate() {
+        let show = "Package: debconf\nVersion: 1.5.82\nInstalled-Size: 512\nMaintainer: x\nArchitecture: all\n\
+                    Multi-Arch: foreign\nProvides: debconf-2.0\nDescription: Debian configuration\n \
+                    Version: 9\n\nPackage: debconf\nVersion: 1.0\n";
+        assert_eq!(
+            installed_stanza(show).unwrap(),
+            "Package: debconf\nVersion: 1.5.82\nArchitecture: all\nMulti-Arch: foreign\nProvides: debconf-2.0\n\
+             Status: install ok installed\n\n"
+        );
+        assert_eq!(installed_stanza(""), None);
+    }
 
     /// A cached file that is not the one the lock (or apt's index) names is refused and removed,
     /// never unpacked into an image.

@@ -140,7 +140,11 @@ pub fn lock_spec(
 ) -> Result<(Lock, Vec<String>)> {
     let spec = Spec::load(spec_path)?;
     let apt = Apt::new(&cache.join("apt"))?;
-    let requested = Requested { packages: spec.packages.all(), kernel: spec.kernel.package.clone() };
+    let requested = Requested {
+        packages: spec.packages.all(),
+        kernel: spec.kernel.package.clone(),
+        without: spec.packages.without.clone(),
+    };
     settle_lock(&apt, &crate::lock::path_for(spec_path), requested, mode, toolchain)
 }
 
@@ -195,7 +199,7 @@ fn settle_lock(
     let mut lock = match kept {
         Some(lock) => lock,
         None => {
-            let debs = apt.resolve_closure(&requested.packages)?;
+            let debs = apt.resolve_closure(&requested.packages, &requested.without)?;
             let (kernel, meta) = apt.resolve_kernel(&requested.kernel)?;
             let mut lock = Lock::new(requested, &debs, &kernel, meta.as_ref());
             lock.toolchain = existing.as_ref().and_then(|l| l.toolchain.clone());
@@ -237,7 +241,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     // Cargo compiles Cairn's binaries while apt resolves and downloads.
     let lock_path = crate::lock::path_for(&opts.spec_path);
     let toolchain = binaries::toolchain(&opts.binaries)?;
-    let requested = Requested { packages: spec.packages.all(), kernel: spec.kernel.package.clone() };
+    let requested = Requested {
+        packages: spec.packages.all(),
+        kernel: spec.kernel.package.clone(),
+        without: spec.packages.without.clone(),
+    };
     let (bins, (debs, kernel, kernel_meta, lock)) = std::thread::scope(|s| -> Result<_> {
         let cargo = s.spawn(|| binaries::obtain(&opts.binaries, &spec.cairn.binaries, opts.quiet));
         let fetched = steps.run("resolve + fetch", || {
@@ -338,6 +346,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         let mods_dest = usr.join("lib/modules").join(&kernel_release);
         rootfs::link_tree(&modules_dir, &mods_dest, &mut stats)?;
         rootfs::write_file(&mods_dest.join("modules.dep"), index.modules_dep()?.as_bytes(), 0o644)?;
+        rootfs::write_file(&mods_dest.join("modules.alias"), index.modules_alias(None).as_bytes(), 0o644)?;
         rootfs::busybox_links(&tree)?;
         for dir in &overlays {
             rootfs::link_tree(dir, &tree, &mut MergeStats::default())?;
@@ -405,16 +414,22 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         let mut initrd = Initramfs::new(epoch);
         let init = bins.iter().find(|b| b.name == "cairn-init").context("no cairn-init binary")?;
         initrd.file("init", std::fs::read(&init.path)?, 0o755);
+        // Drivers are loaded for the devices present (modules.alias); the rest (dm-verity,
+        // erofs and what they need) at every boot, in order.
+        let always: Vec<String> = index.without_devices(&initrd_modules).into_iter().cloned().collect();
         let mut load = String::new();
+        for m in index.closure(&always)? {
+            load.push_str(&format!("/lib/modules/{kernel_release}/{}\n", index.modules[&m].rel_path));
+        }
         for m in &initrd_modules {
             let rel = &index.modules[m].rel_path;
-            let dest = format!("lib/modules/{kernel_release}/{rel}");
-            initrd.file(&dest, std::fs::read(modules_dir.join(rel))?, 0o644);
-            load.push('/');
-            load.push_str(&dest);
-            load.push('\n');
+            initrd.file(&format!("lib/modules/{kernel_release}/{rel}"), std::fs::read(modules_dir.join(rel))?, 0o644);
         }
         initrd.file(MODULES_LOAD, load.into_bytes(), 0o644);
+        let dep = index.modules_dep_of(Some(&initrd_modules))?;
+        initrd.file(&format!("lib/modules/{kernel_release}/modules.dep"), dep.into_bytes(), 0o644);
+        let alias = index.modules_alias(Some(&initrd_modules));
+        initrd.file(&format!("lib/modules/{kernel_release}/modules.alias"), alias.into_bytes(), 0o644);
         initrd.file("etc/initrd-release", os_release.clone().into_bytes(), 0o644);
         initrd.symlink("etc/os-release", "initrd-release");
         std::fs::write(&initrd_path, initrd.to_cpio()?)?;

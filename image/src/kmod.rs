@@ -16,6 +16,15 @@ pub struct Module {
     /// Path relative to `lib/modules/<kver>/`, e.g. `kernel/drivers/md/dm-verity.ko`.
     pub rel_path: String,
     pub depends: Vec<String>,
+    /// The devices it drives, as modalias patterns (`pci:v00001AF4d00001000sv*sd*bc*sc*i*`),
+    /// and its other names (`fs-erofs`, `devname:mapper/control`).
+    pub aliases: Vec<String>,
+}
+
+/// Whether an alias names devices (`BUS:...`, matched against a device's `modalias`) rather
+/// than another name of the module (`fs-erofs`, `char-major-10-236`, `devname:...`).
+pub fn is_device_alias(alias: &str) -> bool {
+    alias.contains(':') && !alias.starts_with("devname:")
 }
 
 /// Every module of a kernel's module tree, by normalized name.
@@ -38,8 +47,8 @@ impl ModuleIndex {
                 } else if path.extension().is_some_and(|e| e == "ko") {
                     let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
                     let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                    let (name, depends) = modinfo(&data).with_context(|| format!("modinfo of {rel}"))?;
-                    index.modules.insert(normalize(&name), Module { rel_path: rel, depends });
+                    let (name, depends, aliases) = modinfo(&data).with_context(|| format!("modinfo of {rel}"))?;
+                    index.modules.insert(normalize(&name), Module { rel_path: rel, depends, aliases });
                 }
             }
         }
@@ -85,11 +94,41 @@ impl ModuleIndex {
         Ok(())
     }
 
+    /// A `modules.alias` in depmod's format (`alias PATTERN NAME`) of the device aliases of
+    /// `only` (every module when `None`), sorted.
+    pub fn modules_alias(&self, only: Option<&[String]>) -> String {
+        let mut lines: Vec<String> = self
+            .modules
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|o| o.contains(name)))
+            .flat_map(|(name, m)| {
+                m.aliases.iter().filter(|a| is_device_alias(a)).map(move |a| format!("alias {a} {name}\n"))
+            })
+            .collect();
+        lines.sort();
+        lines.concat()
+    }
+
+    /// Of `names` (a closure, in load order), those that drive no device: loaded at every
+    /// boot, where the rest are loaded for the devices present.
+    pub fn without_devices<'a>(&self, names: &'a [String]) -> Vec<&'a String> {
+        names
+            .iter()
+            .filter(|n| self.modules.get(*n).is_some_and(|m| !m.aliases.iter().any(|a| is_device_alias(a))))
+            .collect()
+    }
+
     /// A `modules.dep` in depmod's format: each module, then its dependencies, the one to load
     /// first last (modprobe loads the list from the end).
     pub fn modules_dep(&self) -> Result<String> {
+        self.modules_dep_of(None)
+    }
+
+    /// `modules_dep` of `only` (a closure, so every dependency is in it).
+    pub fn modules_dep_of(&self, only: Option<&[String]>) -> Result<String> {
         let mut out = String::new();
-        let mut by_path: Vec<(&String, &Module)> = self.modules.iter().collect();
+        let mut by_path: Vec<(&String, &Module)> =
+            self.modules.iter().filter(|(name, _)| only.is_none_or(|o| o.contains(name))).collect();
         by_path.sort_by(|a, b| a.1.rel_path.cmp(&b.1.rel_path));
         for (name, m) in by_path {
             let deps = self.closure(std::slice::from_ref(name))?;
@@ -105,22 +144,25 @@ impl ModuleIndex {
     }
 }
 
-/// `name=` and `depends=` of a module's `.modinfo` section.
-fn modinfo(elf: &[u8]) -> Result<(String, Vec<String>)> {
+/// `name=`, `depends=` and `alias=` of a module's `.modinfo` section.
+fn modinfo(elf: &[u8]) -> Result<(String, Vec<String>, Vec<String>)> {
     let file = object::File::parse(elf)?;
     let section = file.section_by_name(".modinfo").context("no .modinfo section")?;
     let data = section.data()?;
     let mut name = None;
     let mut depends = Vec::new();
+    let mut aliases = Vec::new();
     for field in data.split(|b| *b == 0).filter(|f| !f.is_empty()) {
         let field = String::from_utf8_lossy(field);
         if let Some(n) = field.strip_prefix("name=") {
             name = Some(n.to_string());
         } else if let Some(d) = field.strip_prefix("depends=") {
             depends.extend(d.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+        } else if let Some(a) = field.strip_prefix("alias=") {
+            aliases.push(a.to_string());
         }
     }
-    Ok((name.context("no name= in .modinfo")?, depends))
+    Ok((name.context("no name= in .modinfo")?, depends, aliases))
 }
 
 #[cfg(test)]
@@ -132,10 +174,32 @@ mod tests {
         for (n, deps) in mods {
             i.modules.insert(
                 normalize(n),
-                Module { rel_path: format!("kernel/{n}.ko"), depends: deps.iter().map(|s| s.to_string()).collect() },
+                Module {
+                    rel_path: format!("kernel/{n}.ko"),
+                    depends: deps.iter().map(|s| s.to_string()).collect(),
+                    aliases: Vec::new(),
+                },
             );
         }
         i
+    }
+
+    #[test]
+    fn device_aliases_are_listed_and_modules_without_them_load_always() {
+        let mut i = index(&[("virtio_blk", &["virtio"]), ("virtio", &[]), ("erofs", &[]), ("dm-mod", &[])]);
+        let alias = |i: &mut ModuleIndex, m: &str, a: &[&str]| {
+            i.modules.get_mut(m).unwrap().aliases = a.iter().map(|s| s.to_string()).collect();
+        };
+        alias(&mut i, "virtio_blk", &["virtio:d00000002v*"]);
+        alias(&mut i, "erofs", &["fs-erofs"]);
+        alias(&mut i, "dm_mod", &["devname:mapper/control", "char-major-10-236"]);
+        assert_eq!(i.modules_alias(None), "alias virtio:d00000002v* virtio_blk\n");
+        assert_eq!(i.modules_alias(Some(&["erofs".to_string()])), "");
+        let all = i.closure(&["virtio_blk".into(), "erofs".into(), "dm-mod".into()]).unwrap();
+        assert_eq!(i.without_devices(&all), [&"virtio".to_string(), &"erofs".to_string(), &"dm_mod".to_string()]);
+        // A closure's modules.dep names only its own modules.
+        let dep = i.modules_dep_of(Some(&["virtio".to_string(), "virtio_blk".to_string()])).unwrap();
+        assert_eq!(dep, "kernel/virtio.ko:\nkernel/virtio_blk.ko: kernel/virtio.ko\n");
     }
 
     #[test]

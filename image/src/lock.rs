@@ -34,6 +34,9 @@ pub enum LockMode {
 pub struct Requested {
     pub packages: Vec<String>,
     pub kernel: String,
+    /// Dependencies apt takes as installed (`packages.without`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,7 +207,7 @@ mod tests {
     }
 
     fn requested() -> Requested {
-        Requested { packages: vec!["busybox".into()], kernel: "linux-image-cloud-amd64".into() }
+        Requested { packages: vec!["busybox".into()], kernel: "linux-image-cloud-amd64".into(), without: Vec::new() }
     }
 
     #[test]

@@ -211,12 +211,17 @@ pub fn write_factory_etc(tree: &Path, os_id: &str) -> Result<()> {
         &etc.join("passwd"),
         b"root:x:0:0:root:/root:/bin/sh\n\
           messagebus:x:100:101::/nonexistent:/usr/sbin/nologin\n\
+          _chrony:x:998:998:chrony:/var/lib/chrony:/usr/sbin/nologin\n\
           nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
         0o644,
     )?;
-    write_file(&etc.join("group"), b"root:x:0:\nmessagebus:x:101:\nnogroup:x:65534:\n", 0o644)?;
+    write_file(&etc.join("group"), b"root:x:0:\nmessagebus:x:101:\n_chrony:x:998:\nnogroup:x:65534:\n", 0o644)?;
     // Locked: no password works; access is by key.
-    write_file(&etc.join("shadow"), b"root:*:1::::::\nmessagebus:*:1::::::\nnobody:*:1::::::\n", 0o600)?;
+    write_file(
+        &etc.join("shadow"),
+        b"root:*:1::::::\nmessagebus:*:1::::::\n_chrony:*:1::::::\nnobody:*:1::::::\n",
+        0o600,
+    )?;
     write_file(&etc.join("hosts"), b"127.0.0.1 localhost\n::1 localhost\n", 0o644)?;
     let os_release = etc.join("os-release");
     replace(&os_release)?;

@@ -89,6 +89,10 @@ pub struct Packages {
     /// no use for, as dpkg's `path-exclude`): each must exist, so a typo is an error.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Dependencies left out: packages that only the maintainer scripts of what is installed
+    /// use (Cairn runs none), which apt is told are installed already.
+    #[serde(default)]
+    pub without: Vec<String>,
 }
 
 impl Packages {

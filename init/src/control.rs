@@ -63,6 +63,7 @@ pub fn cli(program: &str, args: &[String]) -> i32 {
                     println!("{services}");
                 } else {
                     print_status(&services);
+                    println!("{}", cairn_release::clock::describe(&cairn_release::clock::kernel_sync()));
                 }
             }
             if let Some(log) = r.log {

@@ -19,6 +19,7 @@ mod service;
 mod stage1;
 mod stage2;
 mod system;
+mod sysusers;
 
 use std::time::Duration;
 

@@ -23,9 +23,12 @@ pub fn run() -> Result<std::convert::Infallible, String> {
         .map_err(|_| "cairn.usr_hash_offset= is not a number")?;
 
     modules::load_list(Path::new("/").join(crate::MODULES_LOAD).as_path())?;
+    let release =
+        nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?.release().to_string_lossy().into_owned();
+    let mut coldplug = modules::Coldplug::new(&Path::new("/lib/modules").join(release), None)?;
     let modules_ms = crate::console::boot_ms();
 
-    let found = wait_for_partitions(&root_hash)?;
+    let found = wait_for_partitions(&root_hash, &mut coldplug)?;
     let disk_ms = crate::console::boot_ms();
     say!(
         "stage 1: /usr is {} (slot {}), ROOT is {}",
@@ -52,6 +55,9 @@ pub fn run() -> Result<std::convert::Infallible, String> {
     // Reading the init we are about to run proves /usr verifies before we leave the initramfs.
     check_readable(&format!("{SYSROOT}{}", crate::STAGE2_PATH))?;
     mounts::seed_etc(SYSROOT)?;
+    if let Err(e) = crate::sysusers::merge(std::path::Path::new(SYSROOT)) {
+        say!("the image's system accounts: {e}");
+    }
 
     std::fs::create_dir_all("/run/cairn").map_err(|e| format!("creating /run/cairn: {e}"))?;
     let env = format!(
@@ -73,9 +79,18 @@ fn parse_root_hash(cmdline: &str) -> Result<[u8; 32], String> {
     Ok(h)
 }
 
-fn wait_for_partitions(root_hash: &[u8; 32]) -> Result<disks::Found, String> {
+/// Loads the drivers of the devices that appear (a bus driver makes more devices; SCSI disks
+/// are found asynchronously) until the `/usr` partition is there.
+fn wait_for_partitions(root_hash: &[u8; 32], coldplug: &mut modules::Coldplug) -> Result<disks::Found, String> {
     let start = Instant::now();
     loop {
+        let (loaded, errors) = coldplug.step();
+        for e in errors {
+            say!("stage 1: {e}");
+        }
+        if !loaded.is_empty() {
+            say!("stage 1: drivers for the devices present: {}", loaded.join(" "));
+        }
         if let Some(found) = disks::find_boot_partitions(root_hash)? {
             return Ok(found);
         }

@@ -62,6 +62,7 @@ pub fn run() -> Result<std::convert::Infallible, String> {
     if let Err(e) = system::loopback_up() {
         say!("loopback: {e}");
     }
+    system::load_device_drivers();
     system::load_listed_modules();
     // Before the hostname and the services: cloud-config may set both. Time spent waiting on a
     // platform's metadata service is not the release's fault: it does not count against the
@@ -260,7 +261,8 @@ fn default_route() -> bool {
         .unwrap_or(false)
 }
 
-/// One DHCP client per Ethernet interface (busybox udhcpc: leases, renewal, routes, resolv.conf).
+/// One DHCP client per Ethernet interface whose network configuration does not turn DHCP off
+/// (busybox udhcpc: leases, renewal, routes, resolv.conf).
 fn network_services() -> Vec<ServiceSpec> {
     let script = cairn_release::net::DHCP_SCRIPT;
     if !Path::new(script).exists() {
@@ -268,10 +270,12 @@ fn network_services() -> Vec<ServiceSpec> {
     }
     cairn_release::net::ethernet_interfaces(Path::new(cairn_release::net::SYS_CLASS_NET))
         .into_iter()
+        .filter(|iface| !cairn_release::net::dhcp_off(Path::new(cairn_release::net::RUN_DIR), iface))
         .map(|iface| {
             let mut s = ServiceSpec::placeholder(&format!("dhcp-{iface}"), Path::new("(built in)"));
             s.description = format!("DHCP on {iface}");
-            s.command = ["/usr/bin/busybox", "udhcpc", "-f", "-R", "-i", &iface, "-s", script]
+            // -O ntpsrv: ask for the NTP servers too (the script hands them to chronyd).
+            s.command = ["/usr/bin/busybox", "udhcpc", "-f", "-R", "-O", "ntpsrv", "-i", &iface, "-s", script]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();

@@ -112,6 +112,39 @@ pub fn loopback_up() -> Result<(), String> {
     Ok(())
 }
 
+/// The buses whose devices get their drivers at boot: disks and NICs on every hypervisor and
+/// cloud (PCI, virtio, Hyper-V's VMBus, Xen, SCSI). CPU features and ACPI devices are left to
+/// `modules-load.d` (the power button is loaded by name), which keeps boot short.
+const COLDPLUG_BUSES: &[&str] = &["pci", "virtio", "vmbus", "xen", "scsi"];
+
+/// Loads the drivers of the devices present from `/usr`'s `modules.alias`, again while
+/// loading one makes new devices (a bus driver), at most a few rounds.
+pub fn load_device_drivers() {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let mut coldplug =
+        match crate::modules::Coldplug::new(&Path::new("/usr/lib/modules").join(&release), Some(COLDPLUG_BUSES)) {
+            Ok(c) => c,
+            Err(e) => {
+                say!("device drivers: {e}");
+                return;
+            }
+        };
+    let mut all = Vec::new();
+    for _ in 0..4 {
+        let (loaded, errors) = coldplug.step();
+        for e in errors {
+            say!("device drivers: {e}");
+        }
+        if loaded.is_empty() {
+            break;
+        }
+        all.extend(loaded);
+    }
+    if !all.is_empty() {
+        say!("drivers for the devices present: {}", all.join(" "));
+    }
+}
+
 /// Loads the modules named in `modules-load.d` files (image, then user).
 pub fn load_listed_modules() {
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();

@@ -95,6 +95,40 @@ pub struct VmConfig {
     pub extra_args: Vec<String>,
     /// The bus the boot disk is on (clouds' VMs have NVMe or SCSI disks).
     pub disk_bus: DiskBus,
+    pub nic: Nic,
+}
+
+/// The guest's network card.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Nic {
+    #[default]
+    Virtio,
+    /// Intel's 82574 (e1000e), what VMware and many hypervisors offer by default.
+    E1000e,
+    /// Intel's 82540 (e1000), older hypervisors' default.
+    E1000,
+}
+
+impl Nic {
+    pub const NAMES: &[&str] = &["virtio", "e1000e", "e1000"];
+
+    pub fn parse(s: &str) -> Option<Nic> {
+        match s {
+            "virtio" => Some(Nic::Virtio),
+            "e1000e" => Some(Nic::E1000e),
+            "e1000" => Some(Nic::E1000),
+            _ => None,
+        }
+    }
+
+    /// QEMU's device model.
+    pub fn device(&self) -> &'static str {
+        match self {
+            Nic::Virtio => "virtio-net-pci",
+            Nic::E1000e => "e1000e",
+            Nic::E1000 => "e1000",
+        }
+    }
 }
 
 /// The controller of the boot disk.
@@ -158,6 +192,7 @@ impl VmConfig {
             fw_cfg: Vec::new(),
             extra_args: Vec::new(),
             disk_bus: DiskBus::Virtio,
+            nic: Nic::Virtio,
         }
     }
 }
@@ -254,7 +289,7 @@ impl Vm {
             netdev.push(',');
             netdev.push_str(option);
         }
-        cmd.arg("-netdev").arg(netdev).args(["-device", "virtio-net-pci,netdev=net0"]);
+        cmd.arg("-netdev").arg(netdev).arg("-device").arg(format!("{},netdev=net0", cfg.nic.device()));
         if cfg.no_reboot {
             cmd.arg("-no-reboot");
         }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod checkin;
+pub mod clock;
 pub mod cmdline;
 pub mod config_status;
 pub mod container_status;

@@ -2,8 +2,18 @@
 
 use std::path::Path;
 
-/// The script busybox udhcpc runs on lease events (addresses, routes, resolv.conf).
-pub const DHCP_SCRIPT: &str = "/etc/udhcpc/default.script";
+/// The script busybox udhcpc runs on lease events (addresses, routes, resolv.conf, NTP servers).
+pub const DHCP_SCRIPT: &str = "/usr/lib/cairn/udhcpc.script";
+
+/// What the boot step decided about the network, for init and the lease script: a file
+/// `IFACE.static` for each interface with DHCP off, `dns.static` when the config names the
+/// resolvers (the lease script leaves `/etc/resolv.conf` alone then).
+pub const RUN_DIR: &str = "/run/cairn/network";
+
+/// Whether the network configuration turned DHCP off on `iface`.
+pub fn dhcp_off(run_dir: &Path, iface: &str) -> bool {
+    run_dir.join(format!("{iface}.static")).exists()
+}
 
 /// Where the kernel lists network interfaces.
 pub const SYS_CLASS_NET: &str = "/sys/class/net";

@@ -156,3 +156,18 @@ fn get_answer(port: u16, path: &str, deadline: Duration) -> anyhow::Result<Strin
     }
     anyhow::bail!("nothing answered 200 to GET {path} on forwarded port {port} within {deadline:?}; last: {last}")
 }
+
+/// Serves `app` on 127.0.0.1 from a thread of its own until the process ends; returns the port.
+pub fn serve_router(app: axum::Router) -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
+            axum::serve(listener, app).await.expect("serving");
+        });
+    });
+    Ok(port)
+}

@@ -6,6 +6,7 @@ pub mod http;
 pub mod registry;
 pub mod rolling;
 pub mod server;
+pub mod ssh;
 pub mod updates;
 
 use anyhow::{Context, Result, bail};
@@ -213,6 +214,28 @@ pub fn default_image() -> Result<Image> {
 /// (`cairn.autologin`), which tests drive with `Vm::run`.
 pub fn dev_image() -> Result<Image> {
     image("dev", "images/dev.toml", "1.0.0")
+}
+
+/// An ISO 9660 config drive as OpenStack Nova makes it (genisoimage, Rock Ridge and Joliet,
+/// labelled `config-2`), holding `files` (name, content) in `openstack/latest/`.
+pub fn nova_config_drive(dir: &Path, files: &[(&str, &[u8])]) -> Result<PathBuf> {
+    let tree = dir.join("config-drive");
+    let latest = tree.join("openstack/latest");
+    std::fs::create_dir_all(&latest)?;
+    for (name, content) in files {
+        std::fs::write(latest.join(name), content)?;
+    }
+    let iso = dir.join("config-2.iso");
+    let out = std::process::Command::new("genisoimage")
+        .args(["-quiet", "-ldots", "-allow-lowercase", "-allow-multidot", "-l", "-J", "-r", "-V", "config-2", "-o"])
+        .arg(&iso)
+        .arg(&tree)
+        .output()
+        .context("genisoimage (./scripts/setup.sh installs it)")?;
+    if !out.status.success() {
+        bail!("genisoimage: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(iso)
 }
 
 /// An OCI image archive (as `ctr images import` takes) named `name`, whose one layer holds the

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use cairn_qemu::{Vm, VmConfig};
 use cairn_tests::http::FileServer;
 use cairn_tests::server::free_port;
+use cairn_tests::ssh::{key, ssh, ssh_client};
 use cairn_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,46 +22,6 @@ const CMD: Duration = Duration::from_secs(120);
 /// Importing and starting a container under TCG takes a while.
 const CONTAINER: Duration = Duration::from_secs(240);
 const WEB_PORT: u16 = 8080;
-
-/// An ed25519 key pair made by ssh-keygen: (private key file, public key line).
-fn key(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
-    let path = dir.join(name);
-    let ok =
-        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&path).status()?;
-    if !ok.success() {
-        bail!("ssh-keygen failed");
-    }
-    let public = std::fs::read_to_string(path.with_extension("pub"))?.trim().to_string();
-    Ok((path, public))
-}
-
-/// An ssh client for the forwarded `port` (options only; the caller adds its own, then
-/// `user@127.0.0.1` and the command): no host key checks, never prompts.
-fn ssh_client(port: u16) -> Command {
-    let mut c = Command::new("ssh");
-    c.args(["-p", &port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]).args([
-        "-o",
-        "ConnectTimeout=60",
-        "-o",
-        "BatchMode=yes",
-    ]);
-    c
-}
-
-/// Runs `remote` over ssh as `user` with `key`; (success, stdout, stderr).
-fn ssh(port: u16, user: &str, key: &Path, remote: &str) -> Result<(bool, String, String)> {
-    let out = ssh_client(port)
-        .args(["-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-i"])
-        .arg(key)
-        .arg(format!("{user}@127.0.0.1"))
-        .arg(remote)
-        .output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
 
 /// A web server container on the host's network: busybox httpd serving a page made from its
 /// environment. `image` is a path, or a plain-http URL with the archive's digest after a space.
@@ -253,27 +214,6 @@ cairn:
     Ok(())
 }
 
-/// An ISO 9660 config drive as OpenStack Nova makes it (genisoimage, Rock Ridge and Joliet),
-/// holding `openstack/latest/user_data` and `meta_data.json` with the instance's launch key.
-fn nova_config_drive(dir: &Path, user_data: &str, meta_data: &serde_json::Value) -> Result<PathBuf> {
-    let tree = dir.join("config-drive");
-    let latest = tree.join("openstack/latest");
-    std::fs::create_dir_all(&latest)?;
-    std::fs::write(latest.join("user_data"), user_data)?;
-    std::fs::write(latest.join("meta_data.json"), meta_data.to_string())?;
-    let iso = dir.join("config-2.iso");
-    let out = Command::new("genisoimage")
-        .args(["-quiet", "-ldots", "-allow-lowercase", "-allow-multidot", "-l", "-J", "-r", "-V", "config-2", "-o"])
-        .arg(&iso)
-        .arg(&tree)
-        .output()
-        .context("genisoimage (./scripts/setup.sh installs it)")?;
-    if !out.status.success() {
-        bail!("genisoimage: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(iso)
-}
-
 #[test]
 fn a_config_drive_configures_the_host_with_its_instance_metadata() -> Result<()> {
     let img = dev_image()?;
@@ -306,7 +246,8 @@ cairn:
         "hostname": "nova-name",
         "public_keys": { "launch": launch_pub },
     });
-    let drive = nova_config_drive(dir.path(), &doc, &meta)?;
+    let meta = meta.to_string();
+    let drive = nova_config_drive(dir.path(), &[("user_data", doc.as_bytes()), ("meta_data.json", meta.as_bytes())])?;
     let (ssh_port, web_port) = (free_port()?, free_port()?);
     let mut cfg = VmConfig { ssh_port: Some(ssh_port), ..VmConfig::uefi(img.raw()) };
     cfg.forwards.push(cairn_qemu::Forward::tcp(web_port, WEB_PORT));
@@ -357,17 +298,7 @@ fn imds(user_data: String, launch_key: String) -> Result<u16> {
         .route("/latest/meta-data/hostname", get(move |h| answer(h, "ip-169-254-0-15.ec2.internal".into())))
         .route("/latest/meta-data/public-keys/", get(move |h| answer(h, "0=launch".into())))
         .route("/latest/meta-data/public-keys/0/openssh-key", get(move |h| answer(h, launch_key.clone())));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    listener.set_nonblocking(true)?;
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
-            axum::serve(listener, app).await.expect("serving");
-        });
-    });
-    Ok(port)
+    Ok(cairn_tests::http::serve_router(app)?)
 }
 
 /// On EC2 (as the firmware's DMI strings say), the host brings the network up with DHCP, asks

@@ -149,7 +149,7 @@ fn run_worker(publish: Publish, commands: mpsc::Receiver<Command>) -> anyhow::Re
     let seed = std::fs::read("/etc/machine-id").unwrap_or_default();
     let ports = Ports {
         host,
-        clock: SystemClock,
+        clock: SystemClock::this_host(),
         source,
         server,
         lock,

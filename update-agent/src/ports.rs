@@ -16,11 +16,29 @@ pub trait Clock {
     fn now(&self) -> u64;
 }
 
-pub struct SystemClock;
+/// The host's clock, as the agent judges time by it (`cairn_release::clock::judging_time`):
+/// never synchronised and earlier than the running release's build time, it reads as that.
+pub struct SystemClock {
+    /// The running release's build time (Unix seconds): every file of `/usr` carries it.
+    pub built: u64,
+}
+
+impl SystemClock {
+    pub fn this_host() -> SystemClock {
+        let built = std::fs::metadata("/usr/lib/os-release")
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        SystemClock { built }
+    }
+}
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let synchronised = cairn_release::clock::kernel_sync().is_ok_and(|s| s.synchronised);
+        cairn_release::clock::judging_time(now, synchronised, self.built)
     }
 }
 

@@ -65,6 +65,28 @@ fn boot() -> i32 {
     for line in &report.lines {
         say.line(line);
     }
+    // The interfaces as the applied (or last good) config says, before init starts DHCP.
+    match cairn_config::network::apply::load(Path::new("/")) {
+        Ok(net) => {
+            for line in cairn_config::network::apply::configure(&net) {
+                say.line(&line);
+            }
+        }
+        Err(e) => say.line(&format!("network: {e}; DHCP on every interface")),
+    }
+    // Clouds that wait to hear the VM is up (Azure) are told so, whatever the config's fate:
+    // the host is running and reachable.
+    let until = Instant::now() + NETWORK_DEADLINE;
+    for ds in platform.datasources(&machine) {
+        match ds.report_ready(until) {
+            Ok(Some(done)) => say.line(&format!("{}: {done}", ds.name())),
+            Ok(None) => {}
+            Err(e) => say.line(&format!("{}: reporting ready: {e}", ds.name())),
+        }
+    }
+    if let Err(e) = platform_time_sources(platform) {
+        say.line(&format!("time sources: {e}"));
+    }
     let s = &report.status;
     say.line(&format!(
         "platform={} source={} outcome={} find_ms={} apply_ms={}",
@@ -87,6 +109,21 @@ fn boot() -> i32 {
     0
 }
 
+/// The platform's time source for chronyd, unless cloud-config names the sources
+/// (`cairn_config::ntp`). Made at every boot: the platform is the one this boot runs on.
+fn platform_time_sources(platform: Platform) -> std::io::Result<()> {
+    let dir = Path::new(cairn_config::ntp::RUNTIME_DIR);
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("platform.sources");
+    if Path::new(cairn_config::ntp::CONFIG_SOURCES).exists() {
+        return match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    cairn_release::durable::write_atomic(&file, cairn_config::ntp::platform_sources(platform).as_bytes(), 0o644)
+}
+
 /// Brings the first Ethernet interface up with a DHCP lease (busybox udhcpc, which quits once
 /// it has one; init's DHCP service takes over later) before `until`.
 fn dhcp(until: Instant) -> Result<(), String> {
@@ -95,7 +132,22 @@ fn dhcp(until: Instant) -> Result<(), String> {
         .next()
         .ok_or("no Ethernet interface")?;
     let mut child = Command::new("/usr/bin/busybox")
-        .args(["udhcpc", "-q", "-n", "-f", "-t", "30", "-T", "1", "-i", &iface, "-s", cairn_release::net::DHCP_SCRIPT])
+        .args([
+            "udhcpc",
+            "-q",
+            "-n",
+            "-f",
+            "-t",
+            "30",
+            "-T",
+            "1",
+            "-O",
+            "ntpsrv",
+            "-i",
+            &iface,
+            "-s",
+            cairn_release::net::DHCP_SCRIPT,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -2,6 +2,7 @@
 //! implementing [`Datasource`]. Which of them a platform tries, and in which order, is decided
 //! in one place: `crate::platform::datasources`.
 
+pub mod azure;
 pub mod ec2;
 pub mod fw_cfg;
 pub mod gce;
@@ -23,6 +24,49 @@ pub struct Found {
     pub instance: InstanceMetadata,
     /// Problems with the metadata beside the user data (the user data is used regardless).
     pub warnings: Vec<String>,
+    /// The platform's network configuration, read with the user data: a document is refused
+    /// whole when either is invalid.
+    pub network: Option<NetworkData>,
+}
+
+/// A network configuration file as a datasource found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkData {
+    pub format: NetworkFormat,
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkFormat {
+    /// A NoCloud seed's `network-config` (cloud-init's v1 or v2).
+    NoCloud,
+    /// OpenStack's `network_data.json`.
+    OpenStack,
+}
+
+impl NetworkFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkFormat::NoCloud => "network-config",
+            NetworkFormat::OpenStack => "network_data.json",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<NetworkFormat> {
+        [NetworkFormat::NoCloud, NetworkFormat::OpenStack].into_iter().find(|f| f.name() == name)
+    }
+}
+
+impl NetworkData {
+    /// The configuration, with warnings; or every problem.
+    pub fn parse(
+        &self,
+    ) -> Result<(crate::network::NetworkConfig, Vec<crate::diag::Diagnostic>), Vec<crate::diag::Diagnostic>> {
+        match self.format {
+            NetworkFormat::NoCloud => crate::network::nocloud::parse(&self.data),
+            NetworkFormat::OpenStack => crate::network::openstack::parse(&self.data),
+        }
+    }
 }
 
 impl Found {
@@ -52,7 +96,7 @@ pub enum DatasourceError {
 }
 
 pub trait Datasource {
-    /// `fw_cfg`, `config-2`, `cidata`, `ec2`, `gce`, `openstack`, `url`.
+    /// `fw_cfg`, `config-2`, `cidata`, `ec2`, `gce`, `openstack`, `azure`, `url`.
     fn name(&self) -> &'static str;
 
     /// Reading it needs the network up.
@@ -64,10 +108,10 @@ pub trait Datasource {
     /// neither.
     fn fetch(&self, until: Instant) -> Result<Option<Found>, DatasourceError>;
 
-    /// After the config applied: tells the platform the host is provisioned, for clouds that
-    /// wait for it (Azure's wire server). Most need nothing.
-    fn report_ready(&self, _until: Instant) -> Result<(), DatasourceError> {
-        Ok(())
+    /// After the config step: tells the platform the host is provisioned, for clouds that
+    /// wait for it (Azure's wire server); what it did, for the console. Most need nothing.
+    fn report_ready(&self, _until: Instant) -> Result<Option<String>, DatasourceError> {
+        Ok(None)
     }
 }
 

@@ -1,8 +1,8 @@
-//! OpenStack's metadata service: `openstack/latest/user_data` and `meta_data.json` (the
-//! hostname and `public_keys`). The config drive is `volume::ConfigDrive`.
+//! OpenStack's metadata service: `openstack/latest/user_data`, `meta_data.json` (the
+//! hostname and `public_keys`) and `network_data.json`. The config drive is `volume::ConfigDrive`.
 
 use super::http::Client;
-use super::{Datasource, DatasourceError, Found, network_found};
+use super::{Datasource, DatasourceError, Found, NetworkData, NetworkFormat, network_found};
 use crate::instance::{self, InstanceMetadata};
 use std::time::Instant;
 
@@ -29,6 +29,11 @@ impl Datasource for OpenStack {
                 .map_err(|e| DatasourceError::Malformed { what: what.into(), message: e.message }),
             None => Ok(InstanceMetadata::default()),
         });
-        Ok(network_found(format!("openstack {base}"), user_data, instance))
+        let network = c.get(&format!("{base}/openstack/latest/network_data.json"), "OpenStack network_data.json")?;
+        let mut found = network_found(format!("openstack {base}"), user_data, instance);
+        if let Some(f) = &mut found {
+            f.network = network.map(|data| NetworkData { format: NetworkFormat::OpenStack, data });
+        }
+        Ok(found)
     }
 }

@@ -1,8 +1,8 @@
 //! Volumes found by their label, FAT or ISO 9660, read in user space: an OpenStack config
-//! drive (`config-2`: `openstack/latest/user_data`, `meta_data.json`) and a NoCloud seed
-//! (`cidata`: `user-data`, `meta-data`).
+//! drive (`config-2`: `openstack/latest/user_data`, `meta_data.json`, `network_data.json`)
+//! and a NoCloud seed (`cidata`: `user-data`, `meta-data`, `network-config`).
 
-use super::{Datasource, DatasourceError, Found};
+use super::{Datasource, DatasourceError, Found, NetworkData, NetworkFormat};
 use crate::instance::{self, InstanceMetadata};
 use crate::local;
 use std::path::PathBuf;
@@ -37,6 +37,13 @@ impl Kind {
         }
     }
 
+    fn network(self) -> (&'static str, NetworkFormat) {
+        match self {
+            Kind::ConfigDrive => (local::CONFIG_DRIVE_NETWORK_DATA, NetworkFormat::OpenStack),
+            Kind::NoCloud => (local::NOCLOUD_NETWORK_CONFIG, NetworkFormat::NoCloud),
+        }
+    }
+
     fn instance(self, meta: &[u8]) -> Result<InstanceMetadata, instance::MetadataError> {
         match self {
             Kind::ConfigDrive => instance::from_openstack_json(meta),
@@ -52,12 +59,14 @@ impl Datasource for Volume {
 
     fn fetch(&self, _until: Instant) -> Result<Option<Found>, DatasourceError> {
         let (label, (user_data, meta_data)) = (self.kind.label(), self.kind.files());
+        let (network, format) = self.kind.network();
         let devices = local::block_devices(&self.sys_block, &self.dev);
-        let Some((dev, mut files)) = local::labelled_volume(&devices, label, &[user_data, meta_data])
+        let Some((dev, mut files)) = local::labelled_volume(&devices, label, &[user_data, meta_data, network])
             .map_err(|source| DatasourceError::Io { what: format!("a volume labelled {label}"), source })?
         else {
             return Ok(None);
         };
+        let network = files.pop().flatten().map(|data| NetworkData { format, data });
         let (meta, data) = (files.pop().flatten(), files.pop().flatten());
         if data.is_none() && meta.is_none() {
             return Err(DatasourceError::Malformed {
@@ -66,6 +75,7 @@ impl Datasource for Volume {
             });
         }
         let mut found = Found::user_data(format!("{label} {}", dev.display()), data.unwrap_or_default());
+        found.network = network;
         if let Some(meta) = meta {
             match self.kind.instance(&meta) {
                 Ok(i) => found.instance = i,
