@@ -39,6 +39,7 @@ ssh-keygen:openssh-client
 docker-registry:docker-registry
 skopeo:skopeo
 cloud-localds:cloud-image-utils
+casync:casync
 "
 
 missing=""

@@ -1,12 +1,22 @@
 //! How a release lives in a feed's targets, defined once for the publisher and the host: each
 //! file of a release directory is a target `VERSION-FILE` whose custom metadata says
 //! `version`, `file` (its name in the release), `kind` (`manifest` for `release.json`, `uki`,
-//! `usr`, `other`), `channels`, and for the `/usr` image its `verity` root hash and offset.
+//! `usr`, `usr-index` for the chunk index of the `/usr` image, `other`), `channels`, and for
+//! the `/usr` image its `verity` root hash and offset.
 //! Pure: no I/O.
 
 use cairn_release::manifest::{ArtifactKind, MANIFEST, Release};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Where a feed keeps the chunks of its releases' `/usr` images (casync's `.castr` layout),
+/// served beside `metadata/` and `targets/`.
+pub const CHUNK_STORE: &str = "chunks";
+
+/// The name of the chunk index (`.caibx`) of a release's `/usr` image `usr_file`.
+pub fn usr_index_name(usr_file: &str) -> String {
+    format!("{}.caibx", usr_file.strip_suffix(".zst").unwrap_or(usr_file))
+}
 
 /// The name a release's file has as a target.
 pub fn target_name(release_version: &str, file: &str) -> String {
@@ -34,8 +44,11 @@ impl Custom {
     /// The custom metadata of `file` of `release`, published on `channels`.
     pub fn of(release: &Release, file: &str, channels: &[String]) -> Custom {
         let artifact = release.artifacts.iter().find(|a| a.name == file);
+        let usr_index =
+            release.artifacts.iter().any(|a| a.kind == ArtifactKind::Usr && usr_index_name(&a.name) == file);
         let kind = match artifact.map(|a| a.kind) {
             _ if file == MANIFEST => "manifest",
+            _ if usr_index => "usr-index",
             Some(ArtifactKind::Uki) => "uki",
             Some(ArtifactKind::Usr) => "usr",
             None => "other",
@@ -134,7 +147,8 @@ pub fn from_targets<'a>(
 }
 
 /// Writes a release directory of `version` into `dir`: `uki.efi`, `usr.img.zst` holding `usr`
-/// (neither is a real image) and the `release.json` naming them with their sizes and hashes.
+/// zstd-compressed (neither is a real image) and the `release.json` naming them with their
+/// sizes and hashes.
 /// Returns release.json's bytes. For tests of feeds, which never look inside the files.
 #[doc(hidden)]
 pub fn example_release(dir: &std::path::Path, version: &str, usr: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -142,12 +156,13 @@ pub fn example_release(dir: &std::path::Path, version: &str, usr: &[u8]) -> std:
     use sha2::{Digest, Sha256};
     std::fs::create_dir_all(dir)?;
     let uki = format!("uki of {version}").into_bytes();
-    let artifact = |name: &str, kind, bytes: &[u8], verity| Artifact {
+    let usr_zst = zstd::encode_all(usr, 3)?;
+    let artifact = |name: &str, kind, stored: &[u8], bytes: &[u8], compression, verity| Artifact {
         name: name.into(),
         kind,
-        size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(bytes)),
-        compression: Compression::Zstd,
+        size: stored.len() as u64,
+        sha256: hex::encode(Sha256::digest(stored)),
+        compression,
         uncompressed_size: bytes.len() as u64,
         uncompressed_sha256: hex::encode(Sha256::digest(bytes)),
         verity,
@@ -159,13 +174,13 @@ pub fn example_release(dir: &std::path::Path, version: &str, usr: &[u8]) -> std:
         version: version.into(),
         created: 0,
         artifacts: vec![
-            artifact("uki.efi", ArtifactKind::Uki, &uki, None),
-            artifact("usr.img.zst", ArtifactKind::Usr, usr, Some(verity)),
+            artifact("uki.efi", ArtifactKind::Uki, &uki, &uki, Compression::None, None),
+            artifact("usr.img.zst", ArtifactKind::Usr, &usr_zst, usr, Compression::Zstd, Some(verity)),
         ],
     };
     let manifest = serde_json::to_vec_pretty(&release).expect("serializable");
     std::fs::write(dir.join("uki.efi"), uki)?;
-    std::fs::write(dir.join("usr.img.zst"), usr)?;
+    std::fs::write(dir.join("usr.img.zst"), usr_zst)?;
     std::fs::write(dir.join(MANIFEST), &manifest)?;
     Ok(manifest)
 }

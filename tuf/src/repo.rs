@@ -176,7 +176,10 @@ pub fn publish(
     if channels.is_empty() {
         return Err(Error::Feed("a release is published on at least one channel".into()));
     }
-    let (doc, files) = release_files(release)?;
+    let (doc, mut files) = release_files(release)?;
+    // The /usr image as chunks in the feed's store, and its index as a signed target.
+    let scratch = tempfile::tempdir().map_err(io(feed))?;
+    files.push(chunk_usr(release, &doc, feed, scratch.path())?);
     let (_, root_path) = latest_root(feed)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -226,6 +229,41 @@ pub fn resign(feed: &Path, keys_dir: &Path, now: u64, expiry: Expiry) -> Result<
 /// The release in directory `dir` and the files to publish: release.json and the artifacts it
 /// names, each checked against its size and sha256 there (nothing else in the directory), so a
 /// broken or altered release is never signed.
+/// Chunks the release's `/usr` image (decompressed: what is written to the disk) into the
+/// feed's chunk store, each chunk stored once however many releases hold it; returns its
+/// index, written in `scratch` under the name `releases::usr_index_name` gives it.
+fn chunk_usr(release: &Path, doc: &Release, feed: &Path, scratch: &Path) -> Result<PathBuf> {
+    use cairn_release::manifest::{ArtifactKind, Compression};
+    let usr = doc.artifact(ArtifactKind::Usr);
+    let path = release.join(&usr.name);
+    let file = std::fs::File::open(&path).map_err(io(&path))?;
+    let reader: Box<dyn std::io::Read> = match usr.compression {
+        Compression::None => Box::new(file),
+        Compression::Zstd => Box::new(zstd::stream::Decoder::new(file).map_err(io(&path))?),
+    };
+    let store = cairn_chunks::store::Store::new(&feed.join(crate::releases::CHUNK_STORE));
+    let chunks =
+        cairn_chunks::chunker::chunk(reader, |c| store.put(&c.id, &c.data).map(|_| ()).map_err(std::io::Error::other))
+            .map_err(io(&path))?;
+    let index = cairn_chunks::index::Index {
+        chunk_size_min: cairn_chunks::chunker::MIN.into(),
+        chunk_size_avg: cairn_chunks::chunker::AVG.into(),
+        chunk_size_max: cairn_chunks::chunker::MAX.into(),
+        chunks,
+    };
+    if index.size() != usr.uncompressed_size {
+        return Err(Error::Feed(format!(
+            "{}: {} bytes once decompressed, but release.json says {}",
+            path.display(),
+            index.size(),
+            usr.uncompressed_size
+        )));
+    }
+    let out = scratch.join(crate::releases::usr_index_name(&usr.name));
+    std::fs::write(&out, index.to_bytes()).map_err(io(&out))?;
+    Ok(out)
+}
+
 fn release_files(dir: &Path) -> Result<(Release, Vec<PathBuf>)> {
     let manifest = dir.join(MANIFEST);
     let doc = Release::parse_trusted(&std::fs::read(&manifest).map_err(io(&manifest))?)

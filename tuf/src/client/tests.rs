@@ -96,6 +96,7 @@ fn the_newest_release_on_the_channel_is_found_and_read_verified() {
     assert_eq!(v.read(&two.manifest.name).unwrap(), manifest);
     let usr = &two.files["usr.img.zst"];
     let on_disk = std::fs::read(f.feed.join(Verified::target_path(usr))).unwrap();
+    let on_disk = zstd::decode_all(&on_disk[..]).unwrap();
     assert_eq!(on_disk, "usr of 2".repeat(1000).into_bytes(), "the target's path is under its hash");
 }
 

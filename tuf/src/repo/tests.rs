@@ -7,11 +7,29 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// The /usr image of the example release: 100,000 bytes that do not compress away.
+fn usr_image() -> Vec<u8> {
+    let mut x = 0x9e3779b97f4a7c15u64;
+    (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// A release directory: release.json (version 2) and its artifacts.
 fn release(dir: &Path) -> PathBuf {
     let r = dir.join("release");
-    crate::releases::example_release(&r, "2", &[7u8; 100_000]).unwrap();
+    crate::releases::example_release(&r, "2", &usr_image()).unwrap();
     r
+}
+
+/// A target holding the zstd-compressed /usr image, decompressed.
+fn read_usr(feed: &Path, name: &str) -> Result<Vec<u8>> {
+    Ok(zstd::decode_all(&read_target(feed, name)?[..]).expect("zstd"))
 }
 
 fn stable() -> Vec<String> {
@@ -39,8 +57,15 @@ fn a_published_release_is_read_back_verified() {
     init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
     assert!(init(&feed, &keys_dir, now(), Expiry::default()).unwrap_err().to_string().contains("has a root already"));
     let names = publish(&feed, &keys_dir, &release(t.path()), &stable(), now(), Expiry::default()).unwrap();
-    assert_eq!(names, ["2-release.json", "2-uki.efi", "2-usr.img.zst"]);
-    assert_eq!(read_target(&feed, "2-usr.img.zst").unwrap(), vec![7u8; 100_000]);
+    assert_eq!(names, ["2-release.json", "2-uki.efi", "2-usr.img.zst", "2-usr.img.caibx"]);
+    let usr = read_usr(&feed, "2-usr.img.zst").unwrap();
+    assert_eq!(usr, usr_image());
+    // The /usr image's chunk index is a signed target, and its chunks are in the feed's store.
+    let index = cairn_chunks::index::Index::parse(&read_target(&feed, "2-usr.img.caibx").unwrap()).unwrap();
+    assert_eq!(index.size(), 100_000);
+    let store = cairn_chunks::store::Store::new(&feed.join(crate::releases::CHUNK_STORE));
+    let rebuilt: Vec<u8> = index.chunks.iter().flat_map(|(_, id)| store.get(id).unwrap()).collect();
+    assert_eq!(rebuilt, usr);
     let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
     assert_eq!(repo.targets().signed.version.get(), 2);
     let target = repo.targets().signed.targets.get(&tough::TargetName::new("2-usr.img.zst").unwrap()).unwrap();
@@ -70,7 +95,7 @@ fn resign_renews_every_online_role_and_keeps_the_targets() {
     runtime().unwrap().block_on(tough_loads(&feed)).unwrap();
     let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
     assert_eq!(repo.targets().signed.version.get(), 3);
-    assert_eq!(read_target(&feed, "2-usr.img.zst").unwrap(), vec![7u8; 100_000]);
+    assert_eq!(read_usr(&feed, "2-usr.img.zst").unwrap(), usr_image());
 }
 
 /// The feed as tough's client loads it with expiry enforced (the publisher's own `load` does
@@ -158,7 +183,7 @@ fn a_rotated_targets_key_takes_over_and_the_old_one_is_refused() {
     assert!(keys_dir.join("retired/targets-1.pk8").exists() && keys_dir.join("targets-2.pk8").exists());
     let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
     assert_eq!(repo.root().signed.version.get(), 2, "the client followed the chain from root 1");
-    assert_eq!(read_target(&feed, "2-usr.img.zst").unwrap(), vec![7u8; 100_000], "re-signed under the new key");
+    assert_eq!(read_usr(&feed, "2-usr.img.zst").unwrap(), usr_image(), "re-signed under the new key");
     // Someone with the retired key signs a release: refused.
     let rogue = t.path().join("rogue");
     std::fs::create_dir_all(&rogue).unwrap();
