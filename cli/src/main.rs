@@ -152,7 +152,7 @@ enum Command {
         #[arg(long = "forward", value_name = "HOST:GUEST[/udp]")]
         forwards: Vec<cairn_qemu::Forward>,
         /// The boot disk's bus: virtio (virtio-blk), scsi (virtio-scsi) or nvme, as clouds' VMs
-        /// have them.
+        /// have them, or ahci (SATA; needs a kernel with the ahci driver).
         #[arg(long, default_value = "virtio", value_parser = parse_disk_bus)]
         disk_bus: cairn_qemu::DiskBus,
         /// The network card: virtio (virtio-net), e1000e or e1000.

@@ -280,7 +280,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     let kernel_release = kernel_release(&kernel_dir)?;
     let modules_dir = kernel_dir.join("lib/modules").join(&kernel_release);
-    let index = steps.run("kernel modules", || Ok((ModuleIndex::scan(&modules_dir)?, false)))?;
+    let index = steps.run("kernel modules", || {
+        let mut index = ModuleIndex::scan(&modules_dir)?;
+        index.exclude(&spec.kernel.exclude_modules)?;
+        // Every module kept must have its dependencies kept.
+        index.modules_dep()?;
+        Ok((index, false))
+    })?;
     let initrd_modules = index.closure(&spec.initramfs.modules)?;
 
     let os_release = rootfs::os_release(&spec.os.id, &spec.os.name, &version);
@@ -345,6 +351,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         let usr = tree.join("usr");
         let mods_dest = usr.join("lib/modules").join(&kernel_release);
         rootfs::link_tree(&modules_dir, &mods_dest, &mut stats)?;
+        remove_modules_not_in(&mods_dest, &index)?;
         rootfs::write_file(&mods_dest.join("modules.dep"), index.modules_dep()?.as_bytes(), 0o644)?;
         rootfs::write_file(&mods_dest.join("modules.alias"), index.modules_alias(None).as_bytes(), 0o644)?;
         rootfs::busybox_links(&tree)?;
@@ -710,4 +717,33 @@ fn load_usr_cache(dir: &Path) -> Result<Option<(VerityParams, PathBuf, MergeStat
         return Ok(None);
     }
     Ok(Some((VerityParams { root_hash, salt: sb.salt, data_blocks, hash_offset }, img, stats)))
+}
+
+/// Removes the `.ko` files under `mods` (`/usr/lib/modules/<release>`) that `index` does not
+/// keep (`kernel.exclude_modules`, and what needs them), and directories left empty.
+fn remove_modules_not_in(mods: &Path, index: &ModuleIndex) -> Result<()> {
+    let keep: std::collections::HashSet<&str> = index.modules.values().map(|m| m.rel_path.as_str()).collect();
+    fn walk(dir: &Path, base: &Path, keep: &std::collections::HashSet<&str>) -> Result<bool> {
+        let mut empty = true;
+        for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let e = e?;
+            let path = e.path();
+            if e.file_type()?.is_dir() {
+                if walk(&path, base, keep)? {
+                    std::fs::remove_dir(&path)?;
+                } else {
+                    empty = false;
+                }
+            } else if path.extension().is_some_and(|x| x == "ko")
+                && !keep.contains(&*path.strip_prefix(base).expect("under base").to_string_lossy())
+            {
+                std::fs::remove_file(&path)?;
+            } else {
+                empty = false;
+            }
+        }
+        Ok(empty)
+    }
+    walk(&mods.join("kernel"), mods, &keep)?;
+    Ok(())
 }

@@ -37,6 +37,7 @@ impl ModuleIndex {
     /// Scans `lib/modules/<kver>` (uncompressed `.ko`, as Debian ships them).
     pub fn scan(root: &Path) -> Result<ModuleIndex> {
         let mut index = ModuleIndex::default();
+        let mut softdeps = Vec::new();
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -47,12 +48,68 @@ impl ModuleIndex {
                 } else if path.extension().is_some_and(|e| e == "ko") {
                     let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
                     let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                    let (name, depends, aliases) = modinfo(&data).with_context(|| format!("modinfo of {rel}"))?;
-                    index.modules.insert(normalize(&name), Module { rel_path: rel, depends, aliases });
+                    let info = modinfo(&data).with_context(|| format!("modinfo of {rel}"))?;
+                    let name = normalize(&info.name);
+                    softdeps.push((name.clone(), info.soft_pre));
+                    index.modules.insert(name, Module { rel_path: rel, depends: info.depends, aliases: info.aliases });
                 }
             }
         }
+        index.add_soft_dependencies(softdeps);
         Ok(index)
+    }
+
+    /// Makes each module's `softdep` `pre:` modules (by name, or by an alias such as
+    /// `crc32c`, which every implementation of the algorithm carries) dependencies of it, so
+    /// they are carried and loaded first. One that no module provides (built into the
+    /// kernel) is skipped.
+    fn add_soft_dependencies(&mut self, softdeps: Vec<(String, Vec<String>)>) {
+        for (module, pre) in softdeps {
+            for want in pre {
+                let provider = if self.modules.contains_key(&normalize(&want)) {
+                    Some(normalize(&want))
+                } else {
+                    self.modules.iter().find(|(_, m)| m.aliases.contains(&want)).map(|(n, _)| n.clone())
+                };
+                if let Some(p) = provider
+                    && p != module
+                    && let Some(m) = self.modules.get_mut(&module)
+                    && !m.depends.iter().any(|d| normalize(d) == p)
+                {
+                    m.depends.push(p);
+                }
+            }
+        }
+    }
+
+    /// Drops the modules under `kernel/DIR` for each of `dirs` (directories or `.ko` files;
+    /// each must hold at least one module), and the modules that need one of them.
+    pub fn exclude(&mut self, dirs: &[String]) -> Result<()> {
+        for d in dirs {
+            if d.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                bail!("kernel.exclude_modules: {d:?} is not a path under the kernel's modules");
+            }
+            let (dir, file) = (format!("kernel/{d}/"), format!("kernel/{d}"));
+            let before = self.modules.len();
+            self.modules.retain(|_, m| !(m.rel_path.starts_with(&dir) || m.rel_path == file));
+            if self.modules.len() == before {
+                bail!("kernel.exclude_modules: the kernel has no modules under kernel/{d}");
+            }
+        }
+        loop {
+            let missing: Vec<String> = self
+                .modules
+                .iter()
+                .filter(|(_, m)| m.depends.iter().any(|d| !self.modules.contains_key(&normalize(d))))
+                .map(|(name, _)| name.clone())
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            for name in missing {
+                self.modules.remove(&name);
+            }
+        }
     }
 
     /// `wanted` and everything they depend on, dependencies before dependents.
@@ -144,14 +201,39 @@ impl ModuleIndex {
     }
 }
 
-/// `name=`, `depends=` and `alias=` of a module's `.modinfo` section.
-fn modinfo(elf: &[u8]) -> Result<(String, Vec<String>, Vec<String>)> {
+/// The modules a `softdep=` value wants loaded first (`pre: a b post: c` gives a and b).
+fn soft_pre(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pre = false;
+    for word in value.split_whitespace() {
+        match word {
+            "pre:" => pre = true,
+            "post:" => pre = false,
+            w if pre => out.push(w.to_string()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What a module's `.modinfo` says about it.
+struct ModInfo {
+    name: String,
+    depends: Vec<String>,
+    aliases: Vec<String>,
+    /// The `pre:` part of `softdep=`.
+    soft_pre: Vec<String>,
+}
+
+/// `name=`, `depends=`, `alias=` and `softdep=` of a module's `.modinfo` section.
+fn modinfo(elf: &[u8]) -> Result<ModInfo> {
     let file = object::File::parse(elf)?;
     let section = file.section_by_name(".modinfo").context("no .modinfo section")?;
     let data = section.data()?;
     let mut name = None;
     let mut depends = Vec::new();
     let mut aliases = Vec::new();
+    let mut softdeps = Vec::new();
     for field in data.split(|b| *b == 0).filter(|f| !f.is_empty()) {
         let field = String::from_utf8_lossy(field);
         if let Some(n) = field.strip_prefix("name=") {
@@ -160,9 +242,13 @@ fn modinfo(elf: &[u8]) -> Result<(String, Vec<String>, Vec<String>)> {
             depends.extend(d.split(',').filter(|s| !s.is_empty()).map(str::to_string));
         } else if let Some(a) = field.strip_prefix("alias=") {
             aliases.push(a.to_string());
+        } else if let Some(s) = field.strip_prefix("softdep=") {
+            // `pre: crc32c`: what must be loaded first (libcrc32c fails with ENOENT without a
+            // crc32c implementation), named by module name or alias; resolved by `scan`.
+            softdeps.extend(soft_pre(s));
         }
     }
-    Ok((name.context("no name= in .modinfo")?, depends, aliases))
+    Ok(ModInfo { name: name.context("no name= in .modinfo")?, depends, aliases, soft_pre: softdeps })
 }
 
 #[cfg(test)]
@@ -182,6 +268,27 @@ mod tests {
             );
         }
         i
+    }
+
+    #[test]
+    fn soft_dependencies_before_load_are_dependencies_found_by_name_or_alias() {
+        assert_eq!(soft_pre("pre: crc32c ecb post: foo"), ["crc32c", "ecb"]);
+        let mut i = index(&[("libcrc32c", &[]), ("crc32c_generic", &[]), ("erofs", &["libcrc32c"])]);
+        i.modules.get_mut("crc32c_generic").unwrap().aliases = vec!["crypto-crc32c".into(), "crc32c".into()];
+        i.add_soft_dependencies(vec![("libcrc32c".into(), vec!["crc32c".into(), "built_in".into()])]);
+        assert_eq!(i.closure(&["erofs".into()]).unwrap(), ["crc32c_generic", "libcrc32c", "erofs"]);
+    }
+
+    #[test]
+    fn excluded_directories_go_with_the_modules_that_need_them() {
+        let mut i = index(&[("pcmcia", &[]), ("pata_pcmcia", &["pcmcia"]), ("ahci", &[])]);
+        for m in i.modules.values_mut() {
+            m.rel_path = m.rel_path.replace("kernel/pcmcia.ko", "kernel/drivers/pcmcia/pcmcia.ko");
+        }
+        i.exclude(&["drivers/pcmcia".into()]).unwrap();
+        assert_eq!(i.modules.keys().collect::<Vec<_>>(), ["ahci"]);
+        assert!(i.exclude(&["drivers/gpu".into()]).unwrap_err().to_string().contains("no modules under"));
+        assert!(i.exclude(&["../x".into()]).is_err());
     }
 
     #[test]

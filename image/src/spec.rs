@@ -75,6 +75,11 @@ pub struct Kernel {
     pub package: String,
     #[serde(default)]
     pub cmdline: String,
+    /// Module directories (or files) under the kernel's `kernel/` left out of `/usr`
+    /// (`drivers/gpu`): a generic kernel's drivers for hardware no server has. Each must
+    /// exist, and no module kept may depend on one left out.
+    #[serde(default)]
+    pub exclude_modules: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -140,16 +140,19 @@ pub enum DiskBus {
     Scsi,
     /// NVMe (AWS Nitro, Azure's newer sizes, GCE's NVMe).
     Nvme,
+    /// SATA on the q35 machine's own AHCI controller (VMware, VirtualBox, bare metal).
+    Ahci,
 }
 
 impl DiskBus {
-    pub const NAMES: &[&str] = &["virtio", "scsi", "nvme"];
+    pub const NAMES: &[&str] = &["virtio", "scsi", "nvme", "ahci"];
 
     pub fn parse(s: &str) -> Option<DiskBus> {
         match s {
             "virtio" => Some(DiskBus::Virtio),
             "scsi" => Some(DiskBus::Scsi),
             "nvme" => Some(DiskBus::Nvme),
+            "ahci" => Some(DiskBus::Ahci),
             _ => None,
         }
     }
@@ -169,6 +172,9 @@ impl DiskBus {
             ],
             DiskBus::Nvme => {
                 vec!["-drive".into(), drive("none"), "-device".into(), "nvme,drive=disk0,serial=cairn0".into()]
+            }
+            DiskBus::Ahci => {
+                vec!["-drive".into(), drive("none"), "-device".into(), "ide-hd,drive=disk0,bus=ide.0".into()]
             }
         }
     }
