@@ -85,17 +85,7 @@ const SMALL: &str = "#cloud-config\nhostname: bench\nssh_authorized_keys:\n  - s
 
 /// Serves `app` on 127.0.0.1 from a thread of its own; returns the base URL.
 fn serve(app: Router) -> Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    listener.set_nonblocking(true)?;
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
-            axum::serve(listener, app).await.expect("serving");
-        });
-    });
-    Ok(format!("http://{addr}"))
+    Ok(format!("http://127.0.0.1:{}", cairn_tests::http::serve_router(app)?))
 }
 
 fn header_is(h: &HeaderMap, name: &str, value: &str) -> bool {
