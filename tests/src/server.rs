@@ -239,7 +239,17 @@ pub fn create_token(store_args: &[String]) -> Result<String> {
 /// version. Enough for a server and an agent's fetch, which check sizes and hashes, not contents.
 pub fn fake_release(dir: &Path, version: &str) -> Result<PathBuf> {
     let out = dir.join(version);
-    let usr: Vec<u8> = (0..130_000u32).map(|i| (i as u8) ^ version.as_bytes()[0]).collect();
+    // Bytes that do not compress away (xorshift seeded by the version): the stored zstd file
+    // stays about as large, so ranges of it can be asked for.
+    let mut x = 0x9e3779b97f4a7c15u64 ^ u64::from(version.as_bytes()[0]);
+    let usr: Vec<u8> = (0..130_000u32)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
     cairn_tuf::releases::example_release(&out, version, &usr)?;
     Ok(out)
 }
