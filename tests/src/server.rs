@@ -241,15 +241,7 @@ pub fn fake_release(dir: &Path, version: &str) -> Result<PathBuf> {
     let out = dir.join(version);
     // Bytes that do not compress away (xorshift seeded by the version): the stored zstd file
     // stays about as large, so ranges of it can be asked for.
-    let mut x = 0x9e3779b97f4a7c15u64 ^ u64::from(version.as_bytes()[0]);
-    let usr: Vec<u8> = (0..130_000u32)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let usr = cairn_tuf::releases::incompressible(130_000, 0x9e3779b97f4a7c15 ^ u64::from(version.as_bytes()[0]));
     cairn_tuf::releases::example_release(&out, version, &usr)?;
     Ok(out)
 }

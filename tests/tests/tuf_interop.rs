@@ -75,15 +75,7 @@ fn python_tuf_reads_a_cairn_feed_and_refuses_a_tampered_target() -> Result<()> {
     let (feed, keys) = (t.path().join("feed"), t.path().join("keys"));
     let release = t.path().join("release");
     // Bytes that do not compress away, so the stored (zstd) target is as large.
-    let mut x = 0x2545f4914f6cdd1du64;
-    let usr: Vec<u8> = (0..300_000u32)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let usr = cairn_tuf::releases::incompressible(300_000, 0x2545f4914f6cdd1d);
     cairn_tuf::releases::example_release(&release, "2", &usr)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     cairn_tuf::init(&feed, &keys, now, cairn_tuf::Expiry::default())?;

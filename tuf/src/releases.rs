@@ -146,6 +146,21 @@ pub fn from_targets<'a>(
     Ok(Releases(releases))
 }
 
+/// `len` bytes that do not compress away (xorshift from `seed`), the same every run: a /usr
+/// image for tests whose stored (zstd) file must stay about as large.
+#[doc(hidden)]
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Writes a release directory of `version` into `dir`: `uki.efi`, `usr.img.zst` holding `usr`
 /// zstd-compressed (neither is a real image) and the `release.json` naming them with their
 /// sizes and hashes.

@@ -9,15 +9,7 @@ fn now() -> u64 {
 
 /// The /usr image of the example release: 100,000 bytes that do not compress away.
 fn usr_image() -> Vec<u8> {
-    let mut x = 0x9e3779b97f4a7c15u64;
-    (0..100_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    crate::releases::incompressible(100_000, 0x9e3779b97f4a7c15)
 }
 
 /// A release directory: release.json (version 2) and its artifacts.
