@@ -162,6 +162,10 @@ enum Command {
         /// `cloud-localds`, a config drive). Repeatable.
         #[arg(long = "attach", value_name = "FILE")]
         attach: Vec<PathBuf>,
+        /// Insert FILE (an ISO 9660 or UDF image) as a DVD in a SATA drive: provisioning
+        /// media such as Azure's `ovf-env.xml`. Repeatable.
+        #[arg(long = "cdrom", value_name = "FILE")]
+        cdrom: Vec<PathBuf>,
         /// Keep the image unchanged: the VM writes to a throwaway overlay.
         #[arg(long)]
         snapshot: bool,
@@ -333,6 +337,7 @@ fn run(cli: Cli) -> Result<()> {
             disk_bus,
             nic,
             attach,
+            cdrom,
             snapshot,
             exit_on_ready,
             timeout,
@@ -341,8 +346,19 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let user_data = config.map(|file| UserData { file, drive: config_drive });
             let timeout = Duration::from_secs(timeout);
-            let options =
-                RunOptions { mem, cpus, ssh_port, forwards, disk_bus, nic, attach, snapshot, exit_on_ready, timeout };
+            let options = RunOptions {
+                mem,
+                cpus,
+                ssh_port,
+                forwards,
+                disk_bus,
+                nic,
+                attach,
+                cdrom,
+                snapshot,
+                exit_on_ready,
+                timeout,
+            };
             run_vm(image, options, user_data)
         }
     }

@@ -15,6 +15,8 @@ pub struct RunOptions {
     pub nic: cairn_qemu::Nic,
     /// More disks (seeds, config drives, data).
     pub attach: Vec<PathBuf>,
+    /// DVDs (provisioning media).
+    pub cdrom: Vec<PathBuf>,
     pub snapshot: bool,
     pub exit_on_ready: bool,
     pub timeout: Duration,
@@ -57,6 +59,12 @@ pub fn run_vm(image: PathBuf, o: RunOptions, user_data: Option<UserData>) -> Res
             bail!("--attach {}: no such file", file.display());
         }
         cfg.extra_disks.push(file.clone());
+    }
+    for file in &o.cdrom {
+        if !file.exists() {
+            bail!("--cdrom {}: no such file", file.display());
+        }
+        cfg.cdroms.push(file.clone());
     }
     cfg.echo_console = true;
     // Lives until QEMU exits (it reads the drive while the guest runs).

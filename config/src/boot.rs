@@ -423,6 +423,7 @@ mod tests {
             sys_block: dir.join("sys"),
             dev: dir.join("dev"),
             metadata_base: "http://127.0.0.1:9".into(),
+            azure_media_mount: dir.join("azure-media"),
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Machine {
     pub dev: PathBuf,
     /// `http://169.254.169.254` on a cloud.
     pub metadata_base: String,
+    /// Where Azure's provisioning media is mounted while it is read (must not exist).
+    pub azure_media_mount: PathBuf,
 }
 
 /// The chassis asset tag of every Azure VM (what cloud-init and WALinuxAgent look for).
@@ -36,6 +38,7 @@ impl Machine {
             sys_block: PathBuf::from("/sys/class/block"),
             dev: PathBuf::from("/dev"),
             metadata_base: LINK_LOCAL.to_string(),
+            azure_media_mount: PathBuf::from("/run/cairn/azure-media"),
         }
     }
 }
@@ -137,7 +140,13 @@ impl Platform {
                 out.push(volume(Kind::ConfigDrive));
                 out.push(Box::new(OpenStack { base }));
             }
-            Platform::Azure => out.push(Box::new(Azure { base, wire_server: WIRE_SERVER.to_string() })),
+            Platform::Azure => out.push(Box::new(Azure {
+                base,
+                wire_server: WIRE_SERVER.to_string(),
+                sys_block: m.sys_block.clone(),
+                dev: m.dev.clone(),
+                mount_dir: m.azure_media_mount.clone(),
+            })),
             Platform::Other => {
                 out.push(volume(Kind::ConfigDrive));
                 out.push(volume(Kind::NoCloud));

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Bump when the staged /usr would differ for the same inputs (cache key of the /usr image).
-const USR_LAYOUT_VERSION: u32 = 3;
+const USR_LAYOUT_VERSION: u32 = 4;
 
 pub struct BuildOptions {
     pub spec_path: PathBuf,
@@ -282,7 +282,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let modules_dir = kernel_dir.join("lib/modules").join(&kernel_release);
     let index = steps.run("kernel modules", || {
         let mut index = ModuleIndex::scan(&modules_dir)?;
-        index.exclude(&spec.kernel.exclude_modules)?;
+        index.exclude(&spec.kernel.exclude_modules, &spec.kernel.keep_modules)?;
         // Every module kept must have its dependencies kept.
         index.modules_dep()?;
         Ok((index, false))
@@ -353,7 +353,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         rootfs::link_tree(&modules_dir, &mods_dest, &mut stats)?;
         remove_modules_not_in(&mods_dest, &index)?;
         rootfs::write_file(&mods_dest.join("modules.dep"), index.modules_dep()?.as_bytes(), 0o644)?;
-        rootfs::write_file(&mods_dest.join("modules.alias"), index.modules_alias(None).as_bytes(), 0o644)?;
+        rootfs::write_file(&mods_dest.join("modules.alias"), index.modules_alias(None, false).as_bytes(), 0o644)?;
         rootfs::busybox_links(&tree)?;
         for dir in &overlays {
             rootfs::link_tree(dir, &tree, &mut MergeStats::default())?;
@@ -435,7 +435,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         initrd.file(MODULES_LOAD, load.into_bytes(), 0o644);
         let dep = index.modules_dep_of(Some(&initrd_modules))?;
         initrd.file(&format!("lib/modules/{kernel_release}/modules.dep"), dep.into_bytes(), 0o644);
-        let alias = index.modules_alias(Some(&initrd_modules));
+        let alias = index.modules_alias(Some(&initrd_modules), true);
         initrd.file(&format!("lib/modules/{kernel_release}/modules.alias"), alias.into_bytes(), 0o644);
         initrd.file("etc/initrd-release", os_release.clone().into_bytes(), 0o644);
         initrd.symlink("etc/os-release", "initrd-release");

@@ -83,18 +83,21 @@ impl ModuleIndex {
     }
 
     /// Drops the modules under `kernel/DIR` for each of `dirs` (directories or `.ko` files;
-    /// each must hold at least one module), and the modules that need one of them.
-    pub fn exclude(&mut self, dirs: &[String]) -> Result<()> {
+    /// each must hold at least one module), except the modules named in `keep` and what they
+    /// depend on, then the modules that need one dropped.
+    pub fn exclude(&mut self, dirs: &[String], keep: &[String]) -> Result<()> {
+        let kept: BTreeSet<String> =
+            self.closure(keep).map_err(|e| anyhow::anyhow!("kernel.keep_modules: {e}"))?.into_iter().collect();
         for d in dirs {
             if d.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
                 bail!("kernel.exclude_modules: {d:?} is not a path under the kernel's modules");
             }
             let (dir, file) = (format!("kernel/{d}/"), format!("kernel/{d}"));
-            let before = self.modules.len();
-            self.modules.retain(|_, m| !(m.rel_path.starts_with(&dir) || m.rel_path == file));
-            if self.modules.len() == before {
+            let under = |m: &Module| m.rel_path.starts_with(&dir) || m.rel_path == file;
+            if !self.modules.values().any(under) {
                 bail!("kernel.exclude_modules: the kernel has no modules under kernel/{d}");
             }
+            self.modules.retain(|name, m| kept.contains(name) || !under(m));
         }
         loop {
             let missing: Vec<String> = self
@@ -151,15 +154,20 @@ impl ModuleIndex {
         Ok(())
     }
 
-    /// A `modules.alias` in depmod's format (`alias PATTERN NAME`) of the device aliases of
-    /// `only` (every module when `None`), sorted.
-    pub fn modules_alias(&self, only: Option<&[String]>) -> String {
+    /// A `modules.alias` in depmod's format (`alias PATTERN NAME`), sorted: of `only` (every
+    /// module when `None`), their device aliases, or all their aliases (`fs-udf`,
+    /// `crypto-sha256`: what the kernel asks modprobe for when a mount or a socket needs a
+    /// module) unless `devices_only`.
+    pub fn modules_alias(&self, only: Option<&[String]>, devices_only: bool) -> String {
         let mut lines: Vec<String> = self
             .modules
             .iter()
             .filter(|(name, _)| only.is_none_or(|o| o.contains(name)))
             .flat_map(|(name, m)| {
-                m.aliases.iter().filter(|a| is_device_alias(a)).map(move |a| format!("alias {a} {name}\n"))
+                m.aliases
+                    .iter()
+                    .filter(move |a| !devices_only || is_device_alias(a))
+                    .map(move |a| format!("alias {a} {name}\n"))
             })
             .collect();
         lines.sort();
@@ -285,10 +293,22 @@ mod tests {
         for m in i.modules.values_mut() {
             m.rel_path = m.rel_path.replace("kernel/pcmcia.ko", "kernel/drivers/pcmcia/pcmcia.ko");
         }
-        i.exclude(&["drivers/pcmcia".into()]).unwrap();
+        i.exclude(&["drivers/pcmcia".into()], &[]).unwrap();
         assert_eq!(i.modules.keys().collect::<Vec<_>>(), ["ahci"]);
-        assert!(i.exclude(&["drivers/gpu".into()]).unwrap_err().to_string().contains("no modules under"));
-        assert!(i.exclude(&["../x".into()]).is_err());
+        assert!(i.exclude(&["drivers/gpu".into()], &[]).unwrap_err().to_string().contains("no modules under"));
+        assert!(i.exclude(&["../x".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn kept_modules_and_their_dependencies_survive_an_excluded_directory() {
+        let mut i = index(&[("scsi_mod", &[]), ("sd_mod", &["scsi_mod"]), ("lpfc", &["scsi_mod"]), ("ahci", &[])]);
+        for m in i.modules.values_mut() {
+            m.rel_path = format!("kernel/drivers/scsi/{}", m.rel_path.trim_start_matches("kernel/"));
+        }
+        i.exclude(&["drivers/scsi".into()], &["sd_mod".into()]).unwrap();
+        assert_eq!(i.modules.keys().collect::<Vec<_>>(), ["scsi_mod", "sd_mod"]);
+        let err = i.exclude(&[], &["no_such".into()]).unwrap_err().to_string();
+        assert!(err.contains("kernel.keep_modules") && err.contains("no_such"), "{err}");
     }
 
     #[test]
@@ -300,8 +320,10 @@ mod tests {
         alias(&mut i, "virtio_blk", &["virtio:d00000002v*"]);
         alias(&mut i, "erofs", &["fs-erofs"]);
         alias(&mut i, "dm_mod", &["devname:mapper/control", "char-major-10-236"]);
-        assert_eq!(i.modules_alias(None), "alias virtio:d00000002v* virtio_blk\n");
-        assert_eq!(i.modules_alias(Some(&["erofs".to_string()])), "");
+        assert_eq!(i.modules_alias(None, true), "alias virtio:d00000002v* virtio_blk\n");
+        assert_eq!(i.modules_alias(Some(&["erofs".to_string()]), true), "");
+        // /usr's lists every alias: a mount of erofs finds its module by `fs-erofs`.
+        assert!(i.modules_alias(None, false).contains("alias fs-erofs erofs\n"));
         let all = i.closure(&["virtio_blk".into(), "erofs".into(), "dm-mod".into()]).unwrap();
         assert_eq!(i.without_devices(&all), [&"virtio".to_string(), &"erofs".to_string(), &"dm_mod".to_string()]);
         // A closure's modules.dep names only its own modules.

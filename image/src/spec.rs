@@ -80,6 +80,10 @@ pub struct Kernel {
     /// exist, and no module kept may depend on one left out.
     #[serde(default)]
     pub exclude_modules: Vec<String>,
+    /// Modules kept (with what they depend on) although `exclude_modules` names their
+    /// directory: the few drivers a cloud has among a vendor tree no cloud has.
+    #[serde(default)]
+    pub keep_modules: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -90,6 +90,9 @@ pub struct VmConfig {
     pub disk_size: Option<u64>,
     /// More disks (raw, read-only), e.g. an archive handed to the guest as /dev/vdb.
     pub extra_disks: Vec<PathBuf>,
+    /// DVDs (ISO 9660 or UDF images) in SATA drives on q35's AHCI controller, as clouds hand
+    /// provisioning media (Azure's `ovf-env.xml`) to a VM.
+    pub cdroms: Vec<PathBuf>,
     /// fw_cfg entries the guest reads under /sys/firmware/qemu_fw_cfg: (name, file).
     pub fw_cfg: Vec<(String, PathBuf)>,
     pub extra_args: Vec<String>,
@@ -195,6 +198,7 @@ impl VmConfig {
             accel: None,
             disk_size: None,
             extra_disks: Vec::new(),
+            cdroms: Vec::new(),
             fw_cfg: Vec::new(),
             extra_args: Vec::new(),
             disk_bus: DiskBus::Virtio,
@@ -332,6 +336,11 @@ impl Vm {
         }
         for (i, d) in cfg.extra_disks.iter().enumerate() {
             cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={},id=extra{i}", d.display()));
+        }
+        // Ports 2 and up: the boot disk may be on port 0 (`DiskBus::Ahci`).
+        for (i, d) in cfg.cdroms.iter().enumerate() {
+            cmd.arg("-drive").arg(format!("if=none,media=cdrom,readonly=on,file={},id=cdrom{i}", d.display()));
+            cmd.arg("-device").arg(format!("ide-cd,drive=cdrom{i},bus=ide.{}", i + 2));
         }
         for (name, file) in &cfg.fw_cfg {
             cmd.arg("-fw_cfg").arg(format!("name={name},file={}", file.display()));

@@ -58,6 +58,12 @@ fn boots_with_static_network(drive: PathBuf, core_key: &Path, hostname: &str) ->
     assert!(routes.contains("default via 10.0.2.2 dev eth0"), "{routes}");
     let resolv = vm.run_ok("cat /etc/resolv.conf", CMD)?;
     assert!(resolv.contains("nameserver 10.0.2.2"), "QEMU's DHCP would have named 10.0.2.3:\n{resolv}");
+    // IPv6 by SLAAC beside the static IPv4: QEMU's router advertises fec0::/64.
+    let slaac =
+        "for i in $(seq 30); do ip -6 addr show dev eth0 | grep -q 'inet6 fec0::' && exit 0; sleep 1; done; exit 1";
+    if vm.run(slaac, CMD)?.status != 0 {
+        panic!("no SLAAC address on eth0 within 30 s:\n{}", vm.run("ip -6 addr; ip -6 route", CMD)?.output);
+    }
 
     let (ok, out, err) = ssh(ssh_port, "core", core_key, "hostname")?;
     assert!(ok, "ssh over the static address failed: {err}\n{}", vm.console().text());

@@ -101,6 +101,7 @@ fn machine(dir: &Path, cmdline: &str, base: &str) -> Machine {
         sys_block: dir.join("sys"),
         dev: dir.join("dev"),
         metadata_base: base.to_string(),
+        azure_media_mount: dir.join("azure-media"),
     }
 }
 

@@ -1,17 +1,24 @@
-//! Azure: the instance metadata service (IMDS) for user data, the computer name and the launch
-//! SSH keys, and the wire server, which must hear that the VM is ready or Azure counts the
-//! deployment as failed.
+//! Azure: the provisioning media's `ovf-env.xml` (custom data, host name, launch SSH keys), the
+//! instance metadata service (IMDS) for user data, the computer name and the launch SSH keys,
+//! and the wire server, which must hear that the VM is ready or Azure counts the deployment as
+//! failed.
 //!
+//! - Provisioning media (`media`, `ovf`): the custom data is the user data; IMDS's `userData`
+//!   is used when there is none. The host name is the media's, else IMDS's; keys are both's.
 //! - IMDS: `GET /metadata/instance/compute?api-version=2021-02-01` with `Metadata: true`:
 //!   `userData` (base64), `osProfile.computerName`, `publicKeys[].keyData`.
 //! - Wire server (`168.63.129.16`): `GET /machine/?comp=goalstate` (`x-ms-version:
 //!   2012-11-30`) gives the goal state's incarnation, container id and role instance id;
 //!   `POST /machine/?comp=health` reports that role instance `Ready` for that incarnation.
 
+pub mod media;
+pub mod ovf;
+
 use super::http::Client;
 use super::{Datasource, DatasourceError, Found, network_found};
 use crate::instance::{self, InstanceMetadata};
 use base64::Engine;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The wire server's fixed address on Azure.
@@ -24,6 +31,11 @@ pub struct Azure {
     /// IMDS: `http://169.254.169.254`.
     pub base: String,
     pub wire_server: String,
+    /// Where the provisioning media is looked for: `/sys/class/block` and `/dev`...
+    pub sys_block: PathBuf,
+    pub dev: PathBuf,
+    /// ...and mounted: a directory that must not exist yet.
+    pub mount_dir: PathBuf,
 }
 
 /// What the goal state says the ready report must name.
@@ -44,17 +56,34 @@ impl Datasource for Azure {
     }
 
     fn fetch(&self, until: Instant) -> Result<Option<Found>, DatasourceError> {
-        let c = Client::new(until)?;
-        let base = self.base.trim_end_matches('/');
-        let what = "Azure IMDS compute";
-        let req = c
-            .http
-            .get(format!("{base}/metadata/instance/compute?api-version={IMDS_VERSION}"))
-            .header("Metadata", "true");
-        let Some(body) = c.body(c.send(req, what)?, what)? else { return Ok(None) };
-        let (user_data, instance) =
-            compute(&body).map_err(|message| DatasourceError::Malformed { what: what.into(), message })?;
-        Ok(network_found(format!("azure {base}"), user_data, Ok(instance)))
+        let media = self.provisioning_media()?;
+        let imds = self.imds(until);
+        let Some((dev, p)) = media else {
+            let (user_data, instance) = match imds? {
+                Some(found) => found,
+                None => return Ok(None),
+            };
+            return Ok(network_found(format!("azure {}", self.base), user_data, Ok(instance)));
+        };
+        let mut warnings = Vec::new();
+        let (imds_data, imds_instance) = match imds {
+            Ok(found) => found.unwrap_or_default(),
+            Err(e) => {
+                warnings.push(format!("{e} (the provisioning media's data is used alone)"));
+                Default::default()
+            }
+        };
+        let keys: Vec<String> = p.ssh_keys.iter().chain(&imds_instance.ssh_keys).cloned().collect();
+        let instance = instance::from_parts(p.hostname.as_deref().or(imds_instance.hostname.as_deref()), &keys);
+        let (source, data) = match (p.custom_data, imds_data) {
+            (Some(custom), _) => (format!("azure {} {}", dev.display(), media::OVF_ENV), custom),
+            (None, Some(user_data)) => (format!("azure {}", self.base), user_data),
+            (None, None) => (format!("azure {} {}", dev.display(), media::OVF_ENV), Vec::new()),
+        };
+        let mut found = Found::user_data(source, data);
+        found.instance = instance;
+        found.warnings = warnings;
+        Ok(Some(found))
     }
 
     fn report_ready(&self, until: Instant) -> Result<Option<String>, DatasourceError> {
@@ -80,8 +109,41 @@ impl Datasource for Azure {
     }
 }
 
-/// IMDS's compute document: the user data (absent when empty) and the instance metadata.
-pub fn compute(body: &[u8]) -> Result<(Option<Vec<u8>>, InstanceMetadata), String> {
+impl Azure {
+    /// The provisioning media's document, if a DVD has one.
+    fn provisioning_media(&self) -> Result<Option<(PathBuf, ovf::Provisioning)>, DatasourceError> {
+        let devices = crate::local::block_devices(&self.sys_block, &self.dev);
+        let what = || format!("Azure provisioning media ({})", media::OVF_ENV);
+        let Some((dev, xml)) = media::read_ovf_env(&devices, &self.mount_dir)
+            .map_err(|source| DatasourceError::Io { what: what(), source })?
+        else {
+            return Ok(None);
+        };
+        let malformed =
+            |message| DatasourceError::Malformed { what: format!("{} on {}", media::OVF_ENV, dev.display()), message };
+        let text = String::from_utf8(xml).map_err(|_| malformed("not UTF-8".to_string()))?;
+        Ok(Some((dev.clone(), ovf::parse(&text).map_err(malformed)?)))
+    }
+
+    /// IMDS's user data and instance metadata; `None` if it has neither.
+    fn imds(&self, until: Instant) -> Result<Option<Compute>, DatasourceError> {
+        let c = Client::new(until)?;
+        let base = self.base.trim_end_matches('/');
+        let what = "Azure IMDS compute";
+        let req = c
+            .http
+            .get(format!("{base}/metadata/instance/compute?api-version={IMDS_VERSION}"))
+            .header("Metadata", "true");
+        let Some(body) = c.body(c.send(req, what)?, what)? else { return Ok(None) };
+        compute(&body).map(Some).map_err(|message| DatasourceError::Malformed { what: what.into(), message })
+    }
+}
+
+/// What IMDS's compute document gives: the user data (absent when empty) and the instance
+/// metadata.
+pub type Compute = (Option<Vec<u8>>, InstanceMetadata);
+
+pub fn compute(body: &[u8]) -> Result<Compute, String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let user_data = match v["userData"].as_str().unwrap_or_default() {
         "" => None,
