@@ -12,7 +12,8 @@ cargo test --workspace --locked
 # Every benchmark once in a quick mode (small inputs, one iteration): one that breaks fails CI.
 # Their figures are not of record; full runs are manual (README).
 for bench in "cairn-bench-config --runs 1" "cairn-bench-server --seconds 1 --instances 2000" \
-    "cairn-bench-apply --runs 1 --no-vm" "cairn-bench --quick" "cairn-bench-rolling --quick"; do
+    "cairn-bench-apply --runs 1 --no-vm" "cairn-bench --quick" "cairn-bench-rolling --quick" \
+    "cairn-bench-delta --quick"; do
     echo "== $bench (quick)"
     # shellcheck disable=SC2086
     set -- $bench

@@ -15,6 +15,8 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("chunk {id}: its content hashes to {actual}")]
     Mismatch { id: ChunkId, actual: ChunkId },
+    #[error("chunk {id}: decompresses to over {limit} bytes")]
+    TooLarge { id: ChunkId, limit: u64 },
 }
 
 pub struct Store {
@@ -53,7 +55,7 @@ impl Store {
     pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
         let path = self.dir.join(chunk_path(id));
         let compressed = std::fs::read(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-        decode(id, &compressed).map_err(|e| match e {
+        decode(id, &compressed, crate::chunker::MAX.into()).map_err(|e| match e {
             StoreError::Io { source, .. } => StoreError::Io { path, source },
             other => other,
         })
@@ -61,10 +63,16 @@ impl Store {
 }
 
 /// A stored chunk's bytes from its compressed form, checked against `id`: what a client does
-/// with a chunk it downloaded.
-pub fn decode(id: &ChunkId, compressed: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// with a chunk it downloaded. Decompression stops past `limit` bytes (the size the index
+/// gives the chunk): a chunk that would inflate without end is refused, not followed.
+pub fn decode(id: &ChunkId, compressed: &[u8], limit: u64) -> Result<Vec<u8>, StoreError> {
+    use std::io::Read;
     let io = |source| StoreError::Io { path: PathBuf::from(chunk_path(id)), source };
-    let data = zstd::stream::decode_all(compressed).map_err(io)?;
+    let mut data = Vec::new();
+    zstd::stream::read::Decoder::new(compressed).map_err(io)?.take(limit + 1).read_to_end(&mut data).map_err(io)?;
+    if data.len() as u64 > limit {
+        return Err(StoreError::TooLarge { id: *id, limit });
+    }
     let actual = ChunkId::of(&data);
     if actual != *id {
         return Err(StoreError::Mismatch { id: *id, actual });
@@ -90,5 +98,9 @@ mod tests {
         // Another chunk's bytes under this id are refused.
         std::fs::write(&path, zstd::bulk::compress(b"other", 3).unwrap()).unwrap();
         assert!(matches!(store.get(&id), Err(StoreError::Mismatch { .. })));
+        // A small download that would inflate past the chunk's size is cut off.
+        let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 19).unwrap();
+        assert!(bomb.len() < 4096);
+        assert!(matches!(decode(&id, &bomb, data.len() as u64), Err(StoreError::TooLarge { .. })));
     }
 }

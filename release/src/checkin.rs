@@ -113,6 +113,32 @@ pub struct Event {
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `staged`: what writing the release's `/usr` moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+}
+
+/// What installing a release's `/usr` moved, in bytes: the image written, what was downloaded
+/// for it, and what was taken from the host's own disks instead (delta updates).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    pub image: u64,
+    pub downloaded: u64,
+    pub reused: u64,
+}
+
+impl Transfer {
+    /// `4.1 MB downloaded, 150.3 MB reused, for a 160.2 MB image`.
+    pub fn summary(&self) -> String {
+        let mb = |b: u64| b as f64 / 1e6;
+        format!(
+            "{:.1} MB downloaded, {:.1} MB reused, for a {:.1} MB image",
+            mb(self.downloaded),
+            mb(self.reused),
+            mb(self.image)
+        )
+    }
 }
 
 /// A field of a check-in or an event that breaks the protocol; the message names the field.

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub halts: Counter,
     latency: Family<Labels, Histogram>,
     instances: Family<Labels, Gauge>,
+    update_bytes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -47,7 +48,13 @@ impl Metrics {
         registry.register("request_duration_seconds", "HTTP request latency, by route", latency.clone());
         let instances = Family::<Labels, Gauge>::default();
         registry.register("instances", "Registered hosts, by group, version and state", instances.clone());
-        Metrics { registry, checkins, grants, events, halts, latency, instances }
+        let update_bytes = Family::<Labels, Counter>::default();
+        registry.register(
+            "update_bytes",
+            "Bytes of /usr images hosts installed, by how they came (downloaded, reused from the host's own disks)",
+            update_bytes.clone(),
+        );
+        Metrics { registry, checkins, grants, events, halts, latency, instances, update_bytes }
     }
 
     pub fn checkin(&self, result: &str) {
@@ -56,6 +63,12 @@ impl Metrics {
 
     pub fn event(&self, kind: &str) {
         self.events.get_or_create(&labels(&[("kind", kind)])).inc();
+    }
+
+    /// What a host's install moved, summed across the fleet.
+    pub fn transfer(&self, t: &cairn_release::checkin::Transfer) {
+        self.update_bytes.get_or_create(&labels(&[("how", "downloaded")])).inc_by(t.downloaded);
+        self.update_bytes.get_or_create(&labels(&[("how", "reused")])).inc_by(t.reused);
     }
 
     pub fn observe(&self, route: &str, status: u16, seconds: f64) {
@@ -89,9 +102,14 @@ mod tests {
         m.checkin("none");
         m.grants.inc();
         m.observe("/v1/checkin", 200, 0.002);
+        let t = cairn_release::checkin::Transfer { image: 100, downloaded: 7, reused: 90 };
+        m.transfer(&t);
+        m.transfer(&t);
         let text = m.render(&[("default".into(), "2".into(), "idle".into(), 7)]);
         assert!(text.contains("cairn_server_checkins_total{result=\"none\"} 2"), "{text}");
         assert!(text.contains("cairn_server_grants_total 1"), "{text}");
+        assert!(text.contains("cairn_server_update_bytes_total{how=\"downloaded\"} 14"), "{text}");
+        assert!(text.contains("cairn_server_update_bytes_total{how=\"reused\"} 180"), "{text}");
         assert!(text.contains("cairn_server_instances{group=\"default\",version=\"2\",state=\"idle\"} 7"), "{text}");
         assert!(text.contains("cairn_server_request_duration_seconds_count{route=\"/v1/checkin\",status=\"200\"} 1"));
         // A version that left the fleet is not reported as still present.

@@ -321,6 +321,9 @@ impl Server {
         tx.commit().await?;
         self.invalidate_counts();
         self.metrics.event(kind);
+        if let Some(t) = &e.transfer {
+            self.metrics.transfer(t);
+        }
         if failure {
             tracing::warn!(
                 group,

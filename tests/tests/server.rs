@@ -478,7 +478,7 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
     use cairn_agent::http::{ClientOptions, client};
     use cairn_agent::ports::RolloutServer;
     use cairn_agent::server::HttpRolloutServer;
-    use cairn_release::checkin::{Event, EventKind};
+    use cairn_release::checkin::{Event, EventKind, Transfer};
     use cairn_release::update_config::Secret;
     let s = InProcess::start(Backend::Sqlite)?;
     s.release("2", "stable")?;
@@ -508,6 +508,7 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
         kind: EventKind::Staged,
         version: "2".into(),
         error: None,
+        transfer: None,
     });
     let e = e.unwrap_err().to_string();
     assert!(e.contains("401"), "a wrong enrollment token: {e}");
@@ -523,8 +524,13 @@ fn the_agent_client_checks_in_fetches_verified_releases_and_reports() -> Result<
         kind: EventKind::Staged,
         version: "2".into(),
         error: None,
+        transfer: Some(Transfer { image: 160_000_000, downloaded: 4_000_000, reused: 150_000_000 }),
     };
     server.report(&event)?;
+    // The fleet's download savings, summed from the staged events.
+    let text = http.get(format!("{}/metrics", s.url)).send()?.text()?;
+    assert!(text.contains("cairn_server_update_bytes_total{how=\"downloaded\"} 4000000"), "{text}");
+    assert!(text.contains("cairn_server_update_bytes_total{how=\"reused\"} 150000000"), "{text}");
     let unknown = Event { instance_id: "nobody".into(), ..event };
     let e = server.report(&unknown).unwrap_err();
     assert!(e.to_string().contains("403") && !e.is_transient(), "another host's event: {e}");

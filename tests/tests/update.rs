@@ -84,6 +84,17 @@ fn healthy_update_is_blessed_and_a_bad_one_rolls_back_by_itself() -> Result<()> 
     wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
     let status = vm.run_ok("updatectl status", CMD)?;
     assert!(status.contains("Current version: 2 (slot b)"), "{status}");
+    // Assembled from the chunks: 2 differs from 1 by its version, so the running /usr gave
+    // nearly all of it.
+    let assembled = vm.run_ok("grep -h 'assembled from chunks' /var/log/cairn/cairn-agent.log*", CMD)?;
+    println!("v1 -> v2: {}", assembled.trim());
+    let share: f64 = assembled
+        .split(" of the ")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|s| s.trim_end_matches('%').parse().ok())
+        .with_context(|| format!("no download share in {assembled:?}"))?;
+    assert!(share < 10.0, "a version bump downloaded {share}% of the image: {assembled}");
 
     // The D-Bus API as any D-Bus client sees it.
     let intro =
@@ -365,16 +376,25 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
             }),
             "inconsistent feed refused",
         ),
+        // Without the chunk store (the agent falls back to the whole image, and meets these).
         (
             "truncated image",
             Box::new(|| {
+                std::fs::remove_dir_all(served.join("chunks"))?;
                 let usr = usr()?;
                 let len = std::fs::metadata(&usr)?.len();
                 Ok(std::fs::OpenOptions::new().write(true).open(&usr)?.set_len(len / 2)?)
             }),
             "installing 2",
         ),
-        ("altered image", Box::new(|| flip_byte(&usr()?, std::fs::metadata(usr()?)?.len() / 3)), "installing 2"),
+        (
+            "altered image",
+            Box::new(|| {
+                std::fs::remove_dir_all(served.join("chunks"))?;
+                flip_byte(&usr()?, std::fs::metadata(usr()?)?.len() / 3)
+            }),
+            "installing 2",
+        ),
         ("server answers 503", fault(Fault::Status(503)), "HTTP 503"),
         ("server resets", fault(Fault::Reset), "fetching metadata/timestamp.json"),
         ("server sends garbage", fault(Fault::Garbage), "parse"),
@@ -423,13 +443,21 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
     let esp = vm.run_ok("mount -o ro -t vfat /dev/vda1 /mnt && ls /mnt/EFI/Linux; umount /mnt", CMD)?;
     assert_eq!(esp.split_whitespace().collect::<Vec<_>>(), ["cairn-1.efi"], "{esp}");
 
-    // After all that, 2 published as built: the same host stages it and, strategy off, waits
-    // for `updatectl reboot`.
+    // After all that, 2 published as built, but one of its chunks in the store holds other
+    // bytes: refused by its id, the whole image is downloaded instead; the same host stages it
+    // and, strategy off, waits for `updatectl reboot`.
     live.publish_image(&img2)?;
     copy_dir(&live.feed, served)?;
+    let chunk = first_file(&served.join("chunks"))?;
+    std::fs::write(&chunk, zstd::bulk::compress(b"not this chunk", 3)?)?;
     let (status, out) = check(&mut vm)?;
     assert_eq!(status, 0, "{out}");
     assert!(out.contains("Staged version:  2"), "{out}");
+    let log = agent_log(&mut vm);
+    assert!(
+        log.contains("assembling /usr from chunks failed") && log.contains("hashes to"),
+        "the bad chunk was not refused by its id:\n{log}"
+    );
     wait_for_status(&mut vm, |s| s.contains("State:           waiting-to-reboot"), Duration::from_secs(60))?;
     let mark = vm.console().mark();
     vm.send(b"updatectl reboot\n")?;
@@ -438,6 +466,18 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
     let raw = disk_after(&mut vm)?;
     assert_eq!(esp_entries(&img1, &raw)?, ["cairn-1.efi", "cairn-2.efi"]);
     Ok(())
+}
+
+/// The first file under `dir`, by name (a chunk store's first chunk).
+fn first_file(dir: &Path) -> Result<PathBuf> {
+    let mut files = Vec::new();
+    for sub in std::fs::read_dir(dir)? {
+        for f in std::fs::read_dir(sub?.path())? {
+            files.push(f?.path());
+        }
+    }
+    files.sort();
+    files.into_iter().next().with_context(|| format!("no file under {}", dir.display()))
 }
 
 /// A host checks in with cairn-server on the test machine's loopback, is granted 2 by its

@@ -94,6 +94,11 @@ impl UpdateApi {
     async fn rolled_back(&self) -> Vec<String> {
         self.now().rolled_back
     }
+    /// What the last install moved (downloaded, reused from the host's disks, the image).
+    #[zbus(property)]
+    async fn last_download(&self) -> String {
+        self.now().last_download
+    }
     #[zbus(property)]
     async fn strategy(&self) -> String {
         self.now().strategy
@@ -152,6 +157,9 @@ pub async fn serve(
         }
         if now.last_error != last.last_error {
             api.last_error_changed(e).await?;
+        }
+        if now.last_download != last.last_download {
+            api.last_download_changed(e).await?;
         }
         if now.rolled_back != last.rolled_back {
             api.rolled_back_changed(e).await?;

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod core;
 pub mod credential;
 pub mod dbus;
+pub mod delta;
 pub mod driver;
 pub mod entries;
 pub mod failpoint;

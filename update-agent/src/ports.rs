@@ -50,6 +50,8 @@ pub struct Running {
     pub slot: Slot,
     /// The running `/usr` partition's device (`/dev/vda2`).
     pub usr_partition: PathBuf,
+    /// Its dm-verity device (`/dev/dm-0`): the running `/usr` image's data, verified as read.
+    pub usr_device: Option<PathBuf>,
 }
 
 /// Where the other slot is written.
@@ -202,13 +204,27 @@ pub struct Candidate {
     /// Where each artifact is downloaded from, by its name: a path in the source (or an
     /// http(s) URL a rollout server gave).
     pub artifacts: BTreeMap<String, String>,
+    /// The `/usr` image's chunk index and the store of its chunks, when the source has them:
+    /// the image can then be assembled from what the host has and the chunks it lacks.
+    pub usr_chunks: Option<UsrChunks>,
+}
+
+/// Where a release's `/usr` chunks are: its index (a signed target: size and sha256 known) and
+/// the chunk store beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsrChunks {
+    pub index: String,
+    pub index_sha256: String,
+    pub index_size: u64,
+    /// The store's path in the source (`chunks`): chunk `ID` is `STORE/xxxx/ID.cacnk`.
+    pub store: String,
 }
 
 impl Candidate {
     /// A release whose artifacts lie beside its manifest in `dir`.
     pub fn beside(release: Release, dir: &str) -> Candidate {
         let artifacts = release.artifacts.iter().map(|a| (a.name.clone(), format!("{dir}/{}", a.name))).collect();
-        Candidate { release, artifacts }
+        Candidate { release, artifacts, usr_chunks: None }
     }
 
     /// Where `artifact` is downloaded from.

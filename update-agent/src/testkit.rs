@@ -48,6 +48,35 @@ impl World {
             .find(|p| p.to_string_lossy().ends_with(&suffix))
             .unwrap_or_else(|| panic!("no published {name}"))
     }
+
+    /// Flips a byte in the feed's `/usr` image (at `at`, from its end when negative) and puts
+    /// other bytes in each of its chunks, so neither the whole image nor a chunk passes its
+    /// check.
+    pub fn tamper_usr(&self, at: i64) {
+        let flip = |path: &Path, at: i64| {
+            let mut bytes = std::fs::read(path).unwrap();
+            let i = if at < 0 { bytes.len() - at.unsigned_abs() as usize } else { at as usize };
+            bytes[i] ^= 0xff;
+            std::fs::write(path, bytes).unwrap();
+        };
+        flip(&self.published("usr.img.zst"), at);
+        for chunk in self.chunks() {
+            std::fs::write(chunk, zstd::bulk::compress(b"tampered", 3).unwrap()).unwrap();
+        }
+    }
+
+    /// The chunk files of the feed's store.
+    pub fn chunks(&self) -> Vec<PathBuf> {
+        let store = self.feed.join(cairn_tuf::releases::CHUNK_STORE);
+        let mut out = Vec::new();
+        for dir in std::fs::read_dir(store).unwrap() {
+            for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+                out.push(f.unwrap().path());
+            }
+        }
+        out.sort();
+        out
+    }
 }
 
 fn now() -> u64 {
@@ -167,6 +196,7 @@ pub fn target<'a>(w: &'a World, esp: &'a EntriesDir) -> (slots::UsrPartition, Ta
         progress: &|_, _| {},
         staging_dir: &w.staging,
         wait: &|_| {},
+        running_usr: None,
     };
     (b, t)
 }

@@ -95,7 +95,8 @@ impl TufFeed {
             )));
         }
         let artifacts = locate(&release, targets)?;
-        Ok(Candidate { release, artifacts })
+        let usr_chunks = usr_chunks(&release, targets);
+        Ok(Candidate { release, artifacts, usr_chunks })
     }
 }
 
@@ -177,6 +178,19 @@ fn locate(release: &Release, targets: &ReleaseTargets) -> Result<BTreeMap<String
         paths.insert(a.name.clone(), Verified::target_path(target));
     }
     Ok(paths)
+}
+
+/// The `/usr` image's chunk index, when the release's targets have one (`cairn release
+/// publish` writes it with the chunks into the feed's store).
+fn usr_chunks(release: &Release, targets: &ReleaseTargets) -> Option<crate::ports::UsrChunks> {
+    let usr = release.artifacts.iter().find(|a| a.kind == cairn_release::manifest::ArtifactKind::Usr)?;
+    let index = targets.files.get(&cairn_tuf::releases::usr_index_name(&usr.name))?;
+    Some(crate::ports::UsrChunks {
+        index: Verified::target_path(index),
+        index_sha256: index.sha256.clone(),
+        index_size: index.length,
+        store: cairn_tuf::releases::CHUNK_STORE.to_string(),
+    })
 }
 
 #[cfg(test)]

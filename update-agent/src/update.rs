@@ -5,12 +5,15 @@
 //! and its entry untouched, and the next attempt starts over cleanly.
 
 use crate::apply::{self, ApplyError};
+use crate::delta::{self, DeltaError, SeedDevice};
 use crate::entries;
 use crate::http::ResumingReader;
-use crate::ports::{Candidate, Esp, EspError, SourceError, Transport};
+use crate::ports::{Candidate, Esp, EspError, SourceError, Transport, UsrChunks};
 use crate::slots::{self, SlotError};
+use cairn_release::checkin::Transfer;
 use cairn_release::gpt::Slot;
-use cairn_release::manifest::ArtifactKind;
+use cairn_release::manifest::{ArtifactKind, Compression};
+use sha2::{Digest, Sha256};
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -55,6 +58,8 @@ pub struct Target<'a> {
     pub staging_dir: &'a Path,
     /// Sleeps between download retries (a parameter so tests do not sleep).
     pub wait: &'a (dyn Fn(std::time::Duration) + Sync),
+    /// The running `/usr` (its verity device), whose chunks a delta install reuses.
+    pub running_usr: Option<&'a Path>,
 }
 
 /// Downloads `path` into `dest` (bounded by the artifact's size), checking size and sha256.
@@ -142,20 +147,121 @@ impl Seek for Window {
     }
 }
 
-/// Streams the candidate's `/usr` into the target partition, checking it as it streams.
-pub fn write_usr(candidate: &Candidate, transport: &dyn Transport, target: &Target) -> Result<(), UpdateError> {
+/// Streams the candidate's `/usr` into the target partition, checking it as it streams:
+/// assembled from chunks when the source has an index of them, else (or if that fails
+/// short of the disk itself) the whole image.
+pub fn write_usr(candidate: &Candidate, transport: &dyn Transport, target: &Target) -> Result<Transfer, UpdateError> {
+    if let Some(chunks) = &candidate.usr_chunks {
+        match write_usr_from_chunks(candidate, chunks, transport, target) {
+            Ok((report, transfer)) => {
+                eprintln!("cairn-agent: {report}");
+                return Ok(transfer);
+            }
+            // The disk failed: the whole image would fail the same way.
+            Err(e @ UpdateError::Apply(ApplyError::Write(_))) => return Err(e),
+            Err(e) => eprintln!("cairn-agent: assembling /usr from chunks failed ({e}); downloading the whole image"),
+        }
+    }
     let usr = candidate.release.artifact(ArtifactKind::Usr);
+    let mut window = open_window(target)?;
+    let path = candidate.location(usr).to_string();
+    let stream = ResumingReader::new(transport, &path, DOWNLOAD_RETRIES, target.wait);
+    let stream = Progress { inner: stream, done: 0, total: usr.size, report: target.progress };
+    apply::write_usr(stream, usr, &mut window, target.partition_size)?;
+    Ok(Transfer { image: usr.uncompressed_size, downloaded: usr.size, reused: 0 })
+}
+
+fn open_window(target: &Target) -> Result<Window, UpdateError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(target.partition)
         .map_err(io(format!("opening {}", target.partition.display())))?;
-    let mut window = Window { file, start: target.partition_offset, len: target.partition_size, pos: 0 };
-    let path = candidate.location(usr).to_string();
-    let stream = ResumingReader::new(transport, &path, DOWNLOAD_RETRIES, target.wait);
-    let stream = Progress { inner: stream, done: 0, total: usr.size, report: target.progress };
-    apply::write_usr(stream, usr, &mut window, target.partition_size)?;
-    Ok(())
+    Ok(Window { file, start: target.partition_offset, len: target.partition_size, pos: 0 })
+}
+
+/// A delta install (`delta.rs`): the signed index, the seeds cut into chunks, the plan, then
+/// the assembled image written and checked as a whole download is. Says what it saved.
+fn write_usr_from_chunks(
+    candidate: &Candidate,
+    chunks: &UsrChunks,
+    transport: &dyn Transport,
+    target: &Target,
+) -> Result<(String, Transfer), UpdateError> {
+    let usr = candidate.release.artifact(ArtifactKind::Usr);
+    let delta_error = |e: DeltaError| UpdateError::Apply(ApplyError::Read(std::io::Error::other(e)));
+    let index_bytes = transport.read_all(&chunks.index, chunks.index_size)?;
+    let sha = hex::encode(Sha256::digest(&index_bytes));
+    if index_bytes.len() as u64 != chunks.index_size || sha != chunks.index_sha256 {
+        return Err(delta_error(DeltaError::Index("it does not match its signed size and sha256".into())));
+    }
+    let index = delta::parse_index(&index_bytes, usr.uncompressed_size).map_err(delta_error)?;
+
+    // The running /usr first (verified as read), then the inactive partition's old content;
+    // past the new image's end it holds nothing the image can use.
+    let mut seeds = Vec::new();
+    if let Some(path) = target.running_usr {
+        seeds.push(SeedDevice { name: "the running /usr", path, offset: 0, len: u64::MAX, overwritten: false });
+    }
+    seeds.push(SeedDevice {
+        name: "the inactive partition",
+        path: target.partition,
+        offset: target.partition_offset,
+        len: target.partition_size.min(usr.uncompressed_size + u64::from(cairn_chunks::chunker::MAX)),
+        overwritten: true,
+    });
+    let mut cut = Vec::new();
+    let mut usable = Vec::new();
+    for seed in seeds {
+        match delta::seed_chunks(&seed) {
+            Ok(c) => {
+                cut.push((seed.overwritten, c));
+                usable.push(seed);
+            }
+            Err(e) => eprintln!("cairn-agent: not reusing {} ({}): {e}", seed.name, seed.path.display()),
+        }
+    }
+    let plan = delta::plan(&index, &cut);
+
+    // The assembled image is the uncompressed one: checked by its size and sha256 as it is
+    // read, and by the verity tree as it is written.
+    let mut plain = usr.clone();
+    plain.compression = Compression::None;
+    plain.size = usr.uncompressed_size;
+    plain.sha256 = usr.uncompressed_sha256.clone();
+    let mut window = open_window(target)?;
+    let fetcher = delta::Fetcher::new(transport, &chunks.store, &plan.fetches, target.wait);
+    let reuse = std::thread::scope(|s| -> Result<delta::Reuse, UpdateError> {
+        for _ in 0..delta::FETCHERS.min(plan.fetches.len()) {
+            s.spawn(|| fetcher.run());
+        }
+        let result = (|| {
+            let mut assembly = delta::Assembly::new(&plan, &usable, &fetcher)
+                .map_err(io(format!("opening the seeds of {}", target.partition.display())))?;
+            let stream = Progress { inner: &mut assembly, done: 0, total: plain.size, report: target.progress };
+            apply::write_usr(stream, &plain, &mut window, target.partition_size)?;
+            Ok(assembly.reuse)
+        })();
+        fetcher.stop();
+        result
+    })?;
+    let downloaded = fetcher.downloaded.load(std::sync::atomic::Ordering::Relaxed) + chunks.index_size;
+    let mb = |b: u64| b as f64 / 1e6;
+    let seeded: Vec<String> =
+        usable.iter().zip(&reuse.seeded).map(|(s, b)| format!("{:.1} MB from {}", mb(*b), s.name)).collect();
+    let transfer = Transfer { image: usr.uncompressed_size, downloaded, reused: reuse.seeded.iter().sum() };
+    let report = format!(
+        "/usr {} assembled from chunks: {}, {:.1} MB fetched in {} chunks; {:.1} MB downloaded with the index \
+         ({:.1}% of the {:.1} MB compressed image)",
+        candidate.release.version,
+        seeded.join(", "),
+        mb(reuse.fetched),
+        plan.fetches.len(),
+        mb(downloaded),
+        downloaded as f64 * 100.0 / usr.size.max(1) as f64,
+        mb(usr.size),
+    );
+    Ok((report, transfer))
 }
 
 /// After `write_usr`: binds the partition to the release (stage 1 then finds it by the root
@@ -225,14 +331,46 @@ mod tests {
     }
 
     #[test]
+    fn with_a_chunk_index_the_image_is_assembled_and_a_bad_store_falls_back_to_the_whole_image() {
+        // The running /usr holds the new image's content: nothing needs fetching.
+        let w = world("2.0.0");
+        let (c, feed) = candidate(&w);
+        assert!(c.usr_chunks.is_some(), "the feed's release has a chunk index");
+        let running = w.feed.parent().unwrap().join("running-usr");
+        let image = zstd::decode_all(&std::fs::read(w.published("usr.img.zst")).unwrap()[..]).unwrap();
+        std::fs::write(&running, &image).unwrap();
+        let esp = EntriesDir(w.esp.clone());
+        let (_, mut t) = target(&w, &esp);
+        t.running_usr = Some(&running);
+        let (report, transfer) =
+            write_usr_from_chunks(&c, c.usr_chunks.as_ref().unwrap(), feed.transport(), &t).unwrap();
+        assert!(report.contains("0.0 MB fetched in 0 chunks"), "{report}");
+        assert_eq!(transfer.reused, image.len() as u64);
+        assert_eq!(transfer.downloaded, c.usr_chunks.as_ref().unwrap().index_size, "only the index");
+        install_entry(&c, feed.transport(), &t).unwrap();
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
+
+        // Every chunk in the store is another's bytes, and nothing to seed from: the chunks are
+        // refused by their ids, and the whole image is installed instead.
+        let w = world("2.0.0");
+        for chunk in w.chunks() {
+            std::fs::write(chunk, zstd::bulk::compress(b"tampered", 3).unwrap()).unwrap();
+        }
+        let (c, feed) = candidate(&w);
+        let esp = EntriesDir(w.esp.clone());
+        let (_, t) = target(&w, &esp);
+        let e = write_usr_from_chunks(&c, c.usr_chunks.as_ref().unwrap(), feed.transport(), &t).unwrap_err();
+        assert!(e.to_string().contains("hashes to"), "{e}");
+        install(&c, feed.transport(), &t).unwrap();
+        assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
+    }
+
+    #[test]
     fn tampered_artifacts_never_reach_the_esp() {
         // A tampered /usr artifact: refused while writing; no entry, no new UUID.
         let w = world("2.0.0");
-        let usr = w.published("usr.img.zst");
-        let mut bytes = std::fs::read(&usr).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xff;
-        std::fs::write(&usr, bytes).unwrap();
+        let size = std::fs::metadata(w.published("usr.img.zst")).unwrap().len();
+        w.tamper_usr(size as i64 / 2);
         let (c, feed) = candidate(&w);
         let esp = EntriesDir(w.esp.clone());
         let (before, t) = target(&w, &esp);

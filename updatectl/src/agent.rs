@@ -35,6 +35,8 @@ pub trait Update1 {
     #[zbus(property)]
     fn rolled_back(&self) -> zbus::Result<Vec<String>>;
     #[zbus(property)]
+    fn last_download(&self) -> zbus::Result<String>;
+    #[zbus(property)]
     fn strategy(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn source(&self) -> zbus::Result<String>;
@@ -72,6 +74,9 @@ pub async fn print_status(p: &Update1Proxy<'_>) -> zbus::Result<()> {
     println!("Last check:      {}: {}", ago(p.last_check().await?), or_dash(p.last_check_result().await?));
     println!("Last error:      {}", or_dash(p.last_error().await?));
     println!("Rolled back:     {}", or_dash(p.rolled_back().await?.join(" ")));
+    if let Ok(d) = p.last_download().await {
+        println!("Last download:   {}", or_dash(d));
+    }
     // An older agent has no such property: say nothing rather than fail.
     if let Ok(c) = p.cloud_config().await {
         println!("Cloud-config:    {}", or_dash(c));

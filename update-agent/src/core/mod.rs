@@ -29,7 +29,7 @@ use outbox::PendingEvent;
 use protocol::answers;
 use reboot::fleetlock::{self, GiveBack, SlotTimer};
 use reboot::{Plan, Waiting};
-use state::{AgentState, Phase, StateError};
+use state::{AgentState, LastTransfer, Phase, StateError};
 use std::time::Duration;
 
 /// What the rollout server last heard from this host.
@@ -224,10 +224,15 @@ impl Core {
 
     /// Queues an event for the rollout server, if there is one.
     fn record(&mut self, kind: EventKind, version: &str, error: Option<String>) {
+        // What the install moved goes with its `staged` event.
+        let transfer = match kind {
+            EventKind::Staged => self.state.last_transfer.as_ref().filter(|t| t.version == version).map(|t| t.transfer),
+            _ => None,
+        };
         if !self.has_server() {
             return;
         }
-        self.state.unreported.push(PendingEvent { kind, version: version.to_string(), error });
+        self.state.unreported.push(PendingEvent { kind, version: version.to_string(), error, transfer });
         self.delivery_tried = false;
     }
 
@@ -318,6 +323,7 @@ impl Core {
             kind: e.kind,
             version: e.version.clone(),
             error: e.error.clone(),
+            transfer: e.transfer,
         }
     }
 
@@ -457,7 +463,9 @@ impl Core {
                         self.install_failed(now, &version, &e);
                         self.advance(now, wake)
                     }
-                    Ok(()) => {
+                    Ok(transfer) => {
+                        self.log(format!("{version}: /usr written and verified ({})", transfer.summary()));
+                        self.state.last_transfer = Some(LastTransfer { version: version.clone(), transfer });
                         self.go(Phase::Verifying { version });
                         self.candidate.clone().map(Request::InstallEntry)
                     }

@@ -10,6 +10,8 @@ pub struct PendingEvent {
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<cairn_release::checkin::Transfer>,
 }
 
 /// The most events kept for the server; older ones are dropped first.
@@ -50,7 +52,7 @@ mod tests {
     use super::*;
 
     fn event(n: usize) -> PendingEvent {
-        PendingEvent { kind: EventKind::Staged, version: n.to_string(), error: None }
+        PendingEvent { kind: EventKind::Staged, version: n.to_string(), error: None, transfer: None }
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl Model {
             version: self.running.clone(),
             slot: self.slot,
             usr_partition: "/dev/x".into(),
+            usr_device: None,
         }
     }
 
@@ -173,7 +174,9 @@ impl Model {
                 };
                 Ok(Candidate::beside(release, &offer.path))
             }),
-            Request::WriteUsr(_) => Input::UsrWritten(if no(die, 4) { Err(io_error()) } else { Ok(()) }),
+            Request::WriteUsr(_) => {
+                Input::UsrWritten(if no(die, 4) { Err(io_error()) } else { Ok(Default::default()) })
+            }
             Request::InstallEntry(c) => Input::EntryInstalled(if no(die, 4) {
                 Err(io_error())
             } else {

@@ -52,7 +52,7 @@ pub enum Input {
     Command(Command),
     Offered(Result<Offered, SourceError>),
     Fetched(Result<Candidate, SourceError>),
-    UsrWritten(Result<(), UpdateError>),
+    UsrWritten(Result<cairn_release::checkin::Transfer, UpdateError>),
     EntryInstalled(Result<(), UpdateError>),
     Health(Result<bool, HostError>),
     Blessed(Result<(), EspError>),

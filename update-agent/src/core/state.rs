@@ -134,6 +134,15 @@ pub struct AgentState {
     /// The host may hold a FleetLock reboot slot it must give back once it is steady.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lock_to_release: bool,
+    /// What the last install that wrote `/usr` moved (shown by `updatectl status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transfer: Option<LastTransfer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastTransfer {
+    pub version: String,
+    pub transfer: cairn_release::checkin::Transfer,
 }
 
 impl Default for AgentState {
@@ -147,6 +156,7 @@ impl Default for AgentState {
             failures: 0,
             unreported: Outbox::default(),
             lock_to_release: false,
+            last_transfer: None,
         }
     }
 }

@@ -18,6 +18,9 @@ pub struct Status {
     pub last_check_result: String,
     pub last_error: String,
     pub rolled_back: Vec<String>,
+    /// What the last install moved: `2: 4.1 MB downloaded, 150.3 MB reused, for a 160.2 MB
+    /// image`; empty before the first.
+    pub last_download: String,
     pub strategy: String,
     pub source: String,
 }
@@ -62,6 +65,11 @@ impl Core {
                 .find_map(|e| e.clone())
                 .unwrap_or_default(),
             rolled_back: s.rolled_back.clone(),
+            last_download: s
+                .last_transfer
+                .as_ref()
+                .map(|t| format!("{}: {}", t.version, t.transfer.summary()))
+                .unwrap_or_default(),
             strategy: self.config.strategy.as_str().to_string(),
             source: match &self.config.server {
                 Some(url) => format!("{url} (group {})", self.config.group),

@@ -160,10 +160,10 @@ impl<H: Host, C: Clock> Driver<H, C> {
 
     /// Runs an install step against the inactive slot, publishing the download's progress in
     /// whole percents (a signal per read would flood the bus).
-    fn with_target(
+    fn with_target<T>(
         &self,
-        f: impl FnOnce(&dyn ReleaseSource, &Target) -> Result<(), update::UpdateError>,
-    ) -> Result<(), update::UpdateError> {
+        f: impl FnOnce(&dyn ReleaseSource, &Target) -> Result<T, update::UpdateError>,
+    ) -> Result<T, update::UpdateError> {
         let p = &self.ports;
         let source = p.source.as_deref().ok_or(SourceError::NotConfigured)?;
         let device = p.host.target()?;
@@ -191,6 +191,7 @@ impl<H: Host, C: Clock> Driver<H, C> {
             progress: &progress,
             staging_dir: p.state_file.staging_dir(),
             wait: &*p.wait,
+            running_usr: running.usr_device.as_deref(),
         };
         f(source, &target)
     }

@@ -91,6 +91,8 @@ struct FakeServer {
     offer: Arc<Mutex<Option<cairn_release::checkin::Offer>>>,
     checkins: Arc<Mutex<Vec<CheckIn>>>,
     events: Arc<Mutex<Vec<(EventKind, String)>>>,
+    /// What each event said the install moved.
+    transfers: Arc<Mutex<Vec<Option<cairn_release::checkin::Transfer>>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -112,6 +114,7 @@ impl RolloutServer for FakeServer {
         }
         e.validate().expect("a valid event");
         self.events.lock().unwrap().push((e.kind, e.version.clone()));
+        self.transfers.lock().unwrap().push(e.transfer);
         Ok(())
     }
 }
@@ -120,7 +123,13 @@ type TestDriver = Driver<FakeHost, FakeClock>;
 
 fn agent(w: &World, version: &str, slot: Slot, strategy: Strategy, rig: &Rig) -> TestDriver {
     let host = FakeHost {
-        running: Running { os_id: "cairn".into(), version: version.into(), slot, usr_partition: "/dev/x".into() },
+        running: Running {
+            os_id: "cairn".into(),
+            version: version.into(),
+            slot,
+            usr_partition: "/dev/x".into(),
+            usr_device: None,
+        },
         disk: w.disk.clone(),
         esp: EntriesDir(w.esp.clone()),
         healthy: rig.healthy.clone(),
@@ -247,6 +256,8 @@ fn with_a_rollout_server_installs_what_it_grants_and_reports_every_step() {
     let c = server.checkins.lock().unwrap()[0].clone();
     assert_eq!((c.version.as_str(), c.slot.as_str(), c.group.as_str()), ("1.0.0", "a", "default"));
     assert_eq!(*server.events.lock().unwrap(), [(EventKind::Staged, "2.0.0".to_string())]);
+    let moved = server.transfers.lock().unwrap()[0].expect("the staged event says what the install moved");
+    assert!(moved.downloaded > 0 && moved.image > 0, "{moved:?}");
 
     // Booted; the server is unreachable when the release is blessed: the event waits.
     loader_boots(&w, "cairn-2.0.0+3.efi", "cairn-2.0.0+2-1.efi");
@@ -264,6 +275,7 @@ fn with_a_rollout_server_installs_what_it_grants_and_reports_every_step() {
     *server.offer.lock().unwrap() = None;
     a.step(Some(Command::Check));
     assert_eq!(server.events.lock().unwrap()[1], (EventKind::Blessed, "2.0.0".to_string()));
+    assert_eq!(server.transfers.lock().unwrap()[1], None, "only the staged event carries it");
     assert!(a.core().state().unreported.is_empty());
     assert_eq!(a.status().last_check_result, "up to date");
     assert_eq!(server.checkins.lock().unwrap().last().unwrap().state, "blessed");
@@ -444,16 +456,16 @@ fn apply_installs_and_reboots_whatever_the_strategy() {
     assert_eq!(phase(&a), Phase::Rebooting { version: "2.0.0".into(), from: "1.0.0".into() });
     assert_eq!(r.reboots.get(), 1);
     assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
+    // What the install moved: the feed has chunks, the host nothing to seed from but an empty
+    // slot, so the chunks and the index were downloaded.
+    let moved = a.status().last_download;
+    assert!(moved.starts_with("2.0.0: ") && moved.contains("MB downloaded"), "{moved}");
 }
 
 #[test]
 fn a_tampered_image_is_an_error_with_backoff_and_no_entry() {
     let (w, r) = (world("2.0.0"), rig());
-    let usr = w.published("usr.img.zst");
-    let mut bytes = std::fs::read(&usr).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    std::fs::write(&usr, bytes).unwrap();
+    w.tamper_usr(-1);
     let mut a = agent(&w, "1.0.0", Slot::A, Strategy::Immediate, &r);
     assert_eq!(a.step(Some(Command::Check)), Duration::from_secs(30), "the backoff, not the interval");
     let s = a.status();

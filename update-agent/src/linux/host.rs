@@ -28,6 +28,7 @@ pub fn detect_running() -> Result<Running, HostError> {
         version: need(&os, OS_RELEASE, "VERSION_ID")?,
         slot,
         usr_partition: need(&boot, BOOT_ENV, "USR_PARTITION")?.into(),
+        usr_device: env_value(&boot, "USR_DEVICE").map(PathBuf::from),
     })
 }
 

@@ -63,11 +63,8 @@ fn refused_feeds_write_nothing_and_say_why() {
 
     // The usr artifact altered in the feed: refused while writing.
     let c = candidate(&beta, now()).unwrap();
-    let usr = w.feed.join(&c.artifacts["usr.img.zst"]);
-    let mut bytes = std::fs::read(&usr).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&usr, bytes).unwrap();
+    let size = std::fs::metadata(w.feed.join(&c.artifacts["usr.img.zst"])).unwrap().len();
+    w.tamper_usr(size as i64 / 2);
     let (_, target) = target(&w, &esp);
     assert!(write_usr(&c, beta.transport(), &target).is_err());
 
