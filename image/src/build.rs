@@ -292,7 +292,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let os_release = rootfs::os_release(&spec.os.id, &spec.os.name, &version);
     spec.update.resolve().map_err(|e| anyhow::anyhow!("invalid spec: [update] {e}"))?;
     let update_toml = toml::to_string(&spec.update)?;
-    let salt: [u8; 32] = Sha256::digest(format!("cairn verity salt {} {version}", spec.os.id)).into();
+    // One salt for every release of an OS, not one per version: a salt that changed with the
+    // version would change every hash of the tree, and a version bump would download it whole.
+    let salt: [u8; 32] = Sha256::digest(format!("cairn verity salt {}", spec.os.id)).into();
 
     let tuf_root = match &opts.trust_root {
         None => None,

@@ -155,8 +155,12 @@ fn same_inputs_give_the_same_disk() -> Result<()> {
 }
 
 /// The files git tracks in `from`, as they are in its work tree, copied to `to` with their
-/// times (so cargo sees unchanged sources as unchanged).
+/// times (so cargo sees unchanged sources as unchanged). `to` is made afresh: a file since
+/// deleted or moved in the repository must not linger there from an earlier run.
 fn copy_tracked_files(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
     std::fs::create_dir_all(to)?;
     let listed = Command::new("git").arg("-C").arg(from).args(["ls-files", "-z"]).output()?;
     anyhow::ensure!(listed.status.success(), "git ls-files in {}", from.display());

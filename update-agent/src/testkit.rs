@@ -197,6 +197,7 @@ pub fn target<'a>(w: &'a World, esp: &'a EntriesDir) -> (slots::UsrPartition, Ta
         staging_dir: &w.staging,
         wait: &|_| {},
         running_usr: None,
+        running_partition: None,
     };
     (b, t)
 }

@@ -58,8 +58,10 @@ pub struct Target<'a> {
     pub staging_dir: &'a Path,
     /// Sleeps between download retries (a parameter so tests do not sleep).
     pub wait: &'a (dyn Fn(std::time::Duration) + Sync),
-    /// The running `/usr` (its verity device), whose chunks a delta install reuses.
+    /// The running `/usr` (its verity device: the image's data, verified as read) and its
+    /// partition (where the hash tree follows the data), whose chunks a delta install reuses.
     pub running_usr: Option<&'a Path>,
+    pub running_partition: Option<&'a Path>,
 }
 
 /// Downloads `path` into `dest` (bounded by the artifact's size), checking size and sha256.
@@ -171,6 +173,11 @@ pub fn write_usr(candidate: &Candidate, transport: &dyn Transport, target: &Targ
     Ok(Transfer { image: usr.uncompressed_size, downloaded: usr.size, reused: 0 })
 }
 
+/// The size of a block device (or a file): where it ends.
+fn device_size(path: &Path) -> std::io::Result<u64> {
+    File::open(path)?.seek(SeekFrom::End(0))
+}
+
 fn open_window(target: &Target) -> Result<Window, UpdateError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -202,6 +209,18 @@ fn write_usr_from_chunks(
     let mut seeds = Vec::new();
     if let Some(path) = target.running_usr {
         seeds.push(SeedDevice { name: "the running /usr", path, offset: 0, len: u64::MAX, overwritten: false });
+        // Its hash tree is not in the verity device: it follows the data on the partition, a
+        // 128th of the data's size and a little more. Read raw, it is as safe as the rest:
+        // every chunk must hash to its id.
+        if let (Some(partition), Ok(data_len)) = (target.running_partition, device_size(path)) {
+            seeds.push(SeedDevice {
+                name: "the running /usr's hash tree",
+                path: partition,
+                offset: data_len,
+                len: data_len / 64 + (1 << 20),
+                overwritten: false,
+            });
+        }
     }
     seeds.push(SeedDevice {
         name: "the inactive partition",

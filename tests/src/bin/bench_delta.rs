@@ -4,8 +4,9 @@
 //!
 //! Images: the default image as 1.0.0; the same as 1.0.1 (a version bump: os-release, the UKI
 //! and nothing else of note); and 1.0.0 again with one binary rebuilt (`cairn-agent` with one
-//! string changed). For each update from 1.0.0, the host's seed is what it reads through its
-//! verity device: the running image's data area. Figures: the bytes downloaded (the missing
+//! string changed). For each update from 1.0.0, the host's seeds are what the agent reads: the
+//! running image's data area (through its verity device) and the hash tree after it on the
+//! partition; casync gets the same two seeds. Figures: the bytes downloaded (the missing
 //! chunks as stored, zstd, plus the index) as a share of the full compressed image; and how
 //! much of the new image is unchanged at the same offset (4 KiB blocks), which is what the
 //! erofs layout keeps stable.
@@ -59,17 +60,21 @@ fn run() -> Result<()> {
         from.data_len as f64 / 1e6,
         from.compressed as f64 / 1e6
     );
+    // What the agent reads: the data through verity, and the hash tree after it on the partition.
     let seed = work.path().join("running-data");
     copy_prefix(&from.image, &seed, from.data_len)?;
+    let seeds = [(seed.as_path(), 0), (from.image.as_path(), from.data_len)];
+    let tree = work.path().join("running-tree");
+    copy_range(&from.image, &tree, from.data_len)?;
     for (name, out) in cases {
         let to = usr_of(&out)?;
         let unchanged = unchanged_blocks(&from.image, &to.image)?;
         let t = Instant::now();
-        let cairn = cairn_download(&seed, &to, &work.path().join(format!("cairn-{}", slug(name))))?;
+        let cairn = cairn_download(&seeds, &to, &work.path().join(format!("cairn-{}", slug(name))))?;
         let cairn_s = t.elapsed().as_secs_f64();
-        let casync = casync_download(&seed, &to, &work.path().join(format!("casync-{}", slug(name))))?;
+        let casync = casync_download(&[&seed, &tree], &to, &work.path().join(format!("casync-{}", slug(name))))?;
         let share = |b: u64| b as f64 * 100.0 / to.compressed as f64;
-        println!("{name}: {:.1}% of the new image's 4 KiB blocks unchanged in place", unchanged * 100.0);
+        println!("{name}: {:.2}% of the new image's 4 KiB blocks unchanged in place", unchanged * 100.0);
         println!(
             "  cairn:  {:>8.2} MB downloaded ({:.2}% of the {:.1} MB compressed image; {} of {} chunks fetched; seed, plan and sizes in {cairn_s:.1} s)",
             cairn.bytes as f64 / 1e6,
@@ -105,6 +110,15 @@ fn copy_prefix(src: &Path, dest: &Path, len: u64) -> Result<()> {
     Ok(())
 }
 
+/// `src` from byte `from` on, in `dest`.
+fn copy_range(src: &Path, dest: &Path, from: u64) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut input = std::fs::File::open(src)?;
+    input.seek(SeekFrom::Start(from))?;
+    std::io::copy(&mut input, &mut std::fs::File::create(dest)?)?;
+    Ok(())
+}
+
 /// The share of `new`'s 4 KiB blocks equal to `old`'s at the same offset.
 fn unchanged_blocks(old: &Path, new: &Path) -> Result<f64> {
     let (a, b) = (std::fs::read(old)?, std::fs::read(new)?);
@@ -122,7 +136,7 @@ struct Download {
 
 /// What the agent downloads: the new image chunked into a store as `cairn release publish`
 /// does, the seed cut as the agent cuts it, the plan's fetches as stored, plus the index.
-fn cairn_download(seed: &Path, to: &Usr, dir: &Path) -> Result<Download> {
+fn cairn_download(seeds: &[(&Path, u64)], to: &Usr, dir: &Path) -> Result<Download> {
     let store = store::Store::new(&dir.join("chunks"));
     let chunks = chunker::chunk(std::io::BufReader::new(std::fs::File::open(&to.image)?), |c| {
         store.put(&c.id, &c.data).map(drop).map_err(std::io::Error::other)
@@ -133,14 +147,13 @@ fn cairn_download(seed: &Path, to: &Usr, dir: &Path) -> Result<Download> {
         chunk_size_max: chunker::MAX.into(),
         chunks,
     };
-    let device = cairn_agent::delta::SeedDevice {
-        name: "the running /usr",
-        path: seed,
-        offset: 0,
-        len: u64::MAX,
-        overwritten: false,
-    };
-    let plan = cairn_agent::delta::plan(&index, &[(false, cairn_agent::delta::seed_chunks(&device)?)]);
+    let mut cut = Vec::new();
+    for (path, offset) in seeds {
+        let device =
+            cairn_agent::delta::SeedDevice { name: "seed", path, offset: *offset, len: u64::MAX, overwritten: false };
+        cut.push((false, cairn_agent::delta::seed_chunks(&device)?));
+    }
+    let plan = cairn_agent::delta::plan(&index, &cut);
     let mut bytes = index.to_bytes().len() as u64;
     for (id, _) in &plan.fetches {
         bytes += file_len(&store.dir.join(store::chunk_path(id)))?;
@@ -148,9 +161,9 @@ fn cairn_download(seed: &Path, to: &Usr, dir: &Path) -> Result<Download> {
     Ok(Download { bytes, fetched: plan.fetches.len(), total: index.chunks.len() })
 }
 
-/// The same figure for casync: `casync make` (default chunk sizes) of the seed and of the new
-/// image; the new index's chunks the seed lacks, as casync stored them, plus the index.
-fn casync_download(seed: &Path, to: &Usr, dir: &Path) -> Result<Download> {
+/// The same figure for casync: `casync make` (default chunk sizes) of the seeds and of the new
+/// image; the new index's chunks the seeds lack, as casync stored them, plus the index.
+fn casync_download(seeds: &[&Path], to: &Usr, dir: &Path) -> Result<Download> {
     std::fs::create_dir_all(dir)?;
     let make = |index: &Path, store: &Path, input: &Path| -> Result<Index> {
         let out = Command::new("casync")
@@ -165,8 +178,11 @@ fn casync_download(seed: &Path, to: &Usr, dir: &Path) -> Result<Download> {
         }
         Index::parse(&std::fs::read(index)?).map_err(|e| anyhow::anyhow!("casync's index: {e}"))
     };
-    let have: HashSet<ChunkId> =
-        make(&dir.join("seed.caibx"), &dir.join("seed.castr"), seed)?.chunks.iter().map(|(_, id)| *id).collect();
+    let mut have: HashSet<ChunkId> = HashSet::new();
+    for (i, seed) in seeds.iter().enumerate() {
+        let index = make(&dir.join(format!("seed{i}.caibx")), &dir.join("seed.castr"), seed)?;
+        have.extend(index.chunks.iter().map(|(_, id)| *id));
+    }
     let new_store = dir.join("new.castr");
     let new = make(&dir.join("new.caibx"), &new_store, &to.image)?;
     let mut bytes = file_len(&dir.join("new.caibx"))?;

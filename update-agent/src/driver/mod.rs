@@ -192,6 +192,7 @@ impl<H: Host, C: Clock> Driver<H, C> {
             staging_dir: p.state_file.staging_dir(),
             wait: &*p.wait,
             running_usr: running.usr_device.as_deref(),
+            running_partition: Some(&running.usr_partition),
         };
         f(source, &target)
     }
