@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 use run::{RunOptions, UserData, run_vm};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 mod run;
 
@@ -139,42 +138,8 @@ enum Command {
     Run {
         #[arg(long, default_value = "out/disk.qcow2")]
         image: PathBuf,
-        /// Guest memory: MiB, or with a unit (512M, 2G).
-        #[arg(long, default_value = "1G", value_parser = parse_mem_mib)]
-        mem: u32,
-        #[arg(long, default_value_t = 2)]
-        cpus: u32,
-        /// Forward 127.0.0.1:N on this host to the guest's ssh port.
-        #[arg(long)]
-        ssh_port: Option<u16>,
-        /// Forward 127.0.0.1:HOST on this host to the guest's port GUEST (a published container
-        /// port); `/udp` for UDP. Repeatable.
-        #[arg(long = "forward", value_name = "HOST:GUEST[/udp]")]
-        forwards: Vec<cairn_qemu::Forward>,
-        /// The boot disk's bus: virtio (virtio-blk), scsi (virtio-scsi) or nvme, as clouds' VMs
-        /// have them, or ahci (SATA; needs a kernel with the ahci driver).
-        #[arg(long, default_value = "virtio", value_parser = parse_disk_bus)]
-        disk_bus: cairn_qemu::DiskBus,
-        /// The network card: virtio (virtio-net), e1000e or e1000.
-        #[arg(long, default_value = "virtio", value_parser = parse_nic)]
-        nic: cairn_qemu::Nic,
-        /// Attach FILE, read-only and raw, as another virtio disk (a NoCloud seed from
-        /// `cloud-localds`, a config drive). Repeatable.
-        #[arg(long = "attach", value_name = "FILE")]
-        attach: Vec<PathBuf>,
-        /// Insert FILE (an ISO 9660 or UDF image) as a DVD in a SATA drive: provisioning
-        /// media such as Azure's `ovf-env.xml`. Repeatable.
-        #[arg(long = "cdrom", value_name = "FILE")]
-        cdrom: Vec<PathBuf>,
-        /// Keep the image unchanged: the VM writes to a throwaway overlay.
-        #[arg(long)]
-        snapshot: bool,
-        /// Power off once the host reports ready (for scripts and the smoke test).
-        #[arg(long)]
-        exit_on_ready: bool,
-        /// Give up if the host is not ready within this many seconds (with --exit-on-ready).
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        #[command(flatten)]
+        options: RunOptions,
         /// User data (#cloud-config) for the host, through QEMU's fw_cfg.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -328,37 +293,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run {
-            image,
-            mem,
-            cpus,
-            ssh_port,
-            forwards,
-            disk_bus,
-            nic,
-            attach,
-            cdrom,
-            snapshot,
-            exit_on_ready,
-            timeout,
-            config,
-            config_drive,
-        } => {
+        Command::Run { image, options, config, config_drive } => {
             let user_data = config.map(|file| UserData { file, drive: config_drive });
-            let timeout = Duration::from_secs(timeout);
-            let options = RunOptions {
-                mem,
-                cpus,
-                ssh_port,
-                forwards,
-                disk_bus,
-                nic,
-                attach,
-                cdrom,
-                snapshot,
-                exit_on_ready,
-                timeout,
-            };
             run_vm(image, options, user_data)
         }
     }

@@ -5,21 +5,45 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How `cairn run` boots the image (its command-line options).
+#[derive(clap::Args, Debug)]
 pub struct RunOptions {
+    /// Guest memory: MiB, or with a unit (512M, 2G).
+    #[arg(long, default_value = "1G", value_parser = crate::parse_mem_mib)]
     pub mem: u32,
+    #[arg(long, default_value_t = 2)]
     pub cpus: u32,
+    /// Forward 127.0.0.1:N on this host to the guest's ssh port.
+    #[arg(long)]
     pub ssh_port: Option<u16>,
-    /// Host loopback ports forwarded to the guest's (published container ports).
+    /// Forward 127.0.0.1:HOST on this host to the guest's port GUEST (a published container
+    /// port); `/udp` for UDP. Repeatable.
+    #[arg(long = "forward", value_name = "HOST:GUEST[/udp]")]
     pub forwards: Vec<cairn_qemu::Forward>,
+    /// The boot disk's bus: virtio (virtio-blk), scsi (virtio-scsi) or nvme, as clouds' VMs
+    /// have them, or ahci (SATA; needs a kernel with the ahci driver).
+    #[arg(long, default_value = "virtio", value_parser = crate::parse_disk_bus)]
     pub disk_bus: cairn_qemu::DiskBus,
+    /// The network card: virtio (virtio-net), e1000e or e1000.
+    #[arg(long, default_value = "virtio", value_parser = crate::parse_nic)]
     pub nic: cairn_qemu::Nic,
-    /// More disks (seeds, config drives, data).
+    /// Attach FILE, read-only and raw, as another virtio disk (a NoCloud seed from
+    /// `cloud-localds`, a config drive). Repeatable.
+    #[arg(long = "attach", value_name = "FILE")]
     pub attach: Vec<PathBuf>,
-    /// DVDs (provisioning media).
+    /// Insert FILE (an ISO 9660 or UDF image) as a DVD in a SATA drive: provisioning
+    /// media such as Azure's `ovf-env.xml`. Repeatable.
+    #[arg(long = "cdrom", value_name = "FILE")]
     pub cdrom: Vec<PathBuf>,
+    /// Keep the image unchanged: the VM writes to a throwaway overlay.
+    #[arg(long)]
     pub snapshot: bool,
+    /// Power off once the host reports ready (for scripts and the smoke test).
+    #[arg(long)]
     pub exit_on_ready: bool,
-    pub timeout: Duration,
+    /// Give up if the host is not ready within this many seconds (with --exit-on-ready).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
 }
 
 /// `--config FILE [--config-drive]`.
@@ -81,5 +105,5 @@ pub fn run_vm(image: PathBuf, o: RunOptions, user_data: Option<UserData>) -> Res
     }
     let mut vm = cairn_qemu::Vm::start(&cfg)?;
     eprintln!("cairn run: {} with {} acceleration; Ctrl-C powers it off", image.display(), vm.accel().qemu_name());
-    cairn_qemu::attended::run(&mut vm, o.exit_on_ready, o.timeout)
+    cairn_qemu::attended::run(&mut vm, o.exit_on_ready, Duration::from_secs(o.timeout))
 }

@@ -62,6 +62,7 @@ pub fn router(server: Arc<Server>, request_timeout: std::time::Duration) -> Rout
     Router::new()
         .merge(agents)
         .route("/v1/tuf/{dir}/{file}", get(tuf_file))
+        .route("/v1/tuf/chunks/{prefix}/{file}", get(tuf_chunk))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/v1/admin", admin)
@@ -136,6 +137,15 @@ async fn report(State(s): S, headers: HeaderMap, body: Bytes) -> ApiResult<Statu
     }
     s.report(&e).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A chunk of the TUF repository's store: public, as each is named by its hash and the index
+/// naming it is signed.
+async fn tuf_chunk(State(s): S, Path((prefix, file)): Path<(String, String)>, req: Request) -> ApiResult<Response> {
+    let tuf = s.tuf.as_ref().ok_or_else(|| ApiError::NotFound("this server has no TUF repository".into()))?;
+    let path = tuf.chunk(&prefix, &file).ok_or_else(|| ApiError::NotFound(format!("no chunk {prefix}/{file}")))?;
+    let response = ServeFile::new(path).oneshot(req).await.map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(response.map(Body::new))
 }
 
 /// A file of the TUF repository: public, as every byte of it is signed or named by what is.

@@ -102,6 +102,16 @@ impl TufRepository {
             .collect()
     }
 
+    /// A chunk of the repository's store (`cairn release publish` writes them beside the
+    /// metadata), asked for as `/v1/tuf/chunks/{prefix}/{name}`: `None` unless `prefix` is
+    /// four hex digits and `name` a chunk id (64 hex digits) starting with them, `.cacnk`.
+    pub fn chunk(&self, prefix: &str, name: &str) -> Option<PathBuf> {
+        let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let id = name.strip_suffix(".cacnk")?;
+        let ok = prefix.len() == 4 && id.len() == 64 && hex(id) && id.starts_with(prefix);
+        ok.then(|| self.dir.join(cairn_tuf::releases::CHUNK_STORE).join(prefix).join(name))
+    }
+
     /// The file an agent asks for as `/v1/tuf/{metadata|targets}/{name}`; `None` for any other
     /// directory or a name that is not a plain file name.
     pub fn file(&self, dir: &str, name: &str) -> Option<PathBuf> {
@@ -113,6 +123,25 @@ impl TufRepository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_chunk_names_reach_the_chunk_store() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = TufRepository {
+            dir: t.path().to_path_buf(),
+            keys: t.path().to_path_buf(),
+            lifetime: 86400,
+            state: RwLock::new(FeedState { releases: Default::default(), timestamp_version: 1, timestamp_expires: 0 }),
+        };
+        let id = "462af305a36c4bf0e1fbf0ab708108d8783b7315b488b9e1c9ad2e2c5cee1a4d";
+        let name = format!("{id}.cacnk");
+        assert_eq!(repo.chunk("462a", &name), Some(t.path().join("chunks/462a").join(&name)));
+        assert_eq!(repo.chunk("462b", &name), None, "another prefix");
+        assert_eq!(repo.chunk("..", &name), None);
+        assert_eq!(repo.chunk("462a", "../../metadata/root.json"), None);
+        assert_eq!(repo.chunk("462a", &format!("{}.cacnk", id.to_uppercase())), None);
+        assert_eq!(repo.chunk("462a", id), None, "no suffix");
+    }
 
     #[test]
     fn a_timestamp_is_refreshed_once_half_its_lifetime_is_gone() {

@@ -443,13 +443,16 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
     let esp = vm.run_ok("mount -o ro -t vfat /dev/vda1 /mnt && ls /mnt/EFI/Linux; umount /mnt", CMD)?;
     assert_eq!(esp.split_whitespace().collect::<Vec<_>>(), ["cairn-1.efi"], "{esp}");
 
-    // After all that, 2 published as built, but one of its chunks in the store holds other
-    // bytes: refused by its id, the whole image is downloaded instead; the same host stages it
-    // and, strategy off, waits for `updatectl reboot`.
+    // After all that, 2 published as built, but every chunk in the store holds other bytes:
+    // those the host lacks are refused by their ids, and the whole image is downloaded instead;
+    // the same host stages it and, strategy off, waits for `updatectl reboot`. (The attempts
+    // above wrote 2 into slot B: emptied, so that the host lacks some chunks of it.)
     live.publish_image(&img2)?;
     copy_dir(&live.feed, served)?;
-    let chunk = first_file(&served.join("chunks"))?;
-    std::fs::write(&chunk, zstd::bulk::compress(b"not this chunk", 3)?)?;
+    for chunk in files_under(&served.join("chunks"))? {
+        std::fs::write(&chunk, zstd::bulk::compress(b"not this chunk", 3)?)?;
+    }
+    vm.run_ok("dd if=/dev/zero of=/dev/vda3 bs=1M count=256 conv=fsync 2>/dev/null", CMD)?;
     let (status, out) = check(&mut vm)?;
     assert_eq!(status, 0, "{out}");
     assert!(out.contains("Staged version:  2"), "{out}");
@@ -468,16 +471,16 @@ fn tampered_feeds_and_broken_servers_are_refused_and_the_esp_is_untouched() -> R
     Ok(())
 }
 
-/// The first file under `dir`, by name (a chunk store's first chunk).
-fn first_file(dir: &Path) -> Result<PathBuf> {
+/// The files one level below `dir` (a chunk store's chunks).
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for sub in std::fs::read_dir(dir)? {
         for f in std::fs::read_dir(sub?.path())? {
             files.push(f?.path());
         }
     }
-    files.sort();
-    files.into_iter().next().with_context(|| format!("no file under {}", dir.display()))
+    anyhow::ensure!(!files.is_empty(), "no file under {}", dir.display());
+    Ok(files)
 }
 
 /// A host checks in with cairn-server on the test machine's loopback, is granted 2 by its

@@ -42,6 +42,8 @@ pub enum DeltaError {
     Chunk { id: ChunkId, message: String },
     #[error("a chunk of {0} changed while the image was assembled")]
     SeedChanged(String),
+    #[error("the host has too little of the image for chunks to pay ({0:.0}% of it to fetch)")]
+    NotWorthIt(f64),
 }
 
 /// A device, or a window of one, whose chunks may be reused.
@@ -123,6 +125,21 @@ pub fn plan(index: &Index, seeds: &[(bool, SeedChunks)]) -> Plan {
         out.steps.push(Step { id, len, source });
     }
     out
+}
+
+impl Plan {
+    /// The bytes of the image its fetches hold (uncompressed).
+    pub fn fetch_bytes(&self) -> u64 {
+        self.fetches.iter().map(|(_, len)| u64::from(*len)).sum()
+    }
+
+    /// Whether fetching the chunks is expected to cost less than the whole compressed image:
+    /// the chunks compress about as well as the image, one by one a little worse, so past 90%
+    /// of it the whole image is the cheaper download.
+    pub fn worth_it(&self, image: u64) -> Result<(), DeltaError> {
+        let share = self.fetch_bytes() as f64 / image.max(1) as f64;
+        if share > 0.9 { Err(DeltaError::NotWorthIt(share * 100.0)) } else { Ok(()) }
+    }
 }
 
 /// Fetches a plan's chunks from the store on a few threads, a window ahead of the assembly.

@@ -241,6 +241,7 @@ fn write_usr_from_chunks(
         }
     }
     let plan = delta::plan(&index, &cut);
+    plan.worth_it(usr.uncompressed_size).map_err(delta_error)?;
 
     // The assembled image is the uncompressed one: checked by its size and sha256 as it is
     // read, and by the verity tree as it is written.
@@ -369,15 +370,21 @@ mod tests {
         install_entry(&c, feed.transport(), &t).unwrap();
         assert_eq!(esp_names(&w), ["cairn-1.0.0.efi", "cairn-2.0.0+3.efi"]);
 
-        // Every chunk in the store is another's bytes, and nothing to seed from: the chunks are
-        // refused by their ids, and the whole image is installed instead.
+        // Every chunk in the store is another's bytes, and the running /usr lacks the image's
+        // end: the chunks fetched for it are refused by their ids, and the whole image is
+        // installed instead.
         let w = world("2.0.0");
         for chunk in w.chunks() {
             std::fs::write(chunk, zstd::bulk::compress(b"tampered", 3).unwrap()).unwrap();
         }
         let (c, feed) = candidate(&w);
+        let mut older = image.clone();
+        let end = older.len();
+        older[end - 4096..].fill(0xaa);
+        std::fs::write(&running, &older).unwrap();
         let esp = EntriesDir(w.esp.clone());
-        let (_, t) = target(&w, &esp);
+        let (_, mut t) = target(&w, &esp);
+        t.running_usr = Some(&running);
         let e = write_usr_from_chunks(&c, c.usr_chunks.as_ref().unwrap(), feed.transport(), &t).unwrap_err();
         assert!(e.to_string().contains("hashes to"), "{e}");
         install(&c, feed.transport(), &t).unwrap();

@@ -70,10 +70,14 @@ fn an_image_is_assembled_from_what_the_host_has_and_the_few_chunks_it_fetches() 
     assert!(reuse.fetched < 8 * (256 << 10), "fetched {} of {} bytes", reuse.fetched, v2.len());
     assert!(downloaded > 0 && downloaded < v2.len() as u64 / 10, "downloaded {downloaded}");
 
-    // Nothing to seed from: every chunk is fetched, each once.
+    // Nothing to seed from: every chunk is fetched, each once; the whole image is the cheaper
+    // download then.
     let (image, reuse, _) = assemble(&t.path().join("feed"), &index, &[]).unwrap();
     assert!(image == v2);
     assert_eq!(reuse.fetched, v2.len() as u64);
+    assert!(matches!(plan(&index, &[]).worth_it(v2.len() as u64), Err(DeltaError::NotWorthIt(p)) if p > 99.0));
+    let cut = vec![(false, seed_chunks(&seed("running", &running, false)).unwrap())];
+    plan(&index, &cut).worth_it(v2.len() as u64).unwrap();
 }
 
 #[test]
