@@ -2,6 +2,8 @@
 //! floor. Apply = download the signed release's /usr over HTTP from loopback, zstd-decompress,
 //! hash, write to a partition-sized file while a second thread hashes what was written (sha256, verity tree).
 //! The floor = `dd` of the same (uncompressed) bytes to the same kind of file, with fsync.
+//! The delta path alike: the agent's `update::write_usr` assembling the same image from its
+//! chunk index, seeded from a running /usr that holds all of it.
 //!
 //! Then the agent's resident memory on a VM: idle, and at its peak while it applies an update
 //! from a feed on the test machine's loopback (VmRSS, VmHWM of /proc/PID/status).
@@ -93,6 +95,50 @@ fn run() -> Result<()> {
         f.as_secs_f64()
     );
     println!("ratio: {:.2}x of the floor (target >= 0.8x)", f.as_secs_f64() / a.as_secs_f64());
+
+    // The delta path, alike: the same image, fresh file, caches dropped, synced, assembled by
+    // the agent's own `write_usr` from the release's chunk index, its seeds a running /usr that
+    // holds all of it (a version bump: nothing to fetch but the index), cut into chunks first.
+    let feed = work.path().join("feed");
+    let (candidate, running) = delta_feed(&out, &release, &feed)?;
+    let feed_server = cairn_tests::http::FileServer::start(&feed)?;
+    let feed_transport = HttpTransport::insecure(&feed_server.url(), Duration::from_secs(30))?;
+    let esp = cairn_agent::ports::EntriesDir(work.path().join("esp"));
+    let staging = work.path().join("staging");
+    let image = out.join("usr.img");
+    let mut delta = Vec::new();
+    for _ in 0..runs {
+        fresh(&target, partition_size)?;
+        drop_caches_hint();
+        let t = Instant::now();
+        let into = cairn_agent::update::Target {
+            disk: &target,
+            partition: &target,
+            partition_offset: 0,
+            partition_size,
+            slot: cairn_release::gpt::Slot::B,
+            running_slot: cairn_release::gpt::Slot::A,
+            running_version: "1.0.0",
+            esp: &esp,
+            progress: &|_, _| {},
+            staging_dir: &staging,
+            wait: &|_| {},
+            running_usr: Some(&running),
+            running_partition: Some(&image),
+        };
+        let moved = cairn_agent::update::write_usr(&candidate, &feed_transport, &into)?;
+        delta.push(t.elapsed());
+        if moved.reused == 0 {
+            bail!("the delta path reused nothing: {moved:?}");
+        }
+    }
+    let d = med(&mut delta);
+    println!(
+        "delta (seeds cut into chunks, every chunk read back and hashed, sha256 x2 + write + verity tree, fsync): {:>7.1} MB/s ({:.2} s)",
+        mb / d.as_secs_f64(),
+        d.as_secs_f64()
+    );
+    println!("ratio: {:.2}x of the floor", f.as_secs_f64() / d.as_secs_f64());
     if !args.iter().any(|a| a == "--no-vm") {
         agent_memory()?;
         tuf_check_cost()?;
@@ -150,6 +196,49 @@ fn tuf_check_cost() -> Result<()> {
     println!("cairn-agent on a TUF feed, each check:\n{}", log.trim());
     println!("cairn-agent resident memory after TUF checks (target < 10 MB idle):\n{}", memory.trim());
     Ok(())
+}
+
+/// A feed in `dir` for the delta path: the release's compressed `/usr`, its image cut into a
+/// chunk store with the index, and a "running /usr" (the image's data area, as its verity
+/// device shows it). The candidate and the running /usr's path.
+fn delta_feed(
+    out: &std::path::Path,
+    release: &Release,
+    dir: &std::path::Path,
+) -> Result<(cairn_agent::ports::Candidate, std::path::PathBuf)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    std::fs::create_dir_all(dir)?;
+    let usr = release.artifact(ArtifactKind::Usr);
+    std::fs::copy(out.join("release").join(&usr.name), dir.join(&usr.name))?;
+    let store = cairn_chunks::store::Store::new(&dir.join("chunks"));
+    let image = std::io::BufReader::new(std::fs::File::open(out.join("usr.img"))?);
+    let chunks =
+        cairn_chunks::chunker::chunk(image, |c| store.put(&c.id, &c.data).map(drop).map_err(std::io::Error::other))?;
+    let index = cairn_chunks::index::Index {
+        chunk_size_min: cairn_chunks::chunker::MIN.into(),
+        chunk_size_avg: cairn_chunks::chunker::AVG.into(),
+        chunk_size_max: cairn_chunks::chunker::MAX.into(),
+        chunks,
+    }
+    .to_bytes();
+    let index_name = cairn_tuf::releases::usr_index_name(&usr.name);
+    std::fs::write(dir.join(&index_name), &index)?;
+    let mut candidate = cairn_agent::ports::Candidate::beside(release.clone(), ".");
+    for path in candidate.artifacts.values_mut() {
+        *path = path.trim_start_matches("./").to_string();
+    }
+    candidate.usr_chunks = Some(cairn_agent::ports::UsrChunks {
+        index: index_name,
+        index_sha256: hex::encode(Sha256::digest(&index)),
+        index_size: index.len() as u64,
+        store: cairn_tuf::releases::CHUNK_STORE.to_string(),
+    });
+    let data_len = usr.verity.as_ref().context("no verity parameters")?.hash_offset;
+    let running = dir.with_file_name("running-usr");
+    let mut input = std::fs::File::open(out.join("usr.img"))?.take(data_len);
+    std::io::copy(&mut input, &mut std::fs::File::create(&running)?)?;
+    Ok((candidate, running))
 }
 
 fn fresh(path: &std::path::Path, size: u64) -> Result<()> {
