@@ -62,6 +62,19 @@ impl Store {
     }
 }
 
+/// Cuts `image` into chunks, puts each into `store` (once however many times it occurs) and
+/// returns the image's index: what a publisher does with a release's `/usr`.
+pub fn store_image(image: impl std::io::Read, store: &Store) -> std::io::Result<crate::index::Index> {
+    use crate::chunker::{self, AVG, MAX, MIN};
+    let chunks = chunker::chunk(image, |c| store.put(&c.id, &c.data).map(drop).map_err(std::io::Error::other))?;
+    Ok(crate::index::Index {
+        chunk_size_min: MIN.into(),
+        chunk_size_avg: AVG.into(),
+        chunk_size_max: MAX.into(),
+        chunks,
+    })
+}
+
 /// A stored chunk's bytes from its compressed form, checked against `id`: what a client does
 /// with a chunk it downloaded. Decompression stops past `limit` bytes (the size the index
 /// gives the chunk): a chunk that would inflate without end is refused, not followed.

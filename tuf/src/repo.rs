@@ -242,15 +242,7 @@ fn chunk_usr(release: &Path, doc: &Release, feed: &Path, scratch: &Path) -> Resu
         Compression::Zstd => Box::new(zstd::stream::Decoder::new(file).map_err(io(&path))?),
     };
     let store = cairn_chunks::store::Store::new(&feed.join(crate::releases::CHUNK_STORE));
-    let chunks =
-        cairn_chunks::chunker::chunk(reader, |c| store.put(&c.id, &c.data).map(|_| ()).map_err(std::io::Error::other))
-            .map_err(io(&path))?;
-    let index = cairn_chunks::index::Index {
-        chunk_size_min: cairn_chunks::chunker::MIN.into(),
-        chunk_size_avg: cairn_chunks::chunker::AVG.into(),
-        chunk_size_max: cairn_chunks::chunker::MAX.into(),
-        chunks,
-    };
+    let index = cairn_chunks::store::store_image(reader, &store).map_err(io(&path))?;
     // The index records what the image is; whether release.json tells the truth about it is
     // the host's check (sizes, hashes, the verity root), which a tampered feed must meet.
     let out = scratch.join(crate::releases::usr_index_name(&usr.name));

@@ -213,15 +213,7 @@ fn delta_feed(
     std::fs::copy(out.join("release").join(&usr.name), dir.join(&usr.name))?;
     let store = cairn_chunks::store::Store::new(&dir.join("chunks"));
     let image = std::io::BufReader::new(std::fs::File::open(out.join("usr.img"))?);
-    let chunks =
-        cairn_chunks::chunker::chunk(image, |c| store.put(&c.id, &c.data).map(drop).map_err(std::io::Error::other))?;
-    let index = cairn_chunks::index::Index {
-        chunk_size_min: cairn_chunks::chunker::MIN.into(),
-        chunk_size_avg: cairn_chunks::chunker::AVG.into(),
-        chunk_size_max: cairn_chunks::chunker::MAX.into(),
-        chunks,
-    }
-    .to_bytes();
+    let index = cairn_chunks::store::store_image(image, &store)?.to_bytes();
     let index_name = cairn_tuf::releases::usr_index_name(&usr.name);
     std::fs::write(dir.join(&index_name), &index)?;
     let mut candidate = cairn_agent::ports::Candidate::beside(release.clone(), ".");

@@ -16,7 +16,7 @@
 
 use anyhow::{Context, Result, bail};
 use cairn_chunks::index::Index;
-use cairn_chunks::{ChunkId, chunker, store};
+use cairn_chunks::{ChunkId, store};
 use cairn_release::manifest::{ArtifactKind, Release};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -138,15 +138,7 @@ struct Download {
 /// does, the seed cut as the agent cuts it, the plan's fetches as stored, plus the index.
 fn cairn_download(seeds: &[(&Path, u64)], to: &Usr, dir: &Path) -> Result<Download> {
     let store = store::Store::new(&dir.join("chunks"));
-    let chunks = chunker::chunk(std::io::BufReader::new(std::fs::File::open(&to.image)?), |c| {
-        store.put(&c.id, &c.data).map(drop).map_err(std::io::Error::other)
-    })?;
-    let index = Index {
-        chunk_size_min: chunker::MIN.into(),
-        chunk_size_avg: chunker::AVG.into(),
-        chunk_size_max: chunker::MAX.into(),
-        chunks,
-    };
+    let index = store::store_image(std::io::BufReader::new(std::fs::File::open(&to.image)?), &store)?;
     let mut cut = Vec::new();
     for (path, offset) in seeds {
         let device =

@@ -6,14 +6,7 @@ const MIB: usize = 1 << 20;
 
 /// `image`'s index, with its chunks put into a store at `feed/chunks`.
 fn publish(feed: &Path, image: &[u8]) -> Index {
-    let store = store::Store::new(&feed.join("chunks"));
-    let chunks = chunker::chunk(image, |c| store.put(&c.id, &c.data).map(drop).map_err(io::Error::other)).unwrap();
-    Index {
-        chunk_size_min: chunker::MIN.into(),
-        chunk_size_avg: chunker::AVG.into(),
-        chunk_size_max: chunker::MAX.into(),
-        chunks,
-    }
+    store::store_image(image, &store::Store::new(&feed.join("chunks"))).unwrap()
 }
 
 fn seed<'a>(name: &'static str, path: &'a Path, overwritten: bool) -> SeedDevice<'a> {
