@@ -1,7 +1,7 @@
 //! Cutting a stream into content-defined chunks: the same bytes cut the same way wherever
 //! they sit, so an image that changed in one place shares all but a few chunks with the last.
 
-use crate::ChunkId;
+use crate::{ChunkId, Digest};
 use std::io::Read;
 
 /// casync's default chunk sizes (its index records them): 16 KiB, 64 KiB, 256 KiB.
@@ -16,9 +16,11 @@ pub struct Chunk {
     pub data: Vec<u8>,
 }
 
-/// The chunks of `reader`, in order; `each` sees every one (to store it) as it is cut.
+/// The chunks of `reader`, in order, named by `digest`; `each` sees every one (to store it)
+/// as it is cut.
 pub fn chunk(
     reader: impl Read,
+    digest: Digest,
     mut each: impl FnMut(&Chunk) -> std::io::Result<()>,
 ) -> std::io::Result<Vec<(u64, ChunkId)>> {
     let mut out = Vec::new();
@@ -27,7 +29,7 @@ pub fn chunk(
             fastcdc::v2020::Error::IoError(e) => e,
             other => std::io::Error::other(other.to_string()),
         })?;
-        let chunk = Chunk { end: c.offset + c.length as u64, id: ChunkId::of(&c.data), data: c.data };
+        let chunk = Chunk { end: c.offset + c.length as u64, id: digest.of(&c.data), data: c.data };
         each(&chunk)?;
         out.push((chunk.end, chunk.id));
     }

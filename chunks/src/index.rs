@@ -2,18 +2,19 @@
 //! flags, chunk sizes), a TABLE object of (end offset, chunk id) items, and the table's tail.
 //! All numbers little-endian.
 
-use crate::ChunkId;
+use crate::{ChunkId, Digest};
 
 const INDEX: u64 = 0x96824d9c7b129ff9;
 const TABLE: u64 = 0xe75b9e112f17417d;
 const TABLE_TAIL_MARKER: u64 = 0x4b4f050e5549ecd1;
-/// Chunk ids are SHA-512/256 (without it, casync takes them for SHA-256).
-pub const SHA512_256: u64 = 0x2000000000000000;
+/// Chunk ids are SHA-512/256; without it, SHA-256.
+const SHA512_256: u64 = 0x2000000000000000;
 const INDEX_SIZE: u64 = 48;
 const ITEM_SIZE: u64 = 40;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Index {
+    pub digest: Digest,
     pub chunk_size_min: u64,
     pub chunk_size_avg: u64,
     pub chunk_size_max: u64,
@@ -25,8 +26,6 @@ pub struct Index {
 pub enum IndexError {
     #[error("not a casync blob index: {0}")]
     Format(String),
-    #[error("the index names its chunks by {0}, not SHA-512/256")]
-    Hash(String),
 }
 
 impl Index {
@@ -46,7 +45,10 @@ impl Index {
         let mut put = |v: u64| out.extend_from_slice(&v.to_le_bytes());
         put(INDEX_SIZE);
         put(INDEX);
-        put(SHA512_256);
+        put(match self.digest {
+            Digest::Sha256 => 0,
+            Digest::Sha512_256 => SHA512_256,
+        });
         put(self.chunk_size_min);
         put(self.chunk_size_avg);
         put(self.chunk_size_max);
@@ -74,10 +76,8 @@ impl Index {
         if word(0)? != INDEX_SIZE || word(8)? != INDEX {
             return Err(bad("no INDEX object at the start"));
         }
-        let flags = word(16)?;
-        if flags & SHA512_256 == 0 {
-            return Err(IndexError::Hash("SHA-256".into()));
-        }
+        // The other flags say what a directory archive holds: nothing to a blob.
+        let digest = if word(16)? & SHA512_256 != 0 { Digest::Sha512_256 } else { Digest::Sha256 };
         let (min, avg, max) = (word(24)?, word(32)?, word(40)?);
         if !(0 < min && min <= avg && avg <= max) {
             return Err(bad("chunk sizes out of order"));
@@ -111,7 +111,7 @@ impl Index {
             let id: [u8; 32] = data[at + 8..at + 40].try_into().expect("32 bytes");
             chunks.push((end, ChunkId(id)));
         }
-        Ok(Index { chunk_size_min: min, chunk_size_avg: avg, chunk_size_max: max, chunks })
+        Ok(Index { digest, chunk_size_min: min, chunk_size_avg: avg, chunk_size_max: max, chunks })
     }
 }
 
@@ -121,10 +121,11 @@ mod tests {
 
     fn sample() -> Index {
         Index {
+            digest: Digest::Sha512_256,
             chunk_size_min: 16384,
             chunk_size_avg: 65536,
             chunk_size_max: 262144,
-            chunks: vec![(70000, ChunkId::of(b"a")), (100000, ChunkId::of(b"b"))],
+            chunks: vec![(70000, Digest::Sha512_256.of(b"a")), (100000, Digest::Sha512_256.of(b"b"))],
         }
     }
 
@@ -144,7 +145,7 @@ mod tests {
         assert!(Index::parse(&bytes[..bytes.len() - 1]).is_err());
         let mut sha256 = bytes.clone();
         sha256[16..24].copy_from_slice(&0u64.to_le_bytes());
-        assert_eq!(Index::parse(&sha256).unwrap_err(), IndexError::Hash("SHA-256".into()));
+        assert_eq!(Index::parse(&sha256).unwrap().digest, Digest::Sha256);
         let mut shrinking = bytes.clone();
         shrinking[104..112].copy_from_slice(&1u64.to_le_bytes());
         assert!(Index::parse(&shrinking).unwrap_err().to_string().contains("do not grow"));

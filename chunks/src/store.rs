@@ -2,7 +2,7 @@
 //! zstd-compressed. A chunk already stored is not written again; a chunk read back is
 //! decompressed and checked against its id.
 
-use crate::ChunkId;
+use crate::{ChunkId, Digest};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -52,10 +52,10 @@ impl Store {
     }
 
     /// Chunk `id`, decompressed and checked.
-    pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+    pub fn get(&self, id: &ChunkId, digest: Digest) -> Result<Vec<u8>, StoreError> {
         let path = self.dir.join(chunk_path(id));
         let compressed = std::fs::read(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-        decode(id, &compressed, crate::chunker::MAX.into()).map_err(|e| match e {
+        decode(id, digest, &compressed, crate::chunker::MAX.into()).map_err(|e| match e {
             StoreError::Io { source, .. } => StoreError::Io { path, source },
             other => other,
         })
@@ -66,8 +66,10 @@ impl Store {
 /// returns the image's index: what a publisher does with a release's `/usr`.
 pub fn store_image(image: impl std::io::Read, store: &Store) -> std::io::Result<crate::index::Index> {
     use crate::chunker::{self, AVG, MAX, MIN};
-    let chunks = chunker::chunk(image, |c| store.put(&c.id, &c.data).map(drop).map_err(std::io::Error::other))?;
+    let digest = Digest::NEW;
+    let chunks = chunker::chunk(image, digest, |c| store.put(&c.id, &c.data).map(drop).map_err(std::io::Error::other))?;
     Ok(crate::index::Index {
+        digest,
         chunk_size_min: MIN.into(),
         chunk_size_avg: AVG.into(),
         chunk_size_max: MAX.into(),
@@ -75,10 +77,10 @@ pub fn store_image(image: impl std::io::Read, store: &Store) -> std::io::Result<
     })
 }
 
-/// A stored chunk's bytes from its compressed form, checked against `id`: what a client does
-/// with a chunk it downloaded. Decompression stops past `limit` bytes (the size the index
-/// gives the chunk): a chunk that would inflate without end is refused, not followed.
-pub fn decode(id: &ChunkId, compressed: &[u8], limit: u64) -> Result<Vec<u8>, StoreError> {
+/// A stored chunk's bytes from its compressed form, checked against `id` (by `digest`): what a
+/// client does with a chunk it downloaded. Decompression stops past `limit` bytes (the size
+/// the index gives the chunk): a chunk that would inflate without end is refused, not followed.
+pub fn decode(id: &ChunkId, digest: Digest, compressed: &[u8], limit: u64) -> Result<Vec<u8>, StoreError> {
     use std::io::Read;
     let io = |source| StoreError::Io { path: PathBuf::from(chunk_path(id)), source };
     let mut data = Vec::new();
@@ -86,7 +88,7 @@ pub fn decode(id: &ChunkId, compressed: &[u8], limit: u64) -> Result<Vec<u8>, St
     if data.len() as u64 > limit {
         return Err(StoreError::TooLarge { id: *id, limit });
     }
-    let actual = ChunkId::of(&data);
+    let actual = digest.of(&data);
     if actual != *id {
         return Err(StoreError::Mismatch { id: *id, actual });
     }
@@ -102,18 +104,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let store = Store::new(t.path());
         let data = b"hello chunk".repeat(100);
-        let id = ChunkId::of(&data);
+        let id = Digest::NEW.of(&data);
         assert!(store.put(&id, &data).unwrap());
         assert!(!store.put(&id, &data).unwrap(), "a chunk is stored once");
-        assert_eq!(store.get(&id).unwrap(), data);
+        assert_eq!(store.get(&id, Digest::NEW).unwrap(), data);
         let path = t.path().join(chunk_path(&id));
         assert!(chunk_path(&id).starts_with(&id.to_string()[..4]));
         // Another chunk's bytes under this id are refused.
         std::fs::write(&path, zstd::bulk::compress(b"other", 3).unwrap()).unwrap();
-        assert!(matches!(store.get(&id), Err(StoreError::Mismatch { .. })));
+        assert!(matches!(store.get(&id, Digest::NEW), Err(StoreError::Mismatch { .. })));
         // A small download that would inflate past the chunk's size is cut off.
         let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 19).unwrap();
         assert!(bomb.len() < 4096);
-        assert!(matches!(decode(&id, &bomb, data.len() as u64), Err(StoreError::TooLarge { .. })));
+        assert!(matches!(decode(&id, Digest::NEW, &bomb, data.len() as u64), Err(StoreError::TooLarge { .. })));
     }
 }

@@ -81,28 +81,94 @@ fn pad_to_block(v: &mut Vec<u8>) {
 /// Builds the tree over `data_blocks` blocks of `data`. The hash offset only goes into the result
 /// the caller keeps; the tree does not depend on it.
 pub fn build(mut data: impl Read, data_blocks: u64, salt: [u8; SALT_SIZE]) -> Result<HashTree, VerityError> {
-    let mut leaves = Vec::with_capacity((data_blocks as usize).div_ceil(HASHES_PER_BLOCK) * BLOCK_SIZE);
-    let mut block = vec![0u8; BLOCK_SIZE];
-    for i in 0..data_blocks {
-        data.read_exact(&mut block).map_err(|source| VerityError::Read { block: i, source })?;
-        leaves.extend_from_slice(&salted_hash(&salt, &block));
+    let mut tree = TreeBuilder::new(data_blocks, salt);
+    let mut buf = vec![0u8; 1 << 20];
+    while tree.wants() > 0 {
+        let want = buf.len().min(usize::try_from(tree.wants()).unwrap_or(usize::MAX));
+        let n = match data.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(VerityError::Read { block: tree.blocks_hashed(), source }),
+        };
+        tree.update(&buf[..n]);
     }
-    pad_to_block(&mut leaves);
+    tree.finish()
+}
 
-    // levels[0] are the leaves; each next level hashes the previous until one block remains.
-    let mut levels = vec![leaves];
-    while levels.last().map(|l| l.len() > BLOCK_SIZE).unwrap_or(false) {
-        let next = hash_level(&salt, levels.last().expect("at least one level"));
-        levels.push(next);
-    }
-    let top = levels.last().expect("at least one level");
-    let root_hash = salted_hash(&salt, &top[..BLOCK_SIZE]);
+/// The tree of a stream of data blocks fed in pieces of any size, each byte hashed where it
+/// lies: what an install pipeline does with the buffers it writes.
+pub struct TreeBuilder {
+    salt: [u8; SALT_SIZE],
+    data_blocks: u64,
+    /// Bytes of data fed so far.
+    fed: u64,
+    /// A block split between two pieces.
+    partial: Vec<u8>,
+    leaves: Vec<u8>,
+}
 
-    let mut hash_area = Superblock { data_blocks, salt }.to_block();
-    for level in levels.iter().rev() {
-        hash_area.extend_from_slice(level);
+impl TreeBuilder {
+    pub fn new(data_blocks: u64, salt: [u8; SALT_SIZE]) -> TreeBuilder {
+        let leaves = Vec::with_capacity((data_blocks as usize).div_ceil(HASHES_PER_BLOCK) * BLOCK_SIZE);
+        TreeBuilder { salt, data_blocks, fed: 0, partial: Vec::with_capacity(BLOCK_SIZE), leaves }
     }
-    Ok(HashTree { root_hash, hash_area })
+
+    /// Bytes of data still to come.
+    pub fn wants(&self) -> u64 {
+        self.data_blocks * BLOCK_SIZE as u64 - self.fed
+    }
+
+    fn blocks_hashed(&self) -> u64 {
+        self.fed / BLOCK_SIZE as u64
+    }
+
+    /// Hashes the data blocks in `piece`; returns how many of its bytes were data (what follows
+    /// the last data block is the caller's).
+    pub fn update(&mut self, piece: &[u8]) -> usize {
+        let take = piece.len().min(usize::try_from(self.wants()).unwrap_or(usize::MAX));
+        let mut data = &piece[..take];
+        if !self.partial.is_empty() {
+            let n = data.len().min(BLOCK_SIZE - self.partial.len());
+            self.partial.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.partial.len() == BLOCK_SIZE {
+                self.leaves.extend_from_slice(&salted_hash(&self.salt, &self.partial));
+                self.partial.clear();
+            }
+        }
+        let mut blocks = data.chunks_exact(BLOCK_SIZE);
+        for block in &mut blocks {
+            self.leaves.extend_from_slice(&salted_hash(&self.salt, block));
+        }
+        self.partial.extend_from_slice(blocks.remainder());
+        self.fed += take as u64;
+        take
+    }
+
+    /// The hash area and root, once every data block was fed.
+    pub fn finish(self) -> Result<HashTree, VerityError> {
+        if self.wants() > 0 {
+            let source = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+            return Err(VerityError::Read { block: self.blocks_hashed(), source });
+        }
+        let (salt, data_blocks, mut leaves) = (self.salt, self.data_blocks, self.leaves);
+        pad_to_block(&mut leaves);
+        // levels[0] are the leaves; each next level hashes the previous until one block remains.
+        let mut levels = vec![leaves];
+        while levels.last().map(|l| l.len() > BLOCK_SIZE).unwrap_or(false) {
+            let next = hash_level(&salt, levels.last().expect("at least one level"));
+            levels.push(next);
+        }
+        let top = levels.last().expect("at least one level");
+        let root_hash = salted_hash(&salt, &top[..BLOCK_SIZE]);
+
+        let mut hash_area = Superblock { data_blocks, salt }.to_block();
+        for level in levels.iter().rev() {
+            hash_area.extend_from_slice(level);
+        }
+        Ok(HashTree { root_hash, hash_area })
+    }
 }
 
 /// The veritysetup on-disk superblock (version 1), padded to one block.
@@ -205,6 +271,29 @@ mod tests {
         let d = data(1);
         let err = build(&d[..], 2, [0; 32]).err().unwrap();
         assert!(err.to_string().contains("block 1"), "{err}");
+    }
+
+    #[test]
+    fn pieces_of_any_size_make_the_same_tree() {
+        let salt = [4u8; 32];
+        let blocks = HASHES_PER_BLOCK + 3;
+        let mut d = data(blocks + 2);
+        let whole = build(&d[..], blocks as u64, salt).unwrap();
+        for size in [1, 100, 4095, 4097, 65536] {
+            let mut tree = TreeBuilder::new(blocks as u64, salt);
+            let mut rest = Vec::new();
+            for piece in d.chunks(size) {
+                let n = tree.update(piece);
+                rest.extend_from_slice(&piece[n..]);
+            }
+            let t = tree.finish().unwrap();
+            assert_eq!((t.root_hash, &t.hash_area), (whole.root_hash, &whole.hash_area), "pieces of {size}");
+            assert_eq!(rest, d[blocks * BLOCK_SIZE..], "pieces of {size}");
+        }
+        d.truncate(BLOCK_SIZE * 3 + 10);
+        let mut short = TreeBuilder::new(blocks as u64, salt);
+        short.update(&d);
+        assert!(short.finish().err().unwrap().to_string().contains("block 3"));
     }
 
     #[test]

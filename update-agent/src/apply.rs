@@ -1,14 +1,19 @@
 //! Writing a release's `/usr` image into the inactive partition in one pass: the download
-//! stream is hashed as it arrives, decompressed, written, and what was written is hashed again
-//! (sha256 and the verity tree) on another thread. Nothing is trusted until every check passed,
-//! and the caller only then binds the partition to the release (its GPT UUID) and writes a boot
-//! entry, so a bad image never reaches a boot entry.
+//! stream arrives on one thread, is decompressed on another, and written and checked on a
+//! third. Nothing is trusted until every check passed, and the caller
+//! only then binds the partition to the release (its GPT UUID) and writes a boot entry, so a
+//! bad image never reaches a boot entry.
+//!
+//! Each byte is hashed once. The image is its data blocks followed by their verity hash area
+//! (the builder's layout, required here): the data are checked by their tree, whose root the
+//! release signs, and the hash area byte for byte against that tree. Together they cover every
+//! byte written, so a sha256 of the download or of the whole image would add nothing but time.
 
 use cairn_release::manifest::{Artifact, Compression};
 use cairn_release::verity;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +32,7 @@ pub enum ApplyError {
     Verity(String),
 }
 
-/// A reader that hashes and counts what passes through it.
+/// A reader that hashes and counts what passes through it (for the UKI, which has no tree).
 pub struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
@@ -59,18 +64,36 @@ pub struct Written {
     pub root_hash: [u8; 32],
 }
 
-/// Chunks travel between the pipeline's threads in this size; at most `DEPTH` wait at each
+/// Buffers travel between the pipeline's threads in this size; at most `DEPTH` wait at each
 /// stage, which bounds the memory in flight to a few MiB.
 const CHUNK: usize = 256 << 10;
 const DEPTH: usize = 2;
 
+/// The pipeline's buffers, used again once the last stage is done with them: allocating and
+/// zeroing one per piece costs as much as a hash pass.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    /// A buffer of `CHUNK` bytes (contents unspecified).
+    fn get(&self) -> Vec<u8> {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        buf.resize(CHUNK, 0);
+        buf
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+    }
+}
+
 /// Streams `download` (the artifact's stored bytes) into `partition` and checks everything the
 /// signed release says about it. `partition_size` bounds the write.
 ///
-/// Four stages run at once: a reader thread downloads and hashes the download; this thread
-/// decompresses; a writer thread writes; a hasher thread hashes what was written (sha256, and the verity tree of the data
-/// blocks, whose root must be the signed one and whose hash area must be the bytes that follow
-/// the data). The bytes hashed are the bytes written; dm-verity checks them again on every read.
+/// A reader thread takes the download (never more than its declared size); this thread
+/// decompresses; a writer thread writes and builds the verity tree of the bytes written, whose
+/// root must be the signed one and whose hash area must be the bytes that follow the data.
+/// dm-verity checks them again on every read.
 pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
     download: R,
     artifact: &Artifact,
@@ -85,51 +108,52 @@ pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
     hex::decode_to_slice(&info.salt, &mut salt)
         .map_err(|_| ApplyError::Verity("the salt is not 64 hex digits".into()))?;
     let data_end = info.data_blocks * verity::BLOCK_SIZE as u64;
-    if data_end > info.hash_offset || info.hash_offset > artifact.uncompressed_size {
+    if data_end != info.hash_offset || info.hash_offset > artifact.uncompressed_size {
         return Err(ApplyError::Verity(format!(
-            "{} data blocks, hash offset {} and size {} do not fit together",
+            "{} data blocks, hash offset {} and size {}: not data blocks followed by their hash area",
             info.data_blocks, info.hash_offset, artifact.uncompressed_size
         )));
     }
+    let hash_area_len = artifact.uncompressed_size - data_end;
     partition.seek(SeekFrom::Start(0)).map_err(ApplyError::Write)?;
 
-    let (to_writer, writer_in) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
-    let (to_hasher, hasher_in) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
-    let (decoded, written, hashed) = std::thread::scope(|s| {
-        let writer = s.spawn(move || -> Result<u64, ApplyError> {
-            let mut n = 0u64;
-            for chunk in writer_in {
-                partition.write_all(&chunk).map_err(ApplyError::Write)?;
-                n += chunk.len() as u64;
-                // A hasher that stopped has its own error to report.
-                let _ = to_hasher.send(chunk);
-            }
-            drop(to_hasher);
-            partition.flush().map_err(ApplyError::Write)?;
-            Ok(n)
-        });
-        let hasher = s.spawn(move || -> Result<(verity::HashTree, Vec<u8>, String, u64), ApplyError> {
-            let mut plain = HashingReader::new(ChannelReader::new(hasher_in));
-            let tree =
-                verity::build(&mut plain, info.data_blocks, salt).map_err(|e| ApplyError::Verity(e.to_string()))?;
+    let pool = Pool::default();
+    let (to_writer, writer_in) = sync_channel::<Vec<u8>>(DEPTH);
+    let (decoded, written) = std::thread::scope(|s| {
+        let pool = &pool;
+        // Each piece is hashed right after it is written, while it is still in the CPU's cache.
+        let writer = s.spawn(move || -> Result<(u64, verity::HashTree, Vec<u8>), ApplyError> {
+            let mut tree = verity::TreeBuilder::new(info.data_blocks, salt);
+            // What follows the data, kept up to one byte more than the hash area, to notice.
             let mut rest = Vec::new();
-            plain.read_to_end(&mut rest).map_err(|e| ApplyError::Verity(e.to_string()))?;
-            let (sha, count) = plain.finish();
-            Ok((tree, rest, sha, count))
+            let mut count = 0u64;
+            for piece in writer_in {
+                partition.write_all(&piece).map_err(ApplyError::Write)?;
+                count += piece.len() as u64;
+                let data = tree.update(&piece);
+                let room = (hash_area_len + 1).saturating_sub(rest.len() as u64);
+                let after = &piece[data..];
+                rest.extend_from_slice(&after[..after.len().min(usize::try_from(room).unwrap_or(usize::MAX))]);
+                pool.put(piece);
+            }
+            partition.flush().map_err(ApplyError::Write)?;
+            let tree = tree.finish().map_err(|e| ApplyError::Verity(e.to_string()))?;
+            Ok((count, tree, rest))
         });
-        let decoded = decode(download, artifact, &to_writer);
+        let decoded = match artifact.compression {
+            Compression::None => read_stream(download, artifact.size, pool, &to_writer),
+            Compression::Zstd => decode(download, artifact, pool, &to_writer),
+        };
         drop(to_writer);
-        (decoded, joined(writer.join()), joined(hasher.join()))
+        (decoded, joined(writer.join()))
     });
     // The first failure along the stream is the one to report.
-    decoded?;
-    let bytes = written?;
-    let (tree, rest, sha, count) = hashed?;
-    check("uncompressed size", artifact.uncompressed_size.to_string(), count.to_string())?;
-    check("uncompressed sha256", artifact.uncompressed_sha256.clone(), sha)?;
+    let stored = decoded?;
+    let (bytes, tree, rest) = written?;
+    check("download size", artifact.size.to_string(), stored.to_string())?;
+    check("uncompressed size", artifact.uncompressed_size.to_string(), bytes.to_string())?;
     check("verity root hash", info.root_hash.clone(), hex::encode(tree.root_hash))?;
-    let hash_area = &rest[(info.hash_offset - data_end) as usize..];
-    if !hash_area.starts_with(&tree.hash_area) {
+    if rest != tree.hash_area {
         return Err(ApplyError::Verity("the hash area differs from the tree of the data blocks".into()));
     }
     Ok(Written { bytes, root_hash: tree.root_hash })
@@ -139,50 +163,56 @@ fn joined<T>(r: std::thread::Result<Result<T, ApplyError>>) -> Result<T, ApplyEr
     r.unwrap_or_else(|_| Err(ApplyError::Verity("a pipeline thread panicked".into())))
 }
 
-/// Downloads and hashes `download` on a reader thread and decompresses it here into chunks for
-/// the writer; checks the download's size and sha256.
-fn decode<R: Read + Send>(download: R, artifact: &Artifact, out: &SyncSender<Arc<Vec<u8>>>) -> Result<(), ApplyError> {
-    let (to_decoder, decoder_in) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+/// Sends `input` on in pool buffers, never more than `size` bytes and one to notice: a server
+/// that streams forever cannot keep the agent busy. Returns the bytes read.
+fn read_stream<R: Read>(input: R, size: u64, pool: &Pool, out: &SyncSender<Vec<u8>>) -> Result<u64, ApplyError> {
+    let mut input = input.take(size + 1);
+    let mut count = 0u64;
+    loop {
+        let mut buf = pool.get();
+        let n = fill(&mut input, &mut buf).map_err(ApplyError::Read)?;
+        if n == 0 {
+            return Ok(count);
+        }
+        count += n as u64;
+        buf.truncate(n);
+        if out.send(buf).is_err() {
+            return Ok(count); // The next stage stopped; its error is reported.
+        }
+    }
+}
+
+/// Downloads `download` on a reader thread and decompresses it here into buffers for the
+/// writer. Returns the download's size.
+fn decode<R: Read + Send>(
+    download: R,
+    artifact: &Artifact,
+    pool: &Pool,
+    out: &SyncSender<Vec<u8>>,
+) -> Result<u64, ApplyError> {
+    let (to_decoder, decoder_in) = sync_channel::<Vec<u8>>(DEPTH);
     std::thread::scope(|s| {
-        let reader = s.spawn(move || -> Result<(String, u64), ApplyError> {
-            // Never more than the release declared (plus one byte, to notice): a server that
-            // streams forever cannot keep the agent busy.
-            let mut stored = HashingReader::new(download.take(artifact.size + 1));
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let n = fill(&mut stored, &mut buf).map_err(ApplyError::Read)?;
-                if n == 0 {
-                    return Ok(stored.finish());
-                }
-                buf.truncate(n);
-                if to_decoder.send(Arc::new(buf)).is_err() {
-                    return Ok(stored.finish()); // The decoder stopped; its error is reported.
-                }
-            }
-        });
-        let decoded = decompress(ChannelReader::new(decoder_in), artifact, out);
+        let reader = s.spawn(move || read_stream(download, artifact.size, pool, &to_decoder));
+        let decoded = decompress(ChannelReader::new(decoder_in, pool), artifact, pool, out);
         // A download that broke is the cause of whatever the decompressor then saw.
-        let (sha, count) = joined(reader.join())?;
+        let count = joined(reader.join())?;
         decoded?;
-        check("download size", artifact.size.to_string(), count.to_string())?;
-        check("download sha256", artifact.sha256.clone(), sha)
+        Ok(count)
     })
 }
 
 fn decompress(
     mut stored: ChannelReader,
     artifact: &Artifact,
-    out: &SyncSender<Arc<Vec<u8>>>,
+    pool: &Pool,
+    out: &SyncSender<Vec<u8>>,
 ) -> Result<(), ApplyError> {
     {
-        let plain: Box<dyn Read> = match artifact.compression {
-            Compression::None => Box::new(&mut stored),
-            Compression::Zstd => Box::new(zstd::stream::Decoder::new(&mut stored).map_err(ApplyError::Decompress)?),
-        };
+        let plain = zstd::stream::Decoder::new(&mut stored).map_err(ApplyError::Decompress)?;
         // Never past what the release declared: a longer stream cannot overrun the partition.
         let mut limited = plain.take(artifact.uncompressed_size + 1);
         loop {
-            let mut buf = vec![0u8; CHUNK];
+            let mut buf = pool.get();
             // The stream arrived (the reader reports its own failures), but these bytes are no
             // valid, or a truncated, compressed image.
             let n = fill(&mut limited, &mut buf).map_err(ApplyError::Decompress)?;
@@ -190,12 +220,12 @@ fn decompress(
                 break;
             }
             buf.truncate(n);
-            if out.send(Arc::new(buf)).is_err() {
+            if out.send(buf).is_err() {
                 return Ok(()); // The writer stopped; its error is reported.
             }
         }
     }
-    // Whatever the decoder did not need still goes through the reader's hash (which then fails).
+    // Whatever the decoder did not need is still read, and counted against the download size.
     io::copy(&mut stored, &mut io::sink()).map_err(ApplyError::Read)?;
     Ok(())
 }
@@ -214,29 +244,34 @@ fn fill<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The chunks the writer wrote, as a stream.
-struct ChannelReader {
-    rx: Receiver<Arc<Vec<u8>>>,
-    chunk: Arc<Vec<u8>>,
+/// The buffers of a channel as a stream; each goes back to the pool once read.
+struct ChannelReader<'a> {
+    rx: Receiver<Vec<u8>>,
+    pool: &'a Pool,
+    piece: Vec<u8>,
     pos: usize,
 }
 
-impl ChannelReader {
-    fn new(rx: Receiver<Arc<Vec<u8>>>) -> ChannelReader {
-        ChannelReader { rx, chunk: Arc::new(Vec::new()), pos: 0 }
+impl ChannelReader<'_> {
+    fn new(rx: Receiver<Vec<u8>>, pool: &Pool) -> ChannelReader<'_> {
+        ChannelReader { rx, pool, piece: Vec::new(), pos: 0 }
     }
 }
 
-impl Read for ChannelReader {
+impl Read for ChannelReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
+        while self.pos == self.piece.len() {
             match self.rx.recv() {
-                Ok(c) => (self.chunk, self.pos) = (c, 0),
+                Ok(next) => {
+                    let used = std::mem::replace(&mut self.piece, next);
+                    self.pool.put(used);
+                    self.pos = 0;
+                }
                 Err(_) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        let n = buf.len().min(self.piece.len() - self.pos);
+        buf[..n].copy_from_slice(&self.piece[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
@@ -304,10 +339,22 @@ mod tests {
         // Truncated download.
         let e = run(&stored[..stored.len() / 2], &artifact);
         assert!(e.contains("decompressing") && e.contains("incomplete"), "{e}");
-        // Altered stored bytes that still decompress: caught by a hash.
-        let mut wrong_meta = artifact.clone();
-        wrong_meta.sha256 = "00".repeat(32);
-        assert!(run(&stored, &wrong_meta).contains("download sha256"));
+        // Altered bytes: caught by the tree (a data block) or against it (the hash area).
+        let (plain, a) = image(50, Compression::None);
+        let mut data_byte = plain.clone();
+        data_byte[4096 * 7 + 5] ^= 1;
+        assert!(run(&data_byte, &a).contains("verity root hash"), "{}", run(&data_byte, &a));
+        let mut tree_byte = plain.clone();
+        *tree_byte.last_mut().unwrap() ^= 1;
+        assert!(run(&tree_byte, &a).contains("hash area differs"), "{}", run(&tree_byte, &a));
+        // Stored bytes the release does not declare: counted, and refused.
+        let mut longer = plain.clone();
+        longer.extend_from_slice(b"trailing");
+        assert!(run(&longer, &a).contains("download size"), "{}", run(&longer, &a));
+        // Data and hash area apart (a layout the builder never writes): refused up front.
+        let mut gap = artifact.clone();
+        gap.verity.as_mut().unwrap().hash_offset += 4096;
+        assert!(run(&stored, &gap).contains("not data blocks followed by their hash area"));
         // A release whose root hash does not match what the image hashes to.
         let mut wrong_root = artifact.clone();
         wrong_root.verity.as_mut().unwrap().root_hash = "11".repeat(32);

@@ -1,23 +1,25 @@
 //! Delta installs: a release's `/usr` image assembled from its chunk index (casync's
 //! `.caibx`, a signed target) out of chunks the host already holds and the few it fetches.
 //!
-//! - Seeds: the running slot's `/usr` (its dm-verity device, so what is reused was verified as
-//!   it was read) and the inactive partition (an older release, or an install that was cut
-//!   short: resuming is seeding from what it wrote), cut with the publisher's chunker, so
-//!   content that did not change has the same chunk ids.
+//! - Seeds: the running slot's `/usr` image (its dm-verity device, verified as it is read,
+//!   then the hash area that follows the data on its partition: one stream, as the image was
+//!   cut) and the inactive partition (an older release, or an install that was cut short:
+//!   resuming is seeding from what it wrote), cut with the publisher's chunker on a thread
+//!   each, so content that did not change has the same chunk ids.
 //! - [`plan`] (pure) takes each chunk of the index from a seed that has it, or fetches it. The
 //!   inactive partition is overwritten from its start, so a chunk is taken from it only from
 //!   its place in the new image on, where nothing has been written yet.
 //! - [`Assembly`] reads the image in order: a seeded chunk is read back and checked against
-//!   its id; missing chunks come from [`Fetcher`]'s threads, several requests in flight a
+//!   its id (unless it lies on the verity device, which cannot change and checks every read
+//!   itself); missing chunks come from [`Fetcher`]'s threads, several requests in flight a
 //!   window ahead, each decompressed no further than its size and checked against its id.
 //!
 //! What it yields goes through `apply::write_usr` as a full download does: written, then
-//! checked whole (size, sha256, verity root hash) before anything binds the partition or
+//! checked whole (size, verity root hash, hash area) before anything binds the partition or
 //! touches the ESP.
 
 use crate::ports::Transport;
-use cairn_chunks::{ChunkId, chunker, index::Index, store};
+use cairn_chunks::{ChunkId, Digest, chunker, index::Index, store};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -46,14 +48,22 @@ pub enum DeltaError {
     NotWorthIt(f64),
 }
 
-/// A device, or a window of one, whose chunks may be reused.
+/// A window of a device or file: part of a seed.
 #[derive(Clone, Copy, Debug)]
-pub struct SeedDevice<'a> {
-    pub name: &'static str,
+pub struct Part<'a> {
     pub path: &'a Path,
     pub offset: u64,
-    /// How much of it to read (`u64::MAX`: to its end).
+    /// How much of it to read (`u64::MAX`: to its end); never past its end.
     pub len: u64,
+    /// Read through dm-verity: what it returns cannot change and was checked as it was read.
+    pub verified: bool,
+}
+
+/// Where chunks may be reused from: one stream of parts, cut as one.
+#[derive(Clone, Debug)]
+pub struct Seed<'a> {
+    pub name: &'static str,
+    pub parts: Vec<Part<'a>>,
     /// The partition being written: its chunks are usable only from their place on.
     pub overwritten: bool,
 }
@@ -61,14 +71,111 @@ pub struct SeedDevice<'a> {
 /// A seed's chunks: (id, offset in the seed, length).
 pub type SeedChunks = Vec<(ChunkId, u64, u32)>;
 
-/// Cuts `seed` into chunks as the publisher cut the image.
-pub fn seed_chunks(seed: &SeedDevice) -> io::Result<SeedChunks> {
-    let mut file = File::open(seed.path)?;
-    file.seek(SeekFrom::Start(seed.offset))?;
-    let reader = BufReader::with_capacity(1 << 20, file.take(seed.len));
-    let ends = chunker::chunk(reader, |_| Ok(()))?;
-    let starts = std::iter::once(0).chain(ends.iter().map(|(end, _)| *end));
-    Ok(starts.zip(&ends).map(|(start, (end, id))| (*id, start, (end - start) as u32)).collect())
+/// A seed with its parts open: (file, part, where the part starts in the seed).
+pub struct OpenSeed<'a> {
+    pub seed: Seed<'a>,
+    parts: Vec<(File, Part<'a>, u64)>,
+}
+
+impl<'a> OpenSeed<'a> {
+    pub fn open(seed: Seed<'a>) -> io::Result<OpenSeed<'a>> {
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for part in &seed.parts {
+            let mut file = File::open(part.path)?;
+            let end = file.seek(SeekFrom::End(0))?;
+            let len = part.len.min(end.saturating_sub(part.offset));
+            parts.push((file, Part { len, ..*part }, at));
+            at += len;
+        }
+        Ok(OpenSeed { seed, parts })
+    }
+
+    /// The parts holding `len` bytes from `pos` of the seed: (file, offset in it, length, verified).
+    fn spans(&self, pos: u64, len: u64) -> impl Iterator<Item = (&File, u64, u64, bool)> + '_ {
+        let end = pos + len;
+        self.parts.iter().filter_map(move |(file, part, start)| {
+            let (from, to) = (pos.max(*start), end.min(start + part.len));
+            (from < to).then(|| (file, part.offset + from - start, to - from, part.verified))
+        })
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        let mut done = 0;
+        for (file, offset, len, _) in self.spans(pos, buf.len() as u64) {
+            file.read_exact_at(&mut buf[done..done + len as usize], offset)?;
+            done += len as usize;
+        }
+        if done < buf.len() {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        Ok(())
+    }
+
+    /// Whether every byte of `len` from `pos` is read through dm-verity.
+    fn verified(&self, pos: u64, len: u64) -> bool {
+        let mut covered = 0;
+        for (_, _, n, verified) in self.spans(pos, len) {
+            if !verified {
+                return false;
+            }
+            covered += n;
+        }
+        covered == len
+    }
+
+    /// Cuts the seed into chunks as the publisher cut the image, naming them by `digest`.
+    pub fn chunks(&self, digest: Digest) -> io::Result<SeedChunks> {
+        let reader = BufReader::with_capacity(1 << 20, SeedReader { seed: self, pos: 0 });
+        let ends = chunker::chunk(reader, digest, |_| Ok(()))?;
+        let starts = std::iter::once(0).chain(ends.iter().map(|(end, _)| *end));
+        Ok(starts.zip(&ends).map(|(start, (end, id))| (*id, start, (end - start) as u32)).collect())
+    }
+}
+
+/// A seed as one stream.
+struct SeedReader<'s, 'a> {
+    seed: &'s OpenSeed<'a>,
+    pos: u64,
+}
+
+impl Read for SeedReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some((file, offset, len, _)) = self.seed.spans(self.pos, buf.len() as u64).next() else { return Ok(0) };
+        let n = file.read_at(&mut buf[..len as usize], offset)?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Opens and cuts `seeds`, each on a thread of its own; a seed that cannot be read is left
+/// out, with a line saying why.
+pub fn cut<'a>(seeds: Vec<Seed<'a>>, digest: Digest) -> Vec<(OpenSeed<'a>, SeedChunks)> {
+    std::thread::scope(|s| {
+        let cutting: Vec<_> = seeds
+            .into_iter()
+            .map(|seed| {
+                s.spawn(move || {
+                    let name = seed.name;
+                    let opened = OpenSeed::open(seed).and_then(|open| open.chunks(digest).map(|c| (open, c)));
+                    opened.map_err(|e| format!("not reusing {name}: {e}"))
+                })
+            })
+            .collect();
+        cutting
+            .into_iter()
+            .filter_map(|t| match t.join().unwrap_or_else(|_| Err("a seed's thread panicked".into())) {
+                Ok(cut) => Some(cut),
+                Err(why) => {
+                    eprintln!("cairn-agent: {why}");
+                    None
+                }
+            })
+            .collect()
+    })
 }
 
 /// Where one chunk of the new image comes from.
@@ -146,6 +253,7 @@ impl Plan {
 pub struct Fetcher<'a> {
     transport: &'a dyn Transport,
     store: &'a str,
+    digest: Digest,
     jobs: &'a [(ChunkId, u32)],
     wait: &'a (dyn Fn(Duration) + Sync),
     state: Mutex<FetchState>,
@@ -167,13 +275,14 @@ struct FetchState {
 impl<'a> Fetcher<'a> {
     pub fn new(
         transport: &'a dyn Transport,
-        store: &'a str,
+        (store, digest): (&'a str, Digest),
         jobs: &'a [(ChunkId, u32)],
         wait: &'a (dyn Fn(Duration) + Sync),
     ) -> Fetcher<'a> {
         Fetcher {
             transport,
             store,
+            digest,
             jobs,
             wait,
             state: Mutex::default(),
@@ -239,7 +348,8 @@ impl<'a> Fetcher<'a> {
             match self.transport.read_all(&path, limit) {
                 Ok(compressed) => {
                     self.downloaded.fetch_add(compressed.len() as u64, Ordering::Relaxed);
-                    let data = store::decode(&id, &compressed, len.into()).map_err(|e| failed(e.to_string()))?;
+                    let data =
+                        store::decode(&id, self.digest, &compressed, len.into()).map_err(|e| failed(e.to_string()))?;
                     if data.len() != len as usize {
                         return Err(failed(format!("{} bytes where the index says {len}", data.len())));
                     }
@@ -266,54 +376,74 @@ pub struct Reuse {
 /// The new image, read in order from its plan.
 pub struct Assembly<'a> {
     plan: &'a Plan,
-    seeds: Vec<(SeedDevice<'a>, File)>,
+    seeds: &'a [OpenSeed<'a>],
+    digest: Digest,
     fetcher: &'a Fetcher<'a>,
     next: usize,
     /// Fetched chunks needed again later, and how many more times each.
     kept: HashMap<usize, (Arc<Vec<u8>>, u32)>,
     uses: Vec<u32>,
-    current: Arc<Vec<u8>>,
+    /// The chunk being read: fetched, or else the first `seeded_len` bytes of `seeded`.
+    fetched: Option<Arc<Vec<u8>>>,
+    seeded: Vec<u8>,
+    seeded_len: usize,
     pos: usize,
     pub reuse: Reuse,
 }
 
 impl<'a> Assembly<'a> {
-    pub fn new(plan: &'a Plan, seeds: &[SeedDevice<'a>], fetcher: &'a Fetcher<'a>) -> io::Result<Assembly<'a>> {
+    pub fn new(plan: &'a Plan, seeds: &'a [OpenSeed<'a>], digest: Digest, fetcher: &'a Fetcher<'a>) -> Assembly<'a> {
         let mut uses = vec![0u32; plan.fetches.len()];
         for step in &plan.steps {
             if let Source::Fetch { job } = step.source {
                 uses[job] += 1;
             }
         }
-        let seeds = seeds.iter().map(|s| Ok((*s, File::open(s.path)?))).collect::<io::Result<Vec<_>>>()?;
         let reuse = Reuse { seeded: vec![0; seeds.len()], fetched: 0 };
-        Ok(Assembly {
+        Assembly {
             plan,
             seeds,
+            digest,
             fetcher,
             next: 0,
             kept: HashMap::new(),
             uses,
-            current: Arc::default(),
+            fetched: None,
+            seeded: Vec::new(),
+            seeded_len: 0,
             pos: 0,
             reuse,
-        })
+        }
     }
 
-    fn next_chunk(&mut self) -> Result<Option<Arc<Vec<u8>>>, DeltaError> {
-        let Some(step) = self.plan.steps.get(self.next).copied() else { return Ok(None) };
+    fn current(&self) -> &[u8] {
+        match &self.fetched {
+            Some(chunk) => chunk,
+            None => &self.seeded[..self.seeded_len],
+        }
+    }
+
+    /// Makes the next chunk current; false at the end of the image.
+    fn next_chunk(&mut self) -> Result<bool, DeltaError> {
+        let Some(step) = self.plan.steps.get(self.next).copied() else { return Ok(false) };
         self.next += 1;
+        self.pos = 0;
         match step.source {
             Source::Seed { seed, offset } => {
-                let (dev, file) = &self.seeds[seed];
-                let mut data = vec![0u8; step.len as usize];
-                file.read_exact_at(&mut data, dev.offset + offset)
-                    .map_err(|e| DeltaError::Chunk { id: step.id, message: format!("reading {}: {e}", dev.name) })?;
-                if ChunkId::of(&data) != step.id {
-                    return Err(DeltaError::SeedChanged(dev.name.to_string()));
+                let open = &self.seeds[seed];
+                let len = step.len as usize;
+                self.fetched = None;
+                self.seeded.resize(self.seeded.len().max(len), 0);
+                self.seeded_len = len;
+                let data = &mut self.seeded[..len];
+                open.read_exact_at(data, offset).map_err(|e| DeltaError::Chunk {
+                    id: step.id,
+                    message: format!("reading {}: {e}", open.seed.name),
+                })?;
+                if !open.verified(offset, len as u64) && self.digest.of(data) != step.id {
+                    return Err(DeltaError::SeedChanged(open.seed.name.to_string()));
                 }
                 self.reuse.seeded[seed] += u64::from(step.len);
-                Ok(Some(Arc::new(data)))
             }
             Source::Fetch { job } => {
                 let data = match self.kept.remove(&job) {
@@ -325,22 +455,23 @@ impl<'a> Assembly<'a> {
                     self.kept.insert(job, (data.clone(), self.uses[job]));
                 }
                 self.reuse.fetched += u64::from(step.len);
-                Ok(Some(data))
+                self.fetched = Some(data);
             }
         }
+        Ok(true)
     }
 }
 
 impl Read for Assembly<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.next_chunk().map_err(io::Error::other)? {
-                Some(chunk) => (self.current, self.pos) = (chunk, 0),
-                None => return Ok(0),
+        while self.pos == self.current().len() {
+            if !self.next_chunk().map_err(io::Error::other)? {
+                return Ok(0);
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        let current = self.current();
+        let n = buf.len().min(current.len() - self.pos);
+        buf[..n].copy_from_slice(&current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }

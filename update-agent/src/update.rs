@@ -5,7 +5,7 @@
 //! and its entry untouched, and the next attempt starts over cleanly.
 
 use crate::apply::{self, ApplyError};
-use crate::delta::{self, DeltaError, SeedDevice};
+use crate::delta::{self, DeltaError};
 use crate::entries;
 use crate::http::ResumingReader;
 use crate::ports::{Candidate, Esp, EspError, SourceError, Transport, UsrChunks};
@@ -204,60 +204,40 @@ fn write_usr_from_chunks(
     }
     let index = delta::parse_index(&index_bytes, usr.uncompressed_size).map_err(delta_error)?;
 
-    // The running /usr first (verified as read), then the inactive partition's old content;
-    // past the new image's end it holds nothing the image can use.
+    // The running /usr image first, then the inactive partition's old content; past the new
+    // image's end it holds nothing the image can use.
     let mut seeds = Vec::new();
     if let Some(path) = target.running_usr {
-        seeds.push(SeedDevice { name: "the running /usr", path, offset: 0, len: u64::MAX, overwritten: false });
-        // Its hash tree is not in the verity device: it follows the data on the partition, a
-        // 128th of the data's size and a little more. Read raw, it is as safe as the rest:
-        // every chunk must hash to its id.
+        // The data, verified as read, then the hash area, which is not in the verity device:
+        // it follows the data on the partition, a 128th of the data's size and a little more.
+        // Read raw, it is as safe as the rest: each chunk of it must hash to its id.
+        let mut parts = vec![delta::Part { path, offset: 0, len: u64::MAX, verified: true }];
         if let (Some(partition), Ok(data_len)) = (target.running_partition, device_size(path)) {
-            seeds.push(SeedDevice {
-                name: "the running /usr's hash tree",
-                path: partition,
-                offset: data_len,
-                len: data_len / 64 + (1 << 20),
-                overwritten: false,
-            });
+            let len = data_len / 64 + (1 << 20);
+            parts.push(delta::Part { path: partition, offset: data_len, len, verified: false });
         }
+        seeds.push(delta::Seed { name: "the running /usr", parts, overwritten: false });
     }
-    seeds.push(SeedDevice {
-        name: "the inactive partition",
-        path: target.partition,
-        offset: target.partition_offset,
-        len: target.partition_size.min(usr.uncompressed_size + u64::from(cairn_chunks::chunker::MAX)),
-        overwritten: true,
-    });
-    let mut cut = Vec::new();
-    let mut usable = Vec::new();
-    for seed in seeds {
-        match delta::seed_chunks(&seed) {
-            Ok(c) => {
-                cut.push((seed.overwritten, c));
-                usable.push(seed);
-            }
-            Err(e) => eprintln!("cairn-agent: not reusing {} ({}): {e}", seed.name, seed.path.display()),
-        }
-    }
+    let len = target.partition_size.min(usr.uncompressed_size + u64::from(cairn_chunks::chunker::MAX));
+    let inactive = delta::Part { path: target.partition, offset: target.partition_offset, len, verified: false };
+    seeds.push(delta::Seed { name: "the inactive partition", parts: vec![inactive], overwritten: true });
+    let (usable, chunks_of): (Vec<delta::OpenSeed>, Vec<_>) = delta::cut(seeds, index.digest).into_iter().unzip();
+    let cut: Vec<_> = usable.iter().map(|seed| seed.seed.overwritten).zip(chunks_of).collect();
     let plan = delta::plan(&index, &cut);
     plan.worth_it(usr.uncompressed_size).map_err(delta_error)?;
 
-    // The assembled image is the uncompressed one: checked by its size and sha256 as it is
-    // read, and by the verity tree as it is written.
+    // The assembled image is the uncompressed one, checked by its verity tree as it is written.
     let mut plain = usr.clone();
     plain.compression = Compression::None;
     plain.size = usr.uncompressed_size;
-    plain.sha256 = usr.uncompressed_sha256.clone();
     let mut window = open_window(target)?;
-    let fetcher = delta::Fetcher::new(transport, &chunks.store, &plan.fetches, target.wait);
+    let fetcher = delta::Fetcher::new(transport, (&chunks.store, index.digest), &plan.fetches, target.wait);
     let reuse = std::thread::scope(|s| -> Result<delta::Reuse, UpdateError> {
         for _ in 0..delta::FETCHERS.min(plan.fetches.len()) {
             s.spawn(|| fetcher.run());
         }
         let result = (|| {
-            let mut assembly = delta::Assembly::new(&plan, &usable, &fetcher)
-                .map_err(io(format!("opening the seeds of {}", target.partition.display())))?;
+            let mut assembly = delta::Assembly::new(&plan, &usable, index.digest, &fetcher);
             let stream = Progress { inner: &mut assembly, done: 0, total: plain.size, report: target.progress };
             apply::write_usr(stream, &plain, &mut window, target.partition_size)?;
             Ok(assembly.reuse)
@@ -268,7 +248,7 @@ fn write_usr_from_chunks(
     let downloaded = fetcher.downloaded.load(std::sync::atomic::Ordering::Relaxed) + chunks.index_size;
     let mb = |b: u64| b as f64 / 1e6;
     let seeded: Vec<String> =
-        usable.iter().zip(&reuse.seeded).map(|(s, b)| format!("{:.1} MB from {}", mb(*b), s.name)).collect();
+        usable.iter().zip(&reuse.seeded).map(|(s, b)| format!("{:.1} MB from {}", mb(*b), s.seed.name)).collect();
     let transfer = Transfer { image: usr.uncompressed_size, downloaded, reused: reuse.seeded.iter().sum() };
     let report = format!(
         "/usr {} assembled from chunks: {}, {:.1} MB fetched in {} chunks; {:.1} MB downloaded with the index \

@@ -60,7 +60,8 @@ fn run() -> Result<()> {
         from.data_len as f64 / 1e6,
         from.compressed as f64 / 1e6
     );
-    // What the agent reads: the data through verity, and the hash tree after it on the partition.
+    // What the agent reads, as one stream: the data through verity, and the hash tree after it
+    // on the partition.
     let seed = work.path().join("running-data");
     copy_prefix(&from.image, &seed, from.data_len)?;
     let seeds = [(seed.as_path(), 0), (from.image.as_path(), from.data_len)];
@@ -135,16 +136,15 @@ struct Download {
 }
 
 /// What the agent downloads: the new image chunked into a store as `cairn release publish`
-/// does, the seed cut as the agent cuts it, the plan's fetches as stored, plus the index.
-fn cairn_download(seeds: &[(&Path, u64)], to: &Usr, dir: &Path) -> Result<Download> {
+/// does, the seed (parts of files, one stream) cut as the agent cuts it, the plan's fetches
+/// as stored, plus the index.
+fn cairn_download(parts: &[(&Path, u64)], to: &Usr, dir: &Path) -> Result<Download> {
     let store = store::Store::new(&dir.join("chunks"));
     let index = store::store_image(std::io::BufReader::new(std::fs::File::open(&to.image)?), &store)?;
-    let mut cut = Vec::new();
-    for (path, offset) in seeds {
-        let device =
-            cairn_agent::delta::SeedDevice { name: "seed", path, offset: *offset, len: u64::MAX, overwritten: false };
-        cut.push((false, cairn_agent::delta::seed_chunks(&device)?));
-    }
+    use cairn_agent::delta::{OpenSeed, Part, Seed};
+    let parts = parts.iter().map(|(path, offset)| Part { path, offset: *offset, len: u64::MAX, verified: false });
+    let seed = Seed { name: "seed", parts: parts.collect(), overwritten: false };
+    let cut = [(false, OpenSeed::open(seed)?.chunks(index.digest)?)];
     let plan = cairn_agent::delta::plan(&index, &cut);
     let mut bytes = index.to_bytes().len() as u64;
     for (id, _) in &plan.fetches {

@@ -56,7 +56,7 @@ fn a_published_release_is_read_back_verified() {
     let index = cairn_chunks::index::Index::parse(&read_target(&feed, "2-usr.img.caibx").unwrap()).unwrap();
     assert_eq!(index.size(), 100_000);
     let store = cairn_chunks::store::Store::new(&feed.join(crate::releases::CHUNK_STORE));
-    let rebuilt: Vec<u8> = index.chunks.iter().flat_map(|(_, id)| store.get(id).unwrap()).collect();
+    let rebuilt: Vec<u8> = index.chunks.iter().flat_map(|(_, id)| store.get(id, index.digest).unwrap()).collect();
     assert_eq!(rebuilt, usr);
     let repo = runtime().unwrap().block_on(load(&feed)).unwrap();
     assert_eq!(repo.targets().signed.version.get(), 2);

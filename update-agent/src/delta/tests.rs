@@ -9,23 +9,30 @@ fn publish(feed: &Path, image: &[u8]) -> Index {
     store::store_image(image, &store::Store::new(&feed.join("chunks"))).unwrap()
 }
 
-fn seed<'a>(name: &'static str, path: &'a Path, overwritten: bool) -> SeedDevice<'a> {
-    SeedDevice { name, path, offset: 0, len: u64::MAX, overwritten }
+/// A seed of one whole file, read raw.
+fn seed<'a>(name: &'static str, path: &'a Path, overwritten: bool) -> Seed<'a> {
+    Seed { name, parts: vec![Part { path, offset: 0, len: u64::MAX, verified: false }], overwritten }
+}
+
+fn seed_chunks(seed: &Seed) -> io::Result<SeedChunks> {
+    OpenSeed::open(seed.clone())?.chunks(Digest::NEW)
 }
 
 /// Assembles `index` from `seeds` and the store in `feed`: the image, what came from where,
 /// and the bytes downloaded.
-fn assemble(feed: &Path, index: &Index, seeds: &[SeedDevice]) -> Result<(Vec<u8>, Reuse, u64), DeltaError> {
-    let cut: Vec<(bool, SeedChunks)> = seeds.iter().map(|s| (s.overwritten, seed_chunks(s).unwrap())).collect();
+fn assemble(feed: &Path, index: &Index, seeds: &[Seed]) -> Result<(Vec<u8>, Reuse, u64), DeltaError> {
+    let (open, chunks): (Vec<OpenSeed>, Vec<SeedChunks>) = cut(seeds.to_vec(), index.digest).into_iter().unzip();
+    assert_eq!(open.len(), seeds.len(), "every seed could be read");
+    let cut: Vec<(bool, SeedChunks)> = open.iter().map(|s| s.seed.overwritten).zip(chunks).collect();
     let plan = plan(index, &cut);
     let transport = DirTransport(feed.to_path_buf());
-    let fetcher = Fetcher::new(&transport, "chunks", &plan.fetches, &|_| {});
+    let fetcher = Fetcher::new(&transport, ("chunks", index.digest), &plan.fetches, &|_| {});
     std::thread::scope(|s| {
         for _ in 0..FETCHERS {
             s.spawn(|| fetcher.run());
         }
         let result = (|| {
-            let mut assembly = Assembly::new(&plan, seeds, &fetcher).unwrap();
+            let mut assembly = Assembly::new(&plan, &open, index.digest, &fetcher);
             let mut out = Vec::new();
             assembly.read_to_end(&mut out).map_err(|e| match e.into_inner().map(|e| e.downcast::<DeltaError>()) {
                 Some(Ok(e)) => *e,
@@ -140,6 +147,46 @@ fn a_chunk_that_is_not_what_its_id_says_is_refused() {
     std::fs::remove_file(feed.join("chunks").join(store::chunk_path(&id))).unwrap();
     let e = assemble(&feed, &index, &[seed("running", &running, false)]).unwrap_err();
     assert!(matches!(&e, DeltaError::Chunk { id: bad, .. } if *bad == id), "{e}");
+}
+
+#[test]
+fn a_seed_in_two_parts_is_cut_as_one_stream_and_a_raw_part_that_changed_is_refused() {
+    // The running image as the host has it: its data on one device, its tail (the hash area)
+    // on another, here the tail of a longer file.
+    let t = tempfile::tempdir().unwrap();
+    let image = incompressible(5 * MIB + 12345, 21);
+    let index = publish(&t.path().join("feed"), &image);
+    let (data, partition) = (t.path().join("data"), t.path().join("partition"));
+    std::fs::write(&data, &image[..4 * MIB]).unwrap();
+    let mut raw = vec![7u8; 4 * MIB];
+    raw.extend_from_slice(&image[4 * MIB..]);
+    raw.extend_from_slice(&incompressible(MIB, 22)); // whatever follows the image
+    std::fs::write(&partition, &raw).unwrap();
+    let running = Seed {
+        name: "running",
+        parts: vec![
+            Part { path: &data, offset: 0, len: u64::MAX, verified: true },
+            Part { path: &partition, offset: 4 * MIB as u64, len: (MIB + 12345) as u64, verified: false },
+        ],
+        overwritten: false,
+    };
+    let (rebuilt, reuse, downloaded) =
+        assemble(&t.path().join("feed"), &index, std::slice::from_ref(&running)).unwrap();
+    assert!(rebuilt == image);
+    assert_eq!((reuse.fetched, downloaded), (0, 0), "every chunk, the one across the parts too, is the host's");
+
+    // The raw part changed after it was cut: its chunks no longer hash to their ids.
+    let open = OpenSeed::open(running.clone()).unwrap();
+    let cut = vec![(false, open.chunks(Digest::NEW).unwrap())];
+    let p = plan(&index, &cut);
+    raw[5 * MIB] ^= 1;
+    std::fs::write(&partition, &raw).unwrap();
+    let transport = DirTransport(t.path().join("feed"));
+    let fetcher = Fetcher::new(&transport, ("chunks", index.digest), &p.fetches, &|_| {});
+    let seeds = [open];
+    let mut assembly = Assembly::new(&p, &seeds, index.digest, &fetcher);
+    let e = io::copy(&mut assembly, &mut io::sink()).unwrap_err();
+    assert!(e.to_string().contains("a chunk of running changed"), "{e}");
 }
 
 #[test]
