@@ -6,7 +6,8 @@ set -eu
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# program-or-file:package
+# program-or-file:package (libostree, libzstd and libssl headers: the builder's OCI export,
+# ostree-ext, links them; host binaries never do)
 NEEDS="
 cc:gcc
 /usr/include/stdio.h:libc6-dev
@@ -40,6 +41,9 @@ docker-registry:docker-registry
 skopeo:skopeo
 cloud-localds:cloud-image-utils
 casync:casync
+/usr/include/ostree-1/ostree.h:libostree-dev
+/usr/include/zstd.h:libzstd-dev
+/usr/include/openssl/ssl.h:libssl-dev
 "
 
 missing=""

@@ -119,6 +119,11 @@ enum Command {
         /// what changed.
         #[arg(long)]
         update_lock: bool,
+        /// Also write the composed OS (what becomes /usr, the factory /etc inside it) as an OCI
+        /// image, its layers by Debian package, to a containers-image reference: oci:DIR:TAG,
+        /// oci-archive:FILE, docker://REGISTRY/NAME:TAG (registries as registries.conf says).
+        #[arg(long, value_name = "REF")]
+        push: Option<String>,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -264,7 +269,19 @@ fn run(cli: Cli) -> Result<()> {
             println!("root {version} of {} names the new {} key", feed.display(), cairn_tuf::keys::role_name(role));
             Ok(())
         }
-        Command::Build { spec, version, out, cache, binaries, format, trust_root, locked, update_lock, quiet } => {
+        Command::Build {
+            spec,
+            version,
+            out,
+            cache,
+            binaries,
+            format,
+            trust_root,
+            locked,
+            update_lock,
+            push,
+            quiet,
+        } => {
             let opts = build::BuildOptions {
                 spec_path: spec,
                 version,
@@ -281,6 +298,7 @@ fn run(cli: Cli) -> Result<()> {
                     (_, true) => LockMode::Update,
                     _ => LockMode::Use,
                 },
+                push,
             };
             let report = build::build(&opts)?;
             println!(

@@ -38,6 +38,8 @@ pub struct BuildOptions {
     pub trust_root: Option<PathBuf>,
     /// How the lock beside the spec (`SPEC.lock`) is used.
     pub lock: LockMode,
+    /// Also write the composed OS as an OCI image to this containers-image reference.
+    pub push: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +79,13 @@ pub struct ReleaseReport {
 }
 
 #[derive(Debug, Serialize)]
+pub struct OciReport {
+    pub reference: String,
+    /// The manifest digest (`sha256:...`).
+    pub digest: String,
+}
+
+#[derive(Debug, Serialize)]
 pub struct LockReport {
     pub path: String,
     pub sha256: String,
@@ -106,6 +115,8 @@ pub struct BuildReport {
     pub tuf_root_version: Option<u64>,
     /// The release directory for `cairn release publish`, when the image trusts a root.
     pub release: Option<ReleaseReport>,
+    /// The OCI image of the composed OS, when `--push` asked for one.
+    pub oci: Option<OciReport>,
     pub steps: Vec<StepTime>,
     pub total_ms: u64,
 }
@@ -337,11 +348,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Ok(hex::encode(h.finalize()))
     })()?;
     let usr_cache = opts.cache.join("usr").join(&usr_key[..32]);
-    let (params, usr_img, stats) = steps.run("/usr erofs + verity", || {
-        if let Some(hit) = load_usr_cache(&usr_cache)? {
-            return Ok((hit, true));
-        }
-        let tree = work.join("tree");
+    // The composed tree: `usr/` (the factory /etc inside it) from the packages, the kernel's
+    // modules, overlays, Cairn's binaries and generated files.
+    let tree = work.join("tree");
+    let compose = || -> Result<MergeStats> {
         if tree.exists() {
             std::fs::remove_dir_all(&tree)?;
         }
@@ -376,7 +386,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             rootfs::write_file(&tree.join(cairn_release::layout::TUF_ROOT), root, 0o644)?;
         }
         rootfs::write_factory_etc(&tree, &spec.os.id)?;
-
+        Ok(stats)
+    };
+    let (params, usr_img, stats) = steps.run("/usr erofs + verity", || {
+        if let Some(hit) = load_usr_cache(&usr_cache)? {
+            return Ok((hit, true));
+        }
+        let stats = compose()?;
+        let usr = tree.join("usr");
         std::fs::create_dir_all(&usr_cache)?;
         let erofs_img = usr_cache.join("usr.img.tmp");
         fsimage::erofs(&usr, &erofs_img, derived_guid(usr_key.as_bytes(), "erofs"), epoch)?;
@@ -389,9 +406,40 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         };
         std::fs::write(usr_cache.join("verity.json"), serde_json::to_string(&meta)?)?;
         std::fs::rename(&erofs_img, usr_cache.join("usr.img"))?;
-        std::fs::remove_dir_all(&tree)?;
+        if opts.push.is_none() {
+            std::fs::remove_dir_all(&tree)?;
+        }
         Ok(((params, usr_cache.join("usr.img"), stats), false))
     })?;
+    let oci = match &opts.push {
+        None => None,
+        Some(dest) => Some(steps.run("OCI image", || {
+            if !tree.join("usr").is_dir() {
+                compose()?;
+            }
+            let mut owners = cairn_oci::owners::Owners::new();
+            for (deb, dir) in debs.iter().zip(&unpacked) {
+                rootfs::claim(dir, &rootfs::destination, &deb.package, &mut owners)?;
+            }
+            let modules = Path::new("usr/lib/modules").join(&kernel_release);
+            rootfs::claim(&modules_dir, &|rel| Some(modules.join(rel)), &kernel.package, &mut owners)?;
+            for dir in &overlays {
+                rootfs::claim(dir, &|rel| Some(rel.to_path_buf()), "overlay", &mut owners)?;
+            }
+            let digest = cairn_oci::export(&cairn_oci::Export {
+                tree: &tree,
+                owners: &owners,
+                repo: &opts.cache.join("ostree"),
+                os_id: &spec.os.id,
+                version: &version,
+                root_hash: &hex::encode(params.root_hash),
+                epoch,
+                dest,
+            })?;
+            std::fs::remove_dir_all(&tree)?;
+            Ok((OciReport { reference: dest.clone(), digest }, false))
+        })?),
+    };
     let usr_size = std::fs::metadata(&usr_img)?.len();
     if usr_size > spec.partitions.usr_mib * MIB {
         bail!(
@@ -599,6 +647,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     })?;
 
     let report = BuildReport {
+        oci,
         os_id: spec.os.id.clone(),
         version: version.clone(),
         source_date_epoch: epoch,

@@ -35,6 +35,37 @@ pub fn merge_package(unpacked: &Path, tree: &Path, stats: &mut MergeStats) -> Re
     merge_dir(unpacked, unpacked, tree, &destination, stats)
 }
 
+/// Records `owner` for each file and symlink `src` places in the tree (at `map` of its path
+/// under `src`), over what an earlier call recorded, as a later merge replaces an earlier one's
+/// files: which package each path of the tree came from.
+pub fn claim(
+    src: &Path,
+    map: &dyn Fn(&Path) -> Option<PathBuf>,
+    owner: &str,
+    owners: &mut std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        map: &dyn Fn(&Path) -> Option<PathBuf>,
+        owner: &str,
+        owners: &mut std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            let Some(dest) = map(path.strip_prefix(root).expect("under root")) else { continue };
+            if entry.file_type()?.is_dir() {
+                walk(root, &path, map, owner, owners)?;
+            } else {
+                owners.insert(dest.to_string_lossy().into_owned(), owner.to_string());
+            }
+        }
+        Ok(())
+    }
+    walk(src, src, map, owner, owners)
+}
+
 /// Hard-links (or copies) the tree `src` to `dest` as it is.
 pub fn link_tree(src: &Path, dest: &Path, stats: &mut MergeStats) -> Result<()> {
     ensure_dir(dest, 0o755)?;

@@ -202,6 +202,7 @@ pub fn build_options(spec: &str, version: &str, out: PathBuf) -> BuildOptions {
         formats: Some(vec![cairn_image::formats::Format::Raw]),
         trust_root: None,
         lock: cairn_image::lock::LockMode::Use,
+        push: None,
     }
 }
 
