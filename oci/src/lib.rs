@@ -67,9 +67,9 @@ pub fn export(e: &Export) -> Result<String> {
     let config = Config { labels: Some(labels), cmd: None };
     let mut opts = ExportOpts::default();
     opts.contentmeta = Some(&sized);
-    // A layer per component (and one for what no package holds): a one-package change changes
-    // one layer.
-    opts.max_layers = NonZeroU32::new(components + 1);
+    // A layer per component, and the commit's: a one-package change changes its layer (and
+    // the commit's). ostree-ext packs into no fewer than MIN_LAYERS.
+    opts.max_layers = NonZeroU32::new((components + 1).max(MIN_LAYERS));
     let created = rfc3339(e.epoch);
     opts.created = Some(created.clone());
 
@@ -83,6 +83,8 @@ pub fn export(e: &Export) -> Result<String> {
 }
 
 const STAGED_TAG: &str = "cairn";
+/// ostree-ext's `MIN_CHUNKED_LAYERS`: it refuses a smaller `max_layers`.
+const MIN_LAYERS: u32 = 4;
 
 /// `skopeo copy` with the digests as they are; returns the manifest digest.
 fn copy(from: &str, to: &str, work: &Path) -> Result<String> {

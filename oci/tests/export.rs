@@ -88,3 +88,24 @@ fn an_export_is_reproducible_labelled_and_layered_by_package() {
     assert_eq!(changed.len(), 2, "{before:?} -> {after:?}");
     assert!(!before.contains(&after[0]), "the commit layer comes first and changes with any change");
 }
+
+#[test]
+fn a_tree_no_package_holds_exports_as_one_component() {
+    // One component asks ostree-ext for fewer layers than it packs into; the export still works.
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    write(&tree, "usr/bin/hello", b"hello");
+    let dest = format!("oci:{}:one", t.path().join("oci").display());
+    let e = Export {
+        tree: &tree,
+        owners: &Owners::new(),
+        repo: &t.path().join("repo"),
+        os_id: "cairn",
+        version: "1",
+        root_hash: &"00".repeat(32),
+        epoch: 1_700_000_000,
+        dest: &dest,
+    };
+    let digest = export(&e).unwrap();
+    assert_eq!(skopeo_inspect(&[&dest])["Digest"], digest);
+}
