@@ -388,9 +388,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         rootfs::write_factory_etc(&tree, &spec.os.id)?;
         Ok(stats)
     };
-    let (params, usr_img, stats) = steps.run("/usr erofs + verity", || {
-        if let Some(hit) = load_usr_cache(&usr_cache)? {
-            return Ok((hit, true));
+    // Whether `tree` holds this build's composition (a tree left by an earlier build is no
+    // witness: it may be another spec's).
+    let (params, usr_img, stats, composed) = steps.run("/usr erofs + verity", || {
+        if let Some((params, img, stats)) = load_usr_cache(&usr_cache)? {
+            return Ok(((params, img, stats, false), true));
         }
         let stats = compose()?;
         let usr = tree.join("usr");
@@ -409,12 +411,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         if opts.push.is_none() {
             std::fs::remove_dir_all(&tree)?;
         }
-        Ok(((params, usr_cache.join("usr.img"), stats), false))
+        Ok(((params, usr_cache.join("usr.img"), stats, opts.push.is_some()), false))
     })?;
     let oci = match &opts.push {
         None => None,
         Some(dest) => Some(steps.run("OCI image", || {
-            if !tree.join("usr").is_dir() {
+            if !composed {
                 compose()?;
             }
             let mut owners = cairn_oci::owners::Owners::new();
