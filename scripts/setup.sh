@@ -39,9 +39,11 @@ ssh-keygen:openssh-client
 /usr/share/doc/python3-venv/copyright:python3-venv
 docker-registry:docker-registry
 skopeo:skopeo
+buildah:buildah
 cloud-localds:cloud-image-utils
 casync:casync
 /usr/include/ostree-1/ostree.h:libostree-dev
+ostree:ostree
 /usr/include/zstd.h:libzstd-dev
 /usr/include/openssl/ssl.h:libssl-dev
 "

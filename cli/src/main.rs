@@ -124,6 +124,12 @@ enum Command {
         /// oci-archive:FILE, docker://REGISTRY/NAME:TAG (registries as registries.conf says).
         #[arg(long, value_name = "REF")]
         push: Option<String>,
+        /// Take the OS content from an image instead of the spec's packages: Cairn's exported
+        /// image or one derived from it (a Containerfile FROM it), as oci:DIR:TAG,
+        /// oci-archive:FILE or docker://REGISTRY/NAME:TAG. The spec gives the rest: kernel
+        /// command line, initramfs, partitions, update settings. Layers are cached.
+        #[arg(long, value_name = "REF", conflicts_with = "push")]
+        from: Option<String>,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -280,6 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             locked,
             update_lock,
             push,
+            from,
             quiet,
         } => {
             let opts = build::BuildOptions {
@@ -299,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
                     _ => LockMode::Use,
                 },
                 push,
+                from,
             };
             let report = build::build(&opts)?;
             println!(

@@ -13,6 +13,7 @@ use crate::steps::{StepTime, Steps};
 use crate::{binaries, deb, esp, fsimage, tools, uki};
 use anyhow::{Context, Result, bail};
 use cairn_release::gpt::{self, Guid};
+pub use cairn_release::manifest::SourceImage;
 use cairn_release::verity::{self, BLOCK_SIZE, VerityParams};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -40,6 +41,9 @@ pub struct BuildOptions {
     pub lock: LockMode,
     /// Also write the composed OS as an OCI image to this containers-image reference.
     pub push: Option<String>,
+    /// Take the OS content from this image (containers-image reference) instead of the spec's
+    /// packages and Cairn's binaries.
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,8 +70,9 @@ pub struct UsrReport {
 pub struct KernelReport {
     pub package: String,
     pub version: String,
-    /// sha256 of the .deb; its unpacked copy is `<cache>/unpacked/<sha256>`.
-    pub sha256: String,
+    /// sha256 of the .deb; its unpacked copy is `<cache>/unpacked/<sha256>` (`None`: the
+    /// kernel came in an image).
+    pub sha256: Option<String>,
     pub release: String,
     pub meta_package: Option<String>,
 }
@@ -96,8 +101,8 @@ pub struct BuildReport {
     pub os_id: String,
     pub version: String,
     pub source_date_epoch: u64,
-    /// The lock the packages came from: its path and sha256.
-    pub lock: LockReport,
+    /// The lock the packages came from: its path and sha256 (`None`: built from an image).
+    pub lock: Option<LockReport>,
     /// The compiler of Cairn's binaries (`None`: prebuilt binaries were given).
     pub toolchain: Option<String>,
     pub kernel: KernelReport,
@@ -117,6 +122,8 @@ pub struct BuildReport {
     pub release: Option<ReleaseReport>,
     /// The OCI image of the composed OS, when `--push` asked for one.
     pub oci: Option<OciReport>,
+    /// The image the OS content came from (`--from`).
+    pub from: Option<SourceImage>,
     pub steps: Vec<StepTime>,
     pub total_ms: u64,
 }
@@ -239,74 +246,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let version = spec.os.version.clone();
     let epoch = opts.source_date_epoch;
     let mut steps = Steps::new(opts.interactive, opts.quiet);
+    if opts.from.is_some() && opts.push.is_some() {
+        bail!("--push with --from: the image is one already (copy it with skopeo)");
+    }
 
     tools::check(tools::BUILD_TOOLS, tools::BUILD_FILES)?;
-    if matches!(opts.binaries, binaries::Source::Cargo { .. }) {
+    if opts.from.is_none() && matches!(opts.binaries, binaries::Source::Cargo { .. }) {
         tools::check(&[("cargo", "rustup (https://rustup.rs), or pass --binaries DIR")], &[])?;
     }
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let work = opts.out.join(".work");
     std::fs::create_dir_all(&work)?;
-    let apt = Apt::new(&opts.cache.join("apt"))?;
 
-    // Cargo compiles Cairn's binaries while apt resolves and downloads.
-    let lock_path = crate::lock::path_for(&opts.spec_path);
-    let toolchain = binaries::toolchain(&opts.binaries)?;
-    let requested = Requested {
-        packages: spec.packages.all(),
-        kernel: spec.kernel.package.clone(),
-        without: spec.packages.without.clone(),
-    };
-    let (bins, (debs, kernel, kernel_meta, lock)) = std::thread::scope(|s| -> Result<_> {
-        let cargo = s.spawn(|| binaries::obtain(&opts.binaries, &spec.cairn.binaries, opts.quiet));
-        let fetched = steps.run("resolve + fetch", || {
-            let (lock, _) = settle_lock(&apt, &lock_path, requested, opts.lock, toolchain.as_deref())?;
-            let debs = lock.debs();
-            let kernel = Deb::from(&lock.kernel);
-            let meta = lock.kernel_meta.as_ref().map(Deb::from);
-            let mut all = debs.clone();
-            all.push(kernel.clone());
-            let downloaded = apt.fetch(&all)?;
-            Ok(((debs, kernel, meta, lock), downloaded == 0))
-        });
-        let bins = steps.run("cairn binaries", || {
-            let r = cargo.join().map_err(|_| anyhow::anyhow!("building binaries panicked"))??;
-            Ok((r, false))
-        })?;
-        Ok((bins, fetched?))
-    })?;
-
-    let unpack_cache = opts.cache.join("unpacked");
-    let (kernel_dir, unpacked) = steps.run("unpack", || {
-        let mut cached = true;
-        let mut dirs = Vec::new();
-        for d in &debs {
-            cached &= unpack_cache.join(&d.sha256).is_dir();
-            dirs.push(deb::unpack_cached(d, &apt.path_of(d), &unpack_cache)?);
-        }
-        cached &= unpack_cache.join(&kernel.sha256).is_dir();
-        let k = deb::unpack_cached(&kernel, &apt.path_of(&kernel), &unpack_cache)?;
-        Ok(((k, dirs), cached))
-    })?;
-
-    let kernel_release = kernel_release(&kernel_dir)?;
-    let modules_dir = kernel_dir.join("lib/modules").join(&kernel_release);
-    let index = steps.run("kernel modules", || {
-        let mut index = ModuleIndex::scan(&modules_dir)?;
-        index.exclude(&spec.kernel.exclude_modules, &spec.kernel.keep_modules)?;
-        // Every module kept must have its dependencies kept.
-        index.modules_dep()?;
-        Ok((index, false))
-    })?;
-    let initrd_modules = index.closure(&spec.initramfs.modules)?;
-
-    let os_release = rootfs::os_release(&spec.os.id, &spec.os.name, &version);
     spec.update.resolve().map_err(|e| anyhow::anyhow!("invalid spec: [update] {e}"))?;
-    let update_toml = toml::to_string(&spec.update)?;
-    // One salt for every release of an OS, not one per version: a salt that changed with the
-    // version would change every hash of the tree, and a version bump would download it whole.
-    let salt: [u8; 32] = Sha256::digest(format!("cairn verity salt {}", spec.os.id)).into();
-
     let tuf_root = match &opts.trust_root {
         None => None,
         Some(path) => {
@@ -316,132 +268,29 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             Some((bytes, version))
         }
     };
-    let overlays: Vec<PathBuf> = spec.overlay.iter().map(|o| spec.base_dir.join(o)).collect();
-    for dir in &overlays {
-        rootfs::check_overlay(dir)?;
-    }
-
-    // The /usr image is cached by everything that goes into it.
-    let usr_key = (|| -> Result<String> {
-        let mut h = Sha256::new();
-        h.update(format!("layout {USR_LAYOUT_VERSION} epoch {epoch} erofs {:?}\n", fsimage::EROFS_OPTIONS));
-        for d in debs.iter().chain([&kernel]) {
-            h.update(format!("deb {} {}\n", d.filename, d.sha256));
-        }
-        for b in &bins {
-            h.update(format!("bin {} {}\n", b.name, b.sha256));
-        }
-        for x in &spec.packages.exclude {
-            h.update(format!("exclude {x}\n"));
-        }
-        h.update(&os_release);
-        h.update(&update_toml);
-        h.update(spec.os.id.as_bytes());
-        for dir in &overlays {
-            h.update(rootfs::tree_digest(dir)?);
-        }
-        if let Some((root, _)) = &tuf_root {
-            h.update(b"tuf root ");
-            h.update(Sha256::digest(root));
-        }
-        h.update(salt);
-        Ok(hex::encode(h.finalize()))
-    })()?;
-    let usr_cache = opts.cache.join("usr").join(&usr_key[..32]);
-    // The composed tree: `usr/` (the factory /etc inside it) from the packages, the kernel's
-    // modules, overlays, Cairn's binaries and generated files.
-    let tree = work.join("tree");
-    let compose = || -> Result<MergeStats> {
-        if tree.exists() {
-            std::fs::remove_dir_all(&tree)?;
-        }
-        let mut stats = MergeStats::default();
-        for dir in &unpacked {
-            rootfs::merge_package(dir, &tree, &mut stats)?;
-        }
-        rootfs::exclude(&tree, &spec.packages.exclude)?;
-        let usr = tree.join("usr");
-        let mods_dest = usr.join("lib/modules").join(&kernel_release);
-        rootfs::link_tree(&modules_dir, &mods_dest, &mut stats)?;
-        remove_modules_not_in(&mods_dest, &index)?;
-        rootfs::write_file(&mods_dest.join("modules.dep"), index.modules_dep()?.as_bytes(), 0o644)?;
-        rootfs::write_file(&mods_dest.join("modules.alias"), index.modules_alias(None, false).as_bytes(), 0o644)?;
-        rootfs::busybox_links(&tree)?;
-        for dir in &overlays {
-            rootfs::link_tree(dir, &tree, &mut MergeStats::default())?;
-        }
-        for b in &bins {
-            rootfs::write_file(&usr.join("sbin").join(&b.name), &std::fs::read(&b.path)?, 0o755)?;
-        }
-        // One binary, several names: PID 1, its control client, and the power commands.
-        for name in ["init", "cairnctl", "reboot", "poweroff", "halt"] {
-            let link = usr.join("sbin").join(name);
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink("cairn-init", &link)?;
-        }
-        rootfs::write_file(&usr.join("lib/os-release"), os_release.as_bytes(), 0o644)?;
-        let update_file = cairn_release::update_config::IMAGE_FILE.trim_start_matches('/');
-        rootfs::write_file(&tree.join(update_file), update_toml.as_bytes(), 0o644)?;
-        if let Some((root, _)) = &tuf_root {
-            rootfs::write_file(&tree.join(cairn_release::layout::TUF_ROOT), root, 0o644)?;
-        }
-        rootfs::write_factory_etc(&tree, &spec.os.id)?;
-        Ok(stats)
+    let common = Common {
+        os_release: rootfs::os_release(&spec.os.id, &spec.os.name, &version),
+        update_toml: toml::to_string(&spec.update)?,
+        // One salt for every release of an OS, not one per version: a salt that changed with
+        // the version would change every hash of the tree, and a version bump would download
+        // it whole.
+        salt: Sha256::digest(format!("cairn verity salt {}", spec.os.id)).into(),
+        spec: &spec,
+        version: &version,
+        work: work.clone(),
+        epoch,
+        tuf_root,
     };
-    // Whether `tree` holds this build's composition (a tree left by an earlier build is no
-    // witness: it may be another spec's).
-    let (params, usr_img, stats, composed) = steps.run("/usr erofs + verity", || {
-        if let Some((params, img, stats)) = load_usr_cache(&usr_cache)? {
-            return Ok(((params, img, stats, false), true));
-        }
-        let stats = compose()?;
-        let usr = tree.join("usr");
-        std::fs::create_dir_all(&usr_cache)?;
-        let erofs_img = usr_cache.join("usr.img.tmp");
-        fsimage::erofs(&usr, &erofs_img, derived_guid(usr_key.as_bytes(), "erofs"), epoch)?;
-        let params = append_verity(&erofs_img, salt)?;
-        let meta = UsrCacheMeta {
-            stats,
-            root_hash: hex::encode(params.root_hash),
-            data_blocks: params.data_blocks,
-            hash_offset: params.hash_offset,
-        };
-        std::fs::write(usr_cache.join("verity.json"), serde_json::to_string(&meta)?)?;
-        std::fs::rename(&erofs_img, usr_cache.join("usr.img"))?;
-        if opts.push.is_none() {
-            std::fs::remove_dir_all(&tree)?;
-        }
-        Ok(((params, usr_cache.join("usr.img"), stats, opts.push.is_some()), false))
-    })?;
-    let oci = match &opts.push {
-        None => None,
-        Some(dest) => Some(steps.run("OCI image", || {
-            if !composed {
-                compose()?;
-            }
-            let mut owners = cairn_oci::owners::Owners::new();
-            for (deb, dir) in debs.iter().zip(&unpacked) {
-                rootfs::claim(dir, &rootfs::destination, &deb.package, &mut owners)?;
-            }
-            let modules = Path::new("usr/lib/modules").join(&kernel_release);
-            rootfs::claim(&modules_dir, &|rel| Some(modules.join(rel)), &kernel.package, &mut owners)?;
-            for dir in &overlays {
-                rootfs::claim(dir, &|rel| Some(rel.to_path_buf()), "overlay", &mut owners)?;
-            }
-            let digest = cairn_oci::export(&cairn_oci::Export {
-                tree: &tree,
-                owners: &owners,
-                repo: &opts.cache.join("ostree"),
-                os_id: &spec.os.id,
-                version: &version,
-                root_hash: &hex::encode(params.root_hash),
-                epoch,
-                dest,
-            })?;
-            std::fs::remove_dir_all(&tree)?;
-            Ok((OciReport { reference: dest.clone(), digest }, false))
-        })?),
+    let content = match &opts.from {
+        None => from_spec(opts, &common, &mut steps)?,
+        Some(reference) => from_image(opts, &common, reference, &mut steps)?,
     };
+    let Common { os_release, tuf_root, .. } = common;
+    let Content { packages, lock, toolchain, kernel, vmlinuz, modules_dir, index, init, usr, oci, from, scratch } =
+        content;
+    let UsrImage { params, img: usr_img, stats } = usr;
+    let kernel_release = kernel.release.clone();
+    let initrd_modules = index.closure(&spec.initramfs.modules)?;
     let usr_size = std::fs::metadata(&usr_img)?.len();
     if usr_size > spec.partitions.usr_mib * MIB {
         bail!(
@@ -471,8 +320,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let initrd_path = work.join("initrd.cpio");
     steps.run("initramfs", || {
         let mut initrd = Initramfs::new(epoch);
-        let init = bins.iter().find(|b| b.name == "cairn-init").context("no cairn-init binary")?;
-        initrd.file("init", std::fs::read(&init.path)?, 0o755);
+        initrd.file("init", std::fs::read(&init)?, 0o755);
         // Drivers are loaded for the devices present (modules.alias); the rest (dm-verity,
         // erofs and what they need) at every boot, in order.
         let always: Vec<String> = index.without_devices(&initrd_modules).into_iter().cloned().collect();
@@ -494,11 +342,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         std::fs::write(&initrd_path, initrd.to_cpio()?)?;
         Ok(((), false))
     })?;
+    if let Some(dir) = &scratch {
+        std::fs::remove_dir_all(dir)?;
+    }
 
     let uki_name = format!("{}-{version}.efi", spec.os.id);
     let uki_path = opts.out.join(&uki_name);
     steps.run("uki", || {
-        let vmlinuz = kernel_dir.join("boot").join(format!("vmlinuz-{kernel_release}"));
         uki::build(
             &uki::UkiInputs {
                 stub: Path::new(uki::STUB),
@@ -537,6 +387,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     hash_offset: params.hash_offset,
                 },
                 created,
+                source_image: from.clone(),
             };
             let dir = opts.out.join("release");
             let r = crate::release::write_release_dir(&dir, &inputs, &zst)?;
@@ -653,15 +504,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         os_id: spec.os.id.clone(),
         version: version.clone(),
         source_date_epoch: epoch,
-        lock: LockReport { path: lock_path.display().to_string(), sha256: lock.digest() },
+        lock,
         toolchain,
-        kernel: KernelReport {
-            package: kernel.package.clone(),
-            version: kernel.version.clone(),
-            sha256: kernel.sha256.clone(),
-            release: kernel_release.clone(),
-            meta_package: kernel_meta.map(|m| format!("{}={}", m.package, m.version)),
-        },
+        kernel,
+        from,
         cmdline,
         uki: uki_name,
         esp_entry,
@@ -678,7 +524,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         disk_guid: disk_guid.to_string(),
         disk_size,
         partitions: parts,
-        packages: debs,
+        packages,
         initramfs_modules: initrd_modules,
         outputs,
         tuf_root_version: tuf_root.as_ref().map(|(_, version)| *version),
@@ -704,17 +550,16 @@ fn part(number: u32, label: &str, type_guid: Guid, uuid: Guid, mib: u64, content
     PartitionSpec { number, label: label.into(), type_guid, uuid, size_bytes: mib * MIB, offset_bytes: 0, content }
 }
 
-/// The one kernel release in the unpacked kernel package (`lib/modules/<release>`).
-fn kernel_release(kernel_dir: &Path) -> Result<String> {
-    let mods = kernel_dir.join("lib/modules");
-    let mut releases: Vec<String> = std::fs::read_dir(&mods)
-        .with_context(|| format!("the kernel package has no {}", mods.display()))?
+/// The one kernel release in `mods` (a `lib/modules`).
+fn kernel_release(mods: &Path) -> Result<String> {
+    let mut releases: Vec<String> = std::fs::read_dir(mods)
+        .with_context(|| format!("there is no {}", mods.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     match releases.len() {
         1 => Ok(releases.remove(0)),
-        n => bail!("the kernel package holds {n} module trees, expected one"),
+        n => bail!("{} holds {n} module trees, expected one", mods.display()),
     }
 }
 
@@ -743,7 +588,7 @@ struct UsrCacheMeta {
     hash_offset: u64,
 }
 
-fn load_usr_cache(dir: &Path) -> Result<Option<(VerityParams, PathBuf, MergeStats)>> {
+fn load_usr_cache(dir: &Path) -> Result<Option<UsrImage>> {
     let img = dir.join("usr.img");
     let meta = dir.join("verity.json");
     if !img.exists() || !meta.exists() {
@@ -769,7 +614,7 @@ fn load_usr_cache(dir: &Path) -> Result<Option<(VerityParams, PathBuf, MergeStat
     if sb.data_blocks != data_blocks {
         return Ok(None);
     }
-    Ok(Some((VerityParams { root_hash, salt: sb.salt, data_blocks, hash_offset }, img, stats)))
+    Ok(Some(UsrImage { params: VerityParams { root_hash, salt: sb.salt, data_blocks, hash_offset }, img, stats }))
 }
 
 /// Removes the `.ko` files under `mods` (`/usr/lib/modules/<release>`) that `index` does not
@@ -798,5 +643,382 @@ fn remove_modules_not_in(mods: &Path, index: &ModuleIndex) -> Result<()> {
         Ok(empty)
     }
     walk(&mods.join("kernel"), mods, &keep)?;
+    Ok(())
+}
+
+/// What every build decides whatever its content comes from.
+struct Common<'a> {
+    spec: &'a Spec,
+    version: &'a str,
+    work: PathBuf,
+    epoch: u64,
+    os_release: String,
+    update_toml: String,
+    /// The TUF root metadata the image trusts, and its version.
+    tuf_root: Option<(Vec<u8>, u64)>,
+    salt: [u8; 32],
+}
+
+impl Common<'_> {
+    /// The files of /usr the build writes itself, over what the packages or the image hold.
+    fn write_generated(&self, tree: &Path) -> Result<()> {
+        rootfs::write_file(&tree.join("usr/lib/os-release"), self.os_release.as_bytes(), 0o644)?;
+        let update_file = cairn_release::update_config::IMAGE_FILE.trim_start_matches('/');
+        rootfs::write_file(&tree.join(update_file), self.update_toml.as_bytes(), 0o644)?;
+        if let Some((root, _)) = &self.tuf_root {
+            rootfs::write_file(&tree.join(cairn_release::layout::TUF_ROOT), root, 0o644)?;
+        }
+        Ok(())
+    }
+
+    /// The start of the /usr cache key: what every /usr image depends on.
+    fn usr_key(&self) -> Sha256 {
+        let mut h = Sha256::new();
+        h.update(format!("layout {USR_LAYOUT_VERSION} epoch {} erofs {:?}\n", self.epoch, fsimage::EROFS_OPTIONS));
+        h.update(&self.os_release);
+        h.update(&self.update_toml);
+        h.update(self.spec.os.id.as_bytes());
+        if let Some((root, _)) = &self.tuf_root {
+            h.update(b"tuf root ");
+            h.update(Sha256::digest(root));
+        }
+        h.update(self.salt);
+        h
+    }
+
+    /// The sealed /usr of `tree` (its `usr/`), cached in `usr_cache`.
+    fn seal_usr(&self, tree: &Path, usr_cache: &Path, key: &str, stats: MergeStats) -> Result<UsrImage> {
+        std::fs::create_dir_all(usr_cache)?;
+        let erofs_img = usr_cache.join("usr.img.tmp");
+        fsimage::erofs(&tree.join("usr"), &erofs_img, derived_guid(key.as_bytes(), "erofs"), self.epoch)?;
+        let params = append_verity(&erofs_img, self.salt)?;
+        let meta = UsrCacheMeta {
+            stats,
+            root_hash: hex::encode(params.root_hash),
+            data_blocks: params.data_blocks,
+            hash_offset: params.hash_offset,
+        };
+        std::fs::write(usr_cache.join("verity.json"), serde_json::to_string(&meta)?)?;
+        std::fs::rename(&erofs_img, usr_cache.join("usr.img"))?;
+        Ok(UsrImage { params, img: usr_cache.join("usr.img"), stats })
+    }
+}
+
+/// The sealed /usr image.
+struct UsrImage {
+    params: VerityParams,
+    img: PathBuf,
+    stats: MergeStats,
+}
+
+/// The OS content, from the spec's packages and Cairn's binaries or from an image, and what the
+/// boot parts take from it.
+struct Content {
+    /// The packages composed (none for an image: they are in it).
+    packages: Vec<Deb>,
+    lock: Option<LockReport>,
+    toolchain: Option<String>,
+    kernel: KernelReport,
+    /// The kernel image, for the UKI.
+    vmlinuz: PathBuf,
+    /// The kernel's modules (`.../lib/modules/<release>`) and what of them the image keeps.
+    modules_dir: PathBuf,
+    index: ModuleIndex,
+    /// The `cairn-init` the initramfs runs (the one in /usr).
+    init: PathBuf,
+    usr: UsrImage,
+    oci: Option<OciReport>,
+    from: Option<SourceImage>,
+    /// A directory the build uses until the initramfs is made, then removes.
+    scratch: Option<PathBuf>,
+}
+
+/// The paths a derived image may not change: Cairn's binaries (PID 1 and its names, the
+/// agent), os-release and the keys and feed releases are trusted by.
+fn protected_paths(spec: &Spec) -> Vec<String> {
+    let sbin = spec.cairn.binaries.iter().map(String::as_str).chain(INIT_NAMES);
+    let mut paths: Vec<String> = sbin.map(|b| format!("usr/sbin/{b}")).collect();
+    paths.push("usr/lib/os-release".into());
+    paths.push("usr/share/factory/etc/os-release".into());
+    paths.push(cairn_release::update_config::IMAGE_FILE.trim_start_matches('/').into());
+    let tuf_dir = Path::new(cairn_release::layout::TUF_ROOT).parent().expect("the TUF root is in a directory");
+    paths.push(tuf_dir.display().to_string());
+    paths
+}
+
+/// The names `cairn-init` answers to besides its own (symlinks in /usr/sbin).
+const INIT_NAMES: [&str; 5] = ["init", "cairnctl", "reboot", "poweroff", "halt"];
+
+/// The content from the spec: packages resolved through the lock and unpacked, Cairn's
+/// binaries, overlays; exported as an OCI image too when `--push` asks.
+fn from_spec(opts: &BuildOptions, c: &Common, steps: &mut Steps) -> Result<Content> {
+    let spec = c.spec;
+    let apt = Apt::new(&opts.cache.join("apt"))?;
+    // Cargo compiles Cairn's binaries while apt resolves and downloads.
+    let lock_path = crate::lock::path_for(&opts.spec_path);
+    let toolchain = binaries::toolchain(&opts.binaries)?;
+    let requested = Requested {
+        packages: spec.packages.all(),
+        kernel: spec.kernel.package.clone(),
+        without: spec.packages.without.clone(),
+    };
+    let (bins, (debs, kernel, kernel_meta, lock)) = std::thread::scope(|s| -> Result<_> {
+        let cargo = s.spawn(|| binaries::obtain(&opts.binaries, &spec.cairn.binaries, opts.quiet));
+        let fetched = steps.run("resolve + fetch", || {
+            let (lock, _) = settle_lock(&apt, &lock_path, requested, opts.lock, toolchain.as_deref())?;
+            let debs = lock.debs();
+            let kernel = Deb::from(&lock.kernel);
+            let meta = lock.kernel_meta.as_ref().map(Deb::from);
+            let mut all = debs.clone();
+            all.push(kernel.clone());
+            let downloaded = apt.fetch(&all)?;
+            Ok(((debs, kernel, meta, lock), downloaded == 0))
+        });
+        let bins = steps.run("cairn binaries", || {
+            let r = cargo.join().map_err(|_| anyhow::anyhow!("building binaries panicked"))??;
+            Ok((r, false))
+        })?;
+        Ok((bins, fetched?))
+    })?;
+
+    let unpack_cache = opts.cache.join("unpacked");
+    let (kernel_dir, unpacked) = steps.run("unpack", || {
+        let mut cached = true;
+        let mut dirs = Vec::new();
+        for d in &debs {
+            cached &= unpack_cache.join(&d.sha256).is_dir();
+            dirs.push(deb::unpack_cached(d, &apt.path_of(d), &unpack_cache)?);
+        }
+        cached &= unpack_cache.join(&kernel.sha256).is_dir();
+        let k = deb::unpack_cached(&kernel, &apt.path_of(&kernel), &unpack_cache)?;
+        Ok(((k, dirs), cached))
+    })?;
+
+    let kernel_release = kernel_release(&kernel_dir.join("lib/modules"))?;
+    let modules_dir = kernel_dir.join("lib/modules").join(&kernel_release);
+    let vmlinuz = kernel_dir.join("boot").join(format!("vmlinuz-{kernel_release}"));
+    let index = steps.run("kernel modules", || Ok((kernel_index(spec, &modules_dir)?, false)))?;
+
+    let overlays: Vec<PathBuf> = spec.overlay.iter().map(|o| spec.base_dir.join(o)).collect();
+    for dir in &overlays {
+        rootfs::check_overlay(dir)?;
+    }
+
+    // The /usr image is cached by everything that goes into it.
+    let usr_key = (|| -> Result<String> {
+        let mut h = c.usr_key();
+        for d in debs.iter().chain([&kernel]) {
+            h.update(format!("deb {} {}\n", d.filename, d.sha256));
+        }
+        for b in &bins {
+            h.update(format!("bin {} {}\n", b.name, b.sha256));
+        }
+        for x in &spec.packages.exclude {
+            h.update(format!("exclude {x}\n"));
+        }
+        for dir in &overlays {
+            h.update(rootfs::tree_digest(dir)?);
+        }
+        Ok(hex::encode(h.finalize()))
+    })()?;
+    let usr_cache = opts.cache.join("usr").join(&usr_key[..32]);
+    // The composed tree: `usr/` (the factory /etc inside it) from the packages, the kernel's
+    // modules, overlays, Cairn's binaries and generated files.
+    let tree = c.work.join("tree");
+    let compose = || -> Result<MergeStats> {
+        if tree.exists() {
+            std::fs::remove_dir_all(&tree)?;
+        }
+        let mut stats = MergeStats::default();
+        for dir in &unpacked {
+            rootfs::merge_package(dir, &tree, &mut stats)?;
+        }
+        rootfs::exclude(&tree, &spec.packages.exclude)?;
+        let usr = tree.join("usr");
+        let mods_dest = usr.join("lib/modules").join(&kernel_release);
+        rootfs::link_tree(&modules_dir, &mods_dest, &mut stats)?;
+        prune_modules(&mods_dest, &index)?;
+        rootfs::busybox_links(&tree)?;
+        for dir in &overlays {
+            rootfs::link_tree(dir, &tree, &mut MergeStats::default())?;
+        }
+        for b in &bins {
+            rootfs::write_file(&usr.join("sbin").join(&b.name), &std::fs::read(&b.path)?, 0o755)?;
+        }
+        // One binary, several names: PID 1, its control client, and the power commands.
+        for name in INIT_NAMES {
+            let link = usr.join("sbin").join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink("cairn-init", &link)?;
+        }
+        c.write_generated(&tree)?;
+        rootfs::write_factory_etc(&tree, &spec.os.id)?;
+        Ok(stats)
+    };
+    // Whether `tree` holds this build's composition (a tree left by an earlier build is no
+    // witness: it may be another spec's).
+    let (usr, composed) = steps.run("/usr erofs + verity", || {
+        if let Some(usr) = load_usr_cache(&usr_cache)? {
+            return Ok(((usr, false), true));
+        }
+        let stats = compose()?;
+        let usr = c.seal_usr(&tree, &usr_cache, &usr_key, stats)?;
+        if opts.push.is_none() {
+            std::fs::remove_dir_all(&tree)?;
+        }
+        Ok(((usr, opts.push.is_some()), false))
+    })?;
+    let kernel_label = format!("{}={}", kernel.package, kernel.version);
+    let oci = match &opts.push {
+        None => None,
+        Some(dest) => Some(steps.run("OCI image", || {
+            if !composed {
+                compose()?;
+            }
+            // The kernel travels in the image where bootc images keep it; a release has it in
+            // the UKI, and its /usr does not carry it twice.
+            let modules = Path::new("usr/lib/modules").join(&kernel_release);
+            rootfs::write_file(&tree.join(&modules).join(KERNEL_IN_IMAGE), &std::fs::read(&vmlinuz)?, 0o644)?;
+            let mut owners = cairn_oci::owners::Owners::new();
+            for (deb, dir) in debs.iter().zip(&unpacked) {
+                rootfs::claim(dir, &rootfs::destination, &deb.package, &mut owners)?;
+            }
+            rootfs::claim(&modules_dir, &|rel| Some(modules.join(rel)), &kernel.package, &mut owners)?;
+            owners.insert(modules.join(KERNEL_IN_IMAGE).display().to_string(), kernel.package.clone());
+            for dir in &overlays {
+                rootfs::claim(dir, &|rel| Some(rel.to_path_buf()), "overlay", &mut owners)?;
+            }
+            let digest = cairn_oci::export(&cairn_oci::Export {
+                tree: &tree,
+                owners: &owners,
+                repo: &opts.cache.join("ostree"),
+                os_id: &spec.os.id,
+                version: c.version,
+                root_hash: &hex::encode(usr.params.root_hash),
+                kernel: &kernel_label,
+                epoch: c.epoch,
+                dest,
+            })?;
+            std::fs::remove_dir_all(&tree)?;
+            Ok((OciReport { reference: dest.clone(), digest }, false))
+        })?),
+    };
+    let init = bins.iter().find(|b| b.name == "cairn-init").context("no cairn-init binary")?.path.clone();
+    Ok(Content {
+        lock: Some(LockReport { path: lock_path.display().to_string(), sha256: lock.digest() }),
+        toolchain,
+        kernel: KernelReport {
+            package: kernel.package.clone(),
+            version: kernel.version.clone(),
+            sha256: Some(kernel.sha256.clone()),
+            release: kernel_release,
+            meta_package: kernel_meta.map(|m| format!("{}={}", m.package, m.version)),
+        },
+        packages: debs,
+        vmlinuz,
+        modules_dir,
+        index,
+        init,
+        usr,
+        oci,
+        from: None,
+        scratch: None,
+    })
+}
+
+/// Where an exported image keeps the kernel, in `usr/lib/modules/<release>/` (as bootc does).
+const KERNEL_IN_IMAGE: &str = "vmlinuz";
+
+/// The content from an image (`cairn build --push`'s, or one derived from it): imported
+/// through ostree-ext, refused if its derived layers touch what Cairn's boot depends on, and
+/// sealed like a composed tree. The kernel, its modules and `cairn-init` are the image's; the
+/// spec gives the rest (kernel command line, initramfs, partitions, update settings, os-release).
+fn from_image(opts: &BuildOptions, c: &Common, reference: &str, steps: &mut Steps) -> Result<Content> {
+    let spec = c.spec;
+    let repo = opts.cache.join("ostree-import");
+    let image = steps.run("import image", || {
+        let image = cairn_oci::import::import(reference, &repo)?;
+        let fetched = image.fetched;
+        Ok((image, !fetched))
+    })?;
+    let os = image.labels.get(cairn_oci::LABEL_OS);
+    if os != Some(&spec.os.id) {
+        bail!(
+            "{reference}: not an image of {:?} (its label {} is {os:?}): it must be, or derive from, the image \
+             `cairn build --push` writes",
+            spec.os.id,
+            cairn_oci::LABEL_OS
+        );
+    }
+    cairn_oci::import::check(&repo, &image, reference, &protected_paths(spec))?;
+
+    let tree = c.work.join("tree");
+    let (kernel_release, vmlinuz, init, index, stats) = steps.run("check out image", || {
+        if tree.exists() {
+            std::fs::remove_dir_all(&tree)?;
+        }
+        cairn_oci::import::checkout(&repo, &image.merged, &tree)?;
+        let usr = tree.join("usr");
+        let release = kernel_release(&usr.join("lib/modules"))?;
+        let modules_dir = usr.join("lib/modules").join(&release);
+        let vmlinuz = c.work.join("vmlinuz");
+        std::fs::rename(modules_dir.join(KERNEL_IN_IMAGE), &vmlinuz).with_context(|| {
+            format!("{reference}: the image has no kernel at /usr/lib/modules/{release}/{KERNEL_IN_IMAGE}")
+        })?;
+        let init = c.work.join("cairn-init");
+        std::fs::copy(usr.join("sbin/cairn-init"), &init)
+            .with_context(|| format!("{reference}: the image has no /usr/sbin/cairn-init"))?;
+        // The image's modules are what its spec kept (`kernel.exclude_modules` was applied when
+        // it was composed).
+        let index = ModuleIndex::scan(&modules_dir)?;
+        index.modules_dep().with_context(|| format!("{reference}: the image's kernel modules"))?;
+        c.write_generated(&tree)?;
+        Ok(((release, vmlinuz, init, index, rootfs::tree_stats(&tree)?), false))
+    })?;
+    let key = {
+        let mut h = c.usr_key();
+        h.update(format!("image commit {}\n", image.merged));
+        hex::encode(h.finalize())
+    };
+    let usr_cache = opts.cache.join("usr").join(&key[..32]);
+    let usr = steps.run("/usr erofs + verity", || match load_usr_cache(&usr_cache)? {
+        Some(usr) => Ok((usr, true)),
+        None => Ok((c.seal_usr(&tree, &usr_cache, &key, stats)?, false)),
+    })?;
+    let (package, version) = match image.labels.get(cairn_oci::LABEL_KERNEL).and_then(|k| k.split_once('=')) {
+        Some((p, v)) => (p.to_string(), v.to_string()),
+        None => bail!("{reference}: the image has no {} label naming its kernel package", cairn_oci::LABEL_KERNEL),
+    };
+    Ok(Content {
+        packages: Vec::new(),
+        lock: None,
+        toolchain: None,
+        kernel: KernelReport { package, version, sha256: None, release: kernel_release.clone(), meta_package: None },
+        vmlinuz,
+        modules_dir: tree.join("usr/lib/modules").join(&kernel_release),
+        index,
+        init,
+        usr,
+        oci: None,
+        from: Some(SourceImage { reference: reference.to_string(), digest: image.digest }),
+        scratch: Some(tree),
+    })
+}
+
+/// The kernel's modules the spec keeps: all but `kernel.exclude_modules` (and what needs them).
+fn kernel_index(spec: &Spec, modules_dir: &Path) -> Result<ModuleIndex> {
+    let mut index = ModuleIndex::scan(modules_dir)?;
+    index.exclude(&spec.kernel.exclude_modules, &spec.kernel.keep_modules)?;
+    // Every module kept must have its dependencies kept.
+    index.modules_dep()?;
+    Ok(index)
+}
+
+/// Leaves in `mods` (`usr/lib/modules/<release>` of the tree) the modules `index` keeps, and
+/// their indexes.
+fn prune_modules(mods: &Path, index: &ModuleIndex) -> Result<()> {
+    remove_modules_not_in(mods, index)?;
+    rootfs::write_file(&mods.join("modules.dep"), index.modules_dep()?.as_bytes(), 0o644)?;
+    rootfs::write_file(&mods.join("modules.alias"), index.modules_alias(None, false).as_bytes(), 0o644)?;
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct ReleaseInputs<'a> {
     pub usr: &'a Path,
     pub verity: VerityInfo,
     pub created: u64,
+    /// The image the release's `/usr` came from, if it came from one.
+    pub source_image: Option<cairn_release::manifest::SourceImage>,
 }
 
 /// Compresses `src` with zstd into `dest` (temp file, fsync, rename).
@@ -83,6 +85,7 @@ pub fn write_release_dir(dir: &Path, inputs: &ReleaseInputs, usr_zst: &Path) -> 
                 verity: Some(inputs.verity.clone()),
             },
         ],
+        source_image: inputs.source_image.clone(),
     };
     let mut json = serde_json::to_vec_pretty(&release)?;
     json.push(b'\n');
@@ -113,7 +116,15 @@ mod tests {
         zstd_file(&usr, &zst).unwrap();
         let verity =
             VerityInfo { root_hash: "ab".repeat(32), salt: "cd".repeat(32), data_blocks: 2, hash_offset: 8192 };
-        let inputs = ReleaseInputs { os_id: "cairn", version: "1.0.0", uki: &uki, usr: &usr, verity, created: 5 };
+        let inputs = ReleaseInputs {
+            os_id: "cairn",
+            version: "1.0.0",
+            uki: &uki,
+            usr: &usr,
+            verity,
+            created: 5,
+            source_image: None,
+        };
         let out = t.path().join("release");
         let written = write_release_dir(&out, &inputs, &zst).unwrap();
         let read = Release::parse_trusted(&std::fs::read(out.join("release.json")).unwrap()).unwrap();

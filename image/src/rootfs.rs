@@ -172,6 +172,25 @@ pub fn check_overlay(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The regular files under `dir` and their bytes (as a merge counts them).
+pub fn tree_stats(dir: &Path) -> Result<MergeStats> {
+    let mut stats = MergeStats::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let kind = e.file_type()?;
+            if kind.is_dir() {
+                stack.push(e.path());
+            } else if kind.is_file() {
+                stats.files += 1;
+                stats.bytes += e.metadata()?.len();
+            }
+        }
+    }
+    Ok(stats)
+}
+
 /// A digest of a tree's paths, modes, link targets and contents, in path order.
 pub fn tree_digest(dir: &Path) -> Result<[u8; 32]> {
     use sha2::{Digest, Sha256};

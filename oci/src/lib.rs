@@ -7,6 +7,8 @@
 //! - `owners.rs` (pure): which component each content object belongs to, for the layers;
 //! - `history.rs`: the layers' history entries at the build's time (ostree-ext stamps the
 //!   export's), so that two exports of one build are the same image;
+//! - `import.rs`: the way back, an image (maybe derived with a Containerfile) imported and
+//!   checked, for `cairn build --from`;
 //! - this file: the export itself, staged as an OCI directory, then copied by `skopeo` to any
 //!   containers-image reference (`oci:DIR:TAG`, `oci-archive:FILE`, `docker://REGISTRY/NAME:TAG`;
 //!   registries as `registries.conf` says).
@@ -15,6 +17,7 @@
 
 mod commit;
 mod history;
+pub mod import;
 pub mod owners;
 
 use anyhow::{Context, Result};
@@ -27,6 +30,8 @@ use std::path::Path;
 pub const LABEL_VERSION: &str = "org.opencontainers.image.version";
 pub const LABEL_OS: &str = "io.cairn.os";
 pub const LABEL_ROOT_HASH: &str = "io.cairn.verity-root-hash";
+/// The kernel package in the image (`package=version`), at `/usr/lib/modules/<release>/vmlinuz`.
+pub const LABEL_KERNEL: &str = "io.cairn.kernel";
 
 /// What to export and where.
 pub struct Export<'a> {
@@ -40,6 +45,8 @@ pub struct Export<'a> {
     pub version: &'a str,
     /// The verity root hash of the matching release's `/usr` image.
     pub root_hash: &'a str,
+    /// The kernel package in the tree, `package=version`.
+    pub kernel: &'a str,
     /// The build's time (`SOURCE_DATE_EPOCH`): the commit's and the image's.
     pub epoch: u64,
     /// A containers-image reference.
@@ -63,6 +70,7 @@ pub fn export(e: &Export) -> Result<String> {
         (LABEL_VERSION.to_string(), e.version.to_string()),
         (LABEL_OS.to_string(), e.os_id.to_string()),
         (LABEL_ROOT_HASH.to_string(), e.root_hash.to_string()),
+        (LABEL_KERNEL.to_string(), e.kernel.to_string()),
     ]);
     let config = Config { labels: Some(labels), cmd: None };
     let mut opts = ExportOpts::default();

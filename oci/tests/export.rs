@@ -44,6 +44,7 @@ fn an_export_is_reproducible_labelled_and_layered_by_package() {
             os_id: "cairn",
             version: "1.2.3",
             root_hash: &"ab".repeat(32),
+            kernel: "linux-image-test=1",
             epoch: 1_700_000_000,
             dest: &dest,
         };
@@ -75,6 +76,7 @@ fn an_export_is_reproducible_labelled_and_layered_by_package() {
         os_id: "cairn",
         version: "1.2.4",
         root_hash: &"cd".repeat(32),
+        kernel: "linux-image-test=1",
         epoch: 1_700_000_000,
         dest: &dest,
     };
@@ -103,6 +105,7 @@ fn a_tree_no_package_holds_exports_as_one_component() {
         os_id: "cairn",
         version: "1",
         root_hash: &"00".repeat(32),
+        kernel: "linux-image-test=1",
         epoch: 1_700_000_000,
         dest: &dest,
     };

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT: u32 = 2;
 pub const MANIFEST: &str = "release.json";
 
+/// Fields this build does not know are ignored (a later build may add optional ones); the
+/// artifacts, which are written to disks, are strict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Release {
     pub format: u32,
     pub os_id: String,
@@ -17,6 +18,19 @@ pub struct Release {
     /// Unix seconds.
     pub created: u64,
     pub artifacts: Vec<Artifact>,
+    /// The OCI image the release's `/usr` was built from (`cairn build --from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<SourceImage>,
+}
+
+/// An OCI image a release was built from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceImage {
+    /// The containers-image reference it was taken from.
+    pub reference: String,
+    /// Its manifest digest (`sha256:...`): what identifies it.
+    pub digest: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +161,7 @@ mod tests {
                     }),
                 ),
             ],
+            source_image: None,
         }
     }
 

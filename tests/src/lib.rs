@@ -203,6 +203,7 @@ pub fn build_options(spec: &str, version: &str, out: PathBuf) -> BuildOptions {
         trust_root: None,
         lock: cairn_image::lock::LockMode::Use,
         push: None,
+        from: None,
     }
 }
 

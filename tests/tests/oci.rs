@@ -1,13 +1,19 @@
 //! Issue 20: the composed OS as an OCI image. The default image built with an export
 //! (`cairn build --push`) to an OCI directory and, from a second build of the same inputs, to
 //! Debian's `docker-registry` on loopback (plain HTTP: an insecure registry, as a
-//! `registries.conf.d` drop-in says for the test's port, removed after). Read back by `skopeo`, a second implementation: the same digest both
-//! times, the release's labels, a layer per package.
+//! `registries.conf.d` drop-in says for the test's port, removed after). Read back by `skopeo`,
+//! a second implementation: the same digest both times, the release's labels, a layer per
+//! package. Then the operator's path: a Containerfile FROM that image, built and pushed by
+//! `buildah`, and `cairn build --from` it; the host boots with the derived file and service.
 
 use anyhow::{Context, Result};
 use cairn_image::build::{BuildOptions, BuildReport, OciReport};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(300);
+const CMD: Duration = Duration::from_secs(60);
 
 fn build(out: &Path, push: String) -> Result<(BuildReport, OciReport)> {
     let opts =
@@ -75,5 +81,126 @@ fn the_os_exports_as_a_reproducible_labelled_image_layered_by_package_and_pushes
     }
     let packages = report.packages.len() + 2; // and the kernel, and what no package holds
     assert!(layers.len() >= packages, "{} layers for {packages} components", layers.len());
+
+    derive_and_build_from(work.path(), &registry.address(), &remote_ref)
+}
+
+/// `buildah bud` of `containerfile` (FROM the pushed image) with `files` in its context,
+/// pushed to the registry as `NAME:1`; returns the reference.
+fn derive(dir: &Path, address: &str, name: &str, containerfile: &str, files: &[(&str, &str)]) -> Result<String> {
+    let ctx = dir.join(format!("ctx-{name}"));
+    std::fs::create_dir_all(&ctx)?;
+    for (path, text) in files {
+        std::fs::write(ctx.join(path), text)?;
+    }
+    std::fs::write(ctx.join("Containerfile"), containerfile)?;
+    let storage = dir.join("buildah");
+    let buildah = |args: &[&str]| -> Result<()> {
+        let out = Command::new("buildah")
+            .arg("--root")
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .context("buildah (./scripts/setup.sh installs it)")?;
+        anyhow::ensure!(out.status.success(), "buildah {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    let tag = format!("{address}/{name}:1");
+    let ctx_arg = ctx.to_string_lossy();
+    buildah(&["bud", "--isolation", "chroot", "--tls-verify=false", "--quiet", "-t", &tag, &ctx_arg])?;
+    buildah(&["push", "--tls-verify=false", "--quiet", &tag, &format!("docker://{tag}")])?;
+    Ok(format!("docker://{tag}"))
+}
+
+/// `cairn build --from` with the dev spec (a console shell for the test), making a release too.
+fn build_from(out: &Path, from: &str) -> Result<BuildReport> {
+    let (feed, _) = cairn_tests::test_tuf_repository()?;
+    let opts = BuildOptions {
+        from: Some(from.into()),
+        trust_root: Some(feed.join("metadata/1.root.json")),
+        ..cairn_tests::build_options("images/dev.toml", "1.0.1", out.into())
+    };
+    cairn_image::build::build(&opts)
+}
+
+fn derive_and_build_from(dir: &Path, address: &str, base: &str) -> Result<()> {
+    let base = base.trim_start_matches("docker://");
+    let service = r#"description = "added by a Containerfile"
+command = ["/usr/bin/busybox", "sh", "-c", "cat /usr/share/hello/hello.txt; exec sleep 1000000"]
+restart = "always"
+"#;
+    let derived = derive(
+        dir,
+        address,
+        "cairn-derived",
+        &format!(
+            "FROM {base}\nCOPY hello.txt /usr/share/hello/hello.txt\nCOPY hello.toml /usr/lib/cairn/services/hello.toml\n"
+        ),
+        &[("hello.txt", "hello from a Containerfile\n"), ("hello.toml", service)],
+    )?;
+    let digest =
+        skopeo(&["inspect", "--tls-verify=false", &derived])?["Digest"].as_str().context("no digest")?.to_string();
+
+    // The figure of the issue's target: a build from the (cached) image against a warm build of
+    // the same spec from its packages, same run.
+    let (feed, _) = cairn_tests::test_tuf_repository()?;
+    let spec = || BuildOptions {
+        trust_root: Some(feed.join("metadata/1.root.json")),
+        ..cairn_tests::build_options("images/dev.toml", "1.0.1", dir.join("from-spec"))
+    };
+    cairn_image::build::build(&spec())?;
+    let spec_started = Instant::now();
+    cairn_image::build::build(&spec())?;
+    let warm_spec = spec_started.elapsed();
+    let first = Instant::now();
+    let report = build_from(&dir.join("from-image"), &derived)?;
+    let first = first.elapsed();
+    let cached = Instant::now();
+    let again = build_from(&dir.join("from-image"), &derived)?;
+    let cached = cached.elapsed();
+    println!(
+        "build --from: first {:.1} s, with the image cached {:.1} s; warm build from the spec {:.1} s ({:.2}x)",
+        first.as_secs_f64(),
+        cached.as_secs_f64(),
+        warm_spec.as_secs_f64(),
+        cached.as_secs_f64() / warm_spec.as_secs_f64()
+    );
+    let from = report.from.as_ref().context("build.json names no source image")?;
+    assert_eq!(from.digest, digest, "the build records another image");
+    assert_eq!(again.usr.root_hash, report.usr.root_hash, "a second build from the same image differs");
+    let recorded = BuildReport::load(&dir.join("from-image/build.json"))?;
+    assert_eq!(recorded["from"]["digest"], digest);
+    let release: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("from-image/release/release.json"))?)?;
+    assert_eq!(release["source_image"]["digest"], digest, "the release metadata does not name the image");
+
+    let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig::uefi(dir.join("from-image/disk.raw")))?;
+    vm.wait_for_line("cairn: ready", 0, READY)?;
+    assert_eq!(vm.run_ok("cat /usr/share/hello/hello.txt", CMD)?.trim(), "hello from a Containerfile");
+    // Read through dm-verity: /usr is the verity device.
+    let mounts = vm.run_ok("grep ' /usr ' /proc/mounts", CMD)?;
+    assert!(mounts.contains("/dev/mapper/") || mounts.contains("/dev/dm-"), "/usr: {mounts}");
+    let wait = "for i in $(seq 60); do grep -q 'hello from a Containerfile' /var/log/cairn/hello.log && exit 0; sleep 1; done; exit 1";
+    if vm.run(wait, CMD)?.status != 0 {
+        let why = vm.run("cairnctl status; cat /var/log/cairn/hello.log", CMD)?;
+        panic!("the derived image's service did not run:\n{}", why.output);
+    }
+    let os_release = vm.run_ok("cat /usr/lib/os-release", CMD)?;
+    assert!(os_release.contains("VERSION_ID=1.0.1"), "{os_release}");
+
+    // A derived image replacing PID 1 is refused, naming the path.
+    let evil = derive(
+        dir,
+        address,
+        "cairn-evil",
+        &format!("FROM {base}\nCOPY init /usr/sbin/cairn-init\n"),
+        &[("init", "#!/bin/sh\n")],
+    )?;
+    let err =
+        format!("{:#}", build_from(&dir.join("evil"), &evil).err().context("an image replacing cairn-init was built")?);
+    assert!(err.contains("/usr/sbin/cairn-init"), "{err}");
     Ok(())
 }

@@ -192,6 +192,7 @@ pub fn example_release(dir: &std::path::Path, version: &str, usr: &[u8]) -> std:
             artifact("uki.efi", ArtifactKind::Uki, &uki, &uki, Compression::None, None),
             artifact("usr.img.zst", ArtifactKind::Usr, &usr_zst, usr, Compression::Zstd, Some(verity)),
         ],
+        source_image: None,
     };
     let manifest = serde_json::to_vec_pretty(&release).expect("serializable");
     std::fs::write(dir.join("uki.efi"), uki)?;

@@ -128,6 +128,7 @@ fn release_dir(dir: &Path, version: &str) {
                 }),
             },
         ],
+        source_image: None,
     };
     std::fs::write(dir.join("release.json"), serde_json::to_vec(&release).unwrap()).unwrap();
 }

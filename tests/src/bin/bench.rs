@@ -244,7 +244,7 @@ fn floor_image(work: &Path, cache: &Path, report: &BuildReport) -> Result<PathBu
     std::fs::write(&cpio, initrd.to_cpio()?)?;
     let kernel = cache
         .join("unpacked")
-        .join(&report.kernel.sha256)
+        .join(report.kernel.sha256.as_deref().context("the kernel came from no package")?)
         .join("boot")
         .join(format!("vmlinuz-{}", report.kernel.release));
     let spec = cairn_image::spec::Spec::load(&cairn_tests::workspace().join("images/default.toml"))?;

@@ -171,6 +171,7 @@ impl Model {
                     version: offer.version.clone(),
                     created: 0,
                     artifacts: vec![],
+                    source_image: None,
                 };
                 Ok(Candidate::beside(release, &offer.path))
             }),
@@ -352,6 +353,13 @@ proptest! {
 fn the_downgrade_check_fires() {
     let mut m = Model::new(0, 5, vec![], false);
     let core = m.start(Strategy::Immediate);
-    let release = Release { format: 1, os_id: "cairn".into(), version: version(4), created: 0, artifacts: vec![] };
+    let release = Release {
+        format: 1,
+        os_id: "cairn".into(),
+        version: version(4),
+        created: 0,
+        artifacts: vec![],
+        source_image: None,
+    };
     m.answer(&core, &Phase::Checking, &Request::WriteUsr(Candidate::beside(release, "r")), false);
 }
