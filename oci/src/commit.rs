@@ -7,15 +7,16 @@ use ostree_ext::prelude::*;
 use ostree_ext::{gio, ostree};
 use std::path::Path;
 
-/// The repository at `dir`, created (archive mode: what is exported is compressed once) if missing.
-pub fn open_repo(dir: &Path) -> Result<ostree::Repo> {
+/// The repository at `dir`, created in `mode` if missing (the export's is an archive: what is
+/// exported is compressed once).
+pub fn open_repo(dir: &Path, mode: ostree::RepoMode) -> Result<ostree::Repo> {
     let repo = ostree::Repo::new_for_path(dir);
     if dir.join("config").exists() {
         repo.open(gio::Cancellable::NONE)
             .with_context(|| format!("opening the OSTree repository {}", dir.display()))?;
     } else {
         std::fs::create_dir_all(dir)?;
-        repo.create(ostree::RepoMode::Archive, gio::Cancellable::NONE)
+        repo.create(mode, gio::Cancellable::NONE)
             .with_context(|| format!("creating the OSTree repository {}", dir.display()))?;
     }
     Ok(repo)

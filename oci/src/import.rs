@@ -7,6 +7,7 @@
 use anyhow::{Context, Result, bail};
 use ostree_ext::container::store::{ImageImporter, LayeredImageState, META_FILTERED, MetaFilteredData, PrepareResult};
 use ostree_ext::container::{ImageReference, OstreeImageReference, SignatureSource};
+use ostree_ext::containers_image_proxy::ImageProxyConfig;
 use ostree_ext::prelude::*;
 use ostree_ext::{gio, glib, ostree};
 use std::collections::BTreeMap;
@@ -41,7 +42,8 @@ pub fn import(reference: &str, repo: &Path) -> Result<Imported> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (state, fetched) = runtime
         .block_on(async {
-            let mut importer = ImageImporter::new(&repo, &imgref, Default::default()).await?;
+            let config = ImageProxyConfig { authfile: registry_auth_file(), ..Default::default() };
+            let mut importer = ImageImporter::new(&repo, &imgref, config).await?;
             match importer.prepare().await? {
                 PrepareResult::AlreadyPresent(state) => Ok::<_, anyhow::Error>((state, false)),
                 PrepareResult::Ready(prepared) => Ok((importer.import(prepared).await?, true)),
@@ -49,6 +51,21 @@ pub fn import(reference: &str, repo: &Path) -> Result<Imported> {
         })
         .with_context(|| format!("importing {reference}"))?;
     Ok(imported(&state, fetched))
+}
+
+/// The credentials file containers tools use (`skopeo login` writes it): `REGISTRY_AUTH_FILE`,
+/// else `$XDG_RUNTIME_DIR/containers/auth.json`, else `~/.config/containers/auth.json`.
+/// ostree-ext would otherwise read only its own (`/etc/ostree/auth.json`) and pull anonymously.
+fn registry_auth_file() -> Option<std::path::PathBuf> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    if let Some(file) = env("REGISTRY_AUTH_FILE") {
+        return Some(file);
+    }
+    let candidates = [
+        env("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")),
+        env("HOME").map(|d| d.join(".config/containers/auth.json")),
+    ];
+    candidates.into_iter().flatten().find(|f| f.is_file())
 }
 
 fn imported(state: &LayeredImageState, fetched: bool) -> Imported {
@@ -64,17 +81,8 @@ fn imported(state: &LayeredImageState, fetched: bool) -> Imported {
 
 /// The repository at `dir`, created in bare-user mode if missing: ostree-ext merges layers by
 /// hard-linking checkouts, which an archive repository cannot.
-pub fn open_bare_user(dir: &Path) -> Result<ostree::Repo> {
-    let repo = ostree::Repo::new_for_path(dir);
-    if dir.join("config").exists() {
-        repo.open(gio::Cancellable::NONE)
-            .with_context(|| format!("opening the OSTree repository {}", dir.display()))?;
-    } else {
-        std::fs::create_dir_all(dir)?;
-        repo.create(ostree::RepoMode::BareUser, gio::Cancellable::NONE)
-            .with_context(|| format!("creating the OSTree repository {}", dir.display()))?;
-    }
-    Ok(repo)
+fn open_bare_user(dir: &Path) -> Result<ostree::Repo> {
+    crate::commit::open_repo(dir, ostree::RepoMode::BareUser)
 }
 
 /// What a path is in a commit: absent, or its object checksums (a file's content object; a

@@ -57,7 +57,7 @@ pub struct Export<'a> {
 pub fn export(e: &Export) -> Result<String> {
     let _: ImageReference =
         e.dest.try_into().with_context(|| format!("{}: not an image reference (oci:DIR:TAG, docker://...)", e.dest))?;
-    let repo = commit::open_repo(e.repo)?;
+    let repo = commit::open_repo(e.repo, ostree_ext::ostree::RepoMode::Archive)?;
     let refname = format!("cairn/{}/{}", e.os_id, e.version);
     let meta = [("version", e.version), (LABEL_ROOT_HASH, e.root_hash)];
     let checksum = commit::commit_tree(&repo, e.tree, &refname, &meta, e.epoch)?;
