@@ -251,6 +251,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     }
 
     tools::check(tools::BUILD_TOOLS, tools::BUILD_FILES)?;
+    if opts.push.is_some() {
+        tools::check(tools::OCI_TOOLS, &[])?;
+    }
+    if opts.from.is_some() {
+        tools::check(tools::IMPORT_TOOLS, &[])?;
+    }
     if opts.from.is_none() && matches!(opts.binaries, binaries::Source::Cargo { .. }) {
         tools::check(&[("cargo", "rustup (https://rustup.rs), or pass --binaries DIR")], &[])?;
     }

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// (program, Debian package providing it)
+/// What `--push` (skopeo) and `--from` (skopeo as ostree-ext's image proxy, and the `ostree`
+/// command, with which ostree-ext commits derived layers) need besides.
+pub const OCI_TOOLS: &[(&str, &str)] = &[("skopeo", "skopeo")];
+pub const IMPORT_TOOLS: &[(&str, &str)] = &[("skopeo", "skopeo"), ("ostree", "ostree")];
+
 pub const BUILD_TOOLS: &[(&str, &str)] = &[
     ("apt-get", "apt"),
     ("apt-cache", "apt"),
