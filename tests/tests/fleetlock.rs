@@ -217,7 +217,12 @@ fn hammer(backend: Backend, slots: usize, restart_etcd: bool) -> Result<()> {
             std::thread::spawn(move || -> Result<()> {
                 let c = Client::new(&url);
                 let id = format!("host-{n}");
-                while (Instant::now() < deadline || acquired.load(Ordering::SeqCst) < ENOUGH)
+                // ... and until every slot was held at once, seen from the clients' side, so the
+                // check that it happened cannot fail on a machine too loaded to overlap them in
+                // `run_for`.
+                while (Instant::now() < deadline
+                    || acquired.load(Ordering::SeqCst) < ENOUGH
+                    || most_inside.load(Ordering::SeqCst) < slots)
                     && Instant::now() < patience
                 {
                     let (code, body) = through_outage(patience, || c.lock(&id, "default"))?;

@@ -75,6 +75,14 @@ fn the_os_exports_as_a_reproducible_labelled_image_layered_by_package_and_pushes
     let layers = manifest["layers"].as_array().context("no layers")?;
     let components: Vec<&str> = layers.iter().filter_map(|l| l["annotations"]["ostree.components"].as_str()).collect();
     println!("{} layers: {components:?}", layers.len());
+    // The first is ostree-ext's own: the commit and every directory object, which any change
+    // changes.
+    let size = |l: &serde_json::Value| l["size"].as_u64().unwrap_or(0);
+    println!(
+        "commit layer {} bytes of {} bytes compressed in all",
+        size(&layers[0]),
+        layers.iter().map(size).sum::<u64>()
+    );
     let holding = |name: &str| components.iter().filter(|c| c.split(',').any(|p| p == name)).count();
     for package in ["runc", "containerd", "busybox", &report.kernel.package, cairn_oci::owners::CAIRN] {
         assert_eq!(holding(package), 1, "{package} is not in exactly one layer: {components:?}");
