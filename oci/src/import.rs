@@ -93,8 +93,8 @@ enum Identity {
     Object(String),
 }
 
-fn identity(repo: &ostree::Repo, commit: &str, path: &str) -> Result<Identity> {
-    let (root, _) = repo.read_commit(commit, gio::Cancellable::NONE)?;
+/// `path` in the commit whose root is `root`.
+fn identity(root: &gio::File, path: &str) -> Result<Identity> {
     let file = root.resolve_relative_path(path);
     let file = file.downcast::<ostree::RepoFile>().map_err(|_| anyhow::anyhow!("{path}: no RepoFile"))?;
     if file.ensure_resolved().is_err() {
@@ -104,7 +104,7 @@ fn identity(repo: &ostree::Repo, commit: &str, path: &str) -> Result<Identity> {
         match file.query_info("standard::type", gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS, gio::Cancellable::NONE) {
             Ok(info) => info,
             Err(e) if e.matches(gio::IOErrorEnum::NotFound) => return Ok(Identity::Absent),
-            Err(e) => return Err(e).with_context(|| format!("reading {path} in commit {commit}")),
+            Err(e) => return Err(e).with_context(|| format!("reading {path} in a commit")),
         };
     Ok(Identity::Object(match info.file_type() {
         gio::FileType::Directory => {
@@ -120,11 +120,10 @@ fn identity(repo: &ostree::Repo, commit: &str, path: &str) -> Result<Identity> {
 
 /// Those of `paths` (as `usr/...`) that `merged` has otherwise than `base`: changed, added or
 /// removed by the derived layers.
-pub fn changed(repo_dir: &Path, base: &str, merged: &str, paths: &[String]) -> Result<Vec<String>> {
-    let repo = open_bare_user(repo_dir)?;
+fn changed(base: &gio::File, merged: &gio::File, paths: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for path in paths {
-        if identity(&repo, base, path)? != identity(&repo, merged, path)? {
+        if identity(base, path)? != identity(merged, path)? {
             out.push(path.clone());
         }
     }
@@ -136,15 +135,14 @@ pub fn changed(repo_dir: &Path, base: &str, merged: &str, paths: &[String]) -> R
 /// directories (recording them in the commit's metadata). None of these would reach a Cairn
 /// host (its `/etc` comes from `usr/share/factory/etc` and the host's config, `/var` is made
 /// at boot), so an image that has them is refused rather than quietly losing them.
-pub fn misplaced(repo_dir: &Path, base: &str, merged: &str) -> Result<Vec<String>> {
-    let repo = open_bare_user(repo_dir)?;
+fn misplaced(repo: &ostree::Repo, base: &gio::File, merged: &gio::File, merged_commit: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for path in ["usr/etc", "usr/share/factory/var"] {
-        if identity(&repo, base, path)? != identity(&repo, merged, path)? {
+        if identity(base, path)? != identity(merged, path)? {
             out.push(format!("/{}", path.trim_start_matches("usr/").replace("share/factory/", "")));
         }
     }
-    let (commit, _) = repo.load_commit(merged)?;
+    let (commit, _) = repo.load_commit(merged_commit)?;
     let meta = glib::VariantDict::new(Some(&commit.child_value(0)));
     if let Some(filtered) = meta.lookup::<MetaFilteredData>(META_FILTERED)? {
         for (top, count) in filtered.values().flatten() {
@@ -177,14 +175,17 @@ pub fn checkout(repo_dir: &Path, commit: &str, dest: &Path) -> Result<()> {
 /// Refuses an image whose derived layers touch `protected` paths (or put content where it
 /// would be lost); names every such path.
 pub fn check(repo_dir: &Path, image: &Imported, reference: &str, protected: &[String]) -> Result<()> {
-    let touched = changed(repo_dir, &image.base, &image.merged, protected)?;
+    let repo = open_bare_user(repo_dir)?;
+    let (base, _) = repo.read_commit(&image.base, gio::Cancellable::NONE)?;
+    let (merged, _) = repo.read_commit(&image.merged, gio::Cancellable::NONE)?;
+    let touched = changed(&base, &merged, protected)?;
     if !touched.is_empty() {
         bail!(
             "{reference}: the image changes what Cairn's boot depends on, which a derived image may not: {}",
             touched.iter().map(|p| format!("/{p}")).collect::<Vec<_>>().join(", ")
         );
     }
-    let lost = misplaced(repo_dir, &image.base, &image.merged)?;
+    let lost = misplaced(&repo, &base, &merged, &image.merged)?;
     if !lost.is_empty() {
         bail!(
             "{reference}: the image puts content outside /usr, which a Cairn host never sees (its /etc is \
