@@ -44,6 +44,7 @@ cloud-localds:cloud-image-utils
 casync:casync
 /usr/include/ostree-1/ostree.h:libostree-dev
 ostree:ostree
+zstd:zstd
 /usr/include/zstd.h:libzstd-dev
 /usr/include/openssl/ssl.h:libssl-dev
 "

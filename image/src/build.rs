@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Bump when the staged /usr would differ for the same inputs (cache key of the /usr image).
-const USR_LAYOUT_VERSION: u32 = 4;
+const USR_LAYOUT_VERSION: u32 = 7;
 
 pub struct BuildOptions {
     pub spec_path: PathBuf,

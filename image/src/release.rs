@@ -5,6 +5,7 @@
 use crate::apt::sha256_file;
 use anyhow::{Context, Result};
 use cairn_release::manifest::{self, Artifact, ArtifactKind, Compression, Release, VerityInfo};
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Durable write of a public file, with the path in the error.
@@ -31,18 +32,52 @@ pub struct ReleaseInputs<'a> {
     pub source_image: Option<cairn_release::manifest::SourceImage>,
 }
 
-/// Compresses `src` with zstd into `dest` (temp file, fsync, rename).
+/// The uncompressed bytes of each zstd frame of a release's `/usr`. Frames are independent and
+/// declare their size, so that an installer decodes them on every core at once (the agent's
+/// `apply`); any zstd decoder reads them as one stream. Against one frame the download grows by
+/// 1.2%; 2 MiB frames would save 0.5% of that and take the agent 6 MB more memory to apply.
+pub const FRAME_SIZE: usize = 1 << 20;
+
+/// Compresses `src` with zstd into `dest` (temp file, fsync, rename), as frames of `FRAME_SIZE`.
 pub fn zstd_file(src: &Path, dest: &Path) -> Result<()> {
     let tmp = dest.with_extension("zst.tmp");
-    let input = std::fs::File::open(src)?;
-    let out = std::fs::File::create(&tmp)?;
-    let mut enc = zstd::stream::Encoder::new(out, 3)?;
-    enc.multithread(2)?;
-    enc.include_checksum(true)?;
-    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, input), &mut enc)?;
-    enc.finish()?.sync_all()?;
+    let input = std::fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    zstd_frames(input, &mut out, FRAME_SIZE).with_context(|| format!("compressing {}", src.display()))?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&tmp, dest)?;
     Ok(())
+}
+
+/// Writes `input` to `out` as independent zstd frames of `frame_size` bytes (the last one
+/// shorter), each declaring its size, compressed on every core. Same input, same bytes.
+pub fn zstd_frames(mut input: impl Read, out: &mut impl Write, frame_size: usize) -> std::io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    loop {
+        let mut batch = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let mut frame = Vec::with_capacity(frame_size);
+            (&mut input).take(frame_size as u64).read_to_end(&mut frame)?;
+            if frame.is_empty() {
+                break;
+            }
+            batch.push(frame);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let done = batch.len() < threads || batch.last().is_some_and(|f| f.len() < frame_size);
+        let compressed: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
+            let jobs: Vec<_> = batch.iter().map(|frame| s.spawn(move || zstd::bulk::compress(frame, 3))).collect();
+            jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(std::io::Error::other("zstd panicked")))).collect()
+        });
+        for frame in compressed {
+            out.write_all(&frame?)?;
+        }
+        if done {
+            return Ok(());
+        }
+    }
 }
 
 /// Writes `dir` = release.json, the UKI and the zstd-compressed /usr image. `usr_zst` is the
@@ -104,6 +139,38 @@ fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usr_is_written_as_independent_frames_that_declare_their_size() {
+        let t = tempfile::tempdir().unwrap();
+        let input: Vec<u8> = (0..(5 << 16) + 123).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut out = Vec::new();
+        zstd_frames(&input[..], &mut out, 1 << 16).unwrap();
+        // Six frames: five whole and the rest, each one cut at its end and decoded alone.
+        let mut rest = &out[..];
+        let mut sizes = Vec::new();
+        while !rest.is_empty() {
+            let n = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+            sizes.push(zstd::zstd_safe::get_frame_content_size(rest).unwrap().unwrap());
+            assert_eq!(zstd::decode_all(&rest[..n]).unwrap().len() as u64, *sizes.last().unwrap());
+            rest = &rest[n..];
+        }
+        assert_eq!(sizes, [65536, 65536, 65536, 65536, 65536, 123]);
+        let mut again = Vec::new();
+        zstd_frames(&input[..], &mut again, 1 << 16).unwrap();
+        assert!(again == out, "the same input compressed twice differs");
+        // Read as one stream, as the feed's chunker and the server read them.
+        assert!(zstd::decode_all(&out[..]).unwrap() == input, "one stream of frames");
+        // The zstd command reads them as one stream.
+        let zst = t.path().join("x.zst");
+        std::fs::write(&zst, &out).unwrap();
+        let cli = std::process::Command::new("zstd").args(["-d", "-c"]).arg(&zst).output().expect("zstd");
+        assert!(cli.status.success() && cli.stdout == input, "zstd -d: {}", String::from_utf8_lossy(&cli.stderr));
+        // Nothing in, nothing out.
+        let mut empty = Vec::new();
+        zstd_frames(&[][..], &mut empty, 1 << 16).unwrap();
+        assert!(empty.is_empty());
+    }
 
     #[test]
     fn a_release_dir_names_its_artifacts_with_their_sizes_and_hashes() {

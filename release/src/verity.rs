@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 
 pub const BLOCK_SIZE: usize = 4096;
-const HASHES_PER_BLOCK: usize = BLOCK_SIZE / 32;
+const HASH_SIZE: usize = 32;
+const HASHES_PER_BLOCK: usize = BLOCK_SIZE / HASH_SIZE;
 const SUPERBLOCK_MAGIC: &[u8; 8] = b"verity\0\0";
 pub const SALT_SIZE: usize = 32;
 
@@ -96,6 +97,16 @@ pub fn build(mut data: impl Read, data_blocks: u64, salt: [u8; SALT_SIZE]) -> Re
     tree.finish()
 }
 
+/// The salted hashes of `bytes`' whole blocks, for `TreeBuilder::update_hashed`: the leaves
+/// of the tree where `bytes` are data blocks.
+pub fn leaf_hashes(salt: &[u8; SALT_SIZE], bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() / BLOCK_SIZE * HASH_SIZE);
+    for block in bytes.chunks_exact(BLOCK_SIZE) {
+        out.extend_from_slice(&salted_hash(salt, block));
+    }
+    out
+}
+
 /// The tree of a stream of data blocks fed in pieces of any size, each byte hashed where it
 /// lies: what an install pipeline does with the buffers it writes.
 pub struct TreeBuilder {
@@ -142,6 +153,21 @@ impl TreeBuilder {
             self.leaves.extend_from_slice(&salted_hash(&self.salt, block));
         }
         self.partial.extend_from_slice(blocks.remainder());
+        self.fed += take as u64;
+        take
+    }
+
+    /// Like `update`, with the salted hashes of `piece`'s whole blocks already computed by
+    /// `leaf_hashes` (on another thread, while the bytes were in its cache). They are used only
+    /// where `piece` starts on a block boundary; otherwise the piece is hashed here.
+    pub fn update_hashed(&mut self, piece: &[u8], leaves: &[u8]) -> usize {
+        if !self.partial.is_empty() || leaves.len() != piece.len() / BLOCK_SIZE * HASH_SIZE {
+            return self.update(piece);
+        }
+        let take = piece.len().min(usize::try_from(self.wants()).unwrap_or(usize::MAX));
+        let blocks = take / BLOCK_SIZE;
+        self.leaves.extend_from_slice(&leaves[..blocks * HASH_SIZE]);
+        self.partial.extend_from_slice(&piece[blocks * BLOCK_SIZE..take]);
         self.fed += take as u64;
         take
     }
@@ -294,6 +320,30 @@ mod tests {
         let mut short = TreeBuilder::new(blocks as u64, salt);
         short.update(&d);
         assert!(short.finish().err().unwrap().to_string().contains("block 3"));
+    }
+
+    #[test]
+    fn leaves_hashed_elsewhere_make_the_same_tree_and_misaligned_pieces_are_hashed_here() {
+        let salt = [6u8; 32];
+        let blocks = HASHES_PER_BLOCK + 5;
+        let d = data(blocks + 2);
+        let whole = build(&d[..], blocks as u64, salt).unwrap();
+        // Whole blocks, a piece that ends inside a block (the next ones start misaligned), and
+        // leaves that do not match the piece's blocks: each still gives the same tree.
+        for sizes in [&[8 * BLOCK_SIZE][..], &[3 * BLOCK_SIZE + 7, 8 * BLOCK_SIZE], &[BLOCK_SIZE * 100]] {
+            let mut tree = TreeBuilder::new(blocks as u64, salt);
+            let (mut rest, mut at, mut turn) = (Vec::new(), 0, 0);
+            while at < d.len() {
+                let piece = &d[at..d.len().min(at + sizes[turn % sizes.len()])];
+                let leaves = if turn == 2 { vec![0u8; 64] } else { leaf_hashes(&salt, piece) };
+                let n = tree.update_hashed(piece, &leaves);
+                rest.extend_from_slice(&piece[n..]);
+                (at, turn) = (at + piece.len(), turn + 1);
+            }
+            let t = tree.finish().unwrap();
+            assert_eq!((t.root_hash, &t.hash_area), (whole.root_hash, &whole.hash_area), "pieces of {sizes:?}");
+            assert_eq!(rest, d[blocks * BLOCK_SIZE..], "pieces of {sizes:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Writing a release's `/usr` image into the inactive partition in one pass: the download
-//! stream arrives on one thread, is decompressed on another, and written and checked on a
-//! third. Nothing is trusted until every check passed, and the caller
+//! stream arrives on one thread, is decompressed on others (`frames`: one per core), and
+//! written and checked on another. Nothing is trusted until every check passed, and the caller
 //! only then binds the partition to the release (its GPT UUID) and writes a boot entry, so a
 //! bad image never reaches a boot entry.
 //!
@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+mod frames;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -67,7 +69,7 @@ pub struct Written {
 /// Buffers travel between the pipeline's threads in this size; at most `DEPTH` wait at each
 /// stage, which bounds the memory in flight to a few MiB.
 const CHUNK: usize = 256 << 10;
-const DEPTH: usize = 2;
+const DEPTH: usize = 1;
 
 /// The pipeline's buffers, used again once the last stage is done with them: allocating and
 /// zeroing one per piece costs as much as a hash pass.
@@ -82,8 +84,40 @@ impl Pool {
         buf
     }
 
+    /// A buffer of no bytes that can hold `capacity`.
+    fn empty(&self, capacity: usize) -> Vec<u8> {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity);
+        buf
+    }
+
     fn put(&self, buf: Vec<u8>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+    }
+}
+
+/// Decoded bytes on their way to the partition, with the hashes of their whole blocks where the
+/// thread that decoded them computed those (`verity::leaf_hashes`).
+struct Piece {
+    bytes: Vec<u8>,
+    leaves: Option<Vec<u8>>,
+}
+
+/// What the writer receives, in the image's order: bytes, or a frame still being decoded.
+enum Incoming {
+    Ready(Vec<u8>),
+    Pending(Receiver<Result<Piece, ApplyError>>),
+}
+
+impl Incoming {
+    fn wait(self) -> Result<Piece, ApplyError> {
+        match self {
+            Incoming::Ready(bytes) => Ok(Piece { bytes, leaves: None }),
+            Incoming::Pending(decoding) => {
+                decoding.recv().unwrap_or_else(|_| Err(ApplyError::Verity("a decoder thread panicked".into())))
+            }
+        }
     }
 }
 
@@ -91,9 +125,10 @@ impl Pool {
 /// signed release says about it. `partition_size` bounds the write.
 ///
 /// A reader thread takes the download (never more than its declared size); this thread
-/// decompresses; a writer thread writes and builds the verity tree of the bytes written, whose
-/// root must be the signed one and whose hash area must be the bytes that follow the data.
-/// dm-verity checks them again on every read.
+/// decompresses, or cuts it into frames that threads on every core decode and hash; a writer
+/// thread writes and builds the verity tree of the bytes written, whose root must be the signed
+/// one and whose hash area must be the bytes that follow the data. dm-verity checks them again
+/// on every read.
 pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
     download: R,
     artifact: &Artifact,
@@ -114,49 +149,102 @@ pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
             info.data_blocks, info.hash_offset, artifact.uncompressed_size
         )));
     }
-    let hash_area_len = artifact.uncompressed_size - data_end;
     partition.seek(SeekFrom::Start(0)).map_err(ApplyError::Write)?;
 
-    let pool = Pool::default();
-    let (to_writer, writer_in) = sync_channel::<Vec<u8>>(DEPTH);
+    let (pool, frame_pool) = (Pool::default(), Pool::default());
+    let (to_writer, writer_in) = sync_channel::<Incoming>(DEPTH);
     let (decoded, written) = std::thread::scope(|s| {
-        let pool = &pool;
-        // Each piece is hashed right after it is written, while it is still in the CPU's cache.
-        let writer = s.spawn(move || -> Result<(u64, verity::HashTree, Vec<u8>), ApplyError> {
-            let mut tree = verity::TreeBuilder::new(info.data_blocks, salt);
-            // What follows the data, kept up to one byte more than the hash area, to notice.
-            let mut rest = Vec::new();
+        let (pool, frame_pool) = (&pool, &frame_pool);
+        // Each piece is hashed right after it is written, while it is still in the CPU's cache,
+        // unless the thread that decoded it hashed it already.
+        let writer = s.spawn(move || -> Result<(u64, verity::HashTree, bool), ApplyError> {
+            let mut tree = TreeCheck::new(verity::TreeBuilder::new(info.data_blocks, salt));
             let mut count = 0u64;
-            for piece in writer_in {
-                partition.write_all(&piece).map_err(ApplyError::Write)?;
-                count += piece.len() as u64;
-                let data = tree.update(&piece);
-                let room = (hash_area_len + 1).saturating_sub(rest.len() as u64);
-                let after = &piece[data..];
-                rest.extend_from_slice(&after[..after.len().min(usize::try_from(room).unwrap_or(usize::MAX))]);
-                pool.put(piece);
+            for incoming in writer_in {
+                let piece = incoming.wait()?;
+                partition.write_all(&piece.bytes).map_err(ApplyError::Write)?;
+                count += piece.bytes.len() as u64;
+                tree.feed(&piece.bytes, piece.leaves.as_deref())?;
+                match piece.leaves {
+                    Some(_) => frame_pool.put(piece.bytes),
+                    None => pool.put(piece.bytes),
+                }
             }
             partition.flush().map_err(ApplyError::Write)?;
-            let tree = tree.finish().map_err(|e| ApplyError::Verity(e.to_string()))?;
-            Ok((count, tree, rest))
+            let (tree, hash_area_matches) = tree.finish()?;
+            Ok((count, tree, hash_area_matches))
         });
         let decoded = match artifact.compression {
-            Compression::None => read_stream(download, artifact.size, pool, &to_writer),
-            Compression::Zstd => decode(download, artifact, pool, &to_writer),
+            Compression::None => {
+                read_stream(download, artifact.size, pool, |buf| to_writer.send(Incoming::Ready(buf)).is_ok())
+            }
+            Compression::Zstd => decode(download, artifact, &salt, [pool, frame_pool], &to_writer),
         };
         drop(to_writer);
         (decoded, joined(writer.join()))
     });
     // The first failure along the stream is the one to report.
     let stored = decoded?;
-    let (bytes, tree, rest) = written?;
+    let (bytes, tree, hash_area_matches) = written?;
     check("download size", artifact.size.to_string(), stored.to_string())?;
     check("uncompressed size", artifact.uncompressed_size.to_string(), bytes.to_string())?;
     check("verity root hash", info.root_hash.clone(), hex::encode(tree.root_hash))?;
-    if rest != tree.hash_area {
+    if !hash_area_matches {
         return Err(ApplyError::Verity("the hash area differs from the tree of the data blocks".into()));
     }
     Ok(Written { bytes, root_hash: tree.root_hash })
+}
+
+/// The tree of the data blocks, then the bytes after them compared with its hash area as they
+/// arrive rather than kept (they are a 128th of the image).
+struct TreeCheck {
+    building: Option<verity::TreeBuilder>,
+    built: Option<verity::HashTree>,
+    /// Bytes after the data so far, and whether any differed from the hash area.
+    after: usize,
+    differs: bool,
+}
+
+impl TreeCheck {
+    fn new(builder: verity::TreeBuilder) -> TreeCheck {
+        TreeCheck { building: Some(builder), built: None, after: 0, differs: false }
+    }
+
+    /// The next bytes of the image, with their blocks' hashes if a decoder computed them.
+    fn feed(&mut self, bytes: &[u8], leaves: Option<&[u8]>) -> Result<(), ApplyError> {
+        let mut after = bytes;
+        if let Some(builder) = &mut self.building {
+            let data = match leaves {
+                Some(leaves) => builder.update_hashed(bytes, leaves),
+                None => builder.update(bytes),
+            };
+            if builder.wants() > 0 {
+                return Ok(());
+            }
+            after = &bytes[data..];
+            if let Some(builder) = self.building.take() {
+                self.built = Some(builder.finish().map_err(|e| ApplyError::Verity(e.to_string()))?);
+            }
+        }
+        if let Some(tree) = &self.built {
+            let end = self.after + after.len();
+            self.differs |= tree.hash_area.get(self.after..end) != Some(after);
+            self.after = end;
+        }
+        Ok(())
+    }
+
+    /// The tree, and whether exactly its hash area followed the data.
+    fn finish(self) -> Result<(verity::HashTree, bool), ApplyError> {
+        let tree = match (self.building, self.built) {
+            (_, Some(tree)) => tree,
+            // Short of data: this names the first missing block.
+            (Some(builder), None) => builder.finish().map_err(|e| ApplyError::Verity(e.to_string()))?,
+            (None, None) => return Err(ApplyError::Verity("no tree was built".into())),
+        };
+        let matches = !self.differs && self.after == tree.hash_area.len();
+        Ok((tree, matches))
+    }
 }
 
 fn joined<T>(r: std::thread::Result<Result<T, ApplyError>>) -> Result<T, ApplyError> {
@@ -165,7 +253,12 @@ fn joined<T>(r: std::thread::Result<Result<T, ApplyError>>) -> Result<T, ApplyEr
 
 /// Sends `input` on in pool buffers, never more than `size` bytes and one to notice: a server
 /// that streams forever cannot keep the agent busy. Returns the bytes read.
-fn read_stream<R: Read>(input: R, size: u64, pool: &Pool, out: &SyncSender<Vec<u8>>) -> Result<u64, ApplyError> {
+fn read_stream<R: Read>(
+    input: R,
+    size: u64,
+    pool: &Pool,
+    mut send: impl FnMut(Vec<u8>) -> bool,
+) -> Result<u64, ApplyError> {
     let mut input = input.take(size + 1);
     let mut count = 0u64;
     loop {
@@ -176,23 +269,34 @@ fn read_stream<R: Read>(input: R, size: u64, pool: &Pool, out: &SyncSender<Vec<u
         }
         count += n as u64;
         buf.truncate(n);
-        if out.send(buf).is_err() {
+        if !send(buf) {
             return Ok(count); // The next stage stopped; its error is reported.
         }
     }
 }
 
-/// Downloads `download` on a reader thread and decompresses it here into buffers for the
-/// writer. Returns the download's size.
+/// Decompresses `download` into buffers for the writer: frame by frame on every core when the
+/// image is written as frames that declare their size (`frames`), else as one stream here while
+/// a reader thread downloads. Returns the download's size.
 fn decode<R: Read + Send>(
     download: R,
     artifact: &Artifact,
-    pool: &Pool,
-    out: &SyncSender<Vec<u8>>,
+    salt: &[u8; verity::SALT_SIZE],
+    [pool, frame_pool]: [&Pool; 2],
+    out: &SyncSender<Incoming>,
 ) -> Result<u64, ApplyError> {
+    // Never more than the declared size and one byte to notice.
+    let mut download = download.take(artifact.size + 1);
+    let mut head = vec![0u8; frames::HEADER_MAX];
+    let n = fill(&mut download, &mut head).map_err(ApplyError::Read)?;
+    head.truncate(n);
+    if frames::starts_sized_frame(&head) {
+        return frames::decode(download, head, artifact.uncompressed_size, salt, frame_pool, out);
+    }
+    let download = io::Cursor::new(head).chain(download);
     let (to_decoder, decoder_in) = sync_channel::<Vec<u8>>(DEPTH);
     std::thread::scope(|s| {
-        let reader = s.spawn(move || read_stream(download, artifact.size, pool, &to_decoder));
+        let reader = s.spawn(move || read_stream(download, artifact.size, pool, |buf| to_decoder.send(buf).is_ok()));
         let decoded = decompress(ChannelReader::new(decoder_in, pool), artifact, pool, out);
         // A download that broke is the cause of whatever the decompressor then saw.
         let count = joined(reader.join())?;
@@ -201,11 +305,12 @@ fn decode<R: Read + Send>(
     })
 }
 
+/// One zstd stream decoded on this thread.
 fn decompress(
-    mut stored: ChannelReader,
+    mut stored: impl Read,
     artifact: &Artifact,
     pool: &Pool,
-    out: &SyncSender<Vec<u8>>,
+    out: &SyncSender<Incoming>,
 ) -> Result<(), ApplyError> {
     {
         let plain = zstd::stream::Decoder::new(&mut stored).map_err(ApplyError::Decompress)?;
@@ -220,7 +325,7 @@ fn decompress(
                 break;
             }
             buf.truncate(n);
-            if out.send(buf).is_err() {
+            if out.send(Incoming::Ready(buf)).is_err() {
                 return Ok(()); // The writer stopped; its error is reported.
             }
         }
@@ -372,6 +477,66 @@ mod tests {
         // Garbage instead of zstd.
         let e = run(b"this is not zstd at all", &artifact);
         assert!(e.contains("decompress"), "{e}");
+    }
+
+    /// `img` as the builder writes it: independent frames of `size` bytes declaring their size.
+    fn framed(img: &[u8], size: usize) -> Vec<u8> {
+        img.chunks(size).flat_map(|frame| zstd::bulk::compress(frame, 3).unwrap()).collect()
+    }
+
+    fn as_stored(mut artifact: Artifact, stored: &[u8]) -> Artifact {
+        (artifact.size, artifact.sha256) = (stored.len() as u64, hex::encode(Sha256::digest(stored)));
+        artifact
+    }
+
+    #[test]
+    fn an_image_in_frames_is_decoded_on_every_core_into_the_same_partition() {
+        let (plain, artifact) = image(300, Compression::None);
+        let artifact = Artifact { compression: Compression::Zstd, ..artifact };
+        // Frames of whole blocks (hashed where decoded), of a size that leaves later frames
+        // off the block boundary (hashed by the writer), and one frame for all.
+        for size in [64 << 10, 10_000, 2 << 20] {
+            let stored = framed(&plain, size);
+            let mut part = Cursor::new(vec![0u8; 2 << 20]);
+            let w = write_usr(&stored[..], &as_stored(artifact.clone(), &stored), &mut part, 2 << 20).unwrap();
+            assert_eq!(w.bytes, artifact.uncompressed_size, "frames of {size}");
+            assert_eq!(hex::encode(w.root_hash), artifact.verity.as_ref().unwrap().root_hash, "frames of {size}");
+            assert!(part.get_ref()[..plain.len()] == plain[..], "frames of {size}: the partition differs");
+        }
+    }
+
+    #[test]
+    fn damaged_frames_are_refused_naming_the_frame() {
+        let (plain, artifact) = image(100, Compression::None);
+        let artifact = Artifact { compression: Compression::Zstd, ..artifact };
+        let stored = framed(&plain, 64 << 10);
+        let run = |bytes: &[u8], a: &Artifact| {
+            let mut part = Cursor::new(vec![0u8; 1 << 20]);
+            write_usr(bytes, &as_stored(a.clone(), bytes), &mut part, 1 << 20).unwrap_err().to_string()
+        };
+        let second = zstd::zstd_safe::find_frame_compressed_size(&stored).unwrap();
+        // Cut inside the second frame.
+        let e = run(&stored[..second + 100], &artifact);
+        assert!(e.contains("decompressing") && e.contains("incomplete") && e.contains("frame 1"), "{e}");
+        // A byte of the second frame's compressed data changed.
+        let mut flipped = stored.clone();
+        flipped[second + 300] ^= 0x55;
+        let e = run(&flipped, &artifact);
+        assert!(e.contains("frame 1") || e.contains("verity root hash"), "{e}");
+        // Bytes after the last frame.
+        let mut trailing = stored.clone();
+        trailing.extend_from_slice(b"and then some");
+        assert!(run(&trailing, &artifact).contains("incomplete or damaged frame"), "{}", run(&trailing, &artifact));
+        // A frame of no declared size after sized ones.
+        let mut unsized_frame = stored[..second].to_vec();
+        unsized_frame.extend(zstd::encode_all(&plain[64 << 10..], 3).unwrap());
+        let e = run(&unsized_frame, &artifact);
+        assert!(e.contains("frame 1") && e.contains("does not declare a size"), "{e}");
+        // Frames holding more than the release declares.
+        let mut smaller = artifact.clone();
+        smaller.uncompressed_size -= 4096;
+        let e = run(&stored, &smaller);
+        assert!(e.contains("more than the") || e.contains("uncompressed size"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod fleetlock;
 pub mod http;
 pub mod linux;
+pub mod partition;
 pub mod ports;
 pub mod server;
 pub mod slots;

@@ -8,6 +8,7 @@ use crate::apply::{self, ApplyError};
 use crate::delta::{self, DeltaError};
 use crate::entries;
 use crate::http::ResumingReader;
+use crate::partition::Partition;
 use crate::ports::{Candidate, Esp, EspError, SourceError, Transport, UsrChunks};
 use crate::slots::{self, SlotError};
 use cairn_release::checkin::Transfer;
@@ -16,7 +17,7 @@ use cairn_release::manifest::{ArtifactKind, Compression};
 use sha2::{Digest, Sha256};
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,41 +115,6 @@ impl<R: Read> Read for Progress<'_, R> {
     }
 }
 
-/// A window of a file: the partition as seen inside a disk image (tests) or a device.
-struct Window {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Write for Window {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.len.saturating_sub(self.pos) as usize);
-        if n == 0 && !buf.is_empty() {
-            return Err(std::io::Error::other("write past the end of the partition"));
-        }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.write(&buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()
-    }
-}
-
-impl Seek for Window {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        self.pos = match pos {
-            SeekFrom::Start(p) => p,
-            SeekFrom::End(o) => (self.len as i64 + o) as u64,
-            SeekFrom::Current(o) => (self.pos as i64 + o) as u64,
-        };
-        Ok(self.pos)
-    }
-}
-
 /// Streams the candidate's `/usr` into the target partition, checking it as it streams:
 /// assembled from chunks when the source has an index of them, else (or if that fails
 /// short of the disk itself) the whole image.
@@ -178,13 +144,9 @@ fn device_size(path: &Path) -> std::io::Result<u64> {
     File::open(path)?.seek(SeekFrom::End(0))
 }
 
-fn open_window(target: &Target) -> Result<Window, UpdateError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(target.partition)
-        .map_err(io(format!("opening {}", target.partition.display())))?;
-    Ok(Window { file, start: target.partition_offset, len: target.partition_size, pos: 0 })
+fn open_window(target: &Target) -> Result<Partition, UpdateError> {
+    Partition::open(target.partition, target.partition_offset, target.partition_size)
+        .map_err(io(format!("opening {}", target.partition.display())))
 }
 
 /// A delta install (`delta.rs`): the signed index, the seeds cut into chunks, the plan, then

@@ -15,6 +15,7 @@
 use anyhow::{Context, Result, bail};
 use cairn_agent::apply::write_usr;
 use cairn_agent::http::{HttpTransport, ResumingReader};
+use cairn_agent::partition::Partition;
 use cairn_agent::ports::Transport;
 use cairn_release::manifest::{ArtifactKind, Release};
 use std::time::{Duration, Instant};
@@ -28,6 +29,11 @@ fn main() {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, release, target] = &args[..]
+        && flag == "--apply-memory"
+    {
+        return apply_memory(release.as_ref(), target.as_ref());
+    }
     let runs: usize = match args.iter().position(|a| a == "--runs") {
         Some(i) => args.get(i + 1).context("--runs N")?.parse()?,
         None => 3,
@@ -75,9 +81,9 @@ fn run() -> Result<()> {
         let t = Instant::now();
         let wait = |_: Duration| {};
         let stream = ResumingReader::new(&transport as &dyn Transport, &usr.name, 3, &wait);
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(&target)?;
-        let written = write_usr(stream, &usr, &mut file, partition_size)?;
-        file.sync_all()?;
+        // The agent's own writer, which syncs at the end (`write_usr` flushes it).
+        let mut partition = Partition::open(&target, 0, partition_size)?;
+        let written = write_usr(stream, &usr, &mut partition, partition_size)?;
         apply.push(t.elapsed());
         assert_eq!(written.bytes, usr.uncompressed_size);
 
@@ -87,9 +93,9 @@ fn run() -> Result<()> {
         drop_caches_hint();
         let t = Instant::now();
         let stream = std::fs::File::open(out.join("release").join(&usr.name))?;
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(&target)?;
-        let written = write_usr(stream, &usr, &mut file, partition_size)?;
-        file.sync_all()?;
+        // The agent's own writer, which syncs at the end (`write_usr` flushes it).
+        let mut partition = Partition::open(&target, 0, partition_size)?;
+        let written = write_usr(stream, &usr, &mut partition, partition_size)?;
         local.push(t.elapsed());
         assert_eq!(written.bytes, usr.uncompressed_size);
     }
@@ -105,6 +111,18 @@ fn run() -> Result<()> {
     println!("ratio: {:.2}x of the floor (target >= 0.8x)", f.as_secs_f64() / l.as_secs_f64());
     line("apply over loopback HTTP (the server on the same cores):", a);
     println!("ratio: {:.2}x of the floor", f.as_secs_f64() / a.as_secs_f64());
+
+    // The whole-image path's memory, in a process of its own (the VM below measures the path
+    // its feed offers: chunks).
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--apply-memory")
+        .arg(out.join("release"))
+        .arg(&target)
+        .output()?;
+    if !child.status.success() {
+        bail!("--apply-memory: {}", String::from_utf8_lossy(&child.stderr));
+    }
+    print!("{}", String::from_utf8_lossy(&child.stdout));
 
     // The delta path, alike: the same image, fresh file, caches dropped, synced, assembled by
     // the agent's own `write_usr` from the release's chunk index, its seeds a running /usr that
@@ -146,19 +164,58 @@ fn run() -> Result<()> {
     line("delta (seeds cut into chunks, read back (raw ones hashed), write + verity tree, fsync):", d);
     println!("ratio: {:.2}x of the floor", f.as_secs_f64() / d.as_secs_f64());
     if !args.iter().any(|a| a == "--no-vm") {
-        agent_memory()?;
+        agent_memory(false)?;
+        agent_memory(true)?;
         tuf_check_cost()?;
     }
     Ok(())
 }
 
-/// The agent's memory on a VM running release 1 while it stages release 2 (strategy off).
-fn agent_memory() -> Result<()> {
+/// Applies the whole image of the release in `release` to `target` and prints this process's
+/// resident memory before and at its peak.
+fn apply_memory(release: &std::path::Path, target: &std::path::Path) -> Result<()> {
+    let manifest: Release = serde_json::from_slice(&std::fs::read(release.join("release.json"))?)?;
+    let usr = manifest.artifact(ArtifactKind::Usr);
+    let status = || -> Result<(f64, f64)> {
+        let text = std::fs::read_to_string("/proc/self/status")?;
+        let kb = |key: &str| -> Result<f64> {
+            let line = text.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in status"))?;
+            Ok(line.split_whitespace().nth(1).context("kB")?.parse::<f64>()? / 1024.0)
+        };
+        Ok((kb("VmRSS:")?, kb("VmHWM:")?))
+    };
+    let (before, _) = status()?;
+    let size = std::fs::metadata(target)?.len();
+    let mut partition = Partition::open(target, 0, size)?;
+    write_usr(std::fs::File::open(release.join(&usr.name))?, usr, &mut partition, size)?;
+    let (_, peak) = status()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "whole-image apply in a process of its own ({cores} decoder threads): resident {before:.1} MB before, \
+         {peak:.1} MB at the peak (the agent's target < 20)"
+    );
+    Ok(())
+}
+
+/// The agent's memory on a VM running release 1 while it stages release 2 (strategy off): from
+/// the feed's chunks, or with `whole`, the whole image (the feed's chunk store removed).
+fn agent_memory(whole: bool) -> Result<()> {
     let img1 = cairn_tests::tuf_image("update-1", "images/dev.toml", "1")?;
     let img2 = cairn_tests::tuf_image("update-2", "images/dev.toml", "2")?;
     let work = tempfile::tempdir()?;
     let repo = cairn_tests::TufCopy::new(work.path())?;
     repo.publish_image(&img2)?;
+    if whole {
+        // The index too: the agent learns at once that it has no chunks, and cuts no seeds.
+        std::fs::remove_dir_all(repo.feed.join("chunks"))?;
+        let found = std::process::Command::new("find")
+            .arg(&repo.feed)
+            .args(["-name", "*.caibx", "-print", "-delete"])
+            .output()?;
+        if !found.status.success() || found.stdout.is_empty() {
+            bail!("no chunk index to remove in {}", repo.feed.display());
+        }
+    }
     let server = cairn_tests::http::FileServer::start(&repo.feed)?;
     let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig::uefi(img1.raw()))?;
     let long = Duration::from_secs(300);
@@ -171,6 +228,11 @@ fn agent_memory() -> Result<()> {
         bail!("the update was not staged:\n{out}");
     }
     let applied = status(&mut vm)?;
+    let how = vm.run_ok(
+        "grep -h -E 'assembled from chunks|downloading the whole' /var/log/cairn/cairn-agent.log* || true",
+        long,
+    )?;
+    println!("on the VM: {}", how.trim());
     let kb = |text: &str, key: &str| -> Result<u64> {
         let line = text.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in {text}"))?;
         Ok(line.split_whitespace().nth(1).context("kB")?.parse()?)
