@@ -135,6 +135,18 @@ pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
     partition: &mut W,
     partition_size: u64,
 ) -> Result<Written, ApplyError> {
+    write_usr_decoding_on(download, artifact, partition, partition_size, frames::decoders())
+}
+
+/// `write_usr` with frames decoded on `decoders` threads; with one, as one stream (the same
+/// work, in less memory).
+fn write_usr_decoding_on<R: Read + Send, W: Write + Seek + Send>(
+    download: R,
+    artifact: &Artifact,
+    partition: &mut W,
+    partition_size: u64,
+    decoders: usize,
+) -> Result<Written, ApplyError> {
     let info = artifact.verity.as_ref().ok_or_else(|| ApplyError::Verity("no verity parameters".into()))?;
     if artifact.uncompressed_size > partition_size {
         return Err(ApplyError::TooBig(artifact.uncompressed_size, partition_size));
@@ -178,7 +190,7 @@ pub fn write_usr<R: Read + Send, W: Write + Seek + Send>(
             Compression::None => {
                 read_stream(download, artifact.size, pool, |buf| to_writer.send(Incoming::Ready(buf)).is_ok())
             }
-            Compression::Zstd => decode(download, artifact, &salt, [pool, frame_pool], &to_writer),
+            Compression::Zstd => decode(download, artifact, &salt, [pool, frame_pool], decoders, &to_writer),
         };
         drop(to_writer);
         (decoded, joined(writer.join()))
@@ -283,6 +295,7 @@ fn decode<R: Read + Send>(
     artifact: &Artifact,
     salt: &[u8; verity::SALT_SIZE],
     [pool, frame_pool]: [&Pool; 2],
+    decoders: usize,
     out: &SyncSender<Incoming>,
 ) -> Result<u64, ApplyError> {
     // Never more than the declared size and one byte to notice.
@@ -290,8 +303,8 @@ fn decode<R: Read + Send>(
     let mut head = vec![0u8; frames::HEADER_MAX];
     let n = fill(&mut download, &mut head).map_err(ApplyError::Read)?;
     head.truncate(n);
-    if frames::starts_sized_frame(&head) {
-        return frames::decode(download, head, artifact.uncompressed_size, salt, frame_pool, out);
+    if decoders > 1 && frames::starts_sized_frame(&head) {
+        return frames::decode(download, head, artifact.uncompressed_size, (salt, decoders), frame_pool, out);
     }
     let download = io::Cursor::new(head).chain(download);
     let (to_decoder, decoder_in) = sync_channel::<Vec<u8>>(DEPTH);
@@ -495,10 +508,12 @@ mod tests {
         let artifact = Artifact { compression: Compression::Zstd, ..artifact };
         // Frames of whole blocks (hashed where decoded), of a size that leaves later frames
         // off the block boundary (hashed by the writer), and one frame for all.
-        for size in [64 << 10, 10_000, 2 << 20] {
+        // On one decoder, the same frames as one stream.
+        for (size, decoders) in [(64 << 10, 2), (10_000, 3), (2 << 20, 2), (64 << 10, 1)] {
             let stored = framed(&plain, size);
             let mut part = Cursor::new(vec![0u8; 2 << 20]);
-            let w = write_usr(&stored[..], &as_stored(artifact.clone(), &stored), &mut part, 2 << 20).unwrap();
+            let a = as_stored(artifact.clone(), &stored);
+            let w = write_usr_decoding_on(&stored[..], &a, &mut part, 2 << 20, decoders).unwrap();
             assert_eq!(w.bytes, artifact.uncompressed_size, "frames of {size}");
             assert_eq!(hex::encode(w.root_hash), artifact.verity.as_ref().unwrap().root_hash, "frames of {size}");
             assert!(part.get_ref()[..plain.len()] == plain[..], "frames of {size}: the partition differs");
@@ -512,7 +527,7 @@ mod tests {
         let stored = framed(&plain, 64 << 10);
         let run = |bytes: &[u8], a: &Artifact| {
             let mut part = Cursor::new(vec![0u8; 1 << 20]);
-            write_usr(bytes, &as_stored(a.clone(), bytes), &mut part, 1 << 20).unwrap_err().to_string()
+            write_usr_decoding_on(bytes, &as_stored(a.clone(), bytes), &mut part, 1 << 20, 2).unwrap_err().to_string()
         };
         let second = zstd::zstd_safe::find_frame_compressed_size(&stored).unwrap();
         // Cut inside the second frame.

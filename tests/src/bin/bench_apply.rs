@@ -191,7 +191,7 @@ fn apply_memory(release: &std::path::Path, target: &std::path::Path) -> Result<(
     let (_, peak) = status()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "whole-image apply in a process of its own ({cores} decoder threads): resident {before:.1} MB before, \
+        "whole-image apply in a process of its own, on {cores} cores: resident {before:.1} MB before, \
          {peak:.1} MB at the peak (the agent's target < 20)"
     );
     Ok(())
@@ -217,7 +217,9 @@ fn agent_memory(whole: bool) -> Result<()> {
         }
     }
     let server = cairn_tests::http::FileServer::start(&repo.feed)?;
-    let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig::uefi(img1.raw()))?;
+    // Two CPUs for the whole image: the agent decodes its frames on two threads.
+    let cpus = if whole { 2 } else { 1 };
+    let mut vm = cairn_qemu::Vm::start(&cairn_qemu::VmConfig { cpus, ..cairn_qemu::VmConfig::uefi(img1.raw()) })?;
     let long = Duration::from_secs(300);
     vm.wait_for_line("cairn: ready", 0, long)?;
     cairn_tests::updates::configure_agent(&mut vm, &server, "off")?;
@@ -232,7 +234,7 @@ fn agent_memory(whole: bool) -> Result<()> {
         "grep -h -E 'assembled from chunks|downloading the whole' /var/log/cairn/cairn-agent.log* || true",
         long,
     )?;
-    println!("on the VM: {}", how.trim());
+    println!("on the VM ({cpus} CPU): {}", how.trim());
     let kb = |text: &str, key: &str| -> Result<u64> {
         let line = text.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in {text}"))?;
         Ok(line.split_whitespace().nth(1).context("kB")?.parse()?)

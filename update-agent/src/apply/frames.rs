@@ -1,8 +1,9 @@
 //! The parallel path of `apply`: the builder writes `/usr` as independent zstd frames that
-//! each declare their size. They are read and cut apart here as they arrive, decoded on one thread per
-//! core, each thread hashing the blocks it decoded while they are in its cache, and handed to
-//! the writer in the image's order. A stream that does not start with such a frame (an older
-//! release: one frame of unknown size) is decoded as one stream by the caller.
+//! each declare their size. They are read and cut apart here as they arrive, decoded on one
+//! thread per core, each thread hashing the blocks it decoded while they are in its cache, and
+//! handed to the writer in the image's order. A stream that does not start with such a frame
+//! (an older release: one frame of unknown size), or a host of one core, where threads would add
+//! memory and no speed, has the caller decode it as one stream.
 
 use super::{ApplyError, Incoming, Piece, Pool};
 use cairn_release::verity;
@@ -20,6 +21,11 @@ const MAX_FRAME: u64 = 4 << 20;
 
 /// How much more of the download is read before looking for a frame's end again.
 const READ_SIZE: u64 = 256 << 10;
+
+/// Threads to decode on: one per core.
+pub(super) fn decoders() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
 
 /// Whether `head`, the stream's first bytes, starts a frame this path decodes.
 pub(super) fn starts_sized_frame(head: &[u8]) -> bool {
@@ -40,11 +46,10 @@ pub(super) fn decode(
     stored: impl Read,
     head: Vec<u8>,
     limit: u64,
-    salt: &[u8; verity::SALT_SIZE],
+    (salt, workers): (&[u8; verity::SALT_SIZE], usize),
     pool: &Pool,
     out: &SyncSender<Incoming>,
 ) -> Result<u64, ApplyError> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     // A frame waits for a free decoder rather than in a queue: the frames in memory are those
     // being decoded and those the writer has yet to take.
     let (jobs, queue) = sync_channel::<Job>(0);
@@ -53,7 +58,7 @@ pub(super) fn decode(
         for _ in 0..workers {
             s.spawn(|| work(&queue, salt, pool));
         }
-        let cut = cut(stored, head, limit, &jobs, out);
+        let cut = cut(stored, head, limit, (&jobs, pool), out);
         drop(jobs);
         cut
     })
@@ -72,6 +77,7 @@ fn work(queue: &Mutex<Receiver<Job>>, salt: &[u8; verity::SALT_SIZE], pool: &Poo
             Err(e) => Err(ApplyError::Decompress(io::Error::new(e.kind(), e.to_string()))),
         };
         let _ = job.done.send(piece); // The writer stopped; its error is reported.
+        pool.put(job.frame);
     }
 }
 
@@ -102,7 +108,7 @@ fn cut(
     mut stored: impl Read,
     mut buf: Vec<u8>,
     limit: u64,
-    jobs: &SyncSender<Job>,
+    (jobs, pool): (&SyncSender<Job>, &Pool),
     out: &SyncSender<Incoming>,
 ) -> Result<u64, ApplyError> {
     // The most a frame of MAX_FRAME bytes takes compressed, with its header and checksum.
@@ -125,8 +131,11 @@ fn cut(
                     "the frames up to frame {index} hold more than the {limit} bytes declared"
                 )));
             }
-            let rest = buf.split_off(len);
-            let frame = std::mem::replace(&mut buf, rest);
+            // Copied into a buffer used again, as decoded frames are: the memory in flight
+            // stays that of a few frames, with no fresh allocation per frame.
+            let mut frame = pool.empty(len);
+            frame.extend_from_slice(&buf[..len]);
+            buf.drain(..len);
             let (done, decoding) = sync_channel(1);
             let job = Job { index, frame, size: size as usize, done };
             if jobs.send(job).is_err() || out.send(Incoming::Pending(decoding)).is_err() {
