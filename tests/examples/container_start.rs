@@ -1,0 +1,59 @@
+//! Boots the dev image (2 vCPUs) with one container, `web`, pulled from a registry on loopback
+//! and published on port 8080; prints how long it took from `ready` to answering, reboots and
+//! prints it again (image cached), then runs the commands given as arguments on the console (a
+//! debugging aid for the start path's time: `cairn-cloud-config`'s runner, containerd, CNI).
+use anyhow::{Context, Result};
+use cairn_qemu::{Forward, Vm, VmConfig};
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(300);
+
+fn main() -> Result<()> {
+    let img = cairn_tests::dev_image()?;
+    let work = tempfile::tempdir()?;
+    let registry = cairn_tests::registry::Registry::start(None)?;
+    let archive = cairn_tests::oci_archive(work.path(), "cairn.test/web:1")?;
+    registry.push(&archive, "web", "1")?;
+    let user_data = format!(
+        "#cloud-config\ncairn:\n  registries:\n    \"10.0.2.2:{p}\": {{insecure: true}}\n  containers:\n    \
+         - name: web\n      image: 10.0.2.2:{p}/web:1\n      ports: [\"8080:80\"]\n      command: [/bin/busybox, sh, -c, \
+         \"mkdir -p /www && echo hi > /www/index.html && exec /bin/busybox httpd -f -p 80 -h /www\"]\n",
+        p = registry.port
+    );
+    let config = work.path().join("user-data");
+    std::fs::write(&config, user_data)?;
+    let disk = work.path().join("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(img.raw())
+        .arg(&disk)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let port = cairn_tests::free_port()?;
+    let mut cfg = VmConfig { persistent: true, cpus: 2, ..VmConfig::uefi(&disk) };
+    cfg.forwards.push(Forward::tcp(port, 8080));
+    cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), config));
+    let boots: usize = std::env::var("BOOTS").ok().and_then(|b| b.parse().ok()).unwrap_or(2);
+    let mut vm = Vm::start(&cfg)?;
+    for boot in 0..boots {
+        if boot > 0 {
+            let mark = vm.console().mark();
+            vm.send(b"poweroff\n")?;
+            vm.wait_for_line("cairn: powering off", mark, READY)?;
+            vm.wait_exit(Duration::from_secs(60))?;
+            drop(vm);
+            vm = Vm::start(&cfg)?;
+        }
+        vm.wait_for_line("cairn: ready", 0, READY)?;
+        let ready = Instant::now();
+        cairn_tests::http::get_until(port, READY).context("web never answered")?;
+        println!("boot {boot}: from ready to answering: {:.2} s", ready.elapsed().as_secs_f64());
+        let said = vm.run("grep 'container web: running' /var/log/cairn/container-web.log | tail -1", READY)?;
+        println!("{}", said.output.trim());
+    }
+    for cmd in std::env::args().skip(1) {
+        let out = vm.run(&cmd, Duration::from_secs(300))?;
+        println!("$ {cmd}  [exit {}]\n{}", out.status, out.output);
+    }
+    Ok(())
+}
