@@ -22,13 +22,7 @@ fn main() -> Result<()> {
     );
     let config = work.path().join("user-data");
     std::fs::write(&config, user_data)?;
-    let disk = work.path().join("disk.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(img.raw())
-        .arg(&disk)
-        .output()?;
-    anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let disk = cairn_tests::disk_over(&img.raw(), work.path(), None)?;
     let port = cairn_tests::free_port()?;
     let mut cfg = VmConfig { persistent: true, cpus: 2, ..VmConfig::uefi(&disk) };
     cfg.forwards.push(Forward::tcp(port, 8080));

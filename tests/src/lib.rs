@@ -375,6 +375,23 @@ pub fn esp_listing(raw: &Path, esp_offset: u64, esp_size: u64, dir: &str) -> Res
     Ok(names)
 }
 
+/// A fresh qcow2 overlay `disk.qcow2` in `dir` over the raw disk `image`, of `size` (as
+/// qemu-img takes it, "4G") or the image's own: a disk that outlives one VM (a second boot on
+/// it) and leaves the shared image alone.
+pub fn disk_over(image: &Path, dir: &Path, size: Option<&str>) -> Result<PathBuf> {
+    let disk = dir.join("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(image)
+        .arg(&disk)
+        .args(size)
+        .output()?;
+    if !out.status.success() {
+        bail!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(disk)
+}
+
 /// A raw copy of a VM's overlay, to inspect what the guest wrote.
 pub fn overlay_to_raw(overlay: &Path, out: &Path) -> Result<()> {
     let o = std::process::Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(overlay).arg(out).output()?;

@@ -7,13 +7,13 @@
 //! changes nothing, the console names the error by line and column, and the last good config
 //! (and its ssh key) stays in effect.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cairn_qemu::{Vm, VmConfig};
 use cairn_tests::http::FileServer;
 use cairn_tests::server::free_port;
 use cairn_tests::ssh::{key, ssh, ssh_client};
 use cairn_tests::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -46,20 +46,6 @@ fn web_container(image: &str) -> String {
 fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     Ok(hex::encode(Sha256::digest(std::fs::read(path)?)))
-}
-
-/// A fresh qcow2 overlay over `image` that outlives one VM (for a second boot on the same disk).
-fn disk_over(image: &Path, dir: &Path) -> Result<PathBuf> {
-    let disk = dir.join("disk.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(image)
-        .arg(&disk)
-        .output()?;
-    if !out.status.success() {
-        bail!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(disk)
 }
 
 fn start(cfg: &VmConfig) -> Result<Vm> {
@@ -109,7 +95,7 @@ cairn:
     );
     let config = dir.path().join("user-data");
     std::fs::write(&config, &good)?;
-    let disk = disk_over(&img.raw(), dir.path())?;
+    let disk = disk_over(&img.raw(), dir.path(), None)?;
     let (ssh_port, web_port) = (free_port()?, free_port()?);
     let mut cfg = VmConfig { persistent: true, ssh_port: Some(ssh_port), ..VmConfig::uefi(&disk) };
     cfg.forwards.push(cairn_qemu::Forward::tcp(web_port, WEB_PORT));

@@ -93,13 +93,7 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     );
     let config = work.path().join("user-data");
     std::fs::write(&config, &user_data)?;
-    let disk = work.path().join("disk.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(img.raw())
-        .arg(&disk)
-        .output()?;
-    anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let disk = disk_over(&img.raw(), work.path(), None)?;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_>>()?;
     let mut cfg = VmConfig { persistent: true, ..VmConfig::uefi(&disk) };
     for (host, guest) in ports.iter().zip([8080, 8081, 8082]) {

@@ -29,14 +29,7 @@ fn docker_run_publishes_a_port_from_a_registry_image() -> Result<()> {
     );
     let config = work.path().join("user-data");
     std::fs::write(&config, user_data)?;
-    let disk = work.path().join("disk.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(img.raw())
-        .arg(&disk)
-        .arg("4G")
-        .output()?;
-    anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let disk = disk_over(&img.raw(), work.path(), Some("4G"))?;
     let web = free_port()?;
     let mut cfg = VmConfig { persistent: true, cpus: 2, ..VmConfig::uefi(&disk) };
     cfg.forwards.push(Forward::tcp(web, 8080));
