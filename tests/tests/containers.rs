@@ -237,6 +237,9 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     assert_eq!(left.trim(), "2", "web's sandbox and container, once");
     let rules = vm.run_ok("iptables -t nat -S | grep -c -- '--dport 8080 -j DNAT'", CMD)?;
     assert_eq!(rules.trim(), "1", "one DNAT rule for web's port");
+    // The default image runs no CNI firewall plugin (nothing drops forwarded packets there).
+    let firewall = vm.run_ok("iptables -S | grep -c CNI-FORWARD || true", CMD)?;
+    assert_eq!(firewall.trim(), "0", "the firewall plugin's chain on the default image");
     let starts = vm.run_ok("wc -l < /var/lib/cairn/volumes/site/starts", CMD)?;
     let starts: usize = starts.trim().parse()?;
 
