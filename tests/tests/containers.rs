@@ -237,6 +237,28 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     assert_eq!(left.trim(), "2", "web's sandbox and container, once");
     let rules = vm.run_ok("iptables -t nat -S | grep -c -- '--dport 8080 -j DNAT'", CMD)?;
     assert_eq!(rules.trim(), "1", "one DNAT rule for web's port");
+    // The shared NAT chains are the image's (cni/nat.rules), loaded once: portmap found its
+    // entry rules there and added none, and no sandbox has a masquerade chain of its own.
+    let nat = vm.run_ok("iptables -t nat -S", CMD)?;
+    let entries = nat.lines().filter(|l| l.ends_with("--dst-type LOCAL -j CNI-HOSTPORT-DNAT")).count();
+    assert_eq!(entries, 2, "PREROUTING's and OUTPUT's jumps to the published ports, once each:\n{nat}");
+    let own_chains: Vec<&str> = nat
+        .lines()
+        .filter(|l| l.starts_with("-N CNI-") && !l.starts_with("-N CNI-HOSTPORT-DNAT") && !l.starts_with("-N CNI-DN-"))
+        .collect();
+    assert!(own_chains.is_empty(), "chains the image's NAT base should have made needless: {own_chains:?}\n{nat}");
+    // Those chains carry the published port from the host itself (127.0.0.1, masqueraded by
+    // the mark) and from web back to its own port through the host's address (hairpin).
+    let local = vm.run_ok("wget -q -O - http://127.0.0.1:8080/", CMD)?;
+    assert!(local.contains("tagged"), "web's published port from the host's 127.0.0.1: {local:?}");
+    let hairpin = vm.run_ok(
+        &format!(
+            "ctr -n k8s.io tasks exec --exec-id hairpin {} /bin/busybox wget -q -O - http://10.0.2.15:8080/",
+            container_id("web")
+        ),
+        CMD,
+    )?;
+    assert!(hairpin.contains("tagged"), "web reaching its own published port through the host: {hairpin:?}");
     // The default image runs no CNI firewall plugin (nothing drops forwarded packets there).
     let firewall = vm.run_ok("iptables -S | grep -c CNI-FORWARD || true", CMD)?;
     assert_eq!(firewall.trim(), "0", "the firewall plugin's chain on the default image");

@@ -7,6 +7,7 @@
 
 pub mod health;
 pub mod logs;
+pub mod nat;
 pub mod options;
 pub mod pause;
 pub mod run;

@@ -7,8 +7,8 @@
 
 use super::health::{Tracker, Verdict};
 use super::logs::Follower;
-use super::options::VolumeSource;
-use super::{Source, sandbox};
+use super::options::{Network, VolumeSource};
+use super::{Source, nat, sandbox};
 use crate::cairn::Container;
 use crate::cri::{Cri, State};
 use cairn_release::container_status::{self, ContainerStatus};
@@ -61,7 +61,7 @@ fn run_container(name: &str) -> Result<i32, String> {
         .map_err(|e| format!("a signalfd: {e}"))?;
     let stopped = || matches!(stop.read_signal(), Ok(Some(_)));
 
-    let begun = Instant::now();
+    let mut steps = Steps::new();
     let spec = super::load(Path::new(super::SPECS_DIR), name).map_err(|e| e.to_string())?;
     report(name, container_status::State::Pulling, spec.image.clone());
     let mut cri = Cri::connect(Path::new(crate::cri::SOCKET)).map_err(|e| e.to_string())?;
@@ -69,19 +69,48 @@ fn run_container(name: &str) -> Result<i32, String> {
         Source::Archive => import_archive(&spec, &mut cri)?,
         Source::Registry(reference) => pull(&spec, &reference, &mut cri)?,
     };
-    ensure_pause(&mut cri)?;
-    let prepared = begun.elapsed();
+    steps.done("image");
     if stopped() {
         return Ok(0);
     }
-    prepare_host(&spec)?;
-    let result = supervise(&spec, &image, &mut cri, &stopped, prepared);
+    let result = match make_sandbox(&spec, &mut cri, &mut steps) {
+        Ok(sandbox) if !stopped() => supervise(&spec, &image, &sandbox, &mut cri, &stopped, steps),
+        // A stop came while it was made.
+        Ok(_) => Ok(0),
+        Err(e) => Err(e),
+    };
     let torn_down =
         network_lock().and_then(|_network| cri.remove_sandboxes(sandbox::LABEL, name, None).map_err(|e| e.to_string()));
     if let Err(e) = torn_down {
         eprintln!("container {name}: tearing its sandbox down: {e}");
     }
     result
+}
+
+/// A sandbox this run made: its id and its config.
+struct Sandbox {
+    id: String,
+    config: k8s_cri::v1::PodSandboxConfig,
+}
+
+/// The pause image, a clean slate on the host and the container's sandbox (its network
+/// namespace, address and published ports).
+fn make_sandbox(spec: &Container, cri: &mut Cri, steps: &mut Steps) -> Result<Sandbox, String> {
+    ensure_pause(cri)?;
+    prepare_host(spec)?;
+    steps.done("sandbox image and clean-up");
+    // A run's id: nanoseconds since the epoch, new at every start.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let config = sandbox::sandbox_config(spec, &run.to_string());
+    let id = {
+        let _network = network_lock()?;
+        if spec.network == Network::Bridge {
+            nat::ensure(Path::new(nat::RULES), Path::new(nat::LOADED))?;
+        }
+        cri.run_sandbox(&config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?
+    };
+    steps.done("sandbox");
+    Ok(Sandbox { id, config })
 }
 
 /// Named volumes' directories and a fresh log directory.
@@ -99,46 +128,52 @@ fn prepare_host(spec: &Container) -> Result<(), String> {
     std::fs::create_dir_all(&logs).map_err(|e| format!("creating {logs}: {e}"))
 }
 
-/// Runs the container until it exits (its exit code) or a stop is asked for (0).
-/// `prepared` is how long getting the image and clearing up took, for the log.
+/// How long each step of a start took, for the log.
+struct Steps {
+    last: Instant,
+    said: Vec<String>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Steps { last: Instant::now(), said: Vec::new() }
+    }
+
+    /// Notes `what` as the step that ended now.
+    fn done(&mut self, what: &str) {
+        let now = Instant::now();
+        self.said.push(format!("{what} {} ms", (now - self.last).as_millis()));
+        self.last = now;
+    }
+}
+
+/// Runs the container in `sandbox` until it exits (its exit code) or a stop is asked for (0).
+/// `steps` holds how long getting the image and the sandbox took, for the log.
 fn supervise(
     spec: &Container,
     image: &str,
+    made: &Sandbox,
     cri: &mut Cri,
     stopped: &dyn Fn() -> bool,
-    prepared: Duration,
+    mut steps: Steps,
 ) -> Result<i32, String> {
     let name = &spec.name;
-    let started = Instant::now();
-    // A run's id: nanoseconds since the epoch, new at every start.
-    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let sandbox_config = sandbox::sandbox_config(spec, &run.to_string());
-    let sandbox = {
-        let _network = network_lock()?;
-        cri.run_sandbox(&sandbox_config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?
-    };
-    let sandbox_made = started.elapsed();
+    let (sandbox, sandbox_config) = (made.id.as_str(), &made.config);
     let config = sandbox::container_config(spec, image);
-    let id = cri.start_container(&sandbox, &config, &sandbox_config).map_err(|e| e.to_string())?;
-    let container_made = started.elapsed();
+    let id = cri.start_container(sandbox, &config, sandbox_config).map_err(|e| e.to_string())?;
+    steps.done("container");
     // What an earlier run left (a crash, a reboot) is removed once this one runs: a sandbox's
     // uid is new for each run, so the two never clash, and the container does not wait for it.
     let left = {
         let _network = network_lock()?;
-        cri.remove_sandboxes(sandbox::LABEL, name, Some(&sandbox)).map_err(|e| e.to_string())?
+        cri.remove_sandboxes(sandbox::LABEL, name, Some(sandbox)).map_err(|e| e.to_string())?
     };
     if left > 0 {
         eprintln!("container {name}: removed what an earlier run left");
     }
-    let address = cri.sandbox_ip(&sandbox).ok().flatten();
+    let address = cri.sandbox_ip(sandbox).ok().flatten();
     let running = format!("{image}{}", address.map(|a| format!(" at {a}")).unwrap_or_default());
-    let ms = |d: Duration| d.as_millis();
-    eprintln!(
-        "container {name}: running {running} (image and clean-up {} ms, sandbox {} ms, container {} ms)",
-        ms(prepared),
-        ms(sandbox_made),
-        ms(container_made - sandbox_made)
-    );
+    eprintln!("container {name}: running {running} ({})", steps.said.join(", "));
     report(name, container_status::State::Running, running);
     let mut log = Follower::new(Path::new(&sandbox_config.log_directory).join(sandbox::LOG_FILE));
     let forward = |log: &mut Follower| {

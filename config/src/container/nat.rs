@@ -1,0 +1,37 @@
+//! The bridge network's NAT base: the masquerade and the published ports' entry chains, loaded
+//! from the image's rules once a boot, before the first sandbox on the bridge. The CNI plugins
+//! then add only each sandbox's own chain (10-cairn.conflist: the bridge plugin's `ipMasq` off,
+//! portmap's `externalSetMarkChain`), not re-create and re-check the shared ones every time:
+//! each iptables run costs 0.1 s and more on a small or emulated host.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The rules, in iptables-restore's format (on the verified `/usr`).
+pub const RULES: &str = "/usr/lib/cairn/cni/nat.rules";
+/// Present once this boot's packet filter has the rules (on /run: gone with the tables).
+pub const LOADED: &str = "/run/cairn/containers/.nat-loaded";
+const RESTORE: &str = "/usr/sbin/iptables-restore";
+
+/// Loads `rules` unless `loaded` says they are in. Call under the network lock: the rules add
+/// to built-in chains, so loading them twice would double those entries. iptables-restore
+/// commits the whole table at once: on an error nothing of it is in, and the next sandbox tries
+/// again.
+pub fn ensure(rules: &Path, loaded: &Path) -> Result<(), String> {
+    if loaded.exists() {
+        return Ok(());
+    }
+    let input =
+        std::fs::File::open(rules).map_err(|e| format!("the bridge network's NAT rules {}: {e}", rules.display()))?;
+    let out = Command::new(RESTORE)
+        .arg("--noflush")
+        .stdin(input)
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {RESTORE}: {e}"))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("loading {} ({}): {}", rules.display(), out.status, said.trim()));
+    }
+    std::fs::write(loaded, b"").map_err(|e| format!("noting the NAT rules loaded in {}: {e}", loaded.display()))
+}
