@@ -7,6 +7,12 @@ use cairn_qemu::{Forward, Vm, VmConfig};
 use std::time::{Duration, Instant};
 
 const READY: Duration = Duration::from_secs(300);
+/// Every process's /proc stat line and the CPUs' counters, into /tmp/p{n} and /tmp/s{n}.
+const SNAPSHOT: &str = "head -1 /proc/stat > /tmp/s{n}; cat /proc/[0-9]*/stat > /tmp/p{n} 2>/dev/null; true";
+/// Ticks (1/100 s) each process and its reaped children used between the snapshots, busiest
+/// first, and the CPUs' busy and idle ticks.
+const CPU_USE: &str = "awk 'FNR==NR {a[$1\" \"$2]=$14+$15+$16+$17; next} {k=$1\" \"$2; d=$14+$15+$16+$17-a[k]; if (d>0) print d, k}' /tmp/p0 /tmp/p1 | sort -rn | head -12; \
+     paste /tmp/s0 /tmp/s1 | awk '{print \"busy\", ($13+$14+$15+$18+$19)-($2+$3+$4+$7+$8), \"idle\", ($16+$17)-($5+$6)}'";
 
 fn main() -> Result<()> {
     let img = cairn_tests::dev_image()?;
@@ -27,6 +33,9 @@ fn main() -> Result<()> {
     let mut cfg = VmConfig { persistent: true, cpus: 2, ..VmConfig::uefi(&disk) };
     cfg.forwards.push(Forward::tcp(port, 8080));
     cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), config));
+    // PROFILE=1: the CPU time each process (with its reaped children) used from ready to
+    // answering, and how busy the vCPUs were.
+    let profile = std::env::var_os("PROFILE").is_some();
     let boots: usize = std::env::var("BOOTS").ok().and_then(|b| b.parse().ok()).unwrap_or(2);
     let mut vm = Vm::start(&cfg)?;
     for boot in 0..boots {
@@ -40,8 +49,15 @@ fn main() -> Result<()> {
         }
         let line = vm.wait_for_line("cairn: ready", 0, READY)?;
         let ready = Instant::now();
+        if profile {
+            vm.run(SNAPSHOT.replace("{n}", "0").as_str(), READY)?;
+        }
         cairn_tests::http::get_until(port, READY).context("web never answered")?;
         println!("boot {boot}: from ready to answering: {:.2} s", ready.elapsed().as_secs_f64());
+        if profile {
+            vm.run(SNAPSHOT.replace("{n}", "1").as_str(), READY)?;
+            println!("{}", vm.run(CPU_USE, READY)?.output);
+        }
         // Init's clock (ms since boot) for ready and the runner's start, and the runner's steps.
         println!("{}", line.trim());
         let said = vm.run(
