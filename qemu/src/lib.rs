@@ -225,6 +225,21 @@ pub struct CommandOutput {
     pub status: i32,
 }
 
+/// The lines of `console` between a command's `begin` and `end` markers. Init's announcements
+/// (`cairn: network up at ...`), which it writes to the same console whenever they happen, are
+/// left out: they are not the command's.
+fn command_output(console: &str, begin: &str, end: &str) -> String {
+    console
+        .split('\n')
+        .skip_while(|l| !l.trim_end_matches('\r').ends_with(begin))
+        .skip(1)
+        .take_while(|l| !l.contains(end))
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.starts_with("cairn: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Missing tools are named with the package that provides them.
 pub fn check_prerequisites(uefi: bool) -> Result<()> {
     let mut missing = Vec::new();
@@ -469,16 +484,8 @@ impl Vm {
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("no exit status in {end_line:?}"))?;
-        let text = self.console.text_from(from);
-        let after_begin = text
-            .split('\n')
-            .skip_while(|l| !l.trim_end_matches('\r').ends_with(&begin))
-            .skip(1)
-            .take_while(|l| !l.contains(&end))
-            .map(|l| l.trim_end_matches('\r'))
-            .collect::<Vec<_>>()
-            .join("\n");
-        Ok(CommandOutput { output: after_begin, status })
+        let output = command_output(&self.console.text_from(from), &begin, &end);
+        Ok(CommandOutput { output, status })
     }
 
     /// [`Vm::run`], failing unless the command exits 0; returns its output.
@@ -554,7 +561,14 @@ impl Drop for Vm {
 
 #[cfg(test)]
 mod tests {
-    use super::Forward;
+    use super::{Forward, command_output};
+
+    #[test]
+    fn a_commands_output_is_between_its_markers_without_inits_announcements() {
+        let console = "echo __B''__; ls\r\n__B__\r\ncairn: network up at 14438 ms\r\ne1000e\r\n  cairn: indented\r\n__E__ 0\r\nafter";
+        assert_eq!(command_output(console, "__B__", "__E__"), "e1000e\n  cairn: indented");
+        assert_eq!(command_output("__B__\n__E__ 1", "__B__", "__E__"), "");
+    }
 
     #[test]
     fn forwards_are_loopback_ports_tcp_unless_udp_is_said() {
