@@ -35,3 +35,35 @@ pub fn ensure(rules: &Path, loaded: &Path) -> Result<(), String> {
     }
     std::fs::write(loaded, b"").map_err(|e| format!("noting the NAT rules loaded in {}: {e}", loaded.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    fn overlay(path: &str) -> String {
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/overlay").join(path);
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    }
+
+    /// Each image's bridge conflist and the NAT rules name the same subnet and mark chain: the
+    /// rules stand in for what the plugins would otherwise make, so the two must not drift.
+    #[test]
+    fn the_rules_masquerade_the_conflists_subnet_and_hold_portmaps_mark_chain() {
+        let rules = overlay("container-host/usr/lib/cairn/cni/nat.rules");
+        for conflist in [
+            "container-host/usr/lib/cairn/cni/bridge/10-cairn.conflist",
+            "docker/usr/lib/cairn/cni/bridge/10-cairn.conflist",
+        ] {
+            let list: serde_json::Value = serde_json::from_str(&overlay(conflist)).unwrap();
+            let plugin =
+                |kind: &str| list["plugins"].as_array().unwrap().iter().find(|p| p["type"] == kind).cloned().unwrap();
+            let (bridge, portmap) = (plugin("bridge"), plugin("portmap"));
+            assert_eq!(bridge["ipMasq"], false, "{conflist}: the rules masquerade, not the bridge plugin");
+            let subnet = bridge["ipam"]["ranges"][0][0]["subnet"].as_str().unwrap();
+            assert!(rules.contains(&format!("-s {subnet} -j MASQUERADE")), "{conflist}: {subnet} not masqueraded");
+            let chain = portmap["externalSetMarkChain"].as_str().unwrap();
+            assert!(rules.contains(&format!("\n:{chain} - [0:0]")), "{conflist}: {chain} not declared");
+            assert!(rules.contains(&format!("-A {chain} -j MARK")), "{conflist}: {chain} marks nothing");
+        }
+    }
+}
