@@ -238,7 +238,7 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     let rules = vm.run_ok("iptables -t nat -S | grep -c -- '--dport 8080 -j DNAT'", CMD)?;
     assert_eq!(rules.trim(), "1", "one DNAT rule for web's port");
     // The shared NAT chains are the image's (cni/nat.rules), loaded once: portmap found its
-    // entry rules there and added none, and no sandbox has a masquerade chain of its own.
+    // entry rules there and added none, and no sandbox has a masquerade or mark chain of its own.
     let nat = vm.run_ok("iptables -t nat -S", CMD)?;
     let entries = nat.lines().filter(|l| l.ends_with("--dst-type LOCAL -j CNI-HOSTPORT-DNAT")).count();
     assert_eq!(entries, 2, "PREROUTING's and OUTPUT's jumps to the published ports, once each:\n{nat}");
@@ -247,8 +247,8 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
         .filter(|l| l.starts_with("-N CNI-") && !l.starts_with("-N CNI-HOSTPORT-DNAT") && !l.starts_with("-N CNI-DN-"))
         .collect();
     assert!(own_chains.is_empty(), "chains the image's NAT base should have made needless: {own_chains:?}\n{nat}");
-    // Those chains carry the published port from the host itself (127.0.0.1, masqueraded by
-    // the mark) and from web back to its own port through the host's address (hairpin).
+    // The base's masquerades carry the published port from the host itself (127.0.0.1) and
+    // from web back to its own port through the host's address (hairpin).
     let local = vm.run_ok("wget -q -O - http://127.0.0.1:8080/", CMD)?;
     assert!(local.contains("tagged"), "web's published port from the host's 127.0.0.1: {local:?}");
     let hairpin = vm.run_ok(
@@ -259,6 +259,7 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
         CMD,
     )?;
     assert!(hairpin.contains("tagged"), "web reaching its own published port through the host: {hairpin:?}");
+    localnet_is_guarded(&mut vm)?;
     // The default image runs no CNI firewall plugin (nothing drops forwarded packets there).
     let firewall = vm.run_ok("iptables -S | grep -c CNI-FORWARD || true", CMD)?;
     assert_eq!(firewall.trim(), "0", "the firewall plugin's chain on the default image");
@@ -295,5 +296,41 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     assert!(record.contains(&format!("@{digest}")), "the tag is pinned to what was pulled: {record}");
     let kept = cairn_tests::http::get_until_path(ports[0], "/data/starts", CMD)?;
     assert_eq!(kept.lines().count(), starts + 1, "the named volume kept its content across the reboot: {kept}");
+    Ok(())
+}
+
+/// route_localnet on the bridge (for the host's own connections to published ports) would let
+/// a container reach what the host serves on 127.0.0.1 only (CVE-2020-8558). The test plays
+/// such a container: in web's network namespace, 127.0.0.1 is routed to the host over the
+/// bridge, as a container with raw sockets could send it. The image's rules drop it; without
+/// them (the jump to their chain taken out) the same request reaches the host's loopback
+/// server, which shows the attack is real; with the jump back it is dropped again.
+fn localnet_is_guarded(vm: &mut Vm) -> Result<()> {
+    let serve = "busybox httpd -p 127.0.0.1:18080 -h /run/lo-www";
+    vm.run_ok(&format!("mkdir -p /run/lo-www && echo host-only > /run/lo-www/index.html && {serve}"), CMD)?;
+    let pid =
+        vm.run_ok(&format!("ctr -n k8s.io tasks ls | awk -v id={} '$1 == id {{print $2}}'", container_id("web")), CMD)?;
+    let pid: u32 = pid.trim().parse().with_context(|| format!("web's pid: {pid:?}"))?;
+    let in_web = |script: &str| format!("busybox nsenter -t {pid} -n sh -c '{script}'");
+    vm.run_ok(
+        &in_web(
+            "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet && ip addr del 127.0.0.1/8 dev lo \
+             && ip route add 127.0.0.1/32 via 10.88.0.1 dev eth0",
+        ),
+        CMD,
+    )?;
+    let attack = in_web("timeout 10 wget -q -O - http://127.0.0.1:18080/ 2>&1; echo exit $?");
+    let guarded = vm.run_ok(&attack, CMD)?;
+    assert!(!guarded.contains("host-only"), "a container reached the host's 127.0.0.1 through the bridge: {guarded}");
+    vm.run_ok("iptables -D INPUT -j CAIRN-INPUT", CMD)?;
+    let open = vm.run_ok(&attack, CMD)?;
+    vm.run_ok("iptables -A INPUT -j CAIRN-INPUT", CMD)?;
+    assert!(
+        open.contains("host-only"),
+        "without the guard the attack should work (else this test shows nothing): {open}"
+    );
+    let again = vm.run_ok(&attack, CMD)?;
+    assert!(!again.contains("host-only"), "the guard back, a container still reached 127.0.0.1: {again}");
+    vm.run_ok(&in_web("ip route del 127.0.0.1/32 && ip addr add 127.0.0.1/8 dev lo"), CMD)?;
     Ok(())
 }

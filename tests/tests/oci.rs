@@ -84,7 +84,7 @@ fn the_os_exports_as_a_reproducible_labelled_image_layered_by_package_and_pushes
         layers.iter().map(size).sum::<u64>()
     );
     let holding = |name: &str| components.iter().filter(|c| c.split(',').any(|p| p == name)).count();
-    for package in ["runc", "containerd", "busybox", &report.kernel.package, cairn_oci::owners::CAIRN] {
+    for package in ["crun", "containerd", "busybox", &report.kernel.package, cairn_oci::owners::CAIRN] {
         assert_eq!(holding(package), 1, "{package} is not in exactly one layer: {components:?}");
     }
     let packages = report.packages.len() + 2; // and the kernel, and what no package holds

@@ -1,8 +1,9 @@
-//! The bridge network's NAT base: the masquerade and the published ports' entry chains, loaded
-//! from the image's rules once a boot, before the first sandbox on the bridge. The CNI plugins
-//! then add only each sandbox's own chain (10-cairn.conflist: the bridge plugin's `ipMasq` off,
-//! portmap's `externalSetMarkChain`), not re-create and re-check the shared ones every time:
-//! each iptables run costs 0.1 s and more on a small or emulated host.
+//! The bridge network's packet filter base: the masquerade (of the subnet, of the host's own and
+//! of hairpin connections to published ports), the published ports' entry chain and the guard
+//! on 127/8, loaded from the image's rules once a boot, before the first sandbox on the bridge.
+//! The CNI plugins then add only each sandbox's own DNAT chain (10-cairn.conflist: the bridge
+//! plugin's `ipMasq` off, portmap's `snat` off), not re-create and re-check the shared ones every
+//! time: each iptables run costs 0.1 s and more on a small or emulated host.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,6 +13,8 @@ pub const RULES: &str = "/usr/lib/cairn/cni/nat.rules";
 /// Present once this boot's packet filter has the rules (on /run: gone with the tables).
 pub const LOADED: &str = "/run/cairn/containers/.nat-loaded";
 const RESTORE: &str = "/usr/sbin/iptables-restore";
+/// The bridge the conflist makes, which the rules name.
+pub const BRIDGE: &str = "cairn0";
 
 /// Loads `rules` unless `loaded` says they are in. Call under the network lock: the rules add
 /// to built-in chains, so loading them twice would double those entries. iptables-restore
@@ -36,6 +39,14 @@ pub fn ensure(rules: &Path, loaded: &Path) -> Result<(), String> {
     std::fs::write(loaded, b"").map_err(|e| format!("noting the NAT rules loaded in {}: {e}", loaded.display()))
 }
 
+/// Lets connections from the host's 127.0.0.1 to a published port cross the bridge (what
+/// portmap does with `snat` on). The rules are loaded first: they drop what else would come in
+/// to 127/8 through it (CVE-2020-8558).
+pub fn route_localnet() -> Result<(), String> {
+    let path = format!("/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet");
+    std::fs::write(&path, b"1").map_err(|e| format!("writing {path}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -45,10 +56,11 @@ mod tests {
         std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
     }
 
-    /// Each image's bridge conflist and the NAT rules name the same subnet and mark chain: the
-    /// rules stand in for what the plugins would otherwise make, so the two must not drift.
+    /// Each image's bridge conflist and the rules name the same subnet and bridge, and leave
+    /// the masquerades to the rules: the rules stand in for what the plugins would otherwise
+    /// make, so the two must not drift.
     #[test]
-    fn the_rules_masquerade_the_conflists_subnet_and_hold_portmaps_mark_chain() {
+    fn the_rules_masquerade_the_conflists_subnet_hairpin_and_localhost_and_guard_127() {
         let rules = overlay("container-host/usr/lib/cairn/cni/nat.rules");
         for conflist in [
             "container-host/usr/lib/cairn/cni/bridge/10-cairn.conflist",
@@ -58,12 +70,20 @@ mod tests {
             let plugin =
                 |kind: &str| list["plugins"].as_array().unwrap().iter().find(|p| p["type"] == kind).cloned().unwrap();
             let (bridge, portmap) = (plugin("bridge"), plugin("portmap"));
+            assert_eq!(bridge["bridge"], super::BRIDGE, "{conflist}: the bridge route_localnet is set on");
             assert_eq!(bridge["ipMasq"], false, "{conflist}: the rules masquerade, not the bridge plugin");
+            assert_eq!(portmap["snat"], false, "{conflist}: the rules masquerade hairpin and localhost, not portmap");
             let subnet = bridge["ipam"]["ranges"][0][0]["subnet"].as_str().unwrap();
-            assert!(rules.contains(&format!("-s {subnet} -j MASQUERADE")), "{conflist}: {subnet} not masqueraded");
-            let chain = portmap["externalSetMarkChain"].as_str().unwrap();
-            assert!(rules.contains(&format!("\n:{chain} - [0:0]")), "{conflist}: {chain} not declared");
-            assert!(rules.contains(&format!("-A {chain} -j MARK")), "{conflist}: {chain} marks nothing");
+            for rule in [
+                format!("-s {subnet} -j MASQUERADE"),
+                format!("-s {subnet} -d {subnet} -m conntrack --ctstate DNAT -j MASQUERADE"),
+            ] {
+                assert!(rules.contains(&rule), "{conflist}: no {rule:?}");
+            }
         }
+        let bridge = super::BRIDGE;
+        assert!(rules.contains(&format!("-s 127.0.0.0/8 -o {bridge} -j MASQUERADE")), "localhost not masqueraded");
+        let guard = format!("-i {bridge} -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP");
+        assert!(rules.contains(&guard), "127/8 unguarded on {bridge}");
     }
 }

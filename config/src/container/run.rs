@@ -107,7 +107,12 @@ fn make_sandbox(spec: &Container, cri: &mut Cri, steps: &mut Steps) -> Result<Sa
         if spec.network == Network::Bridge {
             nat::ensure(Path::new(nat::RULES), Path::new(nat::LOADED))?;
         }
-        cri.run_sandbox(&config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?
+        let id = cri.run_sandbox(&config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?;
+        // The bridge exists once a sandbox is on it.
+        if spec.network == Network::Bridge && !spec.ports.is_empty() {
+            nat::route_localnet()?;
+        }
+        id
     };
     steps.done("sandbox");
     Ok(Sandbox { id, config })
