@@ -237,7 +237,7 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     assert_eq!(left.trim(), "2", "web's sandbox and container, once");
     let rules = vm.run_ok("iptables -t nat -S | grep -c -- '--dport 8080 -j DNAT'", CMD)?;
     assert_eq!(rules.trim(), "1", "one DNAT rule for web's port");
-    // The shared NAT chains are the image's (cni/nat.rules), loaded once: portmap found its
+    // The shared NAT chains are the image's (cni/bridge.rules), loaded once: portmap found its
     // entry rules there and added none, and no sandbox has a masquerade or mark chain of its own.
     let nat = vm.run_ok("iptables -t nat -S", CMD)?;
     let entries = nat.lines().filter(|l| l.ends_with("--dst-type LOCAL -j CNI-HOSTPORT-DNAT")).count();
@@ -260,7 +260,8 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     )?;
     assert!(hairpin.contains("tagged"), "web reaching its own published port through the host: {hairpin:?}");
     localnet_is_guarded(&mut vm)?;
-    // The default image runs no CNI firewall plugin (nothing drops forwarded packets there).
+    neighbours_reach_only_published_ports(&mut vm)?;
+    // No CNI firewall plugin: the image's rules forward the bridge's traffic.
     let firewall = vm.run_ok("iptables -S | grep -c CNI-FORWARD || true", CMD)?;
     assert_eq!(firewall.trim(), "0", "the firewall plugin's chain on the default image");
     let starts = vm.run_ok("wc -l < /var/lib/cairn/volumes/site/starts", CMD)?;
@@ -332,5 +333,46 @@ fn localnet_is_guarded(vm: &mut Vm) -> Result<()> {
     let again = vm.run_ok(&attack, CMD)?;
     assert!(!again.contains("host-only"), "the guard back, a container still reached 127.0.0.1: {again}");
     vm.run_ok(&in_web("ip route del 127.0.0.1/32 && ip addr add 127.0.0.1/8 dev lo"), CMD)?;
+    Ok(())
+}
+
+/// A neighbour that routes the containers' subnet through this host reaches web on its
+/// published port and on nothing else (as with Docker): the bridge rules forward to the bridge
+/// only replies and published ports. The test plays the neighbour from a network namespace on a
+/// veth pair; without the rules' jump the same neighbour reaches web's unpublished address,
+/// which shows the test can see the difference.
+fn neighbours_reach_only_published_ports(vm: &mut Vm) -> Result<()> {
+    let running = vm.run_ok("grep 'container web: running' /var/log/cairn/container-web.log | tail -1", CMD)?;
+    let address = running.trim().rsplit_once(" at ").and_then(|(_, a)| a.split_whitespace().next());
+    let address = address.with_context(|| format!("web's address in {running:?}"))?.to_string();
+    let made = vm.run_ok(
+        "busybox unshare -n sleep 600 >/dev/null 2>&1 & p=$!; ip link add nb0 type veth \\
+         && peer=$(ip -o link show nb0 | sed -n 's/.*nb0@\\([^:]*\\):.*/\\1/p') \\
+         && ip addr add 192.168.77.1/24 dev nb0 && ip link set nb0 up && ip link set $peer netns $p && echo $p $peer",
+        CMD,
+    )?;
+    let (pid, peer) = made.trim().split_once(' ').with_context(|| format!("the neighbour's pid and link: {made:?}"))?;
+    let in_neighbour = |script: &str| format!("busybox nsenter -t {pid} -n sh -c '{script}'");
+    vm.run_ok(
+        &in_neighbour(&format!(
+            "ip addr add 192.168.77.2/24 dev {peer} && ip link set {peer} up && ip route add default via 192.168.77.1"
+        )),
+        CMD,
+    )?;
+    let fetch = |url: &str| in_neighbour(&format!("timeout 10 wget -q -O - {url} 2>&1; echo exit $?"));
+    let published = vm.run_ok(&fetch("http://192.168.77.1:8080/"), CMD)?;
+    assert!(published.contains("tagged"), "web's published port from a neighbour: {published}");
+    let direct = fetch(&format!("http://{address}/"));
+    let refused = vm.run_ok(&direct, CMD)?;
+    assert!(!refused.contains("tagged"), "a neighbour reached web's unpublished {address}:80: {refused}");
+    vm.run_ok("iptables -D FORWARD -j CAIRN-FORWARD", CMD)?;
+    let open = vm.run_ok(&direct, CMD)?;
+    vm.run_ok("iptables -I FORWARD -j CAIRN-FORWARD", CMD)?;
+    assert!(
+        open.contains("tagged"),
+        "without the rules the neighbour should reach web (else this shows nothing): {open}"
+    );
+    // The pair goes with the namespace (nb0 may already be gone).
+    vm.run_ok(&format!("kill {pid}; ip link del nb0 2>/dev/null; true"), CMD)?;
     Ok(())
 }

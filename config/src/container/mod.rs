@@ -5,9 +5,9 @@
 //! container's spec is new or changed, and every later start runs the same image
 //! (`repo@sha256:...`) until the spec changes.
 
+pub mod bridge;
 pub mod health;
 pub mod logs;
-pub mod nat;
 pub mod options;
 pub mod pause;
 pub mod run;

@@ -8,7 +8,7 @@
 use super::health::{Tracker, Verdict};
 use super::logs::Follower;
 use super::options::{Network, VolumeSource};
-use super::{Source, nat, sandbox};
+use super::{Source, bridge, sandbox};
 use crate::cairn::Container;
 use crate::cri::{Cri, State};
 use cairn_release::container_status::{self, ContainerStatus};
@@ -105,12 +105,12 @@ fn make_sandbox(spec: &Container, cri: &mut Cri, steps: &mut Steps) -> Result<Sa
     let id = {
         let _network = network_lock()?;
         if spec.network == Network::Bridge {
-            nat::ensure(Path::new(nat::RULES), Path::new(nat::LOADED))?;
+            bridge::ensure(Path::new(bridge::RULES), Path::new(bridge::LOADED))?;
         }
         let id = cri.run_sandbox(&config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?;
         // The bridge exists once a sandbox is on it.
         if spec.network == Network::Bridge && !spec.ports.is_empty() {
-            nat::route_localnet()?;
+            bridge::route_localnet()?;
         }
         id
     };

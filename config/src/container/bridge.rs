@@ -1,0 +1,90 @@
+//! The bridge network's packet filter base: the masquerade (of the subnet, of the host's own and
+//! of hairpin connections to published ports), the published ports' entry chain, forwarding
+//! to and from the bridge whatever FORWARD's policy, and the guard on 127/8; loaded from the
+//! image's rules once a boot, before the first sandbox on the bridge. The CNI plugins then add
+//! only each sandbox's own DNAT chain (10-cairn.conflist: the bridge plugin's `ipMasq` off,
+//! portmap's `snat` off, no firewall plugin), not re-create and re-check the shared ones every
+//! time: each iptables run costs 0.1 s and more on a small or emulated host.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The rules, in iptables-restore's format (on the verified `/usr`).
+pub const RULES: &str = "/usr/lib/cairn/cni/bridge.rules";
+/// Present once this boot's packet filter has the rules (on /run: gone with the tables).
+pub const LOADED: &str = "/run/cairn/containers/.bridge-rules-loaded";
+const RESTORE: &str = "/usr/sbin/iptables-restore";
+/// The bridge the conflist makes, which the rules name.
+pub const BRIDGE: &str = "cairn0";
+
+/// Loads `rules` unless `loaded` says they are in. Call under the network lock: the rules add
+/// to built-in chains, so loading them twice would double those entries. iptables-restore
+/// commits the whole table at once: on an error nothing of it is in, and the next sandbox tries
+/// again.
+pub fn ensure(rules: &Path, loaded: &Path) -> Result<(), String> {
+    if loaded.exists() {
+        return Ok(());
+    }
+    let input =
+        std::fs::File::open(rules).map_err(|e| format!("the bridge network's rules {}: {e}", rules.display()))?;
+    let out = Command::new(RESTORE)
+        .arg("--noflush")
+        .stdin(input)
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {RESTORE}: {e}"))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("loading {} ({}): {}", rules.display(), out.status, said.trim()));
+    }
+    std::fs::write(loaded, b"")
+        .map_err(|e| format!("noting the bridge network's rules loaded in {}: {e}", loaded.display()))
+}
+
+/// Lets connections from the host's 127.0.0.1 to a published port cross the bridge (what
+/// portmap does with `snat` on). The rules are loaded first: they drop what else would come in
+/// to 127/8 through it (CVE-2020-8558).
+pub fn route_localnet() -> Result<(), String> {
+    let path = format!("/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet");
+    std::fs::write(&path, b"1").map_err(|e| format!("writing {path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    fn overlay(path: &str) -> String {
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/overlay").join(path);
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    }
+
+    /// The conflist and the rules name the same subnet and bridge, and leave the masquerades
+    /// and forwarding to the rules: the rules stand in for what the plugins would otherwise
+    /// make, so the two must not drift.
+    #[test]
+    fn the_rules_masquerade_and_forward_the_conflists_subnet_and_guard_127() {
+        let rules = overlay("container-host/usr/lib/cairn/cni/bridge.rules");
+        let conflist = overlay("container-host/usr/lib/cairn/cni/bridge/10-cairn.conflist");
+        let list: serde_json::Value = serde_json::from_str(&conflist).unwrap();
+        let plugins = list["plugins"].as_array().unwrap();
+        let plugin = |kind: &str| plugins.iter().find(|p| p["type"] == kind).cloned().unwrap();
+        let (bridge, portmap) = (plugin("bridge"), plugin("portmap"));
+        assert_eq!(bridge["bridge"], super::BRIDGE, "the bridge route_localnet is set on");
+        assert_eq!(bridge["ipMasq"], false, "the rules masquerade, not the bridge plugin");
+        assert_eq!(portmap["snat"], false, "the rules masquerade hairpin and localhost, not portmap");
+        assert!(!plugins.iter().any(|p| p["type"] == "firewall"), "the rules forward, not the firewall plugin");
+        let (subnet, bridge) = (bridge["ipam"]["ranges"][0][0]["subnet"].as_str().unwrap(), super::BRIDGE);
+        for rule in [
+            format!("-s {subnet} -j MASQUERADE"),
+            format!("-s {subnet} -d {subnet} -m conntrack --ctstate DNAT -j MASQUERADE"),
+            format!("-s 127.0.0.0/8 -o {bridge} -j MASQUERADE"),
+            format!("-i {bridge} -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"),
+            format!("-i {bridge} -j ACCEPT"),
+            format!(
+                "-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT\n-A CAIRN-FORWARD -o {bridge} -j DROP"
+            ),
+        ] {
+            assert!(rules.contains(&rule), "no {rule:?} in the rules");
+        }
+    }
+}
