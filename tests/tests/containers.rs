@@ -321,16 +321,9 @@ fn localnet_is_guarded(vm: &mut Vm) -> Result<()> {
         CMD,
     )?;
     let attack = in_web("timeout 10 wget -q -O - http://127.0.0.1:18080/ 2>&1; echo exit $?");
-    let guarded = vm.run_ok(&attack, CMD)?;
+    let [guarded, open, again] = with_without_and_again(vm, "INPUT", "CAIRN-INPUT", &attack)?;
     assert!(!guarded.contains("host-only"), "a container reached the host's 127.0.0.1 through the bridge: {guarded}");
-    vm.run_ok("iptables -D INPUT -j CAIRN-INPUT", CMD)?;
-    let open = vm.run_ok(&attack, CMD)?;
-    vm.run_ok("iptables -A INPUT -j CAIRN-INPUT", CMD)?;
-    assert!(
-        open.contains("host-only"),
-        "without the guard the attack should work (else this test shows nothing): {open}"
-    );
-    let again = vm.run_ok(&attack, CMD)?;
+    assert!(open.contains("host-only"), "without the guard the attack should work (else this shows nothing): {open}");
     assert!(!again.contains("host-only"), "the guard back, a container still reached 127.0.0.1: {again}");
     vm.run_ok(&in_web("ip route del 127.0.0.1/32 && ip addr add 127.0.0.1/8 dev lo"), CMD)?;
     Ok(())
@@ -363,16 +356,24 @@ fn neighbours_reach_only_published_ports(vm: &mut Vm) -> Result<()> {
     let published = vm.run_ok(&fetch("http://192.168.77.1:8080/"), CMD)?;
     assert!(published.contains("tagged"), "web's published port from a neighbour: {published}");
     let direct = fetch(&format!("http://{address}/"));
-    let refused = vm.run_ok(&direct, CMD)?;
+    let [refused, open, again] = with_without_and_again(vm, "FORWARD", "CAIRN-FORWARD", &direct)?;
     assert!(!refused.contains("tagged"), "a neighbour reached web's unpublished {address}:80: {refused}");
-    vm.run_ok("iptables -D FORWARD -j CAIRN-FORWARD", CMD)?;
-    let open = vm.run_ok(&direct, CMD)?;
-    vm.run_ok("iptables -I FORWARD -j CAIRN-FORWARD", CMD)?;
     assert!(
         open.contains("tagged"),
-        "without the rules the neighbour should reach web (else this shows nothing): {open}"
+        "without the rules a neighbour should reach web (else this shows nothing): {open}"
     );
+    assert!(!again.contains("tagged"), "the rules back, a neighbour still reached {address}:80: {again}");
     // The pair goes with the namespace (nb0 may already be gone).
     vm.run_ok(&format!("kill {pid}; ip link del nb0 2>/dev/null; true"), CMD)?;
     Ok(())
+}
+
+/// What `probe` printed with the bridge rules' jump from `chain` to `rules` in place, taken out,
+/// and put back first in `chain` (as loaded).
+fn with_without_and_again(vm: &mut Vm, chain: &str, rules: &str, probe: &str) -> Result<[String; 3]> {
+    let with = vm.run_ok(probe, CMD)?;
+    vm.run_ok(&format!("iptables -D {chain} -j {rules}"), CMD)?;
+    let without = vm.run_ok(probe, CMD);
+    vm.run_ok(&format!("iptables -I {chain} -j {rules}"), CMD)?;
+    Ok([with, without?, vm.run_ok(probe, CMD)?])
 }
