@@ -19,8 +19,9 @@ pub const BRIDGE: &str = "cairn0";
 
 /// Loads `rules` unless `loaded` says they are in. Call under the network lock: the rules add
 /// to built-in chains, so loading them twice would double those entries. iptables-restore
-/// commits the whole table at once: on an error nothing of it is in, and the next sandbox tries
-/// again.
+/// commits each table whole: on an error the failing table has nothing of it, and the next
+/// sandbox tries again (a table committed before it then gets its jumps twice, which changes
+/// nothing a packet meets).
 pub fn ensure(rules: &Path, loaded: &Path) -> Result<(), String> {
     if loaded.exists() {
         return Ok(());
