@@ -218,6 +218,16 @@ pub fn dev_image() -> Result<Image> {
     image("dev", "images/dev.toml", "1.0.0")
 }
 
+/// Container `name`'s bridge address as its runner's last "running ... at ADDRESS (...)" log
+/// line in the guest says.
+pub fn container_address(vm: &mut cairn_qemu::Vm, name: &str) -> Result<String> {
+    let log = format!("/var/log/cairn/container-{name}.log");
+    let running =
+        vm.run_ok(&format!("grep 'container {name}: running' {log} | tail -1"), std::time::Duration::from_secs(120))?;
+    let address = running.trim().rsplit_once(" at ").and_then(|(_, a)| a.split_whitespace().next());
+    address.map(str::to_string).with_context(|| format!("{name}'s address in {running:?}"))
+}
+
 /// An ISO 9660 config drive as OpenStack Nova makes it (genisoimage, Rock Ridge and Joliet,
 /// labelled `config-2`), holding `files` (name, content) in `openstack/latest/`.
 pub fn nova_config_drive(dir: &Path, files: &[(&str, &[u8])]) -> Result<PathBuf> {

@@ -335,9 +335,7 @@ fn localnet_is_guarded(vm: &mut Vm) -> Result<()> {
 /// veth pair; without the rules' jump the same neighbour reaches web's unpublished address,
 /// which shows the test can see the difference.
 fn neighbours_reach_only_published_ports(vm: &mut Vm) -> Result<()> {
-    let running = vm.run_ok("grep 'container web: running' /var/log/cairn/container-web.log | tail -1", CMD)?;
-    let address = running.trim().rsplit_once(" at ").and_then(|(_, a)| a.split_whitespace().next());
-    let address = address.with_context(|| format!("web's address in {running:?}"))?.to_string();
+    let address = container_address(vm, "web")?;
     let made = vm.run_ok(
         "busybox unshare -n sleep 600 >/dev/null 2>&1 & p=$!; ip link add nb0 type veth \\
          && peer=$(ip -o link show nb0 | sed -n 's/.*nb0@\\([^:]*\\):.*/\\1/p') \\

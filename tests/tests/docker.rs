@@ -83,9 +83,7 @@ fn docker_run_publishes_a_port_from_a_registry_image() -> Result<()> {
     assert!(published.contains("from cairn"), "beside's published port from a Docker container: {published}");
     // And nothing else of it, though dockerd accepts all that leaves docker0 (the bridge rules
     // come first, through DOCKER-USER).
-    let running = vm.run_ok("grep 'container beside: running' /var/log/cairn/container-beside.log | tail -1", CMD)?;
-    let address = running.trim().rsplit_once(" at ").and_then(|(_, a)| a.split_whitespace().next());
-    let address = address.with_context(|| format!("beside's address in {running:?}"))?;
+    let address = container_address(&mut vm, "beside")?;
     let direct = vm.run_ok(
         &format!(
             "docker exec web /bin/busybox timeout 10 /bin/busybox wget -q -O - http://{address}/ 2>&1; echo exit $?"
