@@ -80,7 +80,6 @@ mod tests {
             format!("-s {subnet} -d {subnet} -m conntrack --ctstate DNAT -j MASQUERADE"),
             format!("-s 127.0.0.0/8 -o {bridge} -j MASQUERADE"),
             format!("-i {bridge} -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"),
-            "-I DOCKER-USER -j CAIRN-FORWARD".to_string(),
             format!("-i {bridge} -j ACCEPT"),
             format!(
                 "-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT\n-A CAIRN-FORWARD -o {bridge} -j DROP"
