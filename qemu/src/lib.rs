@@ -81,7 +81,8 @@ pub struct VmConfig {
     pub forwards: Vec<Forward>,
     /// More options of the user-mode network (`net=...`, `guestfwd=...`).
     pub net_options: Vec<String>,
-    /// Copy the console to our stdout as it arrives.
+    /// Copy the console to our stdout as it arrives (also when `CAIRN_ECHO_CONSOLE` is set: a
+    /// debugging aid for tests that fail in a way their console tail does not explain).
     pub echo_console: bool,
     /// Let QEMU exit instead of resetting when the guest reboots.
     pub no_reboot: bool,
@@ -386,7 +387,7 @@ impl Vm {
         let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
 
         let console_log = dir.path().join("console.log");
-        let console = match console::connect(&console_sock, &console_log, cfg.echo_console, &mut child) {
+        let console = match console::connect(&console_sock, &console_log, echo_console(cfg), &mut child) {
             Ok(c) => c,
             Err(e) => {
                 let _ = child.kill();
@@ -557,6 +558,10 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn echo_console(cfg: &VmConfig) -> bool {
+    cfg.echo_console || std::env::var_os("CAIRN_ECHO_CONSOLE").is_some()
 }
 
 #[cfg(test)]

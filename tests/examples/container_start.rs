@@ -14,6 +14,10 @@ const SNAPSHOT: &str = "head -1 /proc/stat > /tmp/s{n}; cat /proc/[0-9]*/stat > 
 const CPU_USE: &str = "awk 'FNR==NR {a[$1\" \"$2]=$14+$15+$16+$17; next} {k=$1\" \"$2; d=$14+$15+$16+$17-a[k]; if (d>0) print d, k}' /tmp/p0 /tmp/p1 | sort -rn | head -12; \
      paste /tmp/s0 /tmp/s1 | awk '{print \"busy\", ($13+$14+$15+$18+$19)-($2+$3+$4+$7+$8), \"idle\", ($16+$17)-($5+$6)}'";
 
+const CONTAINERD_DEBUG: &str = "write_files:\n  - path: /etc/cairn/services/containerd.toml\n    content: |\n      \
+     command = [\"/usr/bin/containerd\", \"--config\", \"/usr/lib/cairn/containerd/config.toml\", \"--log-level\", \"debug\"]\n      \
+     restart = \"always\"\n      ready = { unix_socket = \"/run/containerd/containerd.sock\" }\n      required = true\n";
+
 fn main() -> Result<()> {
     let img = cairn_tests::dev_image()?;
     let work = tempfile::tempdir()?;
@@ -26,6 +30,13 @@ fn main() -> Result<()> {
          \"mkdir -p /www && echo hi > /www/index.html && exec /bin/busybox httpd -f -p 80 -h /www\"]\n",
         p = registry.port
     );
+    // DEBUG=1: containerd logs at debug level (its service file replaced from /etc), for a
+    // timeline of RunPodSandbox in `cairnctl log containerd`.
+    let user_data = if std::env::var_os("DEBUG").is_some() {
+        user_data.replacen("#cloud-config\n", &format!("#cloud-config\n{CONTAINERD_DEBUG}"), 1)
+    } else {
+        user_data
+    };
     let config = work.path().join("user-data");
     std::fs::write(&config, user_data)?;
     let disk = cairn_tests::disk_over(&img.raw(), work.path(), None)?;

@@ -237,15 +237,12 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     assert_eq!(left.trim(), "2", "web's sandbox and container, once");
     let rules = vm.run_ok("iptables -t nat -S | grep -c -- '--dport 8080 -j DNAT'", CMD)?;
     assert_eq!(rules.trim(), "1", "one DNAT rule for web's port");
-    // The shared NAT chains are the image's (cni/bridge.rules), loaded once: portmap found its
-    // entry rules there and added none, and no sandbox has a masquerade or mark chain of its own.
+    // The shared NAT chains are the image's (cni/bridge.rules), loaded once; the runners fill
+    // CAIRN-PORTS, and no sandbox has a chain of its own (no CNI plugin touches the filter).
     let nat = vm.run_ok("iptables -t nat -S", CMD)?;
-    let entries = nat.lines().filter(|l| l.ends_with("--dst-type LOCAL -j CNI-HOSTPORT-DNAT")).count();
+    let entries = nat.lines().filter(|l| l.ends_with("--dst-type LOCAL -j CAIRN-PORTS")).count();
     assert_eq!(entries, 2, "PREROUTING's and OUTPUT's jumps to the published ports, once each:\n{nat}");
-    let own_chains: Vec<&str> = nat
-        .lines()
-        .filter(|l| l.starts_with("-N CNI-") && !l.starts_with("-N CNI-HOSTPORT-DNAT") && !l.starts_with("-N CNI-DN-"))
-        .collect();
+    let own_chains: Vec<&str> = nat.lines().filter(|l| l.starts_with("-N CNI-")).collect();
     assert!(own_chains.is_empty(), "chains the image's NAT base should have made needless: {own_chains:?}\n{nat}");
     // The base's masquerades carry the published port from the host itself (127.0.0.1) and
     // from web back to its own port through the host's address (hairpin).

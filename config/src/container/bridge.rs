@@ -1,10 +1,10 @@
 //! The bridge network's packet filter base: the masquerade (of the subnet, of the host's own and
-//! of hairpin connections to published ports), the published ports' entry chain, forwarding
-//! to and from the bridge whatever FORWARD's policy, and the guard on 127/8; loaded from the
-//! image's rules once a boot, before the first sandbox on the bridge. The CNI plugins then add
-//! only each sandbox's own DNAT chain (10-cairn.conflist: the bridge plugin's `ipMasq` off,
-//! portmap's `snat` off, no firewall plugin), not re-create and re-check the shared ones every
-//! time: each iptables run costs 0.1 s and more on a small or emulated host.
+//! of hairpin connections to published ports), the published ports' chain (`super::ports` fills
+//! it), forwarding to and from the bridge whatever FORWARD's policy, and the guard on 127/8;
+//! loaded from the image's rules once a boot, before the first sandbox on the bridge. The CNI
+//! plugins touch no packet filter (10-cairn.conflist: the bridge plugin's `ipMasq` off, no
+//! portmap, no firewall plugin): each iptables run costs 0.1 s and more on a small or emulated
+//! host, and they made dozens a sandbox.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -43,7 +43,7 @@ pub fn ensure(rules: &Path, loaded: &Path) -> Result<(), String> {
 }
 
 /// Lets connections from the host's 127.0.0.1 to a published port cross the bridge (what
-/// portmap does with `snat` on). The rules are loaded first: they drop what else would come in
+/// portmap would do with `snat` on). The rules are loaded first: they drop what else would come in
 /// to 127/8 through it (CVE-2020-8558).
 pub fn route_localnet() -> Result<(), String> {
     let path = format!("/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet");
@@ -63,19 +63,23 @@ mod tests {
     /// and forwarding to the rules: the rules stand in for what the plugins would otherwise
     /// make, so the two must not drift.
     #[test]
-    fn the_rules_masquerade_and_forward_the_conflists_subnet_and_guard_127() {
+    fn the_rules_publish_masquerade_and_forward_the_conflists_subnet_and_guard_127() {
         let rules = overlay("container-host/usr/lib/cairn/cni/bridge.rules");
         let conflist = overlay("container-host/usr/lib/cairn/cni/bridge/10-cairn.conflist");
         let list: serde_json::Value = serde_json::from_str(&conflist).unwrap();
         let plugins = list["plugins"].as_array().unwrap();
         let plugin = |kind: &str| plugins.iter().find(|p| p["type"] == kind).cloned().unwrap();
-        let (bridge, portmap) = (plugin("bridge"), plugin("portmap"));
+        let bridge = plugin("bridge");
         assert_eq!(bridge["bridge"], super::BRIDGE, "the bridge route_localnet is set on");
         assert_eq!(bridge["ipMasq"], false, "the rules masquerade, not the bridge plugin");
-        assert_eq!(portmap["snat"], false, "the rules masquerade hairpin and localhost, not portmap");
+        assert!(!plugins.iter().any(|p| p["type"] == "portmap"), "the runner publishes ports, not portmap");
         assert!(!plugins.iter().any(|p| p["type"] == "firewall"), "the rules forward, not the firewall plugin");
         let (subnet, bridge) = (bridge["ipam"]["ranges"][0][0]["subnet"].as_str().unwrap(), super::BRIDGE);
+        let ports = super::super::ports::CHAIN;
         for rule in [
+            format!(":{ports} - [0:0]"),
+            format!("-A PREROUTING -m addrtype --dst-type LOCAL -j {ports}"),
+            format!("-A OUTPUT -m addrtype --dst-type LOCAL -j {ports}"),
             format!("-s {subnet} -j MASQUERADE"),
             format!("-s {subnet} -d {subnet} -m conntrack --ctstate DNAT -j MASQUERADE"),
             format!("-s 127.0.0.0/8 -o {bridge} -j MASQUERADE"),

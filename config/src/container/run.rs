@@ -8,13 +8,14 @@
 use super::health::{Tracker, Verdict};
 use super::logs::Follower;
 use super::options::{Network, VolumeSource};
-use super::{Source, bridge, sandbox};
+use super::{bridge, ports, sandbox};
 use crate::cairn::Container;
 use crate::cri::{Cri, State};
 use cairn_release::container_status::{self, ContainerStatus};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
@@ -65,10 +66,7 @@ fn run_container(name: &str) -> Result<i32, String> {
     let spec = super::load(Path::new(super::SPECS_DIR), name).map_err(|e| e.to_string())?;
     report(name, container_status::State::Pulling, spec.image.clone());
     let mut cri = Cri::connect(Path::new(crate::cri::SOCKET)).map_err(|e| e.to_string())?;
-    let image = match super::source(&spec.image)? {
-        Source::Archive => import_archive(&spec, &mut cri)?,
-        Source::Registry(reference) => pull(&spec, &reference, &mut cri)?,
-    };
+    let image = if super::is_archive(&spec.image) { import_archive(&spec, &mut cri)? } else { pull(&spec, &mut cri)? };
     steps.done("image");
     if stopped() {
         return Ok(0);
@@ -79,8 +77,12 @@ fn run_container(name: &str) -> Result<i32, String> {
         Ok(_) => Ok(0),
         Err(e) => Err(e),
     };
-    let torn_down =
-        network_lock().and_then(|_network| cri.remove_sandboxes(sandbox::LABEL, name, None).map_err(|e| e.to_string()));
+    let torn_down = network_lock().and_then(|_network| {
+        // Both, whichever fails: no DNAT to an address the next sandbox may get, no sandbox left.
+        let withdrawn = ports::withdraw(Path::new(ports::DIR), name);
+        let removed = cri.remove_sandboxes(sandbox::LABEL, name, None).map_err(|e| e.to_string());
+        withdrawn.and(removed)
+    });
     if let Err(e) = torn_down {
         eprintln!("container {name}: tearing its sandbox down: {e}");
     }
@@ -108,14 +110,28 @@ fn make_sandbox(spec: &Container, cri: &mut Cri, steps: &mut Steps) -> Result<Sa
             bridge::ensure(Path::new(bridge::RULES), Path::new(bridge::LOADED))?;
         }
         let id = cri.run_sandbox(&config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?;
-        // The bridge exists once a sandbox is on it.
         if spec.network == Network::Bridge && !spec.ports.is_empty() {
+            publish(spec, &id, cri)?;
+            // The bridge exists once a sandbox is on it.
             bridge::route_localnet()?;
         }
         id
     };
     steps.done("sandbox");
     Ok(Sandbox { id, config })
+}
+
+/// DNAT rules from the container's published ports to its address in `sandbox`.
+fn publish(spec: &Container, sandbox: &str, cri: &mut Cri) -> Result<(), String> {
+    let address = cri.sandbox_ip(sandbox).map_err(|e| e.to_string())?;
+    let address: Ipv4Addr = address
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("its sandbox has no IPv4 address to publish ports to ({address:?})"))?;
+    for port in ports::publish(Path::new(ports::DIR), &spec.name, address, &spec.ports)? {
+        eprintln!("container {}: {port} not published: the bridge has no IPv6 addresses", spec.name);
+    }
+    Ok(())
 }
 
 /// Named volumes' directories and a fresh log directory.
@@ -257,10 +273,10 @@ fn import_archive(spec: &Container, cri: &mut Cri) -> Result<String, String> {
 
 /// The container's registry image, pulled by containerd unless the one pinned for this spec is
 /// still there.
-fn pull(spec: &Container, reference: &oci_spec::distribution::Reference, cri: &mut Cri) -> Result<String, String> {
+fn pull(spec: &Container, cri: &mut Cri) -> Result<String, String> {
     let auth = crate::registry::read_auth(Path::new(crate::registry::AUTH_FILE))?;
-    let credentials = auth.get(reference.registry());
-    super::registry_image(spec, reference, credentials, cri, Path::new(super::PULLED_DIR)).map_err(|e| e.to_string())
+    let credentials = |registry: &str| auth.get(registry).cloned();
+    super::registry_image(spec, credentials, cri, Path::new(super::PULLED_DIR)).map_err(|e| e.to_string())
 }
 
 fn ctr_import(image: &str, args: &[String]) -> Result<(), String> {

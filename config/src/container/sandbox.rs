@@ -2,12 +2,12 @@
 //! log directory) and the container in it (image, command, environment, volumes, user, working
 //! directory, log file).
 
-use super::options::{Network, Protocol, User};
+use super::options::{Network, User};
 use crate::cairn::Container;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PortMapping, SecurityProfile, security_profile,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, SecurityProfile, security_profile,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,19 +49,6 @@ pub fn sandbox_config(c: &Container, run: &str) -> PodSandboxConfig {
         Network::Host => NamespaceMode::Node,
         Network::Bridge | Network::None => NamespaceMode::Pod,
     };
-    let port_mappings = c
-        .ports
-        .iter()
-        .map(|p| PortMapping {
-            protocol: match p.protocol {
-                Protocol::Tcp => k8s_cri::v1::Protocol::Tcp,
-                Protocol::Udp => k8s_cri::v1::Protocol::Udp,
-            } as i32,
-            container_port: i32::from(p.container_port),
-            host_port: i32::from(p.host_port),
-            host_ip: p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        })
-        .collect();
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: c.name.clone(),
@@ -72,7 +59,8 @@ pub fn sandbox_config(c: &Container, run: &str) -> PodSandboxConfig {
         // A container on the host's network has the host's name.
         hostname: if c.network == Network::Host { String::new() } else { c.name.clone() },
         log_directory: log_directory(&c.name),
-        port_mappings,
+        // No port mappings: the runner publishes the ports itself (`super::ports`); no CNI
+        // plugin in the conflist takes them.
         labels: HashMap::from([(LABEL.to_string(), c.name.clone())]),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
@@ -160,19 +148,14 @@ mod tests {
     }
 
     #[test]
-    fn a_bridged_container_publishes_its_ports_from_its_own_namespace() {
+    fn a_bridged_container_has_its_own_namespace() {
         let c = web();
         let s = sandbox_config(&c, "1");
         assert_eq!(s.hostname, "web");
         assert_eq!(s.metadata.unwrap().uid, "web-1");
         assert_eq!(s.log_directory, "/run/cairn/containers/web");
         assert_eq!(s.labels[LABEL], "web");
-        assert_eq!(s.port_mappings.len(), 2);
-        let (tcp, udp) = (&s.port_mappings[0], &s.port_mappings[1]);
-        assert_eq!((tcp.host_port, tcp.container_port, tcp.host_ip.as_str()), (8080, 80, ""));
-        assert_eq!(tcp.protocol, k8s_cri::v1::Protocol::Tcp as i32);
-        assert_eq!((udp.host_port, udp.host_ip.as_str()), (5353, "127.0.0.1"));
-        assert_eq!(udp.protocol, k8s_cri::v1::Protocol::Udp as i32);
+        assert!(s.port_mappings.is_empty(), "the runner publishes them (super::ports), not CNI");
         let ns = s.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
         assert_eq!(ns.network, NamespaceMode::Pod as i32);
         assert_eq!(runtime_handler(&c), "");
