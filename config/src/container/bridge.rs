@@ -6,8 +6,8 @@
 //! portmap, no firewall plugin): each iptables run costs 0.1 s and more on a small or emulated
 //! host, and they made dozens a sandbox.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 /// The rules, in iptables-restore's format (on the verified `/usr`).
 pub const RULES: &str = "/usr/lib/cairn/cni/bridge.rules";
@@ -17,29 +17,53 @@ const RESTORE: &str = "/usr/sbin/iptables-restore";
 /// The bridge the conflist makes, which the rules name.
 pub const BRIDGE: &str = "cairn0";
 
-/// Loads `rules` unless `loaded` says they are in. Call under the network lock: the rules add
-/// to built-in chains, so loading them twice would double those entries. iptables-restore
-/// commits each table whole: on an error the failing table has nothing of it, and the next
-/// sandbox tries again (a table committed before it then gets its jumps twice, which changes
-/// nothing a packet meets).
-pub fn ensure(rules: &Path, loaded: &Path) -> Result<(), String> {
+/// The rules being loaded: `start` begins it, `finish` waits for it. The CNI plugins touch no
+/// packet filter, so the rules load while containerd makes the first sandbox (a tenth of a
+/// second or more under emulation, once a boot).
+pub struct Loading<L> {
+    restore: Option<Child>,
+    loaded: PathBuf,
+    rules: PathBuf,
+    /// The network lock, held until the rules are in (let go at once if they were): the rules
+    /// add to built-in chains, so loading them twice would double those entries.
+    lock: Option<L>,
+}
+
+/// Starts loading `rules` unless `loaded` says they are in, holding `lock` until `finish` then.
+pub fn start<L>(rules: &Path, loaded: &Path, lock: L) -> Result<Loading<L>, String> {
+    let mut loading = Loading { restore: None, loaded: loaded.to_path_buf(), rules: rules.to_path_buf(), lock: None };
     if loaded.exists() {
-        return Ok(());
+        return Ok(loading);
     }
+    loading.lock = Some(lock);
     let input =
         std::fs::File::open(rules).map_err(|e| format!("the bridge network's rules {}: {e}", rules.display()))?;
-    let out = Command::new(RESTORE)
-        .arg("--noflush")
+    let child = Command::new(RESTORE)
+        .args(["--noflush", "--wait"])
         .stdin(input)
         .stdout(Stdio::null())
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("running {RESTORE}: {e}"))?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("loading {} ({}): {}", rules.display(), out.status, said.trim()));
+    loading.restore = Some(child);
+    Ok(loading)
+}
+
+impl<L> Loading<L> {
+    /// Waits for the rules, notes them loaded, and lets the lock go. iptables-restore commits
+    /// each table whole: on an error the failing table has nothing of it, and the next sandbox
+    /// tries again (a table committed before it then gets its jumps twice, which changes
+    /// nothing a packet meets).
+    pub fn finish(self) -> Result<(), String> {
+        let Some(child) = self.restore else { return Ok(()) };
+        let out = child.wait_with_output().map_err(|e| format!("running {RESTORE}: {e}"))?;
+        if !out.status.success() {
+            let said = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("loading {} ({}): {}", self.rules.display(), out.status, said.trim()));
+        }
+        std::fs::write(&self.loaded, b"")
+            .map_err(|e| format!("noting the bridge network's rules loaded in {}: {e}", self.loaded.display()))
     }
-    std::fs::write(loaded, b"")
-        .map_err(|e| format!("noting the bridge network's rules loaded in {}: {e}", loaded.display()))
 }
 
 /// Lets connections from the host's 127.0.0.1 to a published port cross the bridge (what

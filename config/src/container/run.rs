@@ -104,19 +104,20 @@ fn make_sandbox(spec: &Container, cri: &mut Cri, steps: &mut Steps) -> Result<Sa
     // A run's id: nanoseconds since the epoch, new at every start.
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let config = sandbox::sandbox_config(spec, &run.to_string());
-    let id = {
-        let _network = network_lock()?;
-        if spec.network == Network::Bridge {
-            bridge::ensure(Path::new(bridge::RULES), Path::new(bridge::LOADED))?;
-        }
-        let id = cri.run_sandbox(&config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string())?;
-        if spec.network == Network::Bridge && !spec.ports.is_empty() {
-            publish(spec, &id, cri)?;
-            // The bridge exists once a sandbox is on it.
-            bridge::route_localnet()?;
-        }
-        id
+    let rules = match spec.network {
+        Network::Bridge => Some(bridge::start(Path::new(bridge::RULES), Path::new(bridge::LOADED), network_lock()?)?),
+        Network::Host | Network::None => None,
     };
+    let made = cri.run_sandbox(&config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string());
+    // Whatever became of the sandbox: a load left running could be made again by the next one.
+    rules.map_or(Ok(()), bridge::Loading::finish)?;
+    let id = made?;
+    if spec.network == Network::Bridge && !spec.ports.is_empty() {
+        let _network = network_lock()?;
+        publish(spec, &id, cri)?;
+        // The bridge exists once a sandbox is on it; the guard on 127/8 came with the rules.
+        bridge::route_localnet()?;
+    }
     steps.done("sandbox");
     Ok(Sandbox { id, config })
 }
@@ -252,9 +253,10 @@ fn supervise(
     }
 }
 
-/// Held while a sandbox is made or torn down: the CNI plugins that containerd runs then change
-/// the packet filter, and iptables over nf_tables refuses a change made beside another
-/// ("exit status 4"), so runners that start together take turns.
+/// Held while a runner changes the packet filter (the bridge's rules, published ports) and while
+/// it removes sandboxes (taking their ports down first): iptables over nf_tables refuses a
+/// change made beside another ("exit status 4"), so runners that start together take turns.
+/// The CNI plugins change no packet filter: sandboxes are made without it.
 fn network_lock() -> Result<Flock<std::fs::File>, String> {
     let dir = Path::new(sandbox::LOG_ROOT);
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
