@@ -17,53 +17,124 @@ const RESTORE: &str = "/usr/sbin/iptables-restore";
 /// The bridge the conflist makes, which the rules name.
 pub const BRIDGE: &str = "cairn0";
 
+/// Present once this boot's DOCKER-USER chain jumps to the rules' forwarding chain (the Docker
+/// variant).
+pub const DOCKER_HOOKED: &str = "/run/cairn/containers/.docker-user-hooked";
+/// dockerd, on the Docker variant: its rules come before Cairn's in FORWARD unless hooked.
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+const IPTABLES: &str = "/usr/sbin/iptables";
+/// dockerd's chain for rules of the host's own: it jumps there first in FORWARD, then accepts
+/// whatever leaves docker0 (a Docker container reaching any Cairn container's address).
+const DOCKER_USER: &str = "DOCKER-USER";
+/// The rules' forwarding chain.
+const FORWARD: &str = "CAIRN-FORWARD";
+
+/// What a sandbox on the bridge needs done to the packet filter first, once a boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    /// The rules, in iptables-restore's format, and where their being loaded is noted.
+    pub rules: PathBuf,
+    pub loaded: PathBuf,
+    /// Where DOCKER-USER's jump is noted, when dockerd is installed.
+    pub docker_hooked: Option<PathBuf>,
+}
+
+impl Base {
+    /// This image's: the rules on `/usr`, DOCKER-USER hooked if dockerd is there.
+    pub fn of_this_host() -> Base {
+        Base {
+            rules: RULES.into(),
+            loaded: LOADED.into(),
+            docker_hooked: Path::new(DOCKERD).exists().then(|| DOCKER_HOOKED.into()),
+        }
+    }
+
+    fn rules_needed(&self) -> bool {
+        !self.loaded.exists()
+    }
+
+    fn hook_needed(&self) -> bool {
+        self.docker_hooked.as_deref().is_some_and(|h| !h.exists())
+    }
+}
+
 /// The rules being loaded: `start` begins it, `finish` waits for it. The CNI plugins touch no
 /// packet filter, so the rules load while containerd makes the first sandbox (a tenth of a
 /// second or more under emulation, once a boot).
 pub struct Loading<L> {
+    base: Base,
     restore: Option<Child>,
-    loaded: PathBuf,
-    rules: PathBuf,
-    /// The network lock, held until the rules are in (let go at once if they were): the rules
-    /// add to built-in chains, so loading them twice would double those entries.
+    /// The network lock, held until the base is in (let go at once if it was): the rules add
+    /// to built-in chains, so loading them twice would double those entries.
     lock: Option<L>,
 }
 
-/// Starts loading `rules` unless `loaded` says they are in, holding `lock` until `finish` then.
-pub fn start<L>(rules: &Path, loaded: &Path, lock: L) -> Result<Loading<L>, String> {
-    let mut loading = Loading { restore: None, loaded: loaded.to_path_buf(), rules: rules.to_path_buf(), lock: None };
-    if loaded.exists() {
+/// Starts loading `base` unless it is in, then holding `lock` until `finish`.
+pub fn start<L>(base: Base, lock: L) -> Result<Loading<L>, String> {
+    let (rules_needed, hook_needed) = (base.rules_needed(), base.hook_needed());
+    let mut loading = Loading { base, restore: None, lock: None };
+    if !rules_needed && !hook_needed {
         return Ok(loading);
     }
     loading.lock = Some(lock);
-    let input =
-        std::fs::File::open(rules).map_err(|e| format!("the bridge network's rules {}: {e}", rules.display()))?;
-    let child = Command::new(RESTORE)
-        .args(["--noflush", "--wait"])
-        .stdin(input)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running {RESTORE}: {e}"))?;
-    loading.restore = Some(child);
+    if rules_needed {
+        let rules = &loading.base.rules;
+        let input =
+            std::fs::File::open(rules).map_err(|e| format!("the bridge network's rules {}: {e}", rules.display()))?;
+        let child = Command::new(RESTORE)
+            .args(["--noflush", "--wait"])
+            .stdin(input)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running {RESTORE}: {e}"))?;
+        loading.restore = Some(child);
+    }
     Ok(loading)
 }
 
 impl<L> Loading<L> {
-    /// Waits for the rules, notes them loaded, and lets the lock go. iptables-restore commits
-    /// each table whole: on an error the failing table has nothing of it, and the next sandbox
-    /// tries again (a table committed before it then gets its jumps twice, which changes
-    /// nothing a packet meets).
+    /// Waits for the rules, notes them loaded, hooks DOCKER-USER if needed, and lets the lock
+    /// go. iptables-restore commits each table whole: on an error the failing table has
+    /// nothing of it, and the next sandbox tries again (a table committed before it then gets
+    /// its jumps twice, which changes nothing a packet meets).
     pub fn finish(self) -> Result<(), String> {
-        let Some(child) = self.restore else { return Ok(()) };
-        let out = child.wait_with_output().map_err(|e| format!("running {RESTORE}: {e}"))?;
-        if !out.status.success() {
-            let said = String::from_utf8_lossy(&out.stderr);
-            return Err(format!("loading {} ({}): {}", self.rules.display(), out.status, said.trim()));
+        if let Some(child) = self.restore {
+            let out = child.wait_with_output().map_err(|e| format!("running {RESTORE}: {e}"))?;
+            if !out.status.success() {
+                let said = String::from_utf8_lossy(&out.stderr);
+                return Err(format!("loading {} ({}): {}", self.base.rules.display(), out.status, said.trim()));
+            }
+            let loaded = &self.base.loaded;
+            std::fs::write(loaded, b"")
+                .map_err(|e| format!("noting the bridge network's rules loaded in {}: {e}", loaded.display()))?;
         }
-        std::fs::write(&self.loaded, b"")
-            .map_err(|e| format!("noting the bridge network's rules loaded in {}: {e}", self.loaded.display()))
+        if self.lock.is_some()
+            && let Some(hooked) = self.base.docker_hooked.as_deref().filter(|h| !h.exists())
+        {
+            hook_docker_user()?;
+            std::fs::write(hooked, b"")
+                .map_err(|e| format!("noting DOCKER-USER hooked in {}: {e}", hooked.display()))?;
+        }
+        Ok(())
     }
+}
+
+/// Puts a jump to the rules' forwarding chain first in DOCKER-USER, making the chain if dockerd
+/// has not yet (dockerd keeps a chain it finds). Never emptied: the host's own rules for
+/// Docker go there.
+fn hook_docker_user() -> Result<(), String> {
+    // Fails when the chain is there already, which is as good.
+    let _ = Command::new(IPTABLES).args(["--wait", "-N", DOCKER_USER]).stderr(Stdio::null()).status();
+    let out = Command::new(IPTABLES)
+        .args(["--wait", "-I", DOCKER_USER, "-j", FORWARD])
+        .output()
+        .map_err(|e| format!("running {IPTABLES}: {e}"))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("hooking {FORWARD} to {DOCKER_USER} ({}): {}", out.status, said.trim()));
+    }
+    Ok(())
 }
 
 /// Lets connections from the host's 127.0.0.1 to a published port cross the bridge (what
@@ -81,6 +152,27 @@ mod tests {
     fn overlay(path: &str) -> String {
         let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/overlay").join(path);
         std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    }
+
+    #[test]
+    fn the_base_is_loaded_and_docker_user_hooked_once_a_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = super::Base {
+            rules: dir.path().join("rules"),
+            loaded: dir.path().join("loaded"),
+            docker_hooked: Some(dir.path().join("hooked")),
+        };
+        assert!(base.rules_needed() && base.hook_needed());
+        std::fs::write(&base.loaded, b"").unwrap();
+        assert!(!base.rules_needed() && base.hook_needed(), "a hook that failed is tried again");
+        std::fs::write(dir.path().join("hooked"), b"").unwrap();
+        assert!(!base.rules_needed() && !base.hook_needed());
+        let without_docker = super::Base { docker_hooked: None, ..base };
+        assert!(!without_docker.hook_needed(), "no DOCKER-USER where there is no dockerd");
+        // Nothing to do: the lock is let go at once, no process is run.
+        let loading = super::start(without_docker, ()).unwrap();
+        assert!(loading.lock.is_none() && loading.restore.is_none());
+        loading.finish().unwrap();
     }
 
     /// The conflist and the rules name the same subnet and bridge, and leave the masquerades

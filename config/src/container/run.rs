@@ -105,7 +105,7 @@ fn make_sandbox(spec: &Container, cri: &mut Cri, steps: &mut Steps) -> Result<Sa
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let config = sandbox::sandbox_config(spec, &run.to_string());
     let rules = match spec.network {
-        Network::Bridge => Some(bridge::start(Path::new(bridge::RULES), Path::new(bridge::LOADED), network_lock()?)?),
+        Network::Bridge => Some(bridge::start(bridge::Base::of_this_host(), network_lock()?)?),
         Network::Host | Network::None => None,
     };
     let made = cri.run_sandbox(&config, sandbox::runtime_handler(spec)).map_err(|e| e.to_string());
