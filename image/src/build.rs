@@ -10,6 +10,7 @@ use crate::lock::{Lock, LockMode, Requested};
 use crate::rootfs::{self, MergeStats};
 use crate::spec::{FirstEntry, Spec, validate_version};
 use crate::steps::{StepTime, Steps};
+use crate::usr_cache::{self, UsrImage};
 use crate::{binaries, deb, esp, fsimage, tools, uki};
 use anyhow::{Context, Result, bail};
 use cairn_release::gpt::{self, Guid};
@@ -585,44 +586,6 @@ fn append_verity(img: &Path, salt: [u8; 32]) -> Result<VerityParams> {
     Ok(VerityParams { root_hash: tree.root_hash, salt, data_blocks, hash_offset: len })
 }
 
-/// What the /usr cache keeps beside the image.
-#[derive(Serialize, serde::Deserialize)]
-struct UsrCacheMeta {
-    stats: MergeStats,
-    root_hash: String,
-    data_blocks: u64,
-    hash_offset: u64,
-}
-
-fn load_usr_cache(dir: &Path) -> Result<Option<UsrImage>> {
-    let img = dir.join("usr.img");
-    let meta = dir.join("verity.json");
-    if !img.exists() || !meta.exists() {
-        return Ok(None);
-    }
-    // An entry from an older builder, or a damaged one, is a miss: the image is built again.
-    let Ok(UsrCacheMeta { stats, root_hash: root_hex, data_blocks, hash_offset }) =
-        serde_json::from_str(&std::fs::read_to_string(&meta)?)
-    else {
-        return Ok(None);
-    };
-    // Parameters come back from the superblock the image itself carries.
-    let mut sb = vec![0u8; BLOCK_SIZE];
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(&img)?;
-        f.seek(SeekFrom::Start(hash_offset))?;
-        f.read_exact(&mut sb)?;
-    }
-    let sb = verity::Superblock::parse(&sb)?;
-    let mut root_hash = [0u8; 32];
-    hex::decode_to_slice(&root_hex, &mut root_hash)?;
-    if sb.data_blocks != data_blocks {
-        return Ok(None);
-    }
-    Ok(Some(UsrImage { params: VerityParams { root_hash, salt: sb.salt, data_blocks, hash_offset }, img, stats }))
-}
-
 /// Removes the `.ko` files under `mods` (`/usr/lib/modules/<release>`) that `index` does not
 /// keep (`kernel.exclude_modules`, and what needs them), and directories left empty.
 fn remove_modules_not_in(mods: &Path, index: &ModuleIndex) -> Result<()> {
@@ -692,29 +655,14 @@ impl Common<'_> {
         h
     }
 
-    /// The sealed /usr of `tree` (its `usr/`), cached in `usr_cache`.
-    fn seal_usr(&self, tree: &Path, usr_cache: &Path, key: &str, stats: MergeStats) -> Result<UsrImage> {
-        std::fs::create_dir_all(usr_cache)?;
-        let erofs_img = usr_cache.join("usr.img.tmp");
+    /// The sealed /usr of `tree` (its `usr/`), cached as the entry `entry`.
+    fn seal_usr(&self, tree: &Path, entry: &Path, key: &str, stats: MergeStats) -> Result<UsrImage> {
+        std::fs::create_dir_all(entry)?;
+        let erofs_img = usr_cache::staging_path(entry);
         fsimage::erofs(&tree.join("usr"), &erofs_img, derived_guid(key.as_bytes(), "erofs"), self.epoch)?;
         let params = append_verity(&erofs_img, self.salt)?;
-        let meta = UsrCacheMeta {
-            stats,
-            root_hash: hex::encode(params.root_hash),
-            data_blocks: params.data_blocks,
-            hash_offset: params.hash_offset,
-        };
-        std::fs::write(usr_cache.join("verity.json"), serde_json::to_string(&meta)?)?;
-        std::fs::rename(&erofs_img, usr_cache.join("usr.img"))?;
-        Ok(UsrImage { params, img: usr_cache.join("usr.img"), stats })
+        usr_cache::store(entry, params, stats)
     }
-}
-
-/// The sealed /usr image.
-struct UsrImage {
-    params: VerityParams,
-    img: PathBuf,
-    stats: MergeStats,
 }
 
 /// The OS content, from the spec's packages and Cairn's binaries or from an image, and what the
@@ -827,7 +775,7 @@ fn from_spec(opts: &BuildOptions, c: &Common, steps: &mut Steps) -> Result<Conte
         }
         Ok(hex::encode(h.finalize()))
     })()?;
-    let usr_cache = opts.cache.join("usr").join(&usr_key[..32]);
+    let usr_entry = opts.cache.join("usr").join(&usr_key[..32]);
     // The composed tree: `usr/` (the factory /etc inside it) from the packages, the kernel's
     // modules, overlays, Cairn's binaries and generated files.
     let tree = c.work.join("tree");
@@ -864,11 +812,11 @@ fn from_spec(opts: &BuildOptions, c: &Common, steps: &mut Steps) -> Result<Conte
     // Whether `tree` holds this build's composition (a tree left by an earlier build is no
     // witness: it may be another spec's).
     let (usr, composed) = steps.run("/usr erofs + verity", || {
-        if let Some(usr) = load_usr_cache(&usr_cache)? {
+        if let Some(usr) = usr_cache::load(&usr_entry)? {
             return Ok(((usr, false), true));
         }
         let stats = compose()?;
-        let usr = c.seal_usr(&tree, &usr_cache, &usr_key, stats)?;
+        let usr = c.seal_usr(&tree, &usr_entry, &usr_key, stats)?;
         if opts.push.is_none() {
             std::fs::remove_dir_all(&tree)?;
         }
@@ -986,10 +934,10 @@ fn from_image(opts: &BuildOptions, c: &Common, reference: &str, steps: &mut Step
         h.update(format!("image commit {}\n", image.merged));
         hex::encode(h.finalize())
     };
-    let usr_cache = opts.cache.join("usr").join(&key[..32]);
-    let usr = steps.run("/usr erofs + verity", || match load_usr_cache(&usr_cache)? {
+    let usr_entry = opts.cache.join("usr").join(&key[..32]);
+    let usr = steps.run("/usr erofs + verity", || match usr_cache::load(&usr_entry)? {
         Some(usr) => Ok((usr, true)),
-        None => Ok((c.seal_usr(&tree, &usr_cache, &key, stats)?, false)),
+        None => Ok((c.seal_usr(&tree, &usr_entry, &key, stats)?, false)),
     })?;
     let (package, version) = match image.labels.get(cairn_oci::LABEL_KERNEL).and_then(|k| k.split_once('=')) {
         Some((p, v)) => (p.to_string(), v.to_string()),

@@ -18,6 +18,7 @@ pub mod spec;
 pub mod steps;
 pub mod tools;
 pub mod uki;
+pub mod usr_cache;
 
 /// Where downloads and intermediate results are kept between builds: `CAIRN_CACHE`, else
 /// `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
