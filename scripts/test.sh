@@ -3,6 +3,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# Free space, printed at the start and the end: a run that fails with ENOSPC shows why.
+free_space() { echo "== disk: $(df -Ph . | awk 'NR == 2 { print $4 }') free where the clone is, $(df -Ph /tmp | awk 'NR == 2 { print $4 }') in /tmp"; }
+free_space
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The binaries tests run as processes (cairn-server, updatectl), with the workspace's features:
@@ -25,3 +28,4 @@ for bench in "cairn-bench-config --runs 1" "cairn-bench-server --seconds 1 --ins
     shift
     cargo run --quiet --locked -p cairn-tests --bin "$name" -- "$@"
 done
+free_space
