@@ -6,14 +6,13 @@
 //! portmap, no firewall plugin): each iptables run costs 0.1 s and more on a small or emulated
 //! host, and they made dozens a sandbox.
 
+use super::iptables::{self, Restore};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 /// The rules, in iptables-restore's format (on the verified `/usr`).
 pub const RULES: &str = "/usr/lib/cairn/cni/bridge.rules";
 /// Present once this boot's packet filter has the rules (on /run: gone with the tables).
 pub const LOADED: &str = "/run/cairn/containers/.bridge-rules-loaded";
-const RESTORE: &str = "/usr/sbin/iptables-restore";
 /// The bridge the conflist makes, which the rules name.
 pub const BRIDGE: &str = "cairn0";
 
@@ -22,7 +21,6 @@ pub const BRIDGE: &str = "cairn0";
 pub const DOCKER_HOOKED: &str = "/run/cairn/containers/.docker-user-hooked";
 /// dockerd, on the Docker variant: its rules come before Cairn's in FORWARD unless hooked.
 pub const DOCKERD: &str = "/usr/sbin/dockerd";
-const IPTABLES: &str = "/usr/sbin/iptables";
 /// dockerd's chain for rules of the host's own: it jumps there first in FORWARD, then accepts
 /// whatever leaves docker0 (a Docker container reaching any Cairn container's address).
 const DOCKER_USER: &str = "DOCKER-USER";
@@ -63,7 +61,7 @@ impl Base {
 /// second or more under emulation, once a boot).
 pub struct Loading<L> {
     base: Base,
-    restore: Option<Child>,
+    restore: Option<Restore>,
     /// The network lock, held until the base is in (let go at once if it was): the rules add
     /// to built-in chains, so loading them twice would double those entries.
     lock: Option<L>,
@@ -81,14 +79,8 @@ pub fn start<L>(base: Base, lock: L) -> Result<Loading<L>, String> {
         let rules = &loading.base.rules;
         let input =
             std::fs::File::open(rules).map_err(|e| format!("the bridge network's rules {}: {e}", rules.display()))?;
-        let child = Command::new(RESTORE)
-            .args(["--noflush", "--wait"])
-            .stdin(input)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("running {RESTORE}: {e}"))?;
-        loading.restore = Some(child);
+        let doing = format!("loading {}", rules.display());
+        loading.restore = Some(iptables::start_restore(input, doing)?);
     }
     Ok(loading)
 }
@@ -99,12 +91,8 @@ impl<L> Loading<L> {
     /// nothing of it, and the next sandbox tries again (a table committed before it then gets
     /// its jumps twice, which changes nothing a packet meets).
     pub fn finish(self) -> Result<(), String> {
-        if let Some(child) = self.restore {
-            let out = child.wait_with_output().map_err(|e| format!("running {RESTORE}: {e}"))?;
-            if !out.status.success() {
-                let said = String::from_utf8_lossy(&out.stderr);
-                return Err(format!("loading {} ({}): {}", self.base.rules.display(), out.status, said.trim()));
-            }
+        if let Some(restore) = self.restore {
+            restore.wait()?;
             let loaded = &self.base.loaded;
             std::fs::write(loaded, b"")
                 .map_err(|e| format!("noting the bridge network's rules loaded in {}: {e}", loaded.display()))?;
@@ -125,16 +113,8 @@ impl<L> Loading<L> {
 /// Docker go there.
 fn hook_docker_user() -> Result<(), String> {
     // Fails when the chain is there already, which is as good.
-    let _ = Command::new(IPTABLES).args(["--wait", "-N", DOCKER_USER]).stderr(Stdio::null()).status();
-    let out = Command::new(IPTABLES)
-        .args(["--wait", "-I", DOCKER_USER, "-j", FORWARD])
-        .output()
-        .map_err(|e| format!("running {IPTABLES}: {e}"))?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("hooking {FORWARD} to {DOCKER_USER} ({}): {}", out.status, said.trim()));
-    }
-    Ok(())
+    let _ = iptables::iptables(&["-N", DOCKER_USER], "making DOCKER-USER");
+    iptables::iptables(&["-I", DOCKER_USER, "-j", FORWARD], &format!("hooking {FORWARD} to {DOCKER_USER}"))
 }
 
 /// Lets connections from the host's 127.0.0.1 to a published port cross the bridge (what

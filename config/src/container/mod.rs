@@ -7,6 +7,7 @@
 
 pub mod bridge;
 pub mod health;
+pub mod iptables;
 pub mod logs;
 pub mod options;
 pub mod pause;

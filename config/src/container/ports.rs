@@ -10,16 +10,13 @@
 use super::options::{Port, Protocol};
 use cairn_release::durable;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// One file per container with published ports (its rules): on /run, gone with the tables.
 pub const DIR: &str = "/run/cairn/containers/.ports";
 /// The chain the image's rules jump to for packets to a local address (`cni/bridge.rules`).
 pub const CHAIN: &str = "CAIRN-PORTS";
-const RESTORE: &str = "/usr/sbin/iptables-restore";
 
 /// The rules that publish `ports` of container `name` at `address`, one per line. A port on an
 /// IPv6 host address is left out (the bridge has no IPv6 addresses): its text is in the second
@@ -101,26 +98,7 @@ fn apply(dir: &Path) -> Result<(), String> {
         let path = dir.join(n);
         all.push(std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?);
     }
-    restore(&restore_input(all.iter().map(String::as_str)))
-}
-
-/// Commits `input` to the packet filter (iptables-restore commits each table whole: on an
-/// error the chain keeps what it had).
-fn restore(input: &str) -> Result<(), String> {
-    let mut child = Command::new(RESTORE)
-        .args(["--noflush", "--wait"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running {RESTORE}: {e}"))?;
-    let written = child.stdin.take().expect("piped").write_all(input.as_bytes());
-    let out = child.wait_with_output().map_err(|e| format!("running {RESTORE}: {e}"))?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("publishing ports ({RESTORE} {}): {}", out.status, said.trim()));
-    }
-    written.map_err(|e| format!("writing to {RESTORE}: {e}"))
+    super::iptables::restore(&restore_input(all.iter().map(String::as_str)), "publishing ports")
 }
 
 #[cfg(test)]
