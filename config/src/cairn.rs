@@ -165,7 +165,7 @@ pub fn container(w: &mut Walker, f: &Fields, item: Value, item_path: &str) -> Op
     let before = w.diagnostics.len();
     let name = name(w, f, item, item_path);
     let image = match f.get("image") {
-        Some((v, p)) => w.text(v, &p).filter(|i| match crate::container::source(i) {
+        Some((v, p)) => w.text(v, &p).filter(|i| match crate::container::check_image(i) {
             Ok(_) => true,
             Err(e) => {
                 w.error(v.at, &p, e);
