@@ -14,9 +14,27 @@ const SNAPSHOT: &str = "head -1 /proc/stat > /tmp/s{n}; cat /proc/[0-9]*/stat > 
 const CPU_USE: &str = "awk 'FNR==NR {a[$1\" \"$2]=$14+$15+$16+$17; next} {k=$1\" \"$2; d=$14+$15+$16+$17-a[k]; if (d>0) print d, k}' /tmp/p0 /tmp/p1 | sort -rn | head -12; \
      paste /tmp/s0 /tmp/s1 | awk '{print \"busy\", ($13+$14+$15+$18+$19)-($2+$3+$4+$7+$8), \"idle\", ($16+$17)-($5+$6)}'";
 
-const CONTAINERD_DEBUG: &str = "write_files:\n  - path: /etc/cairn/services/containerd.toml\n    content: |\n      \
-     command = [\"/usr/bin/containerd\", \"--config\", \"/usr/lib/cairn/containerd/config.toml\", \"--log-level\", \"debug\"]\n      \
-     restart = \"always\"\n      ready = { unix_socket = \"/run/containerd/containerd.sock\" }\n      required = true\n";
+/// The image's containerd service, logging at debug level: a cloud-config `write_files` entry
+/// that puts it in /etc, where it replaces the image's.
+fn containerd_debug() -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../images/overlay/container-host/usr/lib/cairn/services/containerd.toml");
+    let service = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut found = false;
+    let lines: Vec<String> = service
+        .lines()
+        .map(|l| match l.strip_prefix("command = [").and_then(|rest| rest.strip_suffix(']')) {
+            Some(args) => {
+                found = true;
+                format!("command = [{args}, \"--log-level\", \"debug\"]")
+            }
+            None => l.to_string(),
+        })
+        .collect();
+    anyhow::ensure!(found, "{}: no one-line `command = [...]` to add --log-level to", path.display());
+    let content: String = lines.iter().map(|l| format!("      {l}\n")).collect();
+    Ok(format!("write_files:\n  - path: /etc/cairn/services/containerd.toml\n    content: |\n{content}"))
+}
 
 fn main() -> Result<()> {
     let img = cairn_tests::dev_image()?;
@@ -33,7 +51,7 @@ fn main() -> Result<()> {
     // DEBUG=1: containerd logs at debug level (its service file replaced from /etc), for a
     // timeline of RunPodSandbox in `cairnctl log containerd`.
     let user_data = if std::env::var_os("DEBUG").is_some() {
-        user_data.replacen("#cloud-config\n", &format!("#cloud-config\n{CONTAINERD_DEBUG}"), 1)
+        user_data.replacen("#cloud-config\n", &format!("#cloud-config\n{}", containerd_debug()?), 1)
     } else {
         user_data
     };
