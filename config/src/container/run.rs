@@ -72,7 +72,7 @@ fn run_container(name: &str) -> Result<i32, String> {
         return Ok(0);
     }
     let result = match make_sandbox(&spec, &mut cri, &mut steps) {
-        Ok(sandbox) if !stopped() => supervise(&spec, &image, &sandbox, &mut cri, &stopped, steps),
+        Ok(mut sandbox) if !stopped() => supervise(&spec, &image, &mut sandbox, &mut cri, &stopped, steps),
         // A stop came while it was made.
         Ok(_) => Ok(0),
         Err(e) => Err(e),
@@ -89,10 +89,11 @@ fn run_container(name: &str) -> Result<i32, String> {
     result
 }
 
-/// A sandbox this run made: its id and its config.
+/// A sandbox this run made: its id, its config and its ports being published.
 struct Sandbox {
     id: String,
     config: k8s_cri::v1::PodSandboxConfig,
+    publishing: Publishing,
 }
 
 /// The pause image, a clean slate on the host and the container's sandbox (its network
@@ -112,27 +113,54 @@ fn make_sandbox(spec: &Container, cri: &mut Cri, steps: &mut Steps) -> Result<Sa
     // Whatever became of the sandbox: a load left running could be made again by the next one.
     rules.map_or(Ok(()), bridge::Loading::finish)?;
     let id = made?;
-    if spec.network == Network::Bridge && !spec.ports.is_empty() {
-        let _network = network_lock()?;
-        publish(spec, &id, cri)?;
-        // The bridge exists once a sandbox is on it; the guard on 127/8 came with the rules.
-        bridge::route_localnet()?;
-    }
+    let publishing = match spec.network == Network::Bridge && !spec.ports.is_empty() {
+        true => Publishing::start(spec, cri.sandbox_ip(&id).map_err(|e| e.to_string())?)?,
+        false => Publishing(None),
+    };
     steps.done("sandbox");
-    Ok(Sandbox { id, config })
+    Ok(Sandbox { id, config, publishing })
 }
 
-/// DNAT rules from the container's published ports to its address in `sandbox`.
-fn publish(spec: &Container, sandbox: &str, cri: &mut Cri) -> Result<(), String> {
-    let address = cri.sandbox_ip(sandbox).map_err(|e| e.to_string())?;
-    let address: Ipv4Addr = address
-        .as_deref()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("its sandbox has no IPv4 address to publish ports to ({address:?})"))?;
-    for port in ports::publish(Path::new(ports::DIR), &spec.name, address, &spec.ports)? {
-        eprintln!("container {}: {port} not published: the bridge has no IPv6 addresses", spec.name);
+/// The container's published ports being put in place while the container is made: their
+/// rules need only its sandbox's address, and the two take some tenths of a second each under
+/// emulation. Waited for before the container is said to run, and in any case before the
+/// sandbox is torn down (on drop), so a teardown never comes before the rules it withdraws.
+struct Publishing(Option<std::thread::JoinHandle<Result<(), String>>>);
+
+impl Publishing {
+    /// DNAT rules from `spec`'s published ports to `address`, its sandbox's.
+    fn start(spec: &Container, address: Option<String>) -> Result<Publishing, String> {
+        let address: Ipv4Addr = address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("its sandbox has no IPv4 address to publish ports to ({address:?})"))?;
+        let (name, list) = (spec.name.clone(), spec.ports.clone());
+        let thread = std::thread::spawn(move || {
+            let _network = network_lock()?;
+            for port in ports::publish(Path::new(ports::DIR), &name, address, &list)? {
+                eprintln!("container {name}: {port} not published: the bridge has no IPv6 addresses");
+            }
+            // The bridge exists once a sandbox is on it; the guard on 127/8 came with the rules.
+            bridge::route_localnet()
+        });
+        Ok(Publishing(Some(thread)))
     }
-    Ok(())
+
+    /// Waits for the ports (at once if there are none, or they were waited for).
+    fn wait(&mut self) -> Result<(), String> {
+        match self.0.take() {
+            None => Ok(()),
+            Some(thread) => thread.join().unwrap_or_else(|_| Err("publishing its ports panicked".into())),
+        }
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            eprintln!("publishing ports: {e}");
+        }
+    }
 }
 
 /// Named volumes' directories and a fresh log directory.
@@ -174,7 +202,7 @@ impl Steps {
 fn supervise(
     spec: &Container,
     image: &str,
-    made: &Sandbox,
+    made: &mut Sandbox,
     cri: &mut Cri,
     stopped: &dyn Fn() -> bool,
     mut steps: Steps,
@@ -182,7 +210,10 @@ fn supervise(
     let name = &spec.name;
     let (sandbox, sandbox_config) = (made.id.as_str(), &made.config);
     let config = sandbox::container_config(spec, image);
-    let id = cri.start_container(sandbox, &config, sandbox_config).map_err(|e| e.to_string())?;
+    let started = cri.start_container(sandbox, &config, sandbox_config).map_err(|e| e.to_string());
+    let published = made.publishing.wait();
+    let id = started?;
+    published?;
     steps.done("container");
     // What an earlier run left (a crash, a reboot) is removed once this one runs: a sandbox's
     // uid is new for each run, so the two never clash, and the container does not wait for it.
