@@ -34,6 +34,8 @@ pub const PULLED_DIR: &str = "/var/lib/cairn/containers";
 pub const CTR: &str = "/usr/bin/ctr";
 /// The longest a fetch of an archive may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long containerd's CRI may answer with errors before a start gives up (init retries it).
+const CRI_UP: Duration = Duration::from_secs(30);
 
 /// Where a container's image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +157,20 @@ pub fn pinned(reference: &str, repo_digests: &[String]) -> Option<String> {
     repo_digests.iter().find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo)).cloned()
 }
 
+/// Whether containerd has `image`, asked again while its CRI answers with errors (its socket
+/// accepts connections before the CRI service is up, just after a boot): an error taken for
+/// "absent" would pull a pinned tag again.
+fn has_image(images: &mut Cri, image: &str) -> Result<bool, PullError> {
+    let until = std::time::Instant::now() + CRI_UP;
+    loop {
+        match images.status(image) {
+            Ok(found) => return Ok(found.is_some()),
+            Err(_) if std::time::Instant::now() < until => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The registry image container `c` runs: the pinned one if its spec is unchanged and
 /// containerd has it, else its reference pulled now (with the credentials `credentials` has
 /// for its registry) and pinned. The reference is parsed only for a pull: a start with the
@@ -168,8 +184,11 @@ pub fn registry_image(
     let record_path = pulled_dir.join(format!("{}.toml", c.name));
     let record: Option<Pulled> = std::fs::read_to_string(&record_path).ok().and_then(|t| toml::from_str(&t).ok());
     let spec = spec_digest(c);
-    let mut present = |image: &str| images.status(image).ok().flatten().is_some();
-    if let Some(image) = reuse(record.as_ref(), &spec, &mut present) {
+    let present = match record.as_ref().filter(|r| r.spec == spec) {
+        Some(r) => has_image(images, &r.image)?,
+        None => false,
+    };
+    if let Some(image) = reuse(record.as_ref(), &spec, |_| present) {
         return Ok(image);
     }
     let reference = match source(&c.image) {
