@@ -113,9 +113,10 @@ fn make_sandbox(spec: &Container, cri: &mut Cri, steps: &mut Steps) -> Result<Sa
     // Whatever became of the sandbox: a load left running could be made again by the next one.
     rules.map_or(Ok(()), bridge::Loading::finish)?;
     let id = made?;
-    let publishing = match spec.network == Network::Bridge && !spec.ports.is_empty() {
-        true => Publishing::start(spec, cri.sandbox_ip(&id).map_err(|e| e.to_string())?)?,
-        false => Publishing(None),
+    let publishing = if spec.network == Network::Bridge && !spec.ports.is_empty() {
+        Publishing::start(spec, cri.sandbox_ip(&id).map_err(|e| e.to_string())?)?
+    } else {
+        Publishing(None)
     };
     steps.done("sandbox");
     Ok(Sandbox { id, config, publishing })
