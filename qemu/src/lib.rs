@@ -315,7 +315,9 @@ impl Vm {
             netdev.push(',');
             netdev.push_str(option);
         }
-        cmd.arg("-netdev").arg(netdev).arg("-device").arg(format!("{},netdev=net0", cfg.nic.device()));
+        // No option ROM (iPXE): nothing boots from the network, and loading it cost about 1.5 s
+        // of each boot under TCG.
+        cmd.arg("-netdev").arg(netdev).arg("-device").arg(format!("{},netdev=net0,romfile=", cfg.nic.device()));
         if cfg.no_reboot {
             cmd.arg("-no-reboot");
         }
