@@ -153,7 +153,7 @@ fn container_service(k: &crate::cairn::Container) -> ServiceFile {
         after: vec!["containerd".into()],
         restart: Restart::parse(&k.restart),
         // The container's own grace, then time to tear its sandbox down (network, ports).
-        stop_timeout: Some(format!("{}s", crate::container::sandbox::stop_timeout(k).as_secs() + 20)),
+        stop_timeout: Some(format!("{}s", crate::container::task::stop_timeout(k).as_secs() + 20)),
         // The runner forwards the container's output: bounded on disk by init.
         log_max_bytes: Some(CONTAINER_LOG_MAX_BYTES),
         // A container with a health command counts for the host's readiness once it is healthy

@@ -1,19 +1,12 @@
 //! containerd's CRI, over its socket. The image service pulls an image by reference: containerd
 //! resolves it through the registry's `hosts.toml` (mirrors, plain HTTP, CAs: `crate::registry`)
-//! and unpacks it; credentials go in the request, never in an argument or a log line. The
-//! runtime service runs each container in a sandbox of its own: containerd makes its network
-//! namespace and calls the CNI plugins (bridge, published ports), writes its `resolv.conf` and
-//! `hosts`, and logs its output to a file.
+//! and unpacks it; credentials go in the request, never in an argument or a log line. Its
+//! verbose status gives what a container is made from (`Runnable`); containers themselves are
+//! made through containerd's own API (`crate::containerd`), without CRI's sandboxes.
 
 use crate::registry::Credentials;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
-    AuthConfig, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    ImageStatusRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxStatusRequest,
-    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
-};
+use k8s_cri::v1::{AuthConfig, ImageSpec, ImageStatusRequest, PullImageRequest};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,10 +18,29 @@ pub const SOCKET: &str = "/run/containerd/containerd.sock";
 /// answer (still starting, stuck) is an error, which init retries, never a runner hung for ever.
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 const PULL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// Making or tearing down a sandbox or a container (runc, CNI plugins) under a slow emulator.
-const SANDBOX_TIMEOUT: Duration = Duration::from_secs(120);
 /// The containerd namespace CRI keeps its images in (`ctr -n k8s.io`).
 pub const NAMESPACE: &str = "k8s.io";
+
+/// A gRPC channel to the API socket at `socket`, made on `runtime`.
+pub(crate) fn unix_channel(
+    runtime: &tokio::runtime::Runtime,
+    socket: &Path,
+) -> Result<Channel, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    runtime.block_on(async {
+        // The URI is not used: every connection goes to the socket.
+        Endpoint::from_static("http://containerd")
+            .connect_timeout(ASK_TIMEOUT)
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+    })
+}
 
 /// Why a pull failed, in the kinds a user acts on; each names the image.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -71,32 +83,13 @@ pub struct ImageInfo {
     pub repo_digests: Vec<String>,
 }
 
-/// A CRI runtime call that failed: which, and containerd's answer.
-#[derive(Debug, thiserror::Error)]
-#[error("containerd's CRI at {socket}: {call}: {detail}")]
-pub struct CriError {
-    pub socket: String,
-    pub call: &'static str,
-    pub detail: String,
-}
-
-/// A container's state, as far as its runner acts on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
-    Running,
-    /// Created, not started yet (or containerd cannot tell).
-    Other,
-    Exited {
-        code: i32,
-        reason: String,
-    },
-}
+/// The `info` of a verbose image status: JSON texts by key.
+type Verbose = HashMap<String, String>;
 
 /// A client of containerd's CRI (blocking: it runs its own small runtime).
 pub struct Cri {
     runtime: tokio::runtime::Runtime,
     client: ImageServiceClient<Channel>,
-    runtime_client: RuntimeServiceClient<Channel>,
     socket: PathBuf,
 }
 
@@ -107,141 +100,8 @@ impl Cri {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("a runtime: {e}")))?;
-        let path = socket.to_path_buf();
-        let channel = runtime
-            .block_on(async {
-                // The URI is not used: every connection goes to the socket.
-                Endpoint::from_static("http://containerd")
-                    .connect_timeout(ASK_TIMEOUT)
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                        }
-                    }))
-                    .await
-            })
-            .map_err(|e| fail(e.to_string()))?;
-        Ok(Cri {
-            runtime,
-            client: ImageServiceClient::new(channel.clone()),
-            runtime_client: RuntimeServiceClient::new(channel),
-            socket: socket.to_path_buf(),
-        })
-    }
-
-    /// Runs one runtime call with a deadline.
-    fn ask<T, F>(&self, call: &'static str, timeout: Duration, request: F) -> Result<T, CriError>
-    where
-        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let fail = |detail: String| CriError { socket: self.socket.display().to_string(), call, detail };
-        // The timer is made inside the runtime: it needs its time driver.
-        self.runtime
-            .block_on(async { tokio::time::timeout(timeout, request).await })
-            .map_err(|_| fail(format!("no answer within {timeout:?}")))?
-            .map(tonic::Response::into_inner)
-            .map_err(|s| fail(s.message().to_string()))
-    }
-
-    /// Starts a sandbox (network namespace, CNI, the pause process): its id.
-    pub fn run_sandbox(&mut self, config: &PodSandboxConfig, runtime_handler: &str) -> Result<String, CriError> {
-        let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: runtime_handler.into() };
-        let client = &mut self.runtime_client.clone();
-        Ok(self.ask("RunPodSandbox", SANDBOX_TIMEOUT, client.run_pod_sandbox(request))?.pod_sandbox_id)
-    }
-
-    /// The sandbox's address on its network, if it has one.
-    pub fn sandbox_ip(&mut self, sandbox: &str) -> Result<Option<String>, CriError> {
-        let request = PodSandboxStatusRequest { pod_sandbox_id: sandbox.into(), verbose: false };
-        let client = &mut self.runtime_client.clone();
-        let reply = self.ask("PodSandboxStatus", ASK_TIMEOUT, client.pod_sandbox_status(request))?;
-        Ok(reply.status.and_then(|s| s.network).map(|n| n.ip).filter(|ip| !ip.is_empty()))
-    }
-
-    /// Creates and starts a container in `sandbox`: its id.
-    pub fn start_container(
-        &mut self,
-        sandbox: &str,
-        config: &ContainerConfig,
-        sandbox_config: &PodSandboxConfig,
-    ) -> Result<String, CriError> {
-        let request = CreateContainerRequest {
-            pod_sandbox_id: sandbox.into(),
-            config: Some(config.clone()),
-            sandbox_config: Some(sandbox_config.clone()),
-        };
-        let client = &mut self.runtime_client.clone();
-        let id = self.ask("CreateContainer", SANDBOX_TIMEOUT, client.create_container(request))?.container_id;
-        let request = StartContainerRequest { container_id: id.clone() };
-        let client = &mut self.runtime_client.clone();
-        self.ask("StartContainer", SANDBOX_TIMEOUT, client.start_container(request))?;
-        Ok(id)
-    }
-
-    pub fn container_state(&mut self, id: &str) -> Result<State, CriError> {
-        let request = ContainerStatusRequest { container_id: id.into(), verbose: false };
-        let client = &mut self.runtime_client.clone();
-        let status = self.ask("ContainerStatus", ASK_TIMEOUT, client.container_status(request))?.status;
-        Ok(match status {
-            Some(s) if s.state == k8s_cri::v1::ContainerState::ContainerRunning as i32 => State::Running,
-            Some(s) if s.state == k8s_cri::v1::ContainerState::ContainerExited as i32 => {
-                State::Exited { code: s.exit_code, reason: s.reason }
-            }
-            _ => State::Other,
-        })
-    }
-
-    /// Runs `command` in the container and waits for it (at most `timeout`): its exit code and
-    /// the end of its output.
-    pub fn exec(&mut self, id: &str, command: &[String], timeout: Duration) -> Result<(i32, String), CriError> {
-        let request = ExecSyncRequest {
-            container_id: id.into(),
-            cmd: command.to_vec(),
-            timeout: timeout.as_secs().max(1) as i64,
-        };
-        let client = &mut self.runtime_client.clone();
-        let reply = self.ask("ExecSync", timeout + ASK_TIMEOUT, client.exec_sync(request))?;
-        let mut output = String::from_utf8_lossy(&reply.stdout).into_owned();
-        output.push_str(&String::from_utf8_lossy(&reply.stderr));
-        let tail: String = output.trim().chars().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect();
-        Ok((reply.exit_code, tail))
-    }
-
-    /// SIGTERM to the container, SIGKILL after `grace`.
-    pub fn stop_container(&mut self, id: &str, grace: Duration) -> Result<(), CriError> {
-        let request = StopContainerRequest { container_id: id.into(), timeout: grace.as_secs() as i64 };
-        let client = &mut self.runtime_client.clone();
-        self.ask("StopContainer", grace + ASK_TIMEOUT, client.stop_container(request))?;
-        Ok(())
-    }
-
-    /// Stops and removes every sandbox labelled `label=value` but `keep`, with its containers,
-    /// network namespace and CNI attachments (published ports): what a stop or a crash left.
-    pub fn remove_sandboxes(&mut self, label: &str, value: &str, keep: Option<&str>) -> Result<usize, CriError> {
-        let filter = PodSandboxFilter {
-            label_selector: HashMap::from([(label.to_string(), value.to_string())]),
-            ..PodSandboxFilter::default()
-        };
-        let client = &mut self.runtime_client.clone();
-        let items = self
-            .ask(
-                "ListPodSandbox",
-                ASK_TIMEOUT,
-                client.list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) }),
-            )?
-            .items;
-        let items: Vec<_> = items.into_iter().filter(|s| Some(s.id.as_str()) != keep).collect();
-        for sandbox in &items {
-            let client = &mut self.runtime_client.clone();
-            let request = StopPodSandboxRequest { pod_sandbox_id: sandbox.id.clone() };
-            self.ask("StopPodSandbox", SANDBOX_TIMEOUT, client.stop_pod_sandbox(request))?;
-            let client = &mut self.runtime_client.clone();
-            let request = RemovePodSandboxRequest { pod_sandbox_id: sandbox.id.clone() };
-            self.ask("RemovePodSandbox", SANDBOX_TIMEOUT, client.remove_pod_sandbox(request))?;
-        }
-        Ok(items.len())
+        let channel = unix_channel(&runtime, socket).map_err(|e| fail(e.to_string()))?;
+        Ok(Cri { runtime, client: ImageServiceClient::new(channel), socket: socket.to_path_buf() })
     }
 
     /// Pulls `image` (a normalized reference), with `credentials` for its registry if any.
@@ -267,7 +127,20 @@ impl Cri {
 
     /// What containerd has of `image`, if anything.
     pub fn status(&mut self, image: &str) -> Result<Option<ImageInfo>, PullError> {
-        let request = ImageStatusRequest { image: Some(spec(image)), verbose: false };
+        Ok(self.image_status(image, false)?.map(|(info, _)| info))
+    }
+
+    /// The layers and config of `image`, which containerd has.
+    pub fn runnable(&mut self, image: &str) -> Result<Runnable, PullError> {
+        let other = |detail: String| PullError::Other { image: image.into(), detail };
+        let (_, verbose) =
+            self.image_status(image, true)?.ok_or_else(|| other("containerd does not have it".into()))?;
+        let info = verbose.get("info").ok_or_else(|| other("containerd's image status has no info".into()))?;
+        runnable_of(image, info).map_err(other)
+    }
+
+    fn image_status(&mut self, image: &str, verbose: bool) -> Result<Option<(ImageInfo, Verbose)>, PullError> {
+        let request = ImageStatusRequest { image: Some(spec(image)), verbose };
         let client = &mut self.client;
         let fail = |detail: String| PullError::Containerd { socket: self.socket.display().to_string(), detail };
         let reply = self
@@ -275,8 +148,39 @@ impl Cri {
             .block_on(async { tokio::time::timeout(ASK_TIMEOUT, client.image_status(request)).await })
             .map_err(|_| fail(format!("no answer within {ASK_TIMEOUT:?}")))?
             .map_err(|s| fail(s.message().to_string()))?;
-        Ok(reply.into_inner().image.map(|i| ImageInfo { id: i.id, repo_digests: i.repo_digests }))
+        let reply = reply.into_inner();
+        Ok(reply.image.map(|i| (ImageInfo { id: i.id, repo_digests: i.repo_digests }, reply.info)))
     }
+}
+
+/// What a container of an image is made from: the image's layers (their chain id, the parent
+/// of the container's snapshot) and its config (command, environment, user).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runnable {
+    pub chain_id: String,
+    pub config: crate::container::spec::ImageConfig,
+}
+
+/// The runnable parts of CRI's verbose image status (`info["info"]`, containerd's
+/// `{"chainID": ..., "imageSpec": {"config": {...}}}`).
+pub fn runnable_of(image: &str, info: &str) -> Result<Runnable, String> {
+    #[derive(serde::Deserialize)]
+    struct Verbose {
+        #[serde(rename = "chainID")]
+        chain_id: String,
+        #[serde(rename = "imageSpec")]
+        image_spec: Spec,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        config: crate::container::spec::ImageConfig,
+    }
+    let v: Verbose = serde_json::from_str(info).map_err(|e| format!("{image}: containerd's image status: {e}"))?;
+    if !v.chain_id.starts_with("sha256:") {
+        return Err(format!("{image}: containerd's image status has no chain id ({:?})", v.chain_id));
+    }
+    Ok(Runnable { chain_id: v.chain_id, config: v.image_spec.config })
 }
 
 fn spec(image: &str) -> ImageSpec {
@@ -287,6 +191,19 @@ fn spec(image: &str) -> ImageSpec {
 mod tests {
     use super::*;
     use tonic::Code;
+
+    #[test]
+    fn an_images_layers_and_config_are_read_from_its_verbose_status() {
+        let info = r#"{"chainID":"sha256:abc","imageSpec":{"architecture":"amd64","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"User":"www"},"rootfs":{"type":"layers","diff_ids":["sha256:1"]}}}"#;
+        let r = runnable_of("web", info).unwrap();
+        assert_eq!(r.chain_id, "sha256:abc");
+        assert_eq!(r.config.cmd, Some(vec!["/bin/sh".to_string()]));
+        assert_eq!(r.config.user.as_deref(), Some("www"));
+        let bare = runnable_of("pause", r#"{"chainID":"sha256:d","imageSpec":{}}"#).unwrap();
+        assert_eq!(bare.config, Default::default());
+        assert!(runnable_of("x", r#"{"chainID":"","imageSpec":{}}"#).unwrap_err().contains("no chain id"));
+        assert!(runnable_of("x", "{").unwrap_err().starts_with("x: "));
+    }
 
     #[test]
     fn containerds_answers_are_sorted_into_what_a_user_acts_on() {

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod boot;
 pub mod cairn;
 pub mod container;
+pub mod containerd;
 pub mod cri;
 pub mod datasource;
 pub mod diag;

@@ -13,7 +13,6 @@ mod dm;
 mod firstboot;
 mod modules;
 mod mounts;
-mod pause;
 mod power;
 mod service;
 mod stage1;
@@ -38,8 +37,6 @@ fn main() {
         .unwrap_or_default();
     let pid1 = std::process::id() == 1;
     match program.as_str() {
-        // The sandbox image's entrypoint, `/pause`: PID 1 of a container's PID namespace.
-        "pause" => pause::run(),
         power::FINAL_NAME if pid1 => power::final_step(power::Action::from_arg(args.get(1).map_or("", |s| s))),
         "cairnctl" | "reboot" | "poweroff" | "halt" => std::process::exit(control::cli(&program, &args[1..])),
         _ if !pid1 => std::process::exit(control::cli("cairnctl", &args[1..])),

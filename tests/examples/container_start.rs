@@ -49,7 +49,7 @@ fn main() -> Result<()> {
         p = registry.port
     );
     // DEBUG=1: containerd logs at debug level (its service file replaced from /etc), for a
-    // timeline of RunPodSandbox in `cairnctl log containerd`.
+    // timeline of the task's creation in `cairnctl log containerd`.
     let user_data = if std::env::var_os("DEBUG").is_some() {
         user_data.replacen("#cloud-config\n", &format!("#cloud-config\n{}", containerd_debug()?), 1)
     } else {

@@ -46,11 +46,9 @@ fn user_web(image: &str, port: u16) -> String {
     )
 }
 
-/// A shell word that is the CRI id of container `name` (not its sandbox), found by its label.
+/// A shell word that is the containerd id of container `name`'s run, found by its label.
 fn container_id(name: &str) -> String {
-    format!(
-        "$(ctr -n k8s.io containers ls -q 'labels.\"io.cairn.container\"=={name},labels.\"io.cri-containerd.kind\"==container')"
-    )
+    format!("$(ctr -n k8s.io containers ls -q 'labels.\"io.cairn.container\"=={name}')")
 }
 
 /// The last lines of container `name`'s log.
@@ -151,6 +149,11 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     assert_eq!(resolv.trim(), host_resolv.trim(), "the container resolves names with the host's servers");
     let own = vm.run_ok(&exec("hostname"), CMD)?;
     assert_eq!(own.trim(), "pinned");
+    // Confined as Docker confines a container: its capabilities, no new privileges, and a
+    // seccomp filter (Docker's profile, `container::seccomp`'s unit tests show what it refuses).
+    let status = vm.run_ok(&exec("cat /proc/self/status"), CMD)?;
+    assert!(status.contains("CapEff:\t00000000a80425fb"), "Docker's default capabilities:\n{status}");
+    assert!(status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"), "{status}");
 
     // pinned's health command counts for the host's readiness (it passed before "ready"); two
     // failures in a row (its page removed) restart it, and the new one serves again.
@@ -217,7 +220,7 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
 
     // Its process killed, the container is restarted per its policy (always); its runner
     // killed (a crash: the container lives on under its shim), the next start clears what was
-    // left: one sandbox and one container of web's, one published port.
+    // left: one container of web's, one network namespace, one published port.
     let runs = count(&mut vm, running);
     vm.run_ok(&format!("ctr -n k8s.io tasks kill -s SIGKILL {}", container_id("web")), CMD)?;
     once_more(&mut vm, "exited with code 137", 0)?;
@@ -234,11 +237,13 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     once_more(&mut vm, running, runs + 1)?;
     cairn_tests::http::get_until(ports[0], PULL).with_context(|| log(&mut vm, "web"))?;
     let left = vm.run_ok("ctr -n k8s.io containers ls -q 'labels.\"io.cairn.container\"==web' | wc -l", CMD)?;
-    assert_eq!(left.trim(), "2", "web's sandbox and container, once");
+    assert_eq!(left.trim(), "1", "web's container, once");
+    let namespaces = vm.run_ok("ls /run/cairn/netns | grep -c '^web-'", CMD)?;
+    assert_eq!(namespaces.trim(), "1", "web's network namespace, once");
     let rules = vm.run_ok("iptables -t nat -S | grep -c -- '--dport 8080 -j DNAT'", CMD)?;
     assert_eq!(rules.trim(), "1", "one DNAT rule for web's port");
     // The shared NAT chains are the image's (cni/bridge.rules), loaded once; the runners fill
-    // CAIRN-PORTS, and no sandbox has a chain of its own (no CNI plugin touches the filter).
+    // CAIRN-PORTS, and no container has a chain of its own (no CNI plugin touches the filter).
     let nat = vm.run_ok("iptables -t nat -S", CMD)?;
     let entries = nat.lines().filter(|l| l.ends_with("--dst-type LOCAL -j CAIRN-PORTS")).count();
     assert_eq!(entries, 2, "PREROUTING's and OUTPUT's jumps to the published ports, once each:\n{nat}");

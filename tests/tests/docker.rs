@@ -39,7 +39,7 @@ fn docker_run_publishes_a_port_from_a_registry_image() -> Result<()> {
     let (web, beside) = (free_port()?, free_port()?);
     // One vCPU: with two, TCG's guest hung in about one run in six (both vCPUs in soft lockups,
     // crun on one, an iptables run on the other, as dockerd started beside the Cairn
-    // container's sandbox), which no VM test of the default image has shown.
+    // container's network), which no VM test of the default image has shown.
     let mut cfg = VmConfig { persistent: true, cpus: 1, ..VmConfig::uefi(&disk) };
     cfg.forwards.push(Forward::tcp(web, 8080));
     cfg.forwards.push(Forward::tcp(beside, 8081));

@@ -6,15 +6,19 @@
 //! (`repo@sha256:...`) until the spec changes.
 
 pub mod bridge;
+pub mod cni;
 pub mod health;
 pub mod iptables;
-pub mod logs;
+pub mod netns;
+pub mod network;
 pub mod options;
-pub mod pause;
+pub mod passwd;
 pub mod ports;
 pub mod reference;
 pub mod run;
-pub mod sandbox;
+pub mod seccomp;
+pub mod spec;
+pub mod task;
 
 use crate::cairn::Container;
 use crate::cri::{Cri, PullError};
