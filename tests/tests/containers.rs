@@ -217,6 +217,10 @@ fn containers_are_pulled_by_tag_digest_and_mirror_and_bad_pulls_say_why() -> Res
     once_more(&mut vm, running, runs)?;
     cairn_tests::http::get_until(ports[0], PULL)?;
     assert_eq!(count(&mut vm, pulling), 1, "a restart pulled again:\n{}", log(&mut vm, "web"));
+    // SIGTERM ended it at once: tini, its PID 1, passed it on to httpd (which, as PID 1 itself,
+    // would ignore it and be killed only when its 10 s grace ran out).
+    let stopped = count(&mut vm, "container web: stopped: exited with code 143");
+    assert_eq!(stopped, 1, "web's stop, by SIGTERM:\n{}", log(&mut vm, "web"));
 
     // Its process killed, the container is restarted per its policy (always); its runner
     // killed (a crash: the container lives on under its shim), the next start clears what was

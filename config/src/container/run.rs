@@ -168,7 +168,8 @@ fn supervise(
                 Verdict::Unhealthy => {
                     eprintln!("container {name}: unhealthy ({said}); stopping it");
                     drop(ready.take());
-                    task::stop(ctd, id, task::stop_timeout(spec))?;
+                    let how = task::stop(ctd, id, task::stop_timeout(spec))?;
+                    eprintln!("container {name}: stopped: {how}");
                     report(name, container_status::State::Exited, format!("unhealthy: {said}"));
                     return Ok(UNHEALTHY);
                 }
@@ -177,7 +178,8 @@ fn supervise(
         if stopped() {
             let grace = task::stop_timeout(spec);
             eprintln!("container {name}: stopping (grace {grace:?})");
-            task::stop(ctd, id, grace)?;
+            let how = task::stop(ctd, id, grace)?;
+            eprintln!("container {name}: stopped: {how}");
             return Ok(0);
         }
         if let containerd::State::Stopped { code } = ctd.state(id, "").map_err(|e| e.to_string())? {

@@ -260,14 +260,33 @@ fn make_container(
     Ok((oci, rootfs))
 }
 
-/// Stops `id`'s task: SIGTERM to its process, SIGKILL to all of them after `grace`.
-pub fn stop(ctd: &mut Containerd, id: &str, grace: Duration) -> Result<(), String> {
-    gone_is_fine(ctd.kill(id, "", Signal::SIGTERM, false))?;
-    if wait_stopped(ctd, id, "", grace)?.is_none() {
-        gone_is_fine(ctd.kill(id, "", Signal::SIGKILL, true))?;
-        wait_stopped(ctd, id, "", KILLED)?.ok_or_else(|| format!("{id}: still running {KILLED:?} after SIGKILL"))?;
+/// How a stopped task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited within its grace, with this code (143 when SIGTERM ended it).
+    Exited(u32),
+    /// It outlived its grace and was killed.
+    Killed,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Exited(code) => write!(f, "exited with code {code}"),
+            Stopped::Killed => write!(f, "still running after its grace: killed"),
+        }
     }
-    Ok(())
+}
+
+/// Stops `id`'s task: SIGTERM to its process, SIGKILL to all of them after `grace`.
+pub fn stop(ctd: &mut Containerd, id: &str, grace: Duration) -> Result<Stopped, String> {
+    gone_is_fine(ctd.kill(id, "", Signal::SIGTERM, false))?;
+    if let Some(code) = wait_stopped(ctd, id, "", grace)? {
+        return Ok(Stopped::Exited(code));
+    }
+    gone_is_fine(ctd.kill(id, "", Signal::SIGKILL, true))?;
+    wait_stopped(ctd, id, "", KILLED)?.ok_or_else(|| format!("{id}: still running {KILLED:?} after SIGKILL"))?;
+    Ok(Stopped::Killed)
 }
 
 /// Removes run `id` whole: its task (killed if it runs), container, snapshot and network.
