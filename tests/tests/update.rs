@@ -1,7 +1,8 @@
 //! VM tests of the update agent: a host built as release 1, trusting the root of the test TUF
 //! repository, updates itself from a TUF feed served on the test machine's loopback (10.0.2.2
-//! inside QEMU), blesses a good release, rolls back a bad one by itself, refuses tampered feeds,
-//! a freeze and a revoked key, and survives being killed at each crash-critical point.
+//! inside QEMU), blesses a good release (a container's named volume keeping its content across
+//! it), rolls back a bad one by itself, refuses tampered feeds, a freeze and a revoked key, and
+//! survives being killed at each crash-critical point.
 
 use anyhow::{Context, Result};
 use cairn_qemu::{Vm, VmConfig};
@@ -52,6 +53,47 @@ fn esp_entries(img: &Image, raw: &Path) -> Result<Vec<String>> {
     esp_listing(raw, off, size, "EFI/Linux")
 }
 
+/// `cfg` with a cloud-config (fw_cfg, read at every boot) running container "keeper": an OCI
+/// archive served by a file server on the test machine (returned, to keep it up), which notes
+/// each of its starts in its named volume `notes`.
+fn with_a_volume_keeper(mut cfg: VmConfig, dir: &Path) -> Result<(VmConfig, FileServer)> {
+    use sha2::{Digest, Sha256};
+    let archives = dir.join("archives");
+    std::fs::create_dir_all(&archives)?;
+    let archive = oci_archive(&archives, "cairn.test/keeper:1")?;
+    let sha256 = hex::encode(Sha256::digest(std::fs::read(&archive)?));
+    let name = archive.file_name().context("the archive's name")?.to_string_lossy().into_owned();
+    let server = FileServer::start(&archives)?;
+    let user_data = format!(
+        "#cloud-config\ncairn:\n  containers:\n    - name: keeper\n      image: http://10.0.2.2:{port}/{name}\n      \
+         sha256: {sha256}\n      network: host\n      volumes: [\"notes:/notes\"]\n      \
+         command: [/bin/busybox, sh, -c, \"echo start >> /notes/starts && exec /bin/busybox sleep 1000000\"]\n",
+        port = server.port
+    );
+    let config = dir.join("user-data");
+    std::fs::write(&config, user_data)?;
+    cfg.fw_cfg.push((cairn_config::local::FW_CFG_NAME.to_string(), config));
+    Ok((cfg, server))
+}
+
+/// How many starts the keeper's volume notes, once it notes `at_least` (a container is not
+/// a required service: `ready` does not wait for it).
+fn volume_starts(vm: &mut Vm, at_least: usize) -> Result<usize> {
+    let deadline = std::time::Instant::now() + READY;
+    loop {
+        let notes = vm.run("cat /var/lib/cairn/volumes/notes/starts", CMD)?.output;
+        let starts = notes.lines().filter(|l| l.trim() == "start").count();
+        if starts >= at_least {
+            return Ok(starts);
+        }
+        if std::time::Instant::now() >= deadline {
+            let log = vm.run("cairnctl log container-keeper -n 30", CMD)?.output;
+            anyhow::bail!("the keeper's volume notes {starts} start(s), not {at_least}:\n{notes}\n{log}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// The VM's disk as a raw file, after it powered off.
 fn disk_after(vm: &mut Vm) -> Result<PathBuf> {
     let mark = vm.console().mark();
@@ -71,9 +113,11 @@ fn healthy_update_is_blessed_and_a_bad_one_rolls_back_by_itself() -> Result<()> 
     let repo = TufCopy::new(work.path())?;
     repo.publish_image(&img2)?;
     let server = FileServer::start(&repo.feed)?;
+    let (cfg, _archives) = with_a_volume_keeper(VmConfig::uefi(img1.raw()), work.path())?;
 
-    let mut vm = Vm::start(&VmConfig::uefi(img1.raw()))?;
+    let mut vm = Vm::start(&cfg)?;
     vm.wait_for_line("cairn: ready version=1 slot=a", 0, READY)?;
+    assert_eq!(volume_starts(&mut vm, 1)?, 1, "the keeper started once on 1");
     configure_agent(&mut vm, &server, "immediate")?;
 
     // Version 2: found, written to slot B, booted, blessed.
@@ -84,6 +128,9 @@ fn healthy_update_is_blessed_and_a_bad_one_rolls_back_by_itself() -> Result<()> 
     wait_for_status(&mut vm, |s| s.contains("State:           blessed"), Duration::from_secs(120))?;
     let status = vm.run_ok("updatectl status", CMD)?;
     assert!(status.contains("Current version: 2 (slot b)"), "{status}");
+    // /var is not the update's: the container's named volume kept what 1 wrote, and the
+    // container runs again on 2 (its image, cached on /var, not fetched again).
+    assert_eq!(volume_starts(&mut vm, 2)?, 2, "the named volume kept its content across the OS update");
     // Assembled from the chunks: 2 differs from 1 by its version, so the running /usr gave
     // nearly all of it.
     let assembled = vm.run_ok("grep -h 'assembled from chunks' /var/log/cairn/cairn-agent.log*", CMD)?;
