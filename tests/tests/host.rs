@@ -136,7 +136,7 @@ fn a_boot_that_is_not_ready_by_the_deadline_reboots() -> Result<()> {
     let mut vm = Vm::start(&cfg)?;
     let (which, line) = vm.wait_for_any(&["cairn: boot failed", "cairn: ready"], 0, READY)?;
     assert_eq!(which, 0, "reached ready with a service that is never ready: {line}");
-    assert!(line.contains("not ready within 60 s") && line.contains("never-ready"), "{line}");
+    assert!(line.contains("not ready within 90 s") && line.contains("never-ready"), "{line}");
     // Everything else did come up: only the culprit is named.
     assert!(!line.contains("containerd"), "{line}");
     vm.wait_for_line("cairn: rebooting", 0, Duration::from_secs(120))?;
