@@ -13,7 +13,6 @@ use cairn_tests::http::FileServer;
 use cairn_tests::server::free_port;
 use cairn_tests::ssh::{key, ssh, ssh_client};
 use cairn_tests::*;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -41,11 +40,6 @@ fn web_container(image: &str) -> String {
       restart: always
 "#
     )
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    Ok(hex::encode(Sha256::digest(std::fs::read(path)?)))
 }
 
 fn start(cfg: &VmConfig) -> Result<Vm> {
@@ -91,7 +85,7 @@ cairn:
     group: canary
     strategy: "off"
 {}"#,
-        web_container(&format!("http://10.0.2.2:{}/web.tar {}", server.port, sha256_file(&archive)?))
+        web_container(&format!("http://10.0.2.2:{}/web.tar {}", server.port, cairn_image::apt::sha256_file(&archive)?))
     );
     let config = dir.path().join("user-data");
     std::fs::write(&config, &good)?;

@@ -57,11 +57,10 @@ fn esp_entries(img: &Image, raw: &Path) -> Result<Vec<String>> {
 /// archive served by a file server on the test machine (returned, to keep it up), which notes
 /// each of its starts in its named volume `notes`.
 fn with_a_volume_keeper(mut cfg: VmConfig, dir: &Path) -> Result<(VmConfig, FileServer)> {
-    use sha2::{Digest, Sha256};
     let archives = dir.join("archives");
     std::fs::create_dir_all(&archives)?;
     let archive = oci_archive(&archives, "cairn.test/keeper:1")?;
-    let sha256 = hex::encode(Sha256::digest(std::fs::read(&archive)?));
+    let sha256 = cairn_image::apt::sha256_file(&archive)?;
     let name = archive.file_name().context("the archive's name")?.to_string_lossy().into_owned();
     let server = FileServer::start(&archives)?;
     let user_data = format!(
@@ -129,7 +128,7 @@ fn healthy_update_is_blessed_and_a_bad_one_rolls_back_by_itself() -> Result<()> 
     let status = vm.run_ok("updatectl status", CMD)?;
     assert!(status.contains("Current version: 2 (slot b)"), "{status}");
     // /var is not the update's: the container's named volume kept what 1 wrote, and the
-    // container runs again on 2 (its image, cached on /var, not fetched again).
+    // container runs again on 2.
     assert_eq!(volume_starts(&mut vm, 2)?, 2, "the named volume kept its content across the OS update");
     // Assembled from the chunks: 2 differs from 1 by its version, so the running /usr gave
     // nearly all of it.
