@@ -91,7 +91,10 @@ async fn load(feed: &Path) -> Result<Repository> {
 /// Creates the feed's repository: the role keys in `keys_dir` (made where missing) and the first
 /// root, targets, snapshot and timestamp. Refuses a feed that has a root already.
 pub fn init(feed: &Path, keys_dir: &Path, now: u64, expiry: Expiry) -> Result<()> {
-    let first = metadata_dir(feed).join("1.root.json");
+    let metadata = metadata_dir(feed);
+    std::fs::create_dir_all(&metadata).map_err(io(&metadata))?;
+    let _lock = write::lock(feed)?;
+    let first = metadata.join("1.root.json");
     if first.exists() {
         return Err(Error::Feed(format!("{} exists: the feed has a root already", first.display())));
     }
@@ -121,11 +124,11 @@ pub fn init(feed: &Path, keys_dir: &Path, now: u64, expiry: Expiry) -> Result<()
     rt.block_on(async {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &root_keys, &rng).await?;
-        signed.write(metadata_dir(feed), true).await?;
+        write::role(&metadata_dir(feed), &signed)?;
         let mut editor = RepositoryEditor::new(&first).await?;
         stamp(&mut editor, [version(1); 3], now, expiry)?;
         let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
-        signed.write(metadata_dir(feed)).await?;
+        write::repository(&metadata_dir(feed), &signed).await?;
         Ok(())
     })
 }
@@ -180,6 +183,7 @@ pub fn publish(
     // The /usr image as chunks in the feed's store, and its index as a signed target.
     let scratch = tempfile::tempdir().map_err(io(feed))?;
     files.push(chunk_usr(release, &doc, feed, scratch.path())?);
+    let _lock = write::lock(feed)?;
     let (_, root_path) = latest_root(feed)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -205,7 +209,7 @@ pub fn publish(
         }
         stamp(&mut editor, versions, now, expiry)?;
         let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
-        signed.write(metadata_dir(feed)).await?;
+        write::repository(&metadata_dir(feed), &signed).await?;
         Ok(names)
     })
 }
@@ -214,6 +218,7 @@ pub fn publish(
 /// expiries: what an operator runs, with the targets key, when no release has been published
 /// for a while and the targets or snapshot metadata would expire.
 pub fn resign(feed: &Path, keys_dir: &Path, now: u64, expiry: Expiry) -> Result<()> {
+    let _lock = write::lock(feed)?;
     let (_, root_path) = latest_root(feed)?;
     runtime()?.block_on(async {
         let repo = load(feed).await?;
@@ -221,7 +226,7 @@ pub fn resign(feed: &Path, keys_dir: &Path, now: u64, expiry: Expiry) -> Result<
         let mut editor = RepositoryEditor::from_repo(&root_path, repo).await?;
         stamp(&mut editor, versions, now, expiry)?;
         let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
-        signed.write(metadata_dir(feed)).await?;
+        write::repository(&metadata_dir(feed), &signed).await?;
         Ok(())
     })
 }
@@ -277,6 +282,7 @@ fn release_files(dir: &Path) -> Result<(Release, Vec<PathBuf>)> {
 /// Signs a new timestamp (the same snapshot, a new version and expiry) with the timestamp key
 /// alone: what whoever serves a feed runs before the last one expires. Its version is returned.
 pub fn refresh(feed: &Path, keys_dir: &Path, now: u64, timestamp_expiry: u64) -> Result<u64> {
+    let _lock = write::lock(feed)?;
     let rt = runtime()?;
     rt.block_on(async {
         let repo = load(feed).await?;
@@ -288,7 +294,7 @@ pub fn refresh(feed: &Path, keys_dir: &Path, now: u64, timestamp_expiry: u64) ->
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let key_files = keys::files(keys_dir, RoleType::Timestamp)?;
         let signed = SignedRole::new(timestamp, &KeyHolder::Root(root), &keys::sources(&key_files), &rng).await?;
-        signed.write(metadata_dir(feed), true).await?;
+        write::role(&metadata_dir(feed), &signed)?;
         Ok(signed.signed().signed.version.get())
     })
 }
@@ -302,6 +308,7 @@ pub fn rotate(feed: &Path, keys_dir: &Path, role: RoleType, now: u64, expiry: Ex
     if matches!(role, RoleType::Root | RoleType::DelegatedTargets) {
         return Err(Error::Feed("rotate replaces the targets, snapshot or timestamp key".into()));
     }
+    let _lock = write::lock(feed)?;
     let rt = runtime()?;
     let repo = rt.block_on(load(feed))?;
     let mut root = repo.root().signed.clone();
@@ -337,14 +344,14 @@ pub fn rotate(feed: &Path, keys_dir: &Path, role: RoleType, now: u64, expiry: Ex
     rt.block_on(async {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &root_keys, &rng).await?;
-        signed.write(metadata_dir(feed), true).await?;
+        write::role(&metadata_dir(feed), &signed)?;
         // Everything the rotated role signs, signed again under the new root.
         let (_, new_root) = latest_root(feed)?;
         let mut editor = RepositoryEditor::new(&new_root).await?;
         editor.targets(repo.targets().clone())?;
         stamp(&mut editor, next_versions(&repo), now, expiry)?;
         let signed = editor.sign(&online_and_targets_keys(keys_dir)?).await?;
-        signed.write(metadata_dir(feed)).await?;
+        write::repository(&metadata_dir(feed), &signed).await?;
         Ok::<_, Error>(())
     })?;
     Ok(new_version)
@@ -395,3 +402,4 @@ pub fn can_sign(feed: &Path, keys_dir: &Path, role: RoleType) -> Result<()> {
 
 #[cfg(test)]
 mod tests;
+mod write;

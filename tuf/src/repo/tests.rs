@@ -209,3 +209,55 @@ fn the_state_names_releases_and_the_timestamp_and_signers_are_checked() {
     keys::generate(&stranger).unwrap();
     assert!(can_sign(&feed, &stranger, RoleType::Timestamp).is_err());
 }
+
+/// A server serves the feed's files while its own `refresh` (or an operator's `publish`) writes
+/// them: a reader must only ever find whole metadata, never a truncated or empty file.
+#[test]
+fn readers_never_see_a_metadata_file_half_written() {
+    let t = tempfile::tempdir().unwrap();
+    let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
+    init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let (timestamp, stop) = (metadata_dir(&feed).join("timestamp.json"), stop.clone());
+        move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let bytes = std::fs::read(&timestamp).expect("timestamp.json is always there");
+                if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    panic!("read {} bytes of timestamp.json that do not parse: {e}", bytes.len());
+                }
+                reads += 1;
+            }
+            reads
+        }
+    });
+    for i in 1..=100 {
+        refresh(&feed, &keys_dir, now() + i, 86400).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the reader found only whole files");
+    assert!(reads > 100, "the reader ran alongside ({reads} reads)");
+    assert_eq!(state(&feed).unwrap().timestamp_version, 101);
+}
+
+/// Two signers at once (the server's refresh, an operator's `refresh` by hand) take turns: each
+/// signs from the state the other left, so no version is signed twice and none is lost.
+#[test]
+fn signers_take_turns() {
+    let t = tempfile::tempdir().unwrap();
+    let (feed, keys_dir) = (t.path().join("feed"), t.path().join("keys"));
+    init(&feed, &keys_dir, now(), Expiry::default()).unwrap();
+    let signers: Vec<_> = (0..2)
+        .map(|_| {
+            let (feed, keys_dir) = (feed.clone(), keys_dir.clone());
+            std::thread::spawn(move || {
+                (0..20).map(|_| refresh(&feed, &keys_dir, now(), 86400).unwrap()).collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut versions: Vec<u64> = signers.into_iter().flat_map(|s| s.join().unwrap()).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=41).collect::<Vec<u64>>(), "every version signed once");
+    assert_eq!(state(&feed).unwrap().timestamp_version, 41);
+}
