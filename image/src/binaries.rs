@@ -46,27 +46,52 @@ pub fn default_cargo_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
 }
 
-/// The flags of Cairn's binaries: static (stage 1 runs before any shared library is reachable),
-/// without symbols, and with the build machine's paths (the cargo home, this checkout, the
-/// target directory) rewritten to fixed ones, so the binaries, and so `/usr` and its verity root hash, do not
-/// depend on where they were built. The standard library comes with `/rustc/<commit>` paths.
-pub fn rustflags(workspace: &Path, target_dir: &Path, cargo_home: Option<&Path>) -> Vec<String> {
+/// The flags every crate of Cairn's binaries is built with: static (stage 1 runs before any
+/// shared library is reachable), without symbols, and with the cargo home and the target
+/// directory rewritten to fixed paths. The standard library comes with `/rustc/<commit>` paths.
+/// Nothing here names the checkout, so the dependencies' builds stay valid whichever checkout
+/// builds next (the checkout's own path goes to Cairn's crates alone: [`member_rustflags`]).
+pub fn rustflags(target_dir: &Path, cargo_home: Option<&Path>) -> Vec<String> {
     // No symbol table: the names LLVM gives promoted local symbols (`anon.HASH.N.llvm.NUMBER`)
     // differ between build machines, and a table stripped by the linker keeps the build id a
     // hash of what ships.
     let mut flags = ["-C", "target-feature=+crt-static", "-C", "strip=symbols"].map(String::from).to_vec();
-    let mut remap = |from: &Path, to: &str| {
-        // Absolute, as rustc sees them; a path that does not exist (yet) is taken as given.
-        let from = from.canonicalize().unwrap_or_else(|_| from.to_path_buf());
-        flags.push(format!("--remap-path-prefix={}={to}", from.display()));
-    };
     if let Some(home) = cargo_home.map(Path::to_path_buf).or_else(default_cargo_home) {
-        remap(&home, "/cargo");
+        flags.push(remap(&home, "/cargo"));
     }
-    // The more specific prefix last: rustc applies the last remapping that matches.
-    remap(workspace, "/cairn");
-    remap(target_dir, "/cairn-target");
+    flags.push(remap(target_dir, "/cairn-target"));
     flags
+}
+
+/// The flags Cairn's own crates get on top of [`rustflags`], through cargo's workspace wrapper:
+/// the checkout rewritten to `/cairn`, then the target directory again, as the more specific
+/// prefix when it lies inside the checkout (rustc applies the last remapping that matches).
+/// So the binaries, and so `/usr` and its verity root hash, do not depend on where they were built.
+pub fn member_rustflags(workspace: &Path, target_dir: &Path) -> Vec<String> {
+    vec![remap(workspace, "/cairn"), remap(target_dir, "/cairn-target")]
+}
+
+/// `--remap-path-prefix` of `from` as rustc sees it (absolute; a path that does not exist yet
+/// is taken as given).
+fn remap(from: &Path, to: &str) -> String {
+    let from = from.canonicalize().unwrap_or_else(|_| from.to_path_buf());
+    format!("--remap-path-prefix={}={to}", from.display())
+}
+
+/// The workspace wrapper: runs rustc with the flags of `CAIRN_MEMBER_RUSTFLAGS` (one a line)
+/// appended. Cargo does not fingerprint what a wrapper adds, and uses it for workspace members
+/// only, so the dependencies are not built again when another checkout builds.
+const MEMBER_WRAPPER: &str = "#!/bin/sh\n# Written by cairn build: rustc for Cairn's own crates, with CAIRN_MEMBER_RUSTFLAGS.\nset -f\nIFS='\n'\nexec \"$@\" $CAIRN_MEMBER_RUSTFLAGS\n";
+
+/// The wrapper script in `target_dir`, written when missing or different.
+fn member_wrapper(target_dir: &Path) -> Result<PathBuf> {
+    let path = target_dir.join("cairn-member-rustc");
+    if std::fs::read(&path).ok().as_deref() != Some(MEMBER_WRAPPER.as_bytes()) {
+        std::fs::create_dir_all(target_dir).with_context(|| format!("creating {}", target_dir.display()))?;
+        cairn_release::durable::write_atomic(&path, MEMBER_WRAPPER.as_bytes(), 0o755)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 /// The compiler cargo builds Cairn's binaries with (`rustc 1.95.0 (...)`), for build.json;
@@ -89,7 +114,9 @@ pub fn obtain(source: &Source, names: &[String], quiet: bool) -> Result<Vec<Bina
                 .arg("--target-dir")
                 .arg(target_dir)
                 // With --target these apply to Cairn's binaries only, not to build scripts.
-                .env("CARGO_ENCODED_RUSTFLAGS", rustflags(workspace, target_dir, cargo_home.as_deref()).join("\u{1f}"));
+                .env("CARGO_ENCODED_RUSTFLAGS", rustflags(target_dir, cargo_home.as_deref()).join("\u{1f}"))
+                .env("RUSTC_WORKSPACE_WRAPPER", member_wrapper(target_dir)?)
+                .env("CAIRN_MEMBER_RUSTFLAGS", member_rustflags(workspace, target_dir).join("\n"));
             if let Some(home) = cargo_home {
                 cmd.env("CARGO_HOME", home);
             }
@@ -122,14 +149,39 @@ mod tests {
 
     #[test]
     fn the_build_machines_paths_are_remapped_most_specific_last() {
-        let flags = rustflags(Path::new("/w/cairn"), Path::new("/w/cairn/target"), None);
+        let flags = rustflags(Path::new("/w/cairn/target"), None);
         assert_eq!(&flags[..4], ["-C", "target-feature=+crt-static", "-C", "strip=symbols"]);
+        assert!(!flags.iter().any(|f| f.contains("=/cairn=")), "no checkout in the shared flags: {flags:?}");
         let remaps: Vec<&str> = flags.iter().filter_map(|f| f.strip_prefix("--remap-path-prefix=")).collect();
-        assert!(remaps.ends_with(&["/w/cairn=/cairn", "/w/cairn/target=/cairn-target"]), "{remaps:?}");
+        assert_eq!(remaps.last(), Some(&"/w/cairn/target=/cairn-target"), "{remaps:?}");
         if default_cargo_home().is_some() {
             assert!(remaps[0].ends_with("=/cargo"), "{remaps:?}");
         }
-        let flags = rustflags(Path::new("/w/cairn"), Path::new("/w/cairn/target"), Some(Path::new("/elsewhere")));
+        let flags = rustflags(Path::new("/w/cairn/target"), Some(Path::new("/elsewhere")));
         assert!(flags.contains(&"--remap-path-prefix=/elsewhere=/cargo".to_string()), "{flags:?}");
+        let members = member_rustflags(Path::new("/w/cairn"), Path::new("/w/cairn/target"));
+        assert_eq!(
+            members,
+            ["--remap-path-prefix=/w/cairn=/cairn", "--remap-path-prefix=/w/cairn/target=/cairn-target"]
+        );
+    }
+
+    /// The wrapper is run as cargo runs it (`WRAPPER RUSTC ARGS...`) with `echo` for rustc:
+    /// the arguments come through as they were, then each flag whole, spaces and all.
+    #[test]
+    fn the_member_wrapper_appends_each_flag_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let wrapper = member_wrapper(t.path()).unwrap();
+        assert_eq!(member_wrapper(t.path()).unwrap(), wrapper, "written once, found again");
+        let out = Command::new(&wrapper)
+            .args(["printf", "[%s]", "--crate-name", "a b*"])
+            .env("CAIRN_MEMBER_RUSTFLAGS", "--remap-path-prefix=/w/my checkout=/cairn\n--remap-path-prefix=/t=/t2")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "[--crate-name][a b*][--remap-path-prefix=/w/my checkout=/cairn][--remap-path-prefix=/t=/t2]"
+        );
     }
 }

@@ -295,7 +295,7 @@ impl Vm {
         let accel = cfg.accel.unwrap_or_else(accel::detect);
         let mut cmd = Command::new(QEMU);
         cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-machine", "q35"]);
-        cmd.args(["-accel", accel.qemu_name(), "-cpu", accel.cpu_model()]);
+        cmd.args(["-accel", accel.qemu_name(), "-cpu", &accel.cpu_model()]);
         cmd.arg("-m").arg(cfg.mem_mib.to_string());
         cmd.arg("-smp").arg(cfg.cpus.to_string());
         let console_sock = dir.path().join("console.sock");
