@@ -83,15 +83,25 @@ fn remap(from: &Path, to: &str) -> String {
 /// only, so the dependencies are not built again when another checkout builds.
 const MEMBER_WRAPPER: &str = "#!/bin/sh\n# Written by cairn build: rustc for Cairn's own crates, with CAIRN_MEMBER_RUSTFLAGS.\nset -f\nIFS='\n'\nexec \"$@\" $CAIRN_MEMBER_RUSTFLAGS\n";
 
-/// The wrapper script in `target_dir`, written when missing or different.
+const MEMBER_WRAPPER_NAME: &str = "cairn-member-rustc";
+
+/// The directory holding the wrapper script, in `target_dir`; the script is written when
+/// missing or different.
 fn member_wrapper(target_dir: &Path) -> Result<PathBuf> {
-    let path = target_dir.join("cairn-member-rustc");
+    let dir = target_dir.join("cairn-wrapper");
+    let path = dir.join(MEMBER_WRAPPER_NAME);
     if std::fs::read(&path).ok().as_deref() != Some(MEMBER_WRAPPER.as_bytes()) {
-        std::fs::create_dir_all(target_dir).with_context(|| format!("creating {}", target_dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         cairn_release::durable::write_atomic(&path, MEMBER_WRAPPER.as_bytes(), 0o755)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(path)
+    Ok(dir)
+}
+
+/// `PATH` with `dir` first.
+fn path_with(dir: &Path) -> Result<std::ffi::OsString> {
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    Ok(std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)))?)
 }
 
 /// The compiler cargo builds Cairn's binaries with (`rustc 1.95.0 (...)`), for build.json;
@@ -115,7 +125,10 @@ pub fn obtain(source: &Source, names: &[String], quiet: bool) -> Result<Vec<Bina
                 .arg(target_dir)
                 // With --target these apply to Cairn's binaries only, not to build scripts.
                 .env("CARGO_ENCODED_RUSTFLAGS", rustflags(target_dir, cargo_home.as_deref()).join("\u{1f}"))
-                .env("RUSTC_WORKSPACE_WRAPPER", member_wrapper(target_dir)?)
+                // By its bare name, found on PATH: cargo hashes the wrapper as named into the
+                // crates' metadata, so a path (the target directory's) would reach the binaries.
+                .env("RUSTC_WORKSPACE_WRAPPER", MEMBER_WRAPPER_NAME)
+                .env("PATH", path_with(&member_wrapper(target_dir)?)?)
                 .env("CAIRN_MEMBER_RUSTFLAGS", member_rustflags(workspace, target_dir).join("\n"));
             if let Some(home) = cargo_home {
                 cmd.env("CARGO_HOME", home);
@@ -166,14 +179,15 @@ mod tests {
         );
     }
 
-    /// The wrapper is run as cargo runs it (`WRAPPER RUSTC ARGS...`) with `echo` for rustc:
+    /// The wrapper is run as cargo runs it (`WRAPPER RUSTC ARGS...`, found on PATH) with `printf` for rustc:
     /// the arguments come through as they were, then each flag whole, spaces and all.
     #[test]
     fn the_member_wrapper_appends_each_flag_whole() {
         let t = tempfile::tempdir().unwrap();
-        let wrapper = member_wrapper(t.path()).unwrap();
-        assert_eq!(member_wrapper(t.path()).unwrap(), wrapper, "written once, found again");
-        let out = Command::new(&wrapper)
+        let dir = member_wrapper(t.path()).unwrap();
+        assert_eq!(member_wrapper(t.path()).unwrap(), dir, "written once, found again");
+        let out = Command::new(MEMBER_WRAPPER_NAME)
+            .env("PATH", path_with(&dir).unwrap())
             .args(["printf", "[%s]", "--crate-name", "a b*"])
             .env("CAIRN_MEMBER_RUSTFLAGS", "--remap-path-prefix=/w/my checkout=/cairn\n--remap-path-prefix=/t=/t2")
             .output()
